@@ -1,0 +1,85 @@
+"""The one source of truth for every constant that crosses a boundary.
+
+Training, export, the generated Triton configs, the clients, the gateway and the web app all import
+these names; nothing else spells a model name, tensor name, image size or class list.
+This module must stay import-light (no torch, no onnx): clients import it.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------------------------------
+# MURA abnormality ensemble
+# --------------------------------------------------------------------------------------------
+MURA_IMAGE_SIZE = 320
+"""Backbone input height and width (the MURA study's 320x320)."""
+
+MURA_CHANNELS = 3
+"""Grayscale is replicated to three channels so ImageNet-shaped backbones apply unchanged."""
+
+MURA_BODY_PARTS: tuple[str, ...] = (
+    "shoulder", "elbow", "finger", "hand", "humerus", "wrist", "forearm",
+)
+
+MURA_ARCHITECTURES: dict[str, str] = {
+    "densenet169_a": "densenet169",
+    "densenet169_b": "densenet169",
+    "resnet101_a": "resnet101",
+    "resnet101_b": "resnet101",
+}
+"""Ensemble member name -> torchvision architecture. Order is the ensemble's member order."""
+
+MURA_MEMBERS: tuple[str, ...] = tuple(MURA_ARCHITECTURES)
+
+# Triton model names
+MURA_PREPROCESS_MODEL = "mura_preprocess"
+MURA_MEAN_MODEL = "mura_mean"
+MURA_ENSEMBLE_MODEL = "mura_ensemble"
+
+# Triton tensor names
+IMAGE_TENSOR = "IMAGE"                    # UINT8 [H, W] grayscale image of any size
+PIXELS_TENSOR = "PIXELS"                  # FP32 [3, S, S] preprocessed backbone input
+PROBABILITY_TENSOR = "PROBABILITY"        # FP32 [1] abnormality probability (sigmoid)
+MEMBER_PROBABILITIES_TENSOR = "MEMBER_PROBABILITIES"   # FP32 [n_members] in MURA_MEMBERS order
+
+
+def member_probability_tensor(member: str) -> str:
+    """Name of the ensemble-internal tensor carrying one member's probability."""
+    return f"{member.upper()}_PROBABILITY"
+
+
+MURA_BACKBONE_MAX_BATCH = 8
+"""Backbones batch up to the study's training batch size; dynamic batching fills it."""
+
+MURA_DEFAULT_THRESHOLD = 0.5
+"""Normal/abnormal call when no calibrated operating point is stored with the models."""
+
+# --------------------------------------------------------------------------------------------
+# Wrist structure detectors (YOLO study)
+# --------------------------------------------------------------------------------------------
+WRIST_CROP_TOP_FRACTION = 3 / 7
+"""The study removes the top 3/7 of every wrist radiograph before detection."""
+
+WRIST_HEIGHT = 1400
+WRIST_WIDTH = 760
+"""Letterbox target (height x width), black padding, image centred."""
+
+WRIST_CLAHE_CLIP_LIMIT = 2.0
+WRIST_CLAHE_GRID = (8, 8)
+
+WRIST_JOINT_CLASSES: tuple[str, ...] = ("radcar", "capnlun", "mna")
+WRIST_BONE_CLASSES: tuple[str, ...] = ("mul", "nav", "lunate")
+WRIST_CLASSES: tuple[str, ...] = WRIST_JOINT_CLASSES + WRIST_BONE_CLASSES
+
+WRIST_DETECTED_IOU = 0.65
+"""The study counts a structure as detected when IoU with the ground truth is at least this."""
+
+WRIST_DETECT_MODEL = "wrist_detect"
+
+# --------------------------------------------------------------------------------------------
+# Local server defaults (127.0.0.1 only)
+# --------------------------------------------------------------------------------------------
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HTTP_PORT = 8000
+DEFAULT_GRPC_PORT = 8001
+DEFAULT_METRICS_PORT = 8002
+DEFAULT_GRPC_URL = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages the project uses: the real PACS (Orthanc), dcmtk (storescu), dicom3tools
+# (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a TTF font for Ultralytics plots.
+# Idempotent: installs only what is missing, so `make setup` stays quick once done.
+set -euo pipefail
+packages=(orthanc dcmtk dicom3tools prometheus chromium fonts-dejavu-core)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian starts services on install; the project runs its own instances on private ports.
+for svc in orthanc prometheus; do
+  $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
