@@ -11,17 +11,17 @@ PYTRITON_PIN := nvidia-pytriton==0.7.0
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/install_system_packages.sh Makefile
+$(STAMP): pyproject.toml constraints.txt scripts/install_system_packages.sh Makefile
 	bash scripts/install_system_packages.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
 	# Only the tritonserver binary is needed, not pytriton's Python API or its pins.
 	$(BIN)/pip install -q --no-deps $(PYTRITON_PIN)
 	# Ultralytics pulls the GUI OpenCV (needs libGL); swap to headless (order matters, see FACTS).
 	-$(BIN)/pip uninstall -q -y opencv-python
-	$(BIN)/pip install -q --force-reinstall --no-deps opencv-python-headless
+	$(BIN)/pip install -q -c constraints.txt --force-reinstall --no-deps opencv-python-headless
 	$(BIN)/msk doctor
 	touch $(STAMP)
 

@@ -40,6 +40,9 @@ IMAGE_TENSOR = "IMAGE"                    # UINT8 [H, W] grayscale image of any 
 PIXELS_TENSOR = "PIXELS"                  # FP32 [3, S, S] preprocessed backbone input
 PROBABILITY_TENSOR = "PROBABILITY"        # FP32 [1] abnormality probability (sigmoid)
 MEMBER_PROBABILITIES_TENSOR = "MEMBER_PROBABILITIES"   # FP32 [n_members] in MURA_MEMBERS order
+CAM_TENSOR = "CAM"                        # FP32 [h, w] class activation map (logit units, no bias)
+HEATMAP_TENSOR = "HEATMAP"                # UINT8 [S, S] ensemble heatmap (sigmoid x 255)
+PROVENANCE_TENSOR = "PROVENANCE"          # BYTES [1] JSON: versions, artifact SHA-256, operating points
 
 
 def member_probability_tensor(member: str) -> str:
@@ -47,11 +50,26 @@ def member_probability_tensor(member: str) -> str:
     return f"{member.upper()}_PROBABILITY"
 
 
+def member_cam_tensor(member: str) -> str:
+    """Name of the ensemble-internal tensor carrying one member's class activation map."""
+    return f"{member.upper()}_CAM"
+
+
+MURA_CAM_STRIDE = 32
+"""Both backbones downsample by 32: a 320x320 input gives a 10x10 CAM."""
+
+MURA_TINY_ARCHITECTURE = "tiny"
+"""A small CNN with the same head and tensor contract: the fast stand-in for client tests."""
+
+
 MURA_BACKBONE_MAX_BATCH = 8
 """Backbones batch up to the study's training batch size; dynamic batching fills it."""
 
 MURA_DEFAULT_THRESHOLD = 0.5
 """Normal/abnormal call when no calibrated operating point is stored with the models."""
+
+MURA_DEMO_SEED = 0
+"""Seed of the untrained demo weights (deterministic, so the demo repository is reproducible)."""
 
 # --------------------------------------------------------------------------------------------
 # Wrist structure detectors (YOLO study)

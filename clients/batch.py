@@ -1,0 +1,402 @@
+"""Asynchronous batch scoring of many radiographs against the MURA ensemble on Triton.
+
+Why its own gRPC loop instead of a loop over `MuraClient.score`: a batch of thousands of images
+needs (1) a fixed number of requests in flight, (2) the gRPC status of every failure to tell a
+server restart (retry with backoff) from a bad image (one error row), and (3) optional Triton
+system shared memory, which puts the pixels in a region the server maps instead of the request.
+Decoding uses the same `clients.images.load_grayscale` as every other client, and rows carry the
+same fields as `MuraResult.to_json()` (+ path, study, error reason, attempts).
+
+Guarantees (tested by killing the real server mid-batch): every input ends up in exactly one
+row; a server restart costs retries, never rows; a bad file is one error row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clients.inputs import ScoreItem
+from clients.metrics import observe_request
+from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
+from clients.outputs import Sink
+from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
+
+SHM_PREFIX = "msk_score_"
+"""System shared-memory regions of `msk score` are /dev/shm/msk_score_<pid>_<random>_<slot>."""
+
+RETRYABLE_STATUS = frozenset({
+    "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED",
+    "StatusCode.ABORTED", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.UNKNOWN",
+})
+"""gRPC codes a restarting or overloaded server answers with: the request is sent again."""
+
+RETRYABLE_MESSAGES = (
+    "unknown model", "is not ready", "not found", "unavailable", "socket closed",
+    "connection reset", "failed to connect", "shared memory", "stub", "unhealthy",
+    "server is not ready", "connect failed",
+)
+"""Error texts seen while a server (re)loads its models or after it lost our shm regions."""
+
+
+class TransientError(Exception):
+    """The server could not answer now; the same request may succeed later."""
+
+
+class ImageError(Exception):
+    """The input itself is at fault (unreadable, unsupported); retrying cannot help."""
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with jitter, bounded by total time rather than a count.
+
+    A restart of a large repository takes tens of seconds: a count of retries would either give
+    up too early or hammer the server; a time budget says what the user means.
+    """
+
+    initial_s: float = 0.2
+    max_s: float = 5.0
+    give_up_after_s: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_s, self.initial_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    skipped: int = 0
+    scored: int = 0
+    errors: int = 0
+    retries: int = 0
+    errors_by_reason: Counter[str] = field(default_factory=Counter)
+    elapsed_s: float = 0.0
+    studies: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        done = self.scored + self.errors
+        return {
+            "total": self.total, "skipped_resume": self.skipped, "scored": self.scored,
+            "errors": self.errors, "errors_by_reason": dict(self.errors_by_reason),
+            "retries": self.retries, "elapsed_s": round(self.elapsed_s, 3),
+            "images_per_s": round(done / self.elapsed_s, 3) if self.elapsed_s > 0 else None,
+            "studies": self.studies,
+        }
+
+
+def classify(exc: BaseException) -> tuple[bool, str]:
+    """(retryable, reason) for an exception raised by a tritonclient call."""
+    status = getattr(exc, "status", None)
+    status = status() if callable(status) else status
+    text = str(exc).lower()
+    if status in RETRYABLE_STATUS or any(m in text for m in RETRYABLE_MESSAGES):
+        return True, "server_unavailable"
+    if status == "StatusCode.INVALID_ARGUMENT":
+        return False, "rejected_by_server"
+    return False, "inference_failed"
+
+
+def result_row(item: ScoreItem, result: MuraResult, attempts: int) -> dict[str, Any]:
+    """A scored image as one output row: `MuraResult.to_json()` plus the batch's own keys."""
+    row = {"path": item.path, "study": item.study, "label": item.label}
+    row |= result.to_json()
+    row |= {"attempts": attempts, "error": None, "error_reason": None}
+    return row
+
+
+def error_row(item: ScoreItem, error: str, reason: str, attempts: int = 0,
+              latency_s: float | None = None) -> dict[str, Any]:
+    """One failed image: same keys as a result row, scores empty, `error` says what and why."""
+    return {
+        "path": item.path, "study": item.study, "label": item.label, "input": item.path,
+        "probability": None, "abnormal": None, "threshold": None, "body_part": item.body_part,
+        "members": None, "versions": None, "weights": None,
+        "latency_ms": None if latency_s is None else round(1000 * latency_s, 2),
+        "attempts": attempts, "error": error, "error_reason": reason,
+    }
+
+
+def _load(path: str) -> np.ndarray:
+    """Decode one input with the same loaders as every other client (DICOM by extension)."""
+    from clients.images import ImageLoadError, load_grayscale
+
+    try:
+        if path.lower().endswith((".dcm", ".dicom")):
+            from clients.dicom_pixels import load_dicom_grayscale
+
+            return np.ascontiguousarray(load_dicom_grayscale(path, path))
+        return load_grayscale(path)
+    except (ImageLoadError, ValueError, OSError) as exc:  # DicomPixelError is a ValueError
+        text = str(exc)
+        raise ImageError(text if path in text else f"{path}: {text}") from exc
+
+
+class _ShmSlot:
+    """One system shared-memory region per in-flight request, grown when an image needs more."""
+
+    def __init__(self, prefix: str, index: int) -> None:
+        self.name = f"{prefix}_{index}"
+        self.key = f"/{self.name}"
+        self.size = 0
+        self.handle: Any = None
+        self.registered = False
+
+    def ensure(self, nbytes: int) -> bool:
+        """Make the region hold `nbytes`; True when it was (re)created and must be registered."""
+        import tritonclient.utils.shared_memory as shm
+
+        if self.handle is not None and nbytes <= self.size:
+            return False
+        self.destroy()
+        size = 1 << max(20, (nbytes - 1).bit_length())  # next power of two, >= 1 MiB
+        self.handle = shm.create_shared_memory_region(self.name, self.key, size)
+        self.size = size
+        self.registered = False
+        return True
+
+    def write(self, image: np.ndarray) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        shm.set_shared_memory_region(self.handle, [image])
+
+    def destroy(self) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        if self.handle is not None:
+            shm.destroy_shared_memory_region(self.handle)
+            self.handle = None
+            self.size = 0
+            self.registered = False
+
+
+class BatchScorer:
+    """Score `ScoreItem`s with at most `concurrency` requests in flight.
+
+    `run()` writes one row per item to `sink` (the output file) and calls `on_row` (stdout,
+    progress) as each completes; it returns a `Summary`.
+    """
+
+    def __init__(self, url: str, concurrency: int = 4, model: str = MURA_ENSEMBLE_MODEL,
+                 shared_memory: bool = False, retry: RetryPolicy | None = None,
+                 request_timeout_s: float = 120.0) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.url = url
+        self.concurrency = concurrency
+        self.model = model
+        self.shared_memory = shared_memory
+        self.retry = retry or RetryPolicy()
+        self.request_timeout_s = request_timeout_s
+        self.pipeline = MuraClient.pipeline
+        self._contract: EnsembleContract | None = None
+        self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}"
+        self._summary = Summary()
+
+    @property
+    def contract(self) -> EnsembleContract:
+        if self._contract is None:
+            raise RuntimeError("call wait_ready() first: the contract comes from the server")
+        return self._contract
+
+    async def _infer(self, client: Any, image: np.ndarray, slot: _ShmSlot | None) -> Any:
+        import tritonclient.grpc.aio as grpc_aio
+        from tritonclient.utils import InferenceServerException
+
+        contract = self.contract
+        inp = grpc_aio.InferInput(contract.input_name, list(image.shape), "UINT8")
+        try:
+            if slot is not None:
+                if slot.ensure(image.nbytes) or not slot.registered:
+                    with contextlib.suppress(InferenceServerException):
+                        await client.unregister_system_shared_memory(slot.name)
+                    await client.register_system_shared_memory(slot.name, slot.key, slot.size)
+                    slot.registered = True
+                slot.write(image)
+                inp.set_shared_memory(slot.name, image.nbytes)
+            else:
+                inp.set_data_from_numpy(image)
+            wanted = [contract.probability, contract.member_probabilities]
+            wanted += [n for n in (contract.provenance,) if n]  # heatmaps are not batch output
+            outputs = [grpc_aio.InferRequestedOutput(n) for n in wanted]
+            return await client.infer(self.model, [inp], outputs=outputs,
+                                      client_timeout=self.request_timeout_s)
+        except InferenceServerException as exc:
+            retryable, reason = classify(exc)
+            if retryable:
+                if slot is not None:
+                    slot.registered = False  # a restarted server has forgotten our regions
+                raise TransientError(str(exc)) from exc
+            raise RuntimeError(f"{reason}: {exc}") from exc
+        except OSError as exc:  # includes TimeoutError
+            if slot is not None:
+                slot.registered = False
+            raise TransientError(str(exc)) from exc
+
+    async def _score_one(self, client: Any, item: ScoreItem, slot: _ShmSlot | None
+                         ) -> dict[str, Any]:
+        if item.error:
+            return error_row(item, item.error, "input_not_found")
+        try:
+            image = await asyncio.to_thread(_load, item.path)
+        except ImageError as exc:
+            observe_request(self.pipeline, "invalid_input", 0.0, 0)
+            return error_row(item, str(exc), "unreadable_image")
+        sent = 0 if slot is not None else image.nbytes
+        attempts = 0
+        first_failure: float | None = None
+        while True:
+            attempts += 1
+            started = time.perf_counter()
+            try:
+                response = await self._infer(client, image, slot)
+            except TransientError as exc:
+                now = time.monotonic()
+                first_failure = first_failure or now
+                observe_request(self.pipeline, "unavailable", time.perf_counter() - started,
+                                sent)
+                if now - first_failure > self.retry.give_up_after_s:
+                    return error_row(item, f"{item.path}: server unavailable for "
+                                     f"{now - first_failure:.0f} s ({exc})",
+                                     "server_unavailable", attempts)
+                self._summary.retries += 1
+                await asyncio.sleep(self.retry.delay(attempts - 1))
+                continue
+            except RuntimeError as exc:
+                latency = time.perf_counter() - started
+                observe_request(self.pipeline, "server_error", latency, sent)
+                reason, _, message = str(exc).partition(": ")
+                return error_row(item, f"{item.path}: {message}", reason, attempts, latency)
+            latency = time.perf_counter() - started
+            try:
+                result = MuraClient._parse(response, item.path, item.body_part, self.contract)
+            except Exception as exc:  # noqa: BLE001 - a malformed response is this image's error
+                observe_request(self.pipeline, "bad_response", latency, sent)
+                return error_row(item, f"{item.path}: unexpected response ({exc})",
+                                 "bad_response", attempts, latency)
+            observe_request(self.pipeline, "ok", latency, sent)
+            result.latency_s = latency
+            return result_row(item, result, attempts)
+
+    def _discover(self) -> EnsembleContract:
+        import tritonclient.grpc as grpcclient
+
+        sync = grpcclient.InferenceServerClient(self.url)
+        try:
+            return discover_contract(sync, self.model)
+        finally:
+            sync.close()
+
+    async def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait for the server and model to be ready; raise a clear ConnectionError if not."""
+        import tritonclient.grpc.aio as grpc_aio
+
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        client = grpc_aio.InferenceServerClient(self.url)
+        try:
+            while True:
+                try:
+                    if await client.is_server_live() and await client.is_model_ready(self.model):
+                        self._contract = await asyncio.to_thread(self._discover)
+                        return
+                    last = f"model {self.model!r} is not ready"
+                except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
+                    last = str(exc)
+                if time.monotonic() >= deadline:
+                    raise ConnectionError(f"Triton at {self.url} not ready after {timeout_s:.0f} s:"
+                                          f" {last}")
+                await asyncio.sleep(0.25)
+        finally:
+            await client.close()
+
+    async def run(self, items: list[ScoreItem], sink: Sink | None,
+                  on_row: Callable[[dict[str, Any]], None] | None = None,
+                  skipped: int = 0) -> Summary:
+        import tritonclient.grpc.aio as grpc_aio
+
+        self._summary = Summary(total=len(items) + skipped, skipped=skipped)
+        started = time.perf_counter()
+        queue: asyncio.Queue[ScoreItem] = asyncio.Queue()
+        for item in items:
+            queue.put_nowait(item)
+        client = grpc_aio.InferenceServerClient(self.url)
+        slots = ([_ShmSlot(self._shm_prefix, i) for i in range(self.concurrency)]
+                 if self.shared_memory else [None] * self.concurrency)
+
+        async def worker(slot: _ShmSlot | None) -> None:
+            while True:
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                row = await self._score_one(client, item, slot)
+                if row["error"]:
+                    self._summary.errors += 1
+                    self._summary.errors_by_reason[row["error_reason"]] += 1
+                else:
+                    self._summary.scored += 1
+                if sink is not None:
+                    sink.write(row)
+                if on_row is not None:
+                    on_row(row)
+
+        try:
+            await asyncio.gather(*(worker(s) for s in slots))
+        finally:
+            for slot in slots:
+                if slot is not None:
+                    if slot.registered:
+                        try:
+                            await client.unregister_system_shared_memory(slot.name)
+                        except Exception:  # noqa: BLE001 - server may be gone; region is ours
+                            pass
+                    slot.destroy()
+            await client.close()
+        self._summary.elapsed_s = time.perf_counter() - started
+        return self._summary
+
+
+def aggregate_studies(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Study-level results: mean of the images' probabilities (as in the MURA study).
+
+    A study's call uses its body part's operating point (the images' threshold). Images that
+    failed are counted but do not vote; a study with no scored image gets an error.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("study"):
+            groups.setdefault(row["study"], []).append(row)
+    studies = []
+    for study, members in sorted(groups.items()):
+        ok = [r for r in members if not r.get("error") and r.get("probability") is not None]
+        labels = {r.get("label") for r in members if r.get("label") is not None}
+        entry: dict[str, Any] = {
+            "study": study, "body_part": members[0].get("body_part"),
+            "label": labels.pop() if len(labels) == 1 else None,
+            "images": len(members), "scored": len(ok), "probability": None,
+            "threshold": None, "abnormal": None, "error": None,
+        }
+        if ok:
+            probability = float(np.mean([r["probability"] for r in ok]))
+            threshold = float(ok[0].get("threshold") or MURA_DEFAULT_THRESHOLD)
+            entry |= {"probability": probability, "threshold": threshold,
+                      "abnormal": probability >= threshold}
+        else:
+            entry["error"] = "no image of this study could be scored"
+        studies.append(entry)
+    return studies
+
+
+STUDY_COLUMNS = ["study", "body_part", "label", "images", "scored", "probability", "threshold",
+                 "abnormal", "error"]

@@ -1,0 +1,215 @@
+"""One queued study (a folder of DICOM files) -> routed Triton requests -> `StudyResult`.
+
+Per instance: not an image (no pixel data) -> skipped; body part not an upper-limb MURA part ->
+skipped (logged, not an error); pixels unusable (multi-frame, undecodable) -> skipped with the
+reason. Everything else is scored by `mura_ensemble`, wrists also by `wrist_detect` when the
+server has it. Failures are classified so the queue does the right thing:
+
+* `TransientError`: Triton not ready or a request failed in transport -> retry with backoff;
+* `PermanentError`: images were routed for scoring but none could be read -> dead-letter now.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom import Dataset, dcmread
+
+from clients.dicom_pixels import DicomPixelError, dataset_to_grayscale
+from clients.gateway.phi import uid_tag
+from clients.routing import Router
+from clients.sr import ImageFinding, ModelProvenance, Structure, StudyResult
+from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, WRIST_DETECT_MODEL
+
+log = logging.getLogger("msk.gateway.scoring")
+
+
+class TransientError(RuntimeError):
+    """Worth retrying later (server down, request failed in transport)."""
+
+
+class PermanentError(RuntimeError):
+    """Retrying cannot help (nothing readable to score)."""
+
+
+@dataclass
+class ScoredStudy:
+    """The scored study plus what the result builders need from the sources."""
+
+    result: StudyResult
+    source: Dataset
+    received: int
+    images: dict[str, np.ndarray] = field(default_factory=dict)   # SOP UID -> uint8 image
+    heatmaps: dict[str, np.ndarray] = field(default_factory=dict)  # SOP UID -> uint8 heatmap
+    sources: dict[str, Dataset] = field(default_factory=dict)      # SOP UID -> header
+
+
+@dataclass
+class _Candidate:
+    ds: Dataset
+    body_part: str
+    pipelines: tuple[str, ...]
+    image: np.ndarray
+
+
+class StudyScorer:
+    """Scores studies on one Triton server; discovers `wrist_detect` on every readiness check."""
+
+    def __init__(self, triton_url: str, router: Router, wrist: str = "auto",
+                 timeout_s: float = 120.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        from clients.mura import MuraClient
+
+        self.url = triton_url
+        self.router = router
+        self.wrist_mode = wrist
+        self.timeout_s = timeout_s
+        self._control = grpcclient.InferenceServerClient(triton_url)
+        self._mura = MuraClient(triton_url, timeout_s=timeout_s)
+        self._wrist = None
+        self._wrist_models: dict[str, ModelProvenance] = {}
+
+    def close(self) -> None:
+        self._mura.close()
+        self._control.close()
+
+    def check_ready(self) -> None:
+        """Raise TransientError unless the server and the ensemble are ready; update routing."""
+        from tritonclient.utils import InferenceServerException
+
+        try:
+            ready = self._control.is_server_ready() and self._control.is_model_ready(
+                MURA_ENSEMBLE_MODEL)
+            wrist = self.wrist_mode != "off" and self._control.is_model_ready(
+                WRIST_DETECT_MODEL)
+        except InferenceServerException as exc:
+            raise TransientError(f"Triton at {self.url} unreachable: {exc.message()}") from exc
+        if not ready:
+            raise TransientError(f"Triton at {self.url} or {MURA_ENSEMBLE_MODEL} not ready")
+        if self.wrist_mode == "on" and not wrist:
+            raise TransientError(f"{WRIST_DETECT_MODEL} required (wrist=on) but not ready")
+        self.router.wrist_detect_available = wrist
+
+    # ------------------------------------------------------------------------------------
+    def score(self, files: list[Path]) -> ScoredStudy | None:
+        """Score one study batch; None when nothing in it is meant to be scored."""
+        self.check_ready()
+        self._wrist_models = {}
+        headers: list[Dataset] = []
+        skipped: list[tuple[str, str]] = []
+        findings: list[ImageFinding] = []
+        candidates: list[_Candidate] = []
+        for path in files:
+            try:
+                ds = dcmread(path)
+            except Exception as exc:  # a corrupt file must not stop the study
+                log.warning("instance file %s unreadable: %s", path.name, type(exc).__name__)
+                skipped.append((path.name, "unreadable DICOM file"))
+                continue
+            headers.append(ds)
+            tag = uid_tag(ds.get("SOPInstanceUID", path.name))
+            sop_uid = str(ds.get("SOPInstanceUID", path.name))
+            if "PixelData" not in ds:
+                sop = ds.get("SOPClassUID")
+                reason = f"not an image (SOP class {getattr(sop, 'name', sop)})"
+                log.info("skipped %s: %s", tag, reason)
+                skipped.append((sop_uid, reason))
+                continue
+            route = self.router.route(ds)
+            if not route.scored:
+                log.info("skipped %s: not routed (%s)", tag, route.reason)
+                skipped.append((sop_uid, f"not routed: {route.reason}"))
+                continue
+            try:
+                image = dataset_to_grayscale(ds, source=tag)
+            except DicomPixelError as exc:
+                log.warning("skipped %s: %s", tag, exc.reason)
+                findings.append(_finding(ds, route.body_part, error=exc.reason))
+                continue
+            candidates.append(_Candidate(ds, route.body_part or "", route.pipelines, image))
+        if not headers:
+            raise PermanentError("no readable DICOM instance in the study")
+        if not candidates:
+            if findings:
+                raise PermanentError("; ".join(f.error or "" for f in findings))
+            return None
+
+        mura = self._mura.score([c.image for c in candidates],
+                                body_parts=[c.body_part for c in candidates],
+                                names=[uid_tag(c.ds.SOPInstanceUID) for c in candidates])
+        transport = [r.error for r in mura if r.error and r.error.startswith("server")]
+        if transport:
+            raise TransientError(f"{len(transport)} request(s) failed: {transport[0]}")
+        structures = self._detect([c for c in candidates if WRIST_DETECT_MODEL in c.pipelines])
+
+        scored = ScoredStudy(result=StudyResult([], [], MURA_DEFAULT_THRESHOLD, skipped),
+                             source=headers[0], received=len(files))
+        thresholds: list[float] = []
+        models: dict[str, ModelProvenance] = {}
+        for cand, res in zip(candidates, mura, strict=True):
+            sop = str(cand.ds.SOPInstanceUID)
+            finding = _finding(cand.ds, cand.body_part, error=res.error)
+            if res.error is None:
+                finding.probability = res.probability
+                finding.members = dict(res.members)
+                finding.abnormal = res.abnormal
+                thresholds.append(float(res.threshold))
+                for name, version in res.versions.items():
+                    model = MURA_ENSEMBLE_MODEL if name == "pipeline" else name
+                    models.setdefault(model, ModelProvenance(
+                        model, str(version), res.artifacts.get(name, "")))
+                if res.heatmap is not None:
+                    scored.heatmaps[sop] = res.heatmap
+            finding.structures = structures.get(sop, [])
+            findings.append(finding)
+            scored.images[sop] = cand.image
+            scored.sources[sop] = cand.ds
+        models.update(self._wrist_models)
+        scored.result.images = findings
+        scored.result.models = list(models.values())
+        if thresholds:
+            scored.result.threshold = float(np.mean(thresholds))
+        return scored
+
+    def _detect(self, candidates: list[_Candidate]) -> dict[str, list[Structure]]:
+        """Wrist structures per SOP UID; failures there fail the batch (transient)."""
+        if not candidates:
+            return {}
+        from clients.wrist import WristClient
+
+        if self._wrist is None:
+            self._wrist = WristClient(self.url)
+        try:
+            outputs = self._wrist.detect([c.image for c in candidates])
+        except Exception as exc:
+            raise TransientError(f"{WRIST_DETECT_MODEL} failed: {exc}") from exc
+        found: dict[str, list[Structure]] = {}
+        models: dict[str, ModelProvenance] = {}
+        for cand, out in zip(candidates, outputs, strict=True):
+            error = getattr(out, "error", None)
+            if error:
+                raise TransientError(f"{WRIST_DETECT_MODEL}: {error}")
+            detections = getattr(out, "detections", out)
+            found[str(cand.ds.SOPInstanceUID)] = [
+                Structure(d.class_name, float(d.score), float(d.x1), float(d.y1), float(d.x2),
+                          float(d.y2)) for d in detections]
+            versions = getattr(out, "versions", {}) or {}
+            artifacts = getattr(out, "artifacts", {}) or {}
+            for name, version in versions.items():
+                models.setdefault(name, ModelProvenance(name, str(version),
+                                                        artifacts.get(name, "")))
+        if not models:
+            models[WRIST_DETECT_MODEL] = ModelProvenance(WRIST_DETECT_MODEL, "latest", "")
+        self._wrist_models = models
+        return found
+
+
+def _finding(ds: Dataset, body_part: str | None, error: str | None = None) -> ImageFinding:
+    return ImageFinding(
+        sop_class_uid=str(ds.SOPClassUID), sop_instance_uid=str(ds.SOPInstanceUID),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")), body_part=body_part,
+        error=error)

@@ -1,0 +1,89 @@
+"""C-STORE / C-ECHO receiver: accepts what a PACS or modality sends and queues it durably.
+
+Every storage SOP class and every transfer syntax is accepted: a PACS forwarding a whole study
+also sends dose reports, presentation states or our own SRs, and refusing those at association
+time would make the sender report a failed transfer. What cannot be scored is skipped later,
+with a log line saying why. Success (0x0000) is answered only after the instance is on disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from clients.gateway.config import GatewayConfig
+from clients.gateway.phi import uid_tag
+from clients.gateway.queue import StudyQueue
+
+log = logging.getLogger("msk.gateway.scp")
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+class StoreSCP:
+    """The listening AE; `start()` returns once it accepts associations."""
+
+    def __init__(self, config: GatewayConfig, queue: StudyQueue,
+                 on_stored: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.queue = queue
+        self.on_stored = on_stored
+        self.ae = AE(ae_title=config.ae_title)
+        self.ae.require_called_aet = config.require_called_aet
+        if config.allowed_calling_aes:
+            self.ae.require_calling_aet = list(config.allowed_calling_aes)
+        self.ae.network_timeout = config.dicom_timeout_s
+        self.ae.dimse_timeout = config.dicom_timeout_s
+        self.ae.maximum_associations = 8
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self.ae.add_supported_context(Verification)
+        self._server = None
+
+    def start(self) -> None:
+        handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
+        self._server = self.ae.start_server((self.config.host, self.config.port), block=False,
+                                            evt_handlers=handlers)
+        log.info("listening as %s on %s:%d (calling AEs: %s)", self.config.ae_title,
+                 self.config.host, self.config.port,
+                 ",".join(self.config.allowed_calling_aes) or "any")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_echo(self, event: evt.Event) -> int:
+        log.info("C-ECHO from %s", event.assoc.requestor.ae_title)
+        return STATUS_SUCCESS
+
+    def _on_store(self, event: evt.Event) -> int:
+        calling = event.assoc.requestor.ae_title
+        try:
+            ds = event.dataset
+            study_uid = str(ds.StudyInstanceUID)
+            sop_uid = str(ds.SOPInstanceUID)
+        except Exception as exc:
+            log.warning("C-STORE from %s refused: dataset without Study/SOP Instance UID (%s)",
+                        calling, type(exc).__name__)
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            self.queue.store(study_uid, sop_uid, event.encoded_dataset(include_meta=True))
+        except OSError as exc:
+            log.error("C-STORE from %s: cannot persist instance %s (%s)", calling,
+                      uid_tag(sop_uid), exc.strerror)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return STATUS_OUT_OF_RESOURCES
+            return STATUS_OUT_OF_RESOURCES
+        sop_class = getattr(event.request.AffectedSOPClassUID, "name", "unknown")
+        log.info("stored %s of study %s (%s) from %s", uid_tag(sop_uid), uid_tag(study_uid),
+                 sop_class, calling)
+        if self.on_stored:
+            self.on_stored()
+        return STATUS_SUCCESS

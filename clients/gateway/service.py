@@ -1,0 +1,205 @@
+"""The gateway loop: receive -> wait for stability -> score -> build SR -> deliver.
+
+One worker thread walks the queue; the SCP threads only write files. Keeping the work in one
+thread makes ordering and retries easy to reason about, and scoring is bound by Triton anyway.
+Every study ends in exactly one audit outcome: `delivered`, `skipped` (nothing to score) or
+`dead` (see the dead-letter folder); `retry` entries record each delayed attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import generate_uid
+
+from clients.gateway.audit import AuditLog
+from clients.gateway.config import GatewayConfig
+from clients.gateway.phi import uid_tag
+from clients.gateway.queue import StudyQueue
+from clients.gateway.scoring import PermanentError, ScoredStudy, StudyScorer, TransientError
+from clients.gateway.scp import StoreSCP
+from clients.gateway.scu import DeliveryError, send
+from clients.routing import Router
+from clients.sr import build_overlay, build_sr
+
+log = logging.getLogger("msk.gateway")
+
+
+def _encode(ds) -> bytes:
+    buffer = DicomBytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class Gateway:
+    """Owns the queue, the SCP, the scorer and the worker thread."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.queue = StudyQueue(config.data_dir)
+        self.audit = AuditLog(config.audit_log)
+        self.router = Router.from_file(config.rules)
+        self.scorer = StudyScorer(config.triton_url, self.router, wrist=config.wrist)
+        self.scp = StoreSCP(config, self.queue)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        if self.config.metrics_port is not None:
+            from clients.metrics import start_metrics_server
+
+            start_metrics_server(self.config.metrics_port, self.config.metrics_host)
+        self.scp.start()
+        self._thread = threading.Thread(target=self._run, name="gateway-worker", daemon=True)
+        self._thread.start()
+        depth = self.queue.depth()
+        log.info("gateway up: destination %s, Triton %s, stable after %.1fs, queue %s",
+                 self.config.destination, self.config.triton_url, self.config.stable_seconds,
+                 depth)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.scp.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+        self.scorer.close()
+        self.queue.close()
+        log.info("gateway stopped")
+
+    def wait(self) -> None:
+        """Block until stop() (or Ctrl-C in the caller)."""
+        while not self._stop.wait(1.0):
+            pass
+
+    # ------------------------------------------------------------------ worker
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # the loop must survive anything; the batch stays queued
+                log.exception("gateway worker error (will retry)")
+                self._stop.wait(self.config.backoff_base_s)
+            self._stop.wait(self.config.poll_interval_s)
+
+    def step(self, now: float | None = None) -> None:
+        """One pass over the queue (public so tests and tools can drive it)."""
+        for key in self.queue.stable(self.config.stable_seconds, now):
+            batch = self.queue.promote(key, now)
+            if batch:
+                log.info("study %s stable, queued as batch %s", key[:12], batch[-13:])
+        for batch in self.queue.due("pending", now):
+            if self._stop.is_set():
+                return
+            self._process(batch)
+        for batch in self.queue.due("outbox", now):
+            if self._stop.is_set():
+                return
+            self._deliver(batch)
+        self._update_metrics()
+
+    def _update_metrics(self) -> None:
+        from clients.metrics import GATEWAY_QUEUE_DEPTH
+
+        for state, depth in self.queue.depth().items():
+            GATEWAY_QUEUE_DEPTH.labels(state).set(depth)
+
+    def _retry(self, state: str, batch: str, error: str) -> None:
+        st = self.queue.state(state, batch)
+        delay = self.config.backoff(st.attempts + 1)
+        dead = self.queue.failed(state, batch, error, self.config.max_attempts, delay)
+        outcome = "dead" if dead else "retry"
+        log.warning("batch %s %s at %s: %s%s", batch[-13:], outcome, state, error,
+                    "" if dead else f" (retry in {delay:.1f}s)")
+        self.audit.record(outcome, batch=batch, stage=state, attempts=st.attempts + 1,
+                          reason=error, **({} if dead else {"retry_in_s": delay}))
+
+    def _process(self, batch: str) -> None:
+        files = self.queue.files("pending", batch)
+        try:
+            scored = self.scorer.score(files)
+        except TransientError as exc:
+            self._retry("pending", batch, str(exc))
+            return
+        except PermanentError as exc:
+            self.queue.dead_letter("pending", batch, str(exc))
+            log.error("batch %s dead-lettered: %s", batch[-13:], exc)
+            self.audit.record("dead", batch=batch, stage="pending", reason=str(exc),
+                              instances=len(files))
+            return
+        if scored is None:
+            log.info("batch %s: nothing to score (%d instance(s)), not an error", batch[-13:],
+                     len(files))
+            self.audit.record("skipped", batch=batch, instances=len(files),
+                              reason="no instance routed for scoring")
+            self.queue.done("pending", batch)
+            return
+        results, summary = self._results(scored, batch)
+        self.queue.stage_outbox(batch, results, summary)
+        self.audit.record("scored", **summary)
+        log.info("batch %s scored: %d image(s), study probability %s", batch[-13:],
+                 summary["images_scored"], summary["probability"])
+
+    def _results(self, scored: ScoredStudy, batch: str) -> tuple[dict[str, bytes], dict]:
+        sr = build_sr(scored.source, scored.result)
+        results = {"sr.dcm": _encode(sr)}
+        overlays: list[str] = []
+        if self.config.secondary_capture:
+            series = generate_uid()
+            for index, (sop, heatmap) in enumerate(sorted(scored.heatmaps.items())):
+                sc = build_overlay(scored.sources[sop], scored.images[sop], heatmap,
+                                   scored.result.models, series_uid=series)
+                sc.InstanceNumber = index + 1
+                results[f"sc-{index:03d}.dcm"] = _encode(sc)
+                overlays.append(str(sc.SOPInstanceUID))
+        res = scored.result
+        summary = {
+            "batch": batch, "study": uid_tag(scored.source.StudyInstanceUID),
+            "instances": scored.received, "images_scored": len(res.scored),
+            "skipped": len(res.skipped) + len(res.images) - len(res.scored),
+            "probability": None if res.probability is None else round(res.probability, 6),
+            "abnormal": res.abnormal, "threshold": res.threshold,
+            "models": [{"name": m.name, "version": m.version, "sha256": m.sha256}
+                       for m in res.models],
+            "result_uids": {"sr_sop_instance_uid": str(sr.SOPInstanceUID),
+                            "sr_series_instance_uid": str(sr.SeriesInstanceUID),
+                            "sc_sop_instance_uids": overlays},
+            "destination": str(self.config.destination),
+        }
+        return results, summary
+
+    def _deliver(self, batch: str) -> None:
+        paths = sorted(Path(p) for p in (self.queue.dir("outbox") / batch).glob("*.dcm"))
+        try:
+            send(paths, self.config.destination, self.config.ae_title,
+                 self.config.dicom_timeout_s)
+        except (DeliveryError, OSError) as exc:
+            self._retry("outbox", batch, str(exc))
+            return
+        summary = self.queue.summary(batch)
+        attempts = self.queue.state("outbox", batch).attempts + 1
+        self.audit.record("delivered", **{**summary, "delivery_attempts": attempts})
+        self.queue.done("outbox", batch)
+        log.info("batch %s delivered to %s", batch[-13:], self.config.destination)
+
+
+def run_gateway(config: GatewayConfig, ready_file: Path | None = None) -> int:
+    """Start, block until SIGTERM/SIGINT, stop cleanly; for `msk gateway`."""
+    import signal
+
+    gateway = Gateway(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    gateway.start()
+    if ready_file is not None:
+        ready_file.write_text("ready\n")
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        gateway.stop()
+    return 0

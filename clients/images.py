@@ -1,0 +1,78 @@
+"""Load a radiograph file (PNG/JPEG/..., 8- or 16-bit, gray or colour) as uint8 grayscale [H, W].
+
+This is what every client sends to Triton: the small uint8 image, never float pixels (the
+preprocessing runs on the server). 16-bit images are windowed linearly from their own minimum and
+maximum to 0..255 (PNG exports of radiographs rarely use the full 16-bit range, so a fixed /257
+would leave them dark); colour images are converted with ITU-R 601-2 luma (PIL's "L").
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+Image.MAX_IMAGE_PIXELS = 200_000_000   # large detector plates are fine; decompression bombs are not
+
+
+class ImageLoadError(ValueError):
+    """The input is not a usable image; the message names the input and the reason."""
+
+
+def window_to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Linearly map the image's own [min, max] to [0, 255] (constant images map to 0)."""
+    values = pixels.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(pixels.shape, np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _to_gray(image: Image.Image) -> np.ndarray:
+    if image.mode == "L":
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return window_to_uint8(np.asarray(image))
+    return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def load_grayscale(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
+    """Decode `source` (a path or the file's bytes) to a non-empty uint8 [H, W] array."""
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except OSError as exc:
+        raise ImageLoadError(f"{label}: cannot read file ({exc.strerror or exc})") from exc
+    if not data:
+        raise ImageLoadError(f"{label}: file is empty")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            pixels = _to_gray(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageLoadError(f"{label}: not a readable image ({type(exc).__name__}: {exc})"
+                             ) from exc
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(f"{label}: image too large ({exc})") from exc
+    if pixels.ndim != 2 or 0 in pixels.shape:
+        raise ImageLoadError(f"{label}: image has no pixels (shape {list(pixels.shape)})")
+    return np.ascontiguousarray(pixels)
+
+
+def validate_image(image: np.ndarray, label: str = "image") -> np.ndarray:
+    """Check an in-memory image before it is sent: uint8, 2-D, non-empty."""
+    if not isinstance(image, np.ndarray):
+        raise ImageLoadError(f"{label}: expected a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ImageLoadError(f"{label}: expected uint8 pixels, got {image.dtype}")
+    if image.ndim != 2:
+        raise ImageLoadError(f"{label}: expected a 2-D grayscale image, got shape "
+                             f"{list(image.shape)}")
+    if 0 in image.shape:
+        raise ImageLoadError(f"{label}: image has no pixels (shape {list(image.shape)})")
+    return np.ascontiguousarray(image)

@@ -1,0 +1,129 @@
+"""The `msk web` FastAPI application: upload radiographs, see scores, heatmaps and wrist boxes.
+
+Pages (HTML, every one carrying the research-use banner and the loaded model versions):
+  GET  /            upload form, per-image results, study view (filled in by static/app.js)
+  GET  /models      the model versions Triton reports
+API (JSON, what the page calls; also usable from scripts):
+  GET  /api/status  Triton reachability and READY model versions
+  POST /api/score   multipart `files` (one or more) + optional `body_part` -> per-image results
+                    and the study aggregate
+
+The app holds only gRPC clients (see `clients.web.service`); it never imports torch. Any error
+reaches the user as a sentence: handlers below turn every exception into JSON or an HTML page
+without a traceback (the traceback goes to the server log only).
+"""
+
+from __future__ import annotations
+
+import logging
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from clients.web.service import WebService
+from clients.web.uploads import MAX_UPLOAD_BYTES, UploadError, decode
+from msk import RESEARCH_USE_NOTICE, __version__
+from msk.constants import MURA_BODY_PARTS, MURA_MEMBERS
+
+log = logging.getLogger("msk.web")
+
+HERE = Path(__file__).resolve().parent
+MAX_FILES_PER_STUDY = 32
+"""A MURA study has 1-11 images; the cap keeps one request from tying up the server."""
+
+
+def create_app(triton_url: str) -> FastAPI:
+    """Build the app for one Triton server (gRPC `host:port`)."""
+    service = WebService(triton_url)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app = FastAPI(title="msk-triton web", version=__version__, description=RESEARCH_USE_NOTICE,
+                  docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app.state.service = service
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+
+    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("status", service.status())
+        return templates.TemplateResponse(
+            request, name, status_code=status_code,
+            context={"notice": RESEARCH_USE_NOTICE, "version": __version__,
+                     "body_parts": MURA_BODY_PARTS, "members": MURA_MEMBERS, **context},
+        )
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        return page(request, "index.html")
+
+    @app.get("/models", response_class=HTMLResponse)
+    def models(request: Request) -> HTMLResponse:
+        return page(request, "models.html")
+
+    @app.get("/api/status")
+    def api_status() -> dict[str, Any]:
+        return {"notice": RESEARCH_USE_NOTICE, **service.status().to_json()}
+
+    @app.post("/api/score")
+    def api_score(files: list[UploadFile] = File(...),  # noqa: B008 - FastAPI's idiom
+                  body_part: str = Form("")) -> JSONResponse:
+        part = body_part.strip().lower() or None
+        if part is not None and part not in MURA_BODY_PARTS:
+            return _error(400, f"unknown body part {body_part!r}; expected one of "
+                          f"{', '.join(MURA_BODY_PARTS)}")
+        if len(files) > MAX_FILES_PER_STUDY:
+            return _error(400, f"too many files ({len(files)}); at most {MAX_FILES_PER_STUDY} "
+                          "per study")
+        uploads: list[Any] = []
+        for f in files:
+            name = Path(f.filename or "upload").name
+            data = f.file.read(MAX_UPLOAD_BYTES + 1)
+            try:
+                uploads.append(decode(data, name))
+            except UploadError as exc:
+                uploads.append(str(exc))
+        result = service.score_study(uploads, part)
+        return JSONResponse({"notice": RESEARCH_USE_NOTICE, **result})
+
+    # -- errors: readable, never a traceback -------------------------------------------------
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        message = {404: "Page not found.", 405: "Method not allowed."}.get(
+            exc.status_code, str(exc.detail))
+        return _respond(request, exc.status_code, message, page)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) or "request"
+                           for e in exc.errors())
+        return _respond(request, 400, f"Invalid request: missing or malformed {fields}. "
+                        "Choose one or more image files to upload.", page)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception):
+        log.exception("unexpected error serving %s", request.url.path)
+        return _respond(request, 500, "Something went wrong on the web server; the details are "
+                        "in its log. Please try again.", page)
+
+    return app
+
+
+def _error(status_code: int, message: str) -> JSONResponse:
+    return JSONResponse({"notice": RESEARCH_USE_NOTICE, "error": message},
+                        status_code=status_code)
+
+
+def _respond(request: Request, status_code: int, message: str, page) -> Any:
+    """JSON for API calls, an HTML page (banner included) for browsers."""
+    if request.url.path.startswith("/api/"):
+        return _error(status_code, message)
+    try:
+        return page(request, "error.html", status_code=status_code, message=message)
+    except Exception:  # noqa: BLE001 - even a failing template must not leak a traceback
+        log.exception("error page failed")
+        return HTMLResponse(f"<p>{escape(RESEARCH_USE_NOTICE)}</p><p>{escape(message)}</p>",
+                            status_code=status_code)

@@ -1,0 +1,227 @@
+"""What the web app asks of Triton: score a study, find wrist structures, report model versions.
+
+Everything goes through the thin gRPC clients (`clients.mura.MuraClient`, `clients.wrist.WristClient`)
+exactly as any other client would; no model runs in the web process. Errors become sentences a
+person can act on ("the inference server at 127.0.0.1:8001 is not reachable"), never tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clients.routing import study_probability
+from clients.web import rendering
+from clients.web.uploads import DecodedUpload
+from msk.constants import (
+    MURA_DEFAULT_THRESHOLD,
+    MURA_ENSEMBLE_MODEL,
+    MURA_MEMBERS,
+    WRIST_DETECT_MODEL,
+)
+
+log = logging.getLogger("msk.web")
+
+STATUS_TIMEOUT_S = 3.0
+"""How long the page waits for Triton's model index before saying the server is unreachable."""
+
+_UNREACHABLE_MARKERS = (
+    "unavailable", "failed to connect", "connection refused", "deadline exceeded",
+    "socket closed", "connect failed", "dns resolution failed", "name resolution",
+)
+
+
+def is_unreachable(message: str) -> bool:
+    """True when a gRPC error text means the server could not be reached at all."""
+    text = message.lower()
+    return any(marker in text for marker in _UNREACHABLE_MARKERS)
+
+
+def unreachable_message(url: str) -> str:
+    return (f"The inference server at {url} is not reachable. Check that Triton is running "
+            f"(`msk serve`) and that --triton-url points at its gRPC port.")
+
+
+def humanize(url: str, message: str) -> str:
+    """A client error as one readable line (no traceback, no gRPC boilerplate)."""
+    if is_unreachable(message):
+        return unreachable_message(url)
+    first = (message.strip().splitlines() or ["unknown error"])[0]
+    return first if len(first) <= 300 else first[:299] + "…"
+
+
+@dataclass
+class ServerStatus:
+    """What the page header shows: is Triton reachable, which model versions are loaded."""
+
+    url: str
+    reachable: bool
+    models: dict[str, list[str]] = field(default_factory=dict)   # name -> READY versions
+    error: str | None = None
+
+    @property
+    def wrist_available(self) -> bool:
+        return bool(self.models.get(WRIST_DETECT_MODEL))
+
+    @property
+    def mura_available(self) -> bool:
+        return bool(self.models.get(MURA_ENSEMBLE_MODEL))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"triton_url": self.url, "reachable": self.reachable, "models": self.models,
+                "wrist_detect": self.wrist_available, "error": self.error}
+
+
+class WebService:
+    """Holds the gRPC clients for one Triton server; safe to share between request threads."""
+
+    def __init__(self, triton_url: str) -> None:
+        self.url = triton_url
+        self._mura = None
+        self._wrist = None
+
+    # -- clients (created lazily so the app starts even while Triton is down) --------------------
+    def _mura_client(self):
+        if self._mura is None:
+            from clients.mura import MuraClient
+
+            self._mura = MuraClient(self.url)
+        return self._mura
+
+    def _wrist_client(self):
+        if self._wrist is None:
+            from clients.wrist import WristClient
+
+            self._wrist = WristClient(self.url)
+        return self._wrist
+
+    # -- status -----------------------------------------------------------------------------
+    def status(self) -> ServerStatus:
+        """Ask Triton (gRPC) for its model index; READY versions per model name."""
+        import tritonclient.grpc as grpcclient
+
+        try:
+            client = grpcclient.InferenceServerClient(self.url)
+            try:
+                index = client.get_model_repository_index(
+                    as_json=True, client_timeout=STATUS_TIMEOUT_S)
+            finally:
+                client.close()
+        except Exception as exc:  # noqa: BLE001 - any failure here means "cannot show status"
+            return ServerStatus(self.url, False, error=humanize(self.url, str(exc)))
+        models: dict[str, list[str]] = {}
+        for entry in index.get("models", []):
+            if entry.get("state") == "READY":
+                models.setdefault(entry["name"], []).append(str(entry.get("version", "")))
+        for versions in models.values():
+            versions.sort(key=lambda v: int(v) if v.isdigit() else -1)
+        return ServerStatus(self.url, True, models=models)
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score_study(self, uploads: list[DecodedUpload | str], body_part: str | None,
+                    ) -> dict[str, Any]:
+        """Score every decodable upload; an `str` entry is an upload error message to report.
+
+        Returns {"images": [...], "study": {...}, "status": {...}}; never raises for bad input
+        or an unreachable server.
+        """
+        status = self.status()
+        decoded = [u for u in uploads if isinstance(u, DecodedUpload)]
+        parts = [u.body_part or body_part for u in decoded]
+        results: list[Any] = []
+        global_error: str | None = None
+        if decoded:
+            if not status.reachable:
+                global_error = status.error
+            elif not status.mura_available:
+                global_error = (f"The inference server at {self.url} has no ready "
+                                f"{MURA_ENSEMBLE_MODEL} model.")
+            else:
+                try:
+                    results = self._mura_client().score(
+                        [u.image for u in decoded], body_parts=parts,
+                        names=[u.filename for u in decoded])
+                except Exception as exc:  # noqa: BLE001 - shown to the user as one line
+                    log.warning("scoring failed: %s", humanize(self.url, str(exc)))
+                    global_error = humanize(self.url, str(exc))
+
+        images: list[dict[str, Any]] = []
+        it = iter(zip(decoded, parts, results or [None] * len(decoded), strict=True))
+        for upload in uploads:
+            if isinstance(upload, str):
+                images.append({"filename": upload.split(":", 1)[0], "error": upload})
+                continue
+            item, part, result = next(it)
+            images.append(self._image_payload(item, part, result, global_error, status))
+        return {"images": images, "study": aggregate(images), "status": status.to_json()}
+
+    def _image_payload(self, upload: DecodedUpload, part: str | None, result: Any,
+                       global_error: str | None, status: ServerStatus) -> dict[str, Any]:
+        h, w = upload.image.shape
+        payload: dict[str, Any] = {
+            "filename": upload.filename, "format": upload.kind, "body_part": part,
+            "width": int(w), "height": int(h),
+            "image": rendering.png_data_url(rendering.display_image(upload.image)),
+        }
+        error = global_error or (result.error if result is not None else "no result")
+        if error:
+            payload["error"] = f"{upload.filename}: {humanize(self.url, error)}"
+            return payload
+        payload.update({
+            "probability": float(result.probability),
+            "threshold": float(result.threshold),
+            "abnormal": bool(result.abnormal) if result.abnormal is not None else None,
+            "members": {m: float(result.members[m]) for m in MURA_MEMBERS if m in result.members},
+            "versions": dict(result.versions),
+            "weights": result.weights,
+            "latency_s": float(result.latency_s) if result.latency_s is not None else None,
+        })
+        if result.heatmap is not None:
+            payload["heatmap"] = rendering.heatmap_views(np.asarray(result.heatmap, np.uint8))
+        if part == "wrist" and status.wrist_available:
+            payload["boxes"], payload["boxes_error"] = self._wrist_boxes(upload)
+        return payload
+
+    def _wrist_boxes(self, upload: DecodedUpload) -> tuple[list[dict[str, Any]], str | None]:
+        """Labelled boxes from `wrist_detect`, in original pixels; errors do not hide the score."""
+        try:
+            detection = self._wrist_client().detect([upload.image])[0]
+        except Exception as exc:  # noqa: BLE001
+            return [], humanize(self.url, str(exc))
+        if getattr(detection, "error", None):
+            return [], humanize(self.url, detection.error)
+        return [box_json(b) for b in detection.boxes], None
+
+
+def box_json(box: Any) -> dict[str, Any]:
+    """One detection as {label, score, x1, y1, x2, y2} whatever shape the wrist client uses."""
+    if isinstance(box, dict):
+        get = box.get
+    else:
+        def get(key: str, default: Any = None) -> Any:
+            return getattr(box, key, default)
+    label = get("label") or get("class_name") or get("cls") or get("class")
+    return {"label": str(label), "score": float(get("score", 0.0)),
+            "x1": float(get("x1")), "y1": float(get("y1")),
+            "x2": float(get("x2")), "y2": float(get("y2"))}
+
+
+def aggregate(images: list[dict[str, Any]]) -> dict[str, Any]:
+    """Study level: mean probability over the scored images (the MURA study's rule)."""
+    scored = [im for im in images if "probability" in im]
+    study: dict[str, Any] = {"n_images": len(images), "n_scored": len(scored),
+                             "n_errors": len(images) - len(scored)}
+    if not scored:
+        return study
+    probability = float(study_probability(im["probability"] for im in scored))
+    thresholds = {im["threshold"] for im in scored}
+    threshold = thresholds.pop() if len(thresholds) == 1 else MURA_DEFAULT_THRESHOLD
+    members = {m: float(np.mean([im["members"][m] for im in scored if m in im["members"]]))
+               for m in MURA_MEMBERS if any(m in im["members"] for im in scored)}
+    study.update({"probability": probability, "threshold": threshold,
+                  "abnormal": probability >= threshold, "members": members,
+                  "mixed_thresholds": len({im["threshold"] for im in scored}) > 1})
+    return study

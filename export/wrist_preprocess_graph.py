@@ -1,0 +1,242 @@
+"""The wrist preprocessing (crop 3/7 + letterbox + CLAHE + detector letterbox) as one ONNX graph.
+
+Why an ONNX graph and not a python model on GPU tensors (DLPack): a graph runs wherever the
+detectors run - Triton's native ONNX Runtime backend (CPU or CUDA EP) or TensorRT on the GPU, and
+our python-based ORT backend on this CPU machine - with no torch/cupy in the serving container and
+no device round trip; the same file is the CPU and the GPU implementation. Every op used here is a
+plain tensor op supported by ORT's CPU and CUDA providers and by TensorRT (Shape, Slice, integer
+arithmetic, Resize, Pad, Equal, MatMul, CumSum, Gather, Round, Clip).
+
+CLAHE without a histogram op: each 175 x 95 tile's 256-bin histogram is a 16 x 16 joint histogram
+of (value // 16, value % 16), computed as one-hot(high)^T @ one-hot(low) - a batched MatMul (exact in
+float32, counts < 2^24). Clipping and redistribution of the excess, the LUT (`round(cdf * 255 /
+tile_pixels)`, round half to even like `cv::saturate_cast`) and the bilinear blend of the four
+neighbouring tiles' LUTs follow OpenCV's `clahe.cpp` step by step, with the blend weights computed
+in float32 exactly as OpenCV does. The canvas is fixed (1400 x 760, divisible by the 8 x 8 grid),
+so tile sizes, clip limit and blend weights are constants.
+
+Inputs/outputs (see `msk.wrist_geometry` for the geometry):
+  IMAGE     UINT8 [H, W]          raw grayscale radiograph of any size (16-bit windowed by the client)
+  PIXELS    FP32  [1, 3, h, w]    detector input (h x w = export size, e.g. 1408 x 768), 0..1
+  GEOMETRY  INT64 [7]             orig_h, orig_w, crop_top, new_h, new_w, pad_top, pad_left
+  CANVAS    UINT8 [1400, 760]     (only with `debug=True`) the CLAHE canvas, for parity tests
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from msk.constants import (
+    WRIST_CLAHE_CLIP_LIMIT,
+    WRIST_CLAHE_GRID,
+    WRIST_CROP_TOP_FRACTION,
+    WRIST_HEIGHT,
+    WRIST_WIDTH,
+)
+from msk.wrist_geometry import DETECTOR_PAD_VALUE, GEOMETRY_FIELDS, detector_letterbox
+
+OPSET = 18
+IMAGE_INPUT = "IMAGE"
+PIXELS_OUTPUT = "PIXELS"
+GEOMETRY_OUTPUT = "GEOMETRY"
+CANVAS_OUTPUT = "CANVAS"
+
+
+class _Graph:
+    """Tiny helper: unique names, constants, nodes."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._n = 0
+
+    def _name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def const(self, value, dtype=None, hint: str = "c") -> str:
+        arr = np.asarray(value, dtype=dtype)
+        name = self._name(hint)
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, hint: str | None = None, **attrs) -> str:
+        out = self._name(hint or op_type.lower())
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attrs))
+        return out
+
+    def i64(self, v) -> str:
+        return self.const(v, np.int64, "i")
+
+    def f32(self, v) -> str:
+        return self.const(v, np.float32, "f")
+
+
+def _clahe_constants(height: int, width: int, tiles_y: int, tiles_x: int):
+    """OpenCV's per-pixel tile indices and blend weights (float32, as in clahe.cpp)."""
+    th, tw = height // tiles_y, width // tiles_x
+
+    def axis(n: int, tile: int, count: int):
+        inv = np.float32(1.0) / np.float32(tile)
+        f = np.arange(n, dtype=np.float32) * inv - np.float32(0.5)
+        t1 = np.floor(f).astype(np.int64)
+        a = (f - t1.astype(np.float32)).astype(np.float32)
+        a1 = (np.float32(1.0) - a).astype(np.float32)
+        return np.maximum(t1, 0), np.minimum(t1 + 1, count - 1), a, a1
+
+    tx1, tx2, xa, xa1 = axis(width, tw, tiles_x)
+    ty1, ty2, ya, ya1 = axis(height, th, tiles_y)
+    return (tx1, tx2, xa, xa1), (ty1, ty2, ya, ya1)
+
+
+def _clahe(g: _Graph, canvas_f: str, height: int, width: int) -> str:
+    """CLAHE of a float canvas holding integer grey levels 0..255 -> float levels 0..255."""
+    tiles_x, tiles_y = (int(t) for t in WRIST_CLAHE_GRID)  # OpenCV's Size(width, height) order
+    if height % tiles_y or width % tiles_x:
+        raise ValueError("the canvas must divide into the CLAHE grid")
+    th, tw = height // tiles_y, width // tiles_x
+    n_tiles, tile_px = tiles_x * tiles_y, th * tw
+    clip = max(int(WRIST_CLAHE_CLIP_LIMIT * tile_px / 256), 1)
+
+    # [n_tiles, tile_px] in row-major tile order (ty * tiles_x + tx)
+    t = g.op("Reshape", canvas_f, g.i64([tiles_y, th, tiles_x, tw]))
+    t = g.op("Transpose", t, perm=[0, 2, 1, 3])
+    t = g.op("Reshape", t, g.i64([n_tiles, tile_px]))
+    hi = g.op("Floor", g.op("Div", t, g.f32(16.0)))
+    lo = g.op("Sub", t, g.op("Mul", hi, g.f32(16.0)))
+    levels = g.f32(np.arange(16, dtype=np.float32))
+    oh = g.op("Cast", g.op("Equal", g.op("Unsqueeze", hi, g.i64([-1])), levels),
+              to=TensorProto.FLOAT)
+    ol = g.op("Cast", g.op("Equal", g.op("Unsqueeze", lo, g.i64([-1])), levels),
+              to=TensorProto.FLOAT)
+    hist = g.op("MatMul", g.op("Transpose", oh, perm=[0, 2, 1]), ol)       # [T, 16, 16]
+    hist = g.op("Reshape", hist, g.i64([n_tiles, 256]))
+
+    clip_c = g.f32(float(clip))
+    excess = g.op("ReduceSum", g.op("Relu", g.op("Sub", hist, clip_c)), g.i64([1]), keepdims=1)
+    hist = g.op("Min", hist, clip_c)
+    batch = g.op("Floor", g.op("Div", excess, g.f32(256.0)))
+    residual = g.op("Sub", excess, g.op("Mul", batch, g.f32(256.0)))
+    hist = g.op("Add", hist, batch)
+    step = g.op("Max", g.op("Floor", g.op("Div", g.f32(256.0),
+                                          g.op("Max", residual, g.f32(1.0)))), g.f32(1.0))
+    k = g.op("Div", g.f32(np.arange(256, dtype=np.float32)[None, :]), step)
+    extra = g.op("And", g.op("Equal", g.op("Floor", k), k), g.op("Less", k, residual))
+    hist = g.op("Add", hist, g.op("Cast", extra, to=TensorProto.FLOAT))
+    cdf = g.op("CumSum", hist, g.i64(1))
+    lut_scale = np.float32(255.0) / np.float32(tile_px)
+    lut = g.op("Clip", g.op("Round", g.op("Mul", cdf, g.f32(lut_scale))), g.f32(0.0), g.f32(255.0))
+    lut = g.op("Reshape", lut, g.i64([n_tiles * 256]))
+
+    (tx1, tx2, xa, xa1), (ty1, ty2, ya, ya1) = _clahe_constants(height, width, tiles_y, tiles_x)
+    vi = g.op("Cast", canvas_f, to=TensorProto.INT64)
+    row1 = g.i64((ty1 * tiles_x * 256)[:, None])
+    row2 = g.i64((ty2 * tiles_x * 256)[:, None])
+    col1 = g.i64((tx1 * 256)[None, :])
+    col2 = g.i64((tx2 * 256)[None, :])
+
+    def lookup(row: str, col: str) -> str:
+        return g.op("Gather", lut, g.op("Add", g.op("Add", row, col), vi), axis=0)
+
+    l11, l12 = lookup(row1, col1), lookup(row1, col2)
+    l21, l22 = lookup(row2, col1), lookup(row2, col2)
+    xa_c, xa1_c = g.f32(xa[None, :]), g.f32(xa1[None, :])
+    ya_c, ya1_c = g.f32(ya[:, None]), g.f32(ya1[:, None])
+    top = g.op("Add", g.op("Mul", l11, xa1_c), g.op("Mul", l12, xa_c))
+    bottom = g.op("Add", g.op("Mul", l21, xa1_c), g.op("Mul", l22, xa_c))
+    res = g.op("Add", g.op("Mul", top, ya1_c), g.op("Mul", bottom, ya_c))
+    return g.op("Clip", g.op("Round", res), g.f32(0.0), g.f32(255.0))
+
+
+def _resize_levels(g: _Graph, image_f: str, sizes: str) -> str:
+    """cv2.resize(INTER_LINEAR) of a 2-D float image of grey levels, rounded back to levels."""
+    x = g.op("Unsqueeze", image_f, g.i64([0, 1]))
+    x = g.op("Resize", x, "", "", sizes, mode="linear",
+             coordinate_transformation_mode="half_pixel")
+    x = g.op("Squeeze", x, g.i64([0, 1]))
+    return g.op("Clip", g.op("Round", x), g.f32(0.0), g.f32(255.0))
+
+
+def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx.ModelProto:
+    """The preprocessing model for detectors exported at `in_h x in_w`."""
+    out_h, out_w = WRIST_HEIGHT, WRIST_WIDTH
+    num, den = round(WRIST_CROP_TOP_FRACTION * 7), 7
+    g = _Graph()
+    shape = g.op("Shape", IMAGE_INPUT)
+    h = g.op("Gather", shape, g.i64(0), axis=0)
+    w = g.op("Gather", shape, g.i64(1), axis=0)
+    crop_top = g.op("Div", g.op("Mul", h, g.i64(num)), g.i64(den))
+    ch = g.op("Sub", h, crop_top)
+    two, oh_c, ow_c = g.i64(2), g.i64(out_h), g.i64(out_w)
+    height_limited = g.op("LessOrEqual", g.op("Mul", w, oh_c), g.op("Mul", ch, ow_c))
+    nw_if_h = g.op("Div", g.op("Add", g.op("Mul", g.op("Mul", w, two), oh_c), ch),
+                   g.op("Mul", ch, two))
+    nh_if_w = g.op("Div", g.op("Add", g.op("Mul", g.op("Mul", ch, two), ow_c), w),
+                   g.op("Mul", w, two))
+    one = g.i64(1)
+    new_h = g.op("Max", g.op("Min", g.op("Where", height_limited, oh_c, nh_if_w), oh_c), one)
+    new_w = g.op("Max", g.op("Min", g.op("Where", height_limited, ow_c, nw_if_h), ow_c), one)
+    pad_top = g.op("Div", g.op("Sub", oh_c, new_h), two)
+    pad_left = g.op("Div", g.op("Sub", ow_c, new_w), two)
+    pad_bottom = g.op("Sub", g.op("Sub", oh_c, new_h), pad_top)
+    pad_right = g.op("Sub", g.op("Sub", ow_c, new_w), pad_left)
+
+    def vec(*scalars: str) -> str:
+        return g.op("Concat", *[g.op("Unsqueeze", s, g.i64([0])) for s in scalars], axis=0)
+
+    geometry = vec(h, w, crop_top, new_h, new_w, pad_top, pad_left)
+    assert len(GEOMETRY_FIELDS) == 7
+    g.nodes.append(helper.make_node("Identity", [geometry], [GEOMETRY_OUTPUT]))
+
+    big = np.iinfo(np.int64).max
+    cropped = g.op("Slice", IMAGE_INPUT, vec(crop_top, g.i64(0)), g.i64([big, big]), g.i64([0, 1]))
+    cropped_f = g.op("Cast", cropped, to=TensorProto.FLOAT)
+    resized = _resize_levels(g, cropped_f, vec(one, one, new_h, new_w))
+    canvas = g.op("Pad", resized, vec(pad_top, pad_left, pad_bottom, pad_right), g.f32(0.0),
+                  mode="constant")
+    canvas = g.op("Reshape", canvas, g.i64([out_h, out_w]))
+    enhanced = _clahe(g, canvas, out_h, out_w)
+    if debug:
+        g.nodes.append(helper.make_node("Cast", [enhanced], [CANVAS_OUTPUT], to=TensorProto.UINT8))
+
+    box = detector_letterbox(in_h, in_w)
+    x = enhanced
+    nh, nw = box.resized
+    if (nh, nw) != (out_h, out_w):
+        x = _resize_levels(g, x, g.i64([1, 1, nh, nw]))
+    top, bottom, left, right = box.pads
+    x = g.op("Pad", x, g.i64([top, left, bottom, right]), g.f32(float(DETECTOR_PAD_VALUE)),
+             mode="constant")
+    x = g.op("Div", x, g.f32(255.0))
+    x = g.op("Reshape", x, g.i64([1, 1, in_h, in_w]))
+    g.nodes.append(helper.make_node("Expand", [x, g.i64([1, 3, in_h, in_w])], [PIXELS_OUTPUT]))
+
+    outputs = [
+        helper.make_tensor_value_info(PIXELS_OUTPUT, TensorProto.FLOAT, [1, 3, in_h, in_w]),
+        helper.make_tensor_value_info(GEOMETRY_OUTPUT, TensorProto.INT64, [len(GEOMETRY_FIELDS)]),
+    ]
+    if debug:
+        outputs.append(helper.make_tensor_value_info(CANVAS_OUTPUT, TensorProto.UINT8,
+                                                     [out_h, out_w]))
+    graph = helper.make_graph(
+        g.nodes, "wrist_preprocess",
+        [helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, ["height", "width"])],
+        outputs, initializer=g.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="msk-triton")
+    model.ir_version = 8
+    helper.set_model_props(model, {"detector_input": f"{in_h}x{in_w}",
+                                   "canvas": f"{out_h}x{out_w}"})
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_preprocess_graph(path: Path, in_h: int, in_w: int, *, debug: bool = False) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(build_preprocess_graph(in_h, in_w, debug=debug), str(path))
+    return path

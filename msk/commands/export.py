@@ -1,0 +1,79 @@
+"""`msk export`: build or update a model repository (ONNX artifacts, configs, manifest)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from msk.constants import MURA_MEMBERS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="export models to ONNX and assemble a Triton model repository",
+        description="Export the MURA ensemble (untrained demo weights, a tiny stand-in, or trained "
+        "checkpoints) to ONNX, verify each against PyTorch, and write configs, versioned "
+        "artifacts and manifest.json into the repository. Trained checkpoints become a NEW "
+        "version of every model; the previous version stays loadable.",
+    )
+    p.add_argument("--repository", type=Path, default=Path("model_repository"),
+                   help="output repository (default: ./model_repository)")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="folder with one <member>.pt per ensemble member "
+                   f"({', '.join(MURA_MEMBERS)}) and optionally ensemble_calibration.json "
+                   "({\"operating_points\": {body_part: threshold}})")
+    p.add_argument("--tiny", action="store_true",
+                   help="tiny stand-in backbones with the same tensor contract (for tests)")
+    p.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: ONNX on the onnxruntime backend; gpu: configs for TensorRT plans "
+                   "and KIND_GPU (engines are built on the GPU host, see docs/gpu-deployment.md)")
+    p.add_argument("--imagenet-weights", type=Path, default=None,
+                   help="folder with local torchvision ImageNet state dicts named "
+                   "densenet169.pth / resnet101.pth for the demo members (never downloaded)")
+    p.add_argument("--wrist-joints", type=Path, default=None,
+                   help="trained joints detector (.pt) to add the wrist_detect ensemble")
+    p.add_argument("--wrist-bones", type=Path, default=None,
+                   help="trained bones detector (.pt), used with --wrist-joints")
+    p.add_argument("--force", action="store_true",
+                   help="write a new version even if the newest one already has these weights")
+    p.set_defaults(handler=run)
+
+
+def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None]:
+    paths = {m: folder / f"{m}.pt" for m in MURA_MEMBERS}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing checkpoints: {', '.join(missing)}")
+    calibration = folder / "ensemble_calibration.json"
+    points = (json.loads(calibration.read_text()).get("operating_points")
+              if calibration.is_file() else None)
+    return paths, points
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.repository import build_repository
+    from msk.constants import MURA_ARCHITECTURES
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    checkpoints, points = (None, None)
+    if args.checkpoints is not None:
+        checkpoints, points = _checkpoints(args.checkpoints)
+    imagenet = None
+    if args.imagenet_weights is not None:
+        imagenet = {m: args.imagenet_weights / f"{arch}.pth"
+                    for m, arch in MURA_ARCHITECTURES.items()}
+    wrist = None
+    if args.wrist_joints or args.wrist_bones:
+        if not (args.wrist_joints and args.wrist_bones):
+            print("msk export: --wrist-joints and --wrist-bones go together", file=sys.stderr)
+            return 2
+        wrist = {"joints": args.wrist_joints, "bones": args.wrist_bones}
+    version = build_repository(args.repository, checkpoints=checkpoints, tiny=args.tiny,
+                               target=args.target, operating_points=points,
+                               imagenet_weights=imagenet, wrist_weights=wrist, force=args.force)
+    print(json.dumps({"repository": str(args.repository), "version": version}))
+    return 0

@@ -1,0 +1,92 @@
+"""`msk gateway`: the DICOM gateway between a hospital PACS and Triton (see docs/pacs.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "gateway", help="run the DICOM gateway (C-STORE in, Triton, SR out by C-STORE)",
+        description="Receive radiographs from a PACS or modality (C-STORE SCP, C-ECHO), score "
+        "each study on Triton once no new instance arrived for --stable-seconds, and send a "
+        "Comprehensive SR (optionally Secondary Capture overlays) back to --destination. "
+        "Studies wait in a durable on-disk queue: restarts and Triton/PACS outages only delay "
+        "them. Settings come from flags, else from --config (YAML/JSON with the same names, "
+        "dashes or underscores), else defaults. Research use only, not for diagnosis.",
+    )
+    p.add_argument("--config", type=Path, help="YAML or JSON file with gateway settings")
+    p.add_argument("--ae-title", help="this gateway's AE title (default MSKTRITON)")
+    p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--port", type=int, help="DICOM port to listen on (default 11112)")
+    p.add_argument("--triton-url", help="Triton gRPC endpoint HOST:PORT")
+    p.add_argument("--destination", help="where results go: AET@HOST:PORT (the PACS)")
+    p.add_argument("--allowed-calling-ae", dest="allowed_calling_aes", action="append",
+                   help="accept associations only from this calling AE title (repeatable; "
+                   "default: any)")
+    p.add_argument("--no-require-called-aet", dest="require_called_aet", action="store_const",
+                   const=False, help="accept associations addressed to any called AE title")
+    p.add_argument("--stable-seconds", type=float,
+                   help="a study is processed after this many seconds without a new instance "
+                   "(default 30)")
+    p.add_argument("--data-dir", type=Path,
+                   help="durable queue folder (default .cache/gateway)")
+    p.add_argument("--max-attempts", type=int,
+                   help="attempts per stage before a study goes to dead/ (default 20)")
+    p.add_argument("--backoff-base", dest="backoff_base_s", type=float,
+                   help="first retry delay in seconds, doubled per attempt (default 5)")
+    p.add_argument("--backoff-max", dest="backoff_max_s", type=float,
+                   help="longest retry delay in seconds (default 300)")
+    p.add_argument("--rules", type=Path,
+                   help="routing rule table (JSON/YAML) put in front of the default rules")
+    p.add_argument("--wrist", choices=("auto", "on", "off"),
+                   help="run wrist_detect on wrists: auto = when the server has it (default)")
+    p.add_argument("--secondary-capture", action="store_const", const=True,
+                   help="also send a Secondary Capture heatmap overlay per scored image")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus metrics on this port (loopback; default off)")
+    p.add_argument("--audit-log", type=Path,
+                   help="JSON-lines audit log (default DATA_DIR/audit.jsonl)")
+    p.add_argument("--log-file", type=Path, help="also write logs to this file")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                   help="log level (default INFO)")
+    p.add_argument("--ready-file", type=Path,
+                   help="write this file once the gateway accepts associations")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective settings as JSON and exit")
+    p.set_defaults(handler=run)
+
+
+SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "allowed_calling_aes",
+            "require_called_aet", "stable_seconds", "data_dir", "max_attempts",
+            "backoff_base_s", "backoff_max_s", "rules", "wrist", "secondary_capture",
+            "metrics_port", "audit_log", "log_file", "log_level")
+
+
+def run(args: argparse.Namespace) -> int:
+    from clients.gateway.config import build_config, load_file
+    from clients.gateway.phi import setup_logging
+    from clients.gateway.queue import QueueLockedError
+    from clients.gateway.service import run_gateway
+
+    try:
+        file_settings = load_file(args.config) if args.config else {}
+        config = build_config(file_settings, {k: getattr(args, k) for k in SETTINGS})
+    except (ValueError, OSError) as exc:
+        print(f"msk gateway: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(json.dumps(config.to_json(), sort_keys=True))
+        return 0
+    setup_logging(config.log_level, config.log_file)
+    try:
+        return run_gateway(config, ready_file=args.ready_file)
+    except QueueLockedError as exc:
+        print(f"msk gateway: {exc}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        print(f"msk gateway: cannot start ({exc})", file=sys.stderr)
+        return 1

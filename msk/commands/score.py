@@ -1,0 +1,166 @@
+"""`msk score`: score images, folders, globs, CSV manifests or a MURA tree against Triton.
+
+Machine output: one JSON line per input on stdout (`error` set instead of a result where it
+failed); with `--out` the same rows also go to a CSV or JSON-lines file, which `--resume` reads
+back to skip what is already there. Progress bar and summary go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from msk.constants import DEFAULT_GRPC_URL, MURA_ENSEMBLE_MODEL
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "score", help="score radiographs (files, folders, globs, CSV, MURA layout) on Triton",
+        description="Score radiographs with the MURA ensemble served by Triton. Prints one JSON "
+        "line per input on stdout (an `error` field instead of a result where it failed), a "
+        "progress bar and a summary on stderr. Research use only - not a medical device.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="PATH",
+                   help="image files, folders (recursive), glob patterns (quote them), CSV "
+                   "manifests (`path` column, optional study/body_part/label; or MURA's "
+                   "*_image_paths.csv / *_labeled_studies.csv)")
+    p.add_argument("--url", default=DEFAULT_GRPC_URL,
+                   help=f"Triton gRPC address host:port (default {DEFAULT_GRPC_URL})")
+    p.add_argument("--model", default=MURA_ENSEMBLE_MODEL,
+                   help=f"model to call (default {MURA_ENSEMBLE_MODEL})")
+    p.add_argument("--out", type=Path, default=None,
+                   help="also write rows to FILE: .csv or .jsonl/.ndjson (by extension)")
+    p.add_argument("--studies", type=Path, default=None,
+                   help="study-level results file (default with --out: <out>.studies.<ext>; "
+                   "written when inputs have studies, e.g. the MURA layout)")
+    p.add_argument("--concurrency", type=int, default=4, metavar="N",
+                   help="requests in flight at once (default 4)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip images already in --out; rows that failed because the server "
+                   "was unavailable are scored again (each image stays in the file once)")
+    p.add_argument("--shared-memory", action="store_true",
+                   help="pass pixels through Triton system shared memory (server on this host)")
+    p.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
+                   help="keep retrying an image while the server is unavailable for this long "
+                   "(default 300)")
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="per-request timeout (default 120)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="wait this long for the server to be ready before starting (default 30)")
+    p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                   help="expose this client's Prometheus metrics on 127.0.0.1:PORT/metrics")
+    p.add_argument("--no-stdout", action="store_true",
+                   help="do not print rows on stdout (with --out)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(handler=run)
+
+
+def _studies_path(args: argparse.Namespace) -> Path | None:
+    if args.studies is not None:
+        return args.studies
+    if args.out is None:
+        return None
+    return args.out.with_name(f"{args.out.stem}.studies{args.out.suffix}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from tqdm import tqdm
+
+    from clients.batch import STUDY_COLUMNS, BatchScorer, RetryPolicy, aggregate_studies
+    from clients.inputs import expand_inputs
+    from clients.outputs import open_sink, output_format, read_rows, stdout_sink, write_rows
+
+    if args.concurrency < 1:
+        print("msk score: --concurrency must be at least 1", file=sys.stderr)
+        return 2
+    if args.no_stdout and args.out is None:
+        print("msk score: --no-stdout needs --out", file=sys.stderr)
+        return 2
+    if args.resume and args.out is None:
+        print("msk score: --resume needs --out (the file it resumes)", file=sys.stderr)
+        return 2
+    for path in (args.out, args.studies):
+        if path is not None:
+            try:
+                output_format(path)
+            except ValueError as exc:
+                print(f"msk score: {exc}", file=sys.stderr)
+                return 2
+    if args.metrics_port is not None:
+        from clients.metrics import start_metrics_server
+
+        start_metrics_server(args.metrics_port)
+
+    items = expand_inputs(args.inputs)
+    try:
+        sink, kept = open_sink(args.out, resume=args.resume)
+    except (OSError, ValueError) as exc:
+        print(f"msk score: cannot use {args.out}: {exc}", file=sys.stderr)
+        return 2
+    todo = [item for item in items if item.path not in kept]
+    skipped = len(items) - len(todo)
+    if skipped:
+        print(f"msk score: resuming, {skipped} of {len(items)} images already in {args.out}",
+              file=sys.stderr)
+
+    scorer = BatchScorer(args.url, concurrency=args.concurrency, model=args.model,
+                         shared_memory=args.shared_memory,
+                         retry=RetryPolicy(give_up_after_s=args.retry_for),
+                         request_timeout_s=args.timeout)
+    printer = None if args.no_stdout else stdout_sink()
+    bar = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True,
+               disable=args.no_progress or not todo, desc="scoring")
+    errors = 0
+    collected: list[dict] = []  # rows for study aggregation when there is no --out to re-read
+
+    def on_row(row: dict) -> None:
+        nonlocal errors
+        if args.out is None and row.get("study"):
+            collected.append(row)
+        if printer is not None:
+            printer.write(row)
+        errors += bool(row["error"])
+        bar.update(1)
+        if errors:
+            bar.set_postfix(errors=errors, refresh=False)
+
+    async def main() -> object:
+        if todo:
+            await scorer.wait_ready(args.wait)
+        return await scorer.run(todo, sink, on_row=on_row, skipped=skipped)
+
+    try:
+        summary = asyncio.run(main())
+    except ConnectionError as exc:
+        print(f"msk score: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("msk score: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+        if sink is not None:
+            sink.close()
+
+    studies_path = _studies_path(args)
+    rows = read_rows(args.out) if args.out is not None else collected
+    studies = aggregate_studies(rows) if rows else []
+    if studies and studies_path is not None:
+        write_rows(studies_path, studies, STUDY_COLUMNS)
+    summary.studies = len(studies)  # type: ignore[attr-defined]
+    report = summary.to_json()  # type: ignore[attr-defined]
+    print(
+        f"msk score: {report['scored']} scored, {report['errors']} errors, "
+        f"{report['skipped_resume']} skipped (resume), {report['retries']} retries, "
+        f"{report['images_per_s'] or 0:.2f} images/s over {report['elapsed_s']:.1f} s"
+        + (f"; {len(studies)} studies -> {studies_path}" if studies and studies_path else ""),
+        file=sys.stderr,
+    )
+    for reason, count in sorted(report["errors_by_reason"].items()):
+        print(f"msk score:   {reason}: {count}", file=sys.stderr)
+    print("msk score: summary " + json.dumps(report, sort_keys=True), file=sys.stderr)
+    return 1 if report["errors"] else 0

@@ -1,0 +1,65 @@
+"""`msk serve`: run the local tritonserver in the foreground until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from msk.constants import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="run the local Triton server (CPU) in the foreground",
+        description="Start the official tritonserver binary on 127.0.0.1 with a model repository, "
+        "wait until every model is ready, and keep serving until SIGTERM or Ctrl-C (then shut "
+        "down cleanly, leaving no process or /dev/shm region behind). Latency quantiles are "
+        "enabled on the metrics port.",
+    )
+    p.add_argument("--repository", type=Path, default=Path("model_repository"),
+                   help="model repository to serve (default: ./model_repository)")
+    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
+                   help=f"gRPC port (default {DEFAULT_GRPC_PORT}; 0 picks a free port)")
+    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                   help=f"HTTP port (default {DEFAULT_HTTP_PORT}; 0 picks a free port)")
+    p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
+                   help=f"Prometheus metrics port (default {DEFAULT_METRICS_PORT}; 0 = free)")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help="address to bind (default 127.0.0.1; widen only behind a firewall)")
+    p.add_argument("--startup-timeout", type=float, default=600.0,
+                   help="seconds to wait for every model to be ready (default 600)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from server.launcher import ServerStartError, TritonServer
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+                          metrics_port=args.metrics_port, host=args.host, foreground=True,
+                          startup_timeout=args.startup_timeout)
+    try:
+        server.start()
+    except ServerStartError as exc:
+        print(f"msk serve: {exc}", file=sys.stderr)
+        return 1
+    print(f"msk serve: ready  grpc={server.grpc_url}  http={server.http_url}  "
+          f"metrics={server.metrics_url}", file=sys.stderr, flush=True)
+    while not stop.wait(0.5):
+        if not server.running:
+            print("msk serve: tritonserver exited unexpectedly", file=sys.stderr)
+            server.stop()
+            return 1
+    print("msk serve: shutting down", file=sys.stderr, flush=True)
+    server.stop()
+    return 0

@@ -1,0 +1,51 @@
+"""`msk web`: the browser interface (upload radiographs, see scores, heatmaps, wrist boxes).
+
+The web process only talks to Triton over gRPC; start the server first (`msk serve`). It binds
+127.0.0.1 by default: exposing it beyond this machine is a deliberate `--host` choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from msk.constants import DEFAULT_GRPC_URL, DEFAULT_HOST
+
+DEFAULT_WEB_PORT = 8080
+"""Default port of `msk web` (local to this command; the lead may move it to msk.constants)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "web", help="run the web interface (upload images, see scores and heatmaps)",
+        description="Serve a web page where radiographs (PNG, JPEG, DICOM) are uploaded and scored "
+        "by the MURA ensemble on a running Triton server, with class-activation heatmaps, each "
+        "member's probability, a study view and, for wrists, the detected structures. "
+        "Research use only.",
+    )
+    p.add_argument("--port", type=int, default=DEFAULT_WEB_PORT,
+                   help=f"HTTP port of the web page (default {DEFAULT_WEB_PORT})")
+    p.add_argument("--host", default=DEFAULT_HOST,
+                   help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
+    p.add_argument("--triton-url", default=DEFAULT_GRPC_URL,
+                   help=f"Triton gRPC address HOST:PORT (default {DEFAULT_GRPC_URL})")
+    p.add_argument("--log-level", default="info",
+                   choices=("critical", "error", "warning", "info", "debug"),
+                   help="log level of the web server (logs go to stderr)")
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from clients.web.app import create_app
+
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(args.triton_url)
+    print(f"msk web: http://{args.host}:{args.port}/ (Triton gRPC {args.triton_url})",
+          file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                access_log=False)
+    return 0

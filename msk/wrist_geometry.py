@@ -1,0 +1,274 @@
+"""Geometry of the wrist study's preprocessing, and detection decoding, in plain numpy.
+
+Why one module: training (label transforms), the Triton postprocessing model (mapping detector
+boxes back to the original radiograph), the clients and the tests must agree to the pixel, so the
+arithmetic lives here once. It is import-light (numpy + `msk.constants`) because the generated
+postprocessing model copies it next to its `model.py` and clients import it.
+
+Two stages, both exactly invertible:
+
+1. **Study letterbox** (the YOLO wrist study): drop the top `WRIST_CROP_TOP_FRACTION` (3/7) of the
+   rows (`crop_top = (3 * H) // 7`, integer so that numpy and the ONNX graph agree), resize keeping
+   the aspect ratio to fit `WRIST_HEIGHT x WRIST_WIDTH` (1400 x 760), centre on a black canvas.
+   All sizes are computed with integers (round half up), so the ONNX graph reproduces them exactly.
+   A box edge at x maps to `x * new_w / w + pad_left` (edges, not pixel centres, so the transform
+   is exact for `cv2.resize`'s half-pixel convention).
+2. **Detector letterbox** (what Ultralytics' `LetterBox` does at predict time): the 1400 x 760
+   canvas is resized by `r = min(H_in / 1400, W_in / 760)` and padded with grey 114 to the export
+   size `H_in x W_in` (a multiple of 32, e.g. 1408 x 768). Its inverse copies Ultralytics'
+   `scale_boxes` so that served boxes match the in-process predictor.
+
+16-bit input is windowed to 8 bits first (`to_uint8`): the image's own minimum and maximum map to
+0 and 255 (a linear full-range window, no clipping of real content). This is the documented choice
+for radiographs stored with 10-16 significant bits whose used range varies between devices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from msk.constants import (
+    WRIST_CROP_TOP_FRACTION,
+    WRIST_HEIGHT,
+    WRIST_WIDTH,
+)
+
+# Ultralytics' letterbox padding value (grey) and its NMS defaults, copied so that the served
+# pipeline reproduces the in-process predictor. (Candidates for msk/constants.py.)
+DETECTOR_PAD_VALUE = 114
+WRIST_CONF_THRESHOLD = 0.25
+WRIST_NMS_IOU = 0.7
+WRIST_MAX_DETECTIONS = 300
+_NMS_MAX_WH = 7680  # Ultralytics' class offset for class-aware NMS in one pass
+
+# Triton names of the wrist pipeline (candidates for msk/constants.py; clients import them here).
+WRIST_PREPROCESS_MODEL = "wrist_preprocess"
+WRIST_JOINTS_MODEL = "wrist_joints"
+WRIST_BONES_MODEL = "wrist_bones"
+WRIST_POSTPROCESS_MODEL = "wrist_postprocess"
+BOXES_TENSOR = "BOXES"            # FP32 [N, 4] x1, y1, x2, y2 in original pixels
+CLASSES_TENSOR = "CLASSES"        # BYTES [N] class names (WRIST_CLASSES)
+SCORES_TENSOR = "SCORES"          # FP32 [N]
+WRIST_PROVENANCE_TENSOR = "PROVENANCE"  # BYTES [1] JSON: detector versions, sha256, sizes
+
+_CROP_NUM = round(WRIST_CROP_TOP_FRACTION * 7)
+_CROP_DEN = 7
+assert abs(_CROP_NUM / _CROP_DEN - WRIST_CROP_TOP_FRACTION) < 1e-12, "crop fraction must be k/7"
+
+GEOMETRY_FIELDS = ("orig_h", "orig_w", "crop_top", "new_h", "new_w", "pad_top", "pad_left")
+"""Order of the INT64 geometry vector the preprocessing model hands to the postprocessing model."""
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Grayscale image of any integer/float dtype -> uint8 (8-bit input is returned unchanged).
+
+    Anything wider than 8 bits is windowed linearly from its own minimum to its maximum; a constant
+    image becomes all zeros. RGB(A) input is converted with ITU-R 601 luma weights.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        rgb = arr[..., :3].astype(np.float64)
+        arr = rgb @ np.array([0.299, 0.587, 0.114])
+        if np.asarray(image).dtype == np.uint8:
+            return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+    if arr.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == np.bool_:
+        return arr.astype(np.uint8) * 255
+    values = arr.astype(np.float64)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(arr.shape, np.uint8)
+    return np.clip(np.rint((values - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class StudyLetterbox:
+    """Crop + aspect-preserving resize + centred black padding to WRIST_HEIGHT x WRIST_WIDTH."""
+
+    orig_h: int
+    orig_w: int
+    crop_top: int
+    new_h: int
+    new_w: int
+    pad_top: int
+    pad_left: int
+    out_h: int = WRIST_HEIGHT
+    out_w: int = WRIST_WIDTH
+
+    @property
+    def crop_h(self) -> int:
+        return self.orig_h - self.crop_top
+
+    @property
+    def scale_x(self) -> float:
+        return self.new_w / self.orig_w
+
+    @property
+    def scale_y(self) -> float:
+        return self.new_h / self.crop_h
+
+    def as_vector(self) -> np.ndarray:
+        """INT64 vector in `GEOMETRY_FIELDS` order (the preprocessing model's GEOMETRY output)."""
+        return np.array([getattr(self, f) for f in GEOMETRY_FIELDS], np.int64)
+
+    @classmethod
+    def from_vector(cls, vector: np.ndarray) -> StudyLetterbox:
+        values = [int(v) for v in np.asarray(vector).reshape(-1)[: len(GEOMETRY_FIELDS)]]
+        return cls(**dict(zip(GEOMETRY_FIELDS, values, strict=True)))
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def forward(self, boxes: np.ndarray) -> np.ndarray:
+        """Original-pixel xyxy boxes -> canvas xyxy boxes (not clipped)."""
+        b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+        b[:, [0, 2]] = b[:, [0, 2]] * self.scale_x + self.pad_left
+        b[:, [1, 3]] = (b[:, [1, 3]] - self.crop_top) * self.scale_y + self.pad_top
+        return b
+
+    def inverse(self, boxes: np.ndarray, clip: bool = True) -> np.ndarray:
+        """Canvas xyxy boxes -> original-pixel xyxy boxes; `clip` keeps them inside the kept rows."""
+        b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+        b[:, [0, 2]] = (b[:, [0, 2]] - self.pad_left) / self.scale_x
+        b[:, [1, 3]] = (b[:, [1, 3]] - self.pad_top) / self.scale_y + self.crop_top
+        if clip:
+            b[:, [0, 2]] = b[:, [0, 2]].clip(0, self.orig_w)
+            b[:, [1, 3]] = b[:, [1, 3]].clip(self.crop_top, self.orig_h)
+        return b
+
+
+def study_letterbox(orig_h: int, orig_w: int, out_h: int = WRIST_HEIGHT,
+                    out_w: int = WRIST_WIDTH) -> StudyLetterbox:
+    """Parameters of the study letterbox for an image of `orig_h x orig_w` pixels.
+
+    Integer arithmetic only (the ONNX graph repeats it with int64 ops): the limiting side fills
+    the canvas exactly, the other is rounded half up and kept within [1, canvas].
+    """
+    if orig_h < 2 or orig_w < 1:
+        raise ValueError(f"image of {orig_h}x{orig_w} pixels is too small for the wrist crop")
+    crop_top = (_CROP_NUM * orig_h) // _CROP_DEN
+    ch = orig_h - crop_top
+    if out_h * orig_w <= out_w * ch:      # height-limited
+        new_h = out_h
+        new_w = (2 * orig_w * out_h + ch) // (2 * ch)
+    else:                                  # width-limited
+        new_w = out_w
+        new_h = (2 * ch * out_w + orig_w) // (2 * orig_w)
+    new_h = min(max(new_h, 1), out_h)
+    new_w = min(max(new_w, 1), out_w)
+    return StudyLetterbox(orig_h, orig_w, crop_top, new_h, new_w,
+                          (out_h - new_h) // 2, (out_w - new_w) // 2, out_h, out_w)
+
+
+@dataclass(frozen=True)
+class DetectorLetterbox:
+    """Ultralytics `LetterBox(new_shape=(in_h, in_w), auto=False, scaleup=True, center=True)`
+    applied to the study canvas, and its `scale_boxes` inverse."""
+
+    src_h: int
+    src_w: int
+    in_h: int
+    in_w: int
+
+    @property
+    def ratio(self) -> float:
+        return min(self.in_h / self.src_h, self.in_w / self.src_w)
+
+    @property
+    def resized(self) -> tuple[int, int]:
+        """(height, width) after resizing, as Ultralytics rounds it."""
+        r = self.ratio
+        return int(round(self.src_h * r)), int(round(self.src_w * r))
+
+    @property
+    def pads(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right) grey padding, as Ultralytics' LetterBox computes it."""
+        nh, nw = self.resized
+        dh, dw = (self.in_h - nh) / 2, (self.in_w - nw) / 2
+        top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+        left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+        return top, bottom, left, right
+
+    def inverse(self, boxes: np.ndarray) -> np.ndarray:
+        """Detector-input xyxy -> canvas xyxy, as `ultralytics.utils.ops.scale_boxes` (clipped)."""
+        b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
+        gain = self.ratio
+        pad_x = round((self.in_w - self.src_w * gain) / 2 - 0.1)
+        pad_y = round((self.in_h - self.src_h * gain) / 2 - 0.1)
+        b[:, [0, 2]] = (b[:, [0, 2]] - pad_x) / gain
+        b[:, [1, 3]] = (b[:, [1, 3]] - pad_y) / gain
+        b[:, [0, 2]] = b[:, [0, 2]].clip(0, self.src_w)
+        b[:, [1, 3]] = b[:, [1, 3]].clip(0, self.src_h)
+        return b
+
+
+def detector_letterbox(in_h: int, in_w: int) -> DetectorLetterbox:
+    return DetectorLetterbox(WRIST_HEIGHT, WRIST_WIDTH, in_h, in_w)
+
+
+def export_size(imgsz: int, stride: int = 32) -> tuple[int, int]:
+    """Detector input (height, width) for a training `imgsz` (the long side): the canvas scaled to
+    that long side, each side rounded up to the stride. imgsz=1400 -> 1408 x 768 (the serving size),
+    320 -> 320 x 192."""
+    long_side = -(-imgsz // stride) * stride
+    short = WRIST_WIDTH * long_side / WRIST_HEIGHT
+    return long_side, int(-(-round(short) // stride) * stride)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes a [N,4] and b [M,4] -> [N,M]."""
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy NMS (torchvision semantics: drop boxes with IoU > iou), indices by falling score."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        if order.size == 1:
+            break
+        overlaps = iou_matrix(boxes[i:i + 1], boxes[order[1:]])[0]
+        order = order[1:][overlaps <= iou]
+    return np.array(keep, np.int64)
+
+
+def decode_detections(raw: np.ndarray, conf: float = WRIST_CONF_THRESHOLD,
+                      iou: float = WRIST_NMS_IOU, max_det: int = WRIST_MAX_DETECTIONS,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's raw YOLO head output [4 + nc, A] (cx, cy, w, h, class scores) -> (boxes xyxy
+    [N,4] in detector-input pixels, scores [N], class indices [N]), as Ultralytics'
+    `non_max_suppression` (class-aware, best class per anchor, score > conf, IoU > iou dropped)."""
+    pred = np.asarray(raw, np.float32)
+    if pred.ndim == 3:
+        pred = pred[0]
+    cls_scores = pred[4:]
+    best = cls_scores.argmax(0)
+    score = cls_scores.max(0)
+    keep = score > conf
+    xywh = pred[:4, keep].T.astype(np.float32)
+    boxes = np.empty_like(xywh)
+    boxes[:, 0] = xywh[:, 0] - xywh[:, 2] / 2
+    boxes[:, 1] = xywh[:, 1] - xywh[:, 3] / 2
+    boxes[:, 2] = xywh[:, 0] + xywh[:, 2] / 2
+    boxes[:, 3] = xywh[:, 1] + xywh[:, 3] / 2
+    score, best = score[keep], best[keep]
+    order = np.argsort(-score, kind="stable")[:30000]
+    boxes, score, best = boxes[order], score[order], best[order]
+    shifted = boxes.astype(np.float64) + best[:, None].astype(np.float64) * _NMS_MAX_WH
+    idx = _nms(shifted, score.astype(np.float64), iou)[:max_det]
+    return boxes[idx].astype(np.float64), score[idx], best[idx].astype(np.int64)

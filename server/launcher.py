@@ -1,0 +1,196 @@
+"""Run the official tritonserver binary on 127.0.0.1 and know when it is ready.
+
+`TritonServer` is a context manager used by `msk serve`, the tests, the benchmarks and the demo:
+free ports are picked once (and kept across restarts, so clients can reconnect), readiness is
+`/v2/health/ready` with strict readiness (every model loaded), and stopping never leaves a process or
+a `/dev/shm` region behind: each server gets its own python-backend shm prefix, removed on exit even
+after SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+from msk.constants import DEFAULT_HOST
+from server.runtime import TritonRuntime, locate_runtime
+
+SHM_DEFAULT_BYTES = 16 * 1024 * 1024      # FACTS: below 4 MiB the server exits
+SHM_GROWTH_BYTES = 16 * 1024 * 1024
+LATENCY_QUANTILES = "0.5:0.05,0.9:0.01,0.95:0.005,0.99:0.001"
+
+
+class ServerStartError(RuntimeError):
+    """tritonserver exited or did not become ready; the message carries its log tail."""
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class TritonServer:
+    """One tritonserver process serving `repository` (see module docstring)."""
+
+    def __init__(
+        self,
+        repository: Path,
+        *,
+        grpc_port: int = 0,
+        http_port: int = 0,
+        metrics_port: int = 0,
+        host: str = DEFAULT_HOST,
+        log_path: Path | None = None,
+        foreground: bool = False,
+        startup_timeout: float = 300.0,
+        extra_args: tuple[str, ...] = (),
+        runtime: TritonRuntime | None = None,
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        if not self.repository.is_dir():
+            raise FileNotFoundError(f"model repository not found: {self.repository} "
+                                    "(build one with `msk export` or `make demo`)")
+        self.host = host
+        self.grpc_port = grpc_port or free_port(host)
+        self.http_port = http_port or free_port(host)
+        self.metrics_port = metrics_port or free_port(host)
+        self.foreground = foreground
+        self.startup_timeout = startup_timeout
+        self.extra_args = tuple(extra_args)
+        self.runtime = runtime or locate_runtime()
+        self.shm_prefix = f"msk_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
+        self.log_path = Path(log_path) if log_path else Path(
+            tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
+        self.process: subprocess.Popen | None = None
+
+    # -- addresses -----------------------------------------------------------------------------
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        return [
+            str(self.runtime.binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={self.runtime.backend_dir}",
+            f"--http-address={self.host}", f"--http-port={self.http_port}",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--strict-readiness=true",
+            "--pinned-memory-pool-byte-size=0",
+            "--metrics-config=summary_latencies=true",
+            f"--metrics-config=summary_quantiles={LATENCY_QUANTILES}",
+            f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
+            f"--backend-config=python,shm-growth-byte-size={SHM_GROWTH_BYTES}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *self.extra_args,
+        ]
+
+    def start(self) -> TritonServer:
+        if self.running:
+            return self
+        if self.foreground:
+            out = None
+        else:
+            out = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.command(), env=self.runtime.environment(), stdout=out,
+            stderr=subprocess.STDOUT if out else None, start_new_session=True,
+        )
+        if out:
+            out.close()
+        self.wait_ready()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                self._cleanup_shm()
+                raise ServerStartError(f"tritonserver exited with code {code} before it was "
+                                       f"ready:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise ServerStartError(f"tritonserver not ready after {self.startup_timeout:.0f} s:\n"
+                               f"{self.log_tail()}")
+
+    def stop(self, timeout: float = 60.0) -> int | None:
+        """SIGTERM (Triton drains in-flight requests), SIGKILL if it does not exit in time."""
+        code = None
+        if self.process is not None:
+            if self.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self._killpg()
+            code = self.process.returncode
+        self._cleanup_shm()
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, as in a crash; shm regions are still removed."""
+        if self.process is not None and self.process.poll() is None:
+            self._killpg()
+        self._cleanup_shm()
+
+    def _killpg(self) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(30)
+
+    def shm_regions(self) -> list[Path]:
+        return sorted(Path("/dev/shm").glob(f"{self.shm_prefix}*"))
+
+    def _cleanup_shm(self) -> None:
+        # The stub processes share the server's process group, so they are gone by now.
+        for region in self.shm_regions():
+            with contextlib.suppress(FileNotFoundError):
+                region.unlink()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if self.foreground or not self.log_path.is_file():
+            return "(server log went to the terminal)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

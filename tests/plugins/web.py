@@ -1,0 +1,137 @@
+"""Fixtures for the web app tests: real-looking radiographs and a running `msk web` process.
+
+The app runs as its own process (`python -m msk.cli web`), exactly as a user starts it, against
+the real tritonserver fixtures from `tests/conftest.py`.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO_ROOT / "test-artifacts" / "web"
+
+
+def synthetic_radiograph(seed: int = 0, height: int = 720, width: int = 560,
+                         bits: int = 8) -> np.ndarray:
+    """A forearm-like radiograph: dark field, soft-tissue shadow, two bones with cortices, noise.
+
+    Real enough that preprocessing, heatmaps and display behave as with an X-ray (wide dynamic
+    range, structure at several scales); no patient data is involved.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    x = (xx - width / 2) / (width / 2)
+    y = (yy - height / 2) / (height / 2)
+    tilt = rng.uniform(-0.15, 0.15)
+    u = x - tilt * y
+    img = 0.08 + 0.04 * rng.standard_normal() + 0.0 * x
+    img = img + 0.22 * np.exp(-(u / 0.62) ** 6)                                  # soft tissue
+    for centre, half_width in ((-0.22 + rng.uniform(-.03, .03), 0.12),
+                               (0.2 + rng.uniform(-.03, .03), 0.09)):
+        d = np.abs(u - centre) / half_width
+        shaft = np.clip(1 - d ** 2, 0, None) ** 0.5                              # bone body
+        cortex = np.exp(-((d - 0.85) / 0.12) ** 2)                               # bright rim
+        img = img + (0.35 * shaft + 0.3 * cortex) * (np.abs(y) < 0.92)
+    # a fracture-like dark line across one bone, at a random height
+    line_y = rng.uniform(-0.5, 0.5)
+    img = img - 0.25 * np.exp(-((y - line_y - 0.3 * (u + 0.22)) / 0.012) ** 2) * (np.abs(u + 0.22) < 0.14)
+    img = img * (1 - 0.25 * (x ** 2 + y ** 2))                                   # heel effect
+    img = img + 0.02 * rng.standard_normal((height, width))
+    img = np.clip(img, 0, 1)
+    if bits == 16:
+        return np.round(img * 4095 + 200).astype(np.uint16)                     # 12-bit in 16
+    return np.round(img * 255).astype(np.uint8)
+
+
+def encode(image: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class WebApp:
+    url: str          # "http://127.0.0.1:PORT"
+    pid: int          # the `msk web` process (to inspect what it loaded)
+    log: Path
+
+
+@contextmanager
+def running_web_app(triton_url: str, log_path: Path) -> Iterator[WebApp]:
+    """Start `msk web` as a subprocess and yield it once /api/status answers."""
+    port = free_port()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "msk.cli", "web", "--port", str(port),
+             "--triton-url", triton_url, "--log-level", "warning"],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"msk web exited with {proc.returncode}:\n"
+                                       + log_path.read_text(errors="replace")[-3000:])
+                try:
+                    if requests.get(f"{url}/api/status", timeout=5).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("msk web did not answer within 90 s:\n"
+                                       + log_path.read_text(errors="replace")[-3000:])
+                time.sleep(0.2)
+            yield WebApp(url, proc.pid, log_path)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def web_app(tiny_triton, tmp_path_factory) -> Iterator[WebApp]:
+    """`msk web` against the tiny stand-in repository on the real tritonserver."""
+    with running_web_app(tiny_triton.grpc_url, tmp_path_factory.mktemp("web") / "web.log") as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def web_app_server_down(tmp_path_factory) -> Iterator[WebApp]:
+    """`msk web` pointed at a port where no Triton listens (the "server is down" case)."""
+    dead = f"127.0.0.1:{free_port()}"
+    with running_web_app(dead, tmp_path_factory.mktemp("web-down") / "web.log") as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def web_artifacts() -> Path:
+    """Screenshots and pages saved by the web tests (git-ignored `test-artifacts/web/`)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

@@ -1,0 +1,223 @@
+"""`msk web` HTTP API against the real tritonserver (tiny stand-in repository, same contract).
+
+The app runs as its own process; every number it returns is compared with what the Python client
+(`clients.mura.MuraClient`) gets from the same server for the same image.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from clients.images import load_grayscale
+from clients.mura import MuraClient
+from clients.web.rendering import colormap, stretch
+from msk import RESEARCH_USE_NOTICE
+from msk.constants import MURA_ENSEMBLE_MODEL, MURA_MEMBERS
+from tests.plugins.web import encode, synthetic_radiograph
+
+TRACEBACK = re.compile(r"Traceback|File \"/|line \d+, in ", re.IGNORECASE)
+
+
+def post(app, files: list[tuple[str, bytes]], body_part: str = "", timeout: float = 120):
+    return requests.post(f"{app.url}/api/score", timeout=timeout,
+                         files=[("files", (name, data)) for name, data in files],
+                         data={"body_part": body_part})
+
+
+def decode_data_url(url: str) -> np.ndarray:
+    assert url.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))))
+
+
+@pytest.fixture(scope="module")
+def study_files() -> list[tuple[str, bytes]]:
+    return [
+        ("forearm_8bit.png", encode(synthetic_radiograph(1))),
+        ("forearm_16bit.png", encode(synthetic_radiograph(2, 640, 512, bits=16))),
+        ("forearm.jpg", encode(synthetic_radiograph(3, 600, 480), "JPEG")),
+    ]
+
+
+def test_status_reports_ready_model_versions(web_app, tiny_triton):
+    import tritonclient.grpc as grpcclient
+
+    body = requests.get(f"{web_app.url}/api/status", timeout=30).json()
+    assert body["reachable"] is True and body["notice"] == RESEARCH_USE_NOTICE
+    index = grpcclient.InferenceServerClient(tiny_triton.grpc_url).get_model_repository_index(
+        as_json=True)["models"]
+    ready = {(m["name"], m["version"]) for m in index if m.get("state") == "READY"}
+    shown = {(name, v) for name, versions in body["models"].items() for v in versions}
+    assert shown == ready
+    assert MURA_ENSEMBLE_MODEL in body["models"]
+    assert set(MURA_MEMBERS) <= set(body["models"])
+
+
+def test_scores_equal_the_python_client(web_app, tiny_triton, study_files):
+    response = post(web_app, study_files, body_part="forearm")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["notice"] == RESEARCH_USE_NOTICE
+    with MuraClient(tiny_triton.grpc_url) as client:
+        expected = client.score([load_grayscale(data) for _, data in study_files],
+                                body_parts=["forearm"] * len(study_files))
+    assert [im["filename"] for im in body["images"]] == [name for name, _ in study_files]
+    for image, ref, (name, data) in zip(body["images"], expected, study_files, strict=True):
+        assert "error" not in image, image.get("error")
+        assert ref.ok, ref.error
+        assert image["probability"] == pytest.approx(ref.probability, abs=1e-6)
+        assert set(image["members"]) == set(MURA_MEMBERS)
+        for member in MURA_MEMBERS:
+            assert image["members"][member] == pytest.approx(ref.members[member], abs=1e-6)
+        assert image["threshold"] == ref.threshold
+        assert image["abnormal"] == (image["probability"] >= image["threshold"])
+        assert image["versions"] == ref.versions
+        assert image["body_part"] == "forearm"
+        h, w = load_grayscale(data).shape
+        assert (image["width"], image["height"]) == (w, h)
+        # The heatmap shown is the server's HEATMAP, colour-mapped (±1 grey level from batching).
+        shown = decode_data_url(image["heatmap"]["absolute"]).astype(int)
+        assert shown.shape == (*ref.heatmap.shape, 3)
+        assert np.abs(shown - colormap(ref.heatmap).astype(int)).max() <= 6
+        relative = decode_data_url(image["heatmap"]["relative"])
+        assert relative.shape == (*ref.heatmap.shape, 3)
+        assert np.abs(relative.astype(int) - colormap(stretch(ref.heatmap)).astype(int)
+                      ).mean() < 8
+    # Study view: mean probability over the scored images, called at the same operating point.
+    study = body["study"]
+    assert study["n_images"] == study["n_scored"] == len(study_files)
+    assert study["probability"] == pytest.approx(np.mean([r.probability for r in expected]),
+                                                 abs=1e-6)
+    assert study["abnormal"] == (study["probability"] >= study["threshold"])
+    for member in MURA_MEMBERS:
+        assert study["members"][member] == pytest.approx(
+            np.mean([r.members[member] for r in expected]), abs=1e-6)
+
+
+def test_dicom_upload_is_scored_like_its_pixels(web_app, tiny_triton, tmp_path):
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from clients.dicom_pixels import load_dicom_grayscale
+
+    pixels = synthetic_radiograph(4, 512, 400, bits=16)
+    ds = _dicom(pixels, FileMetaDataset, ExplicitVRLittleEndian, generate_uid)
+    path = tmp_path / "wrist.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    body = post(web_app, [("IMG0001", data)]).json()     # no extension: sniffed from the bytes
+    (image,) = body["images"]
+    assert "error" not in image, image.get("error")
+    assert image["format"] == "DICOM"
+    assert image["body_part"] == "wrist"                  # from BodyPartExamined
+    with MuraClient(tiny_triton.grpc_url) as client:
+        ref = client.score([load_dicom_grayscale(data)], body_parts=["wrist"])[0]
+    assert image["probability"] == pytest.approx(ref.probability, abs=1e-6)
+    assert image["threshold"] == ref.threshold
+
+
+def _dicom(pixels, FileMetaDataset, syntax, generate_uid):
+    from pydicom.dataset import Dataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"      # CR Image Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = syntax
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.BodyPartExamined = "CR", "WRIST"
+    ds.PatientName, ds.PatientID = "Test^Synthetic", "SYN0001"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.WindowCenter, ds.WindowWidth = 2200, 3600
+    ds.PixelData = (4095 - np.clip(pixels, 0, 4095)).astype(np.uint16).tobytes()
+    return ds
+
+
+def test_bad_files_are_named_and_the_rest_is_scored(web_app):
+    good = encode(synthetic_radiograph(5, 400, 320))
+    files = [
+        ("good.png", good),
+        ("truncated.png", good[: len(good) // 3]),
+        ("garbage.jpg", b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4),
+        ("notes.txt", b"patient notes, not an image"),
+        ("animation.gif", b"GIF89a" + b"\x00" * 64),
+        ("empty.png", b""),
+        ("broken.dcm", b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage"),
+    ]
+    response = post(web_app, files)
+    assert response.status_code == 200
+    assert not TRACEBACK.search(response.text)
+    images = {im["filename"]: im for im in response.json()["images"]}
+    assert "error" not in images["good.png"] and 0 <= images["good.png"]["probability"] <= 1
+    expectations = {
+        "truncated.png": "corrupt PNG", "garbage.jpg": "corrupt JPEG",
+        "notes.txt": "unsupported format", "animation.gif": "unsupported format (GIF)",
+        "empty.png": "empty", "broken.dcm": "DICOM",
+    }
+    for name, phrase in expectations.items():
+        error = images[name]["error"]
+        assert error.startswith(f"{name}:"), error
+        assert phrase in error, error
+        assert len(error) < 400
+    study = response.json()["study"]
+    assert (study["n_scored"], study["n_errors"]) == (1, len(files) - 1)
+    assert study["probability"] == pytest.approx(images["good.png"]["probability"])
+
+
+def test_request_errors_are_sentences(web_app):
+    missing = requests.post(f"{web_app.url}/api/score", timeout=30)
+    assert missing.status_code == 400 and "files" in missing.json()["error"]
+    bad_part = post(web_app, [("a.png", encode(synthetic_radiograph(6, 200, 200)))], "knee")
+    assert bad_part.status_code == 400 and "unknown body part" in bad_part.json()["error"]
+    for r in (missing, bad_part):
+        assert not TRACEBACK.search(r.text)
+
+
+@pytest.mark.parametrize("path", ["/", "/models", "/no/such/page"])
+def test_every_page_carries_the_notice_and_versions(web_app, tiny_triton, path):
+    response = requests.get(web_app.url + path, timeout=30)
+    assert response.status_code == (404 if path.startswith("/no") else 200)
+    assert RESEARCH_USE_NOTICE in response.text
+    assert f'data-model="{MURA_ENSEMBLE_MODEL}"' in response.text
+    assert not TRACEBACK.search(response.text)
+
+
+def test_server_down_is_a_readable_message(web_app_server_down):
+    page = requests.get(web_app_server_down.url + "/", timeout=30)
+    assert page.status_code == 200
+    assert RESEARCH_USE_NOTICE in page.text and "is not reachable" in page.text
+    response = post(web_app_server_down, [("a.png", encode(synthetic_radiograph(7, 300, 260)))])
+    assert response.status_code == 200
+    (image,) = response.json()["images"]
+    assert image["error"].startswith("a.png: The inference server at 127.0.0.1:")
+    assert "is not reachable" in image["error"]
+    assert not TRACEBACK.search(response.text)
+
+
+def test_no_model_and_no_torch_in_the_web_process(web_app):
+    """The web process scored images above; it must hold gRPC clients only."""
+    post(web_app, [("a.png", encode(synthetic_radiograph(8, 300, 260)))])
+    maps = Path(f"/proc/{web_app.pid}/maps").read_text()
+    loaded = {Path(line.split()[-1]).name for line in maps.splitlines()
+              if len(line.split()) >= 6}
+    assert not [lib for lib in loaded if "torch" in lib or "onnxruntime" in lib], loaded
+
+
+def test_web_binds_loopback_by_default():
+    from msk.cli import build_parser
+
+    args = build_parser().parse_args(["web"])
+    assert args.host == "127.0.0.1"
+    assert args.triton_url.startswith("127.0.0.1:")

@@ -1,0 +1,111 @@
+"""MURA ensemble backbones: torchvision DenseNet-169 / ResNet-101 with a CAM-friendly head.
+
+The head is global average pool -> dropout -> one linear logit, as in the MURA study. Because the
+pool is a plain spatial mean and the head is linear, the class activation map (the last feature
+map weighted by the head, before pooling) satisfies `mean(CAM) + bias == logit` exactly, so the
+server can return a heatmap from the same forward pass that produces the probability.
+
+Weights are either `"none"` (seeded, deterministic init: the demo and training from scratch) or a
+local ImageNet weights file in torchvision's state-dict format. Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from msk.constants import MURA_ARCHITECTURES, MURA_TINY_ARCHITECTURE
+
+SUPPORTED_ARCHITECTURES = (*sorted(set(MURA_ARCHITECTURES.values())), MURA_TINY_ARCHITECTURE)
+
+
+def _tiny_features() -> nn.Sequential:
+    """Five stride-2 conv blocks (stride 32 like the real backbones) with ~30k parameters."""
+    layers: list[nn.Module] = []
+    channels = [1 * 3, 8, 16, 32, 32, 32]
+    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+        layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out),
+                   nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+def _features_and_width(architecture: str) -> tuple[nn.Module, int, nn.Module]:
+    """Return (feature extractor, channel count, the full torchvision model for weight loading)."""
+    if architecture == "densenet169":
+        model = torchvision.models.densenet169(weights=None)
+        # torchvision applies a ReLU after `features` in DenseNet.forward; keep it in the extractor.
+        return nn.Sequential(model.features, nn.ReLU()), model.classifier.in_features, model
+    if architecture == "resnet101":
+        model = torchvision.models.resnet101(weights=None)
+        body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
+                             model.layer1, model.layer2, model.layer3, model.layer4)
+        return body, model.fc.in_features, model
+    if architecture == MURA_TINY_ARCHITECTURE:
+        features = _tiny_features()
+        return features, 32, features
+    raise ValueError(f"unknown architecture {architecture!r}; expected one of "
+                     f"{', '.join(SUPPORTED_ARCHITECTURES)}")
+
+
+class MuraBackbone(nn.Module):
+    """Feature extractor + (GAP -> dropout -> linear) head producing one abnormality logit."""
+
+    def __init__(self, architecture: str, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.architecture = architecture
+        self.features, width, self._source = _features_and_width(architecture)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logit [B, 1] (the training path: dropout active in train mode)."""
+        pooled = self.features(x).mean(dim=(2, 3))
+        return self.head(self.dropout(pooled))
+
+    def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit [B, 1], CAM [B, h, w]) for inference; CAM excludes the bias."""
+        feats = self.features(x)
+        cam = torch.einsum("bchw,c->bhw", feats, self.head.weight[0])
+        logit = cam.mean(dim=(1, 2)).unsqueeze(1) + self.head.bias
+        return logit, cam
+
+
+def load_imagenet_weights(backbone: MuraBackbone, path: Path) -> None:
+    """Load a local torchvision ImageNet state dict into the feature extractor (head ignored)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    source = backbone._source
+    missing, unexpected = source.load_state_dict(state, strict=False)
+    # torchvision's ImageNet classifier is 1000-way; only the feature layers must match.
+    ignored = {k for k in unexpected if k.startswith(("fc.", "classifier."))}
+    bad = sorted(set(unexpected) - ignored) + sorted(
+        k for k in missing if not k.startswith(("fc.", "classifier."))
+    )
+    if bad:
+        raise ValueError(f"{path}: not {backbone.architecture} ImageNet weights "
+                         f"(mismatched keys: {', '.join(bad[:5])}...)")
+
+
+def build_backbone(architecture: str, weights: str | Path = "none", seed: int = 0,
+                   dropout: float = 0.2) -> MuraBackbone:
+    """Build a backbone; `weights` is "none" (seeded init) or a local ImageNet weights file."""
+    torch.manual_seed(seed)
+    backbone = MuraBackbone(architecture, dropout=dropout)
+    if str(weights) != "none":
+        path = Path(weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"ImageNet weights file not found: {path} (nothing is "
+                                    "downloaded; pass a local torchvision state dict)")
+        load_imagenet_weights(backbone, path)
+    return backbone
+
+
+def load_checkpoint(path: Path) -> tuple[MuraBackbone, dict]:
+    """Rebuild a backbone from a training checkpoint; returns (model in eval mode, checkpoint)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    backbone = MuraBackbone(checkpoint["architecture"])
+    backbone.load_state_dict(checkpoint["state_dict"])
+    backbone.eval()
+    return backbone, checkpoint

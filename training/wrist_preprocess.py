@@ -1,0 +1,68 @@
+"""Reference (OpenCV) implementation of the wrist study's preprocessing.
+
+Training data are written through this function, and the Triton preprocessing graph
+(`export/wrist_preprocess_graph.py`) is tested against it (CLAHE parity within one grey level), so
+the detector sees the same pixels in training and in serving. Geometry comes from
+`msk.wrist_geometry`; this module adds only the pixel operations:
+
+    8/16-bit image -> to_uint8 -> drop top 3/7 -> cv2.resize (INTER_LINEAR, aspect kept)
+    -> centred on a black 1400 x 760 canvas -> CLAHE(clip 2.0, 8 x 8 tiles) -> (/255 for 0..1)
+
+INTER_LINEAR (cv2's default, as in the study's code) is used because ONNX `Resize` reproduces it
+(half-pixel bilinear, no antialias); INTER_AREA has no ONNX equivalent.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from msk.constants import WRIST_CLAHE_CLIP_LIMIT, WRIST_CLAHE_GRID
+from msk.wrist_geometry import (
+    DETECTOR_PAD_VALUE,
+    DetectorLetterbox,
+    StudyLetterbox,
+    study_letterbox,
+    to_uint8,
+)
+
+
+def letterbox_canvas(image: np.ndarray) -> tuple[np.ndarray, StudyLetterbox]:
+    """Crop + resize + pad (no CLAHE): uint8 1400 x 760 canvas and its geometry."""
+    img = to_uint8(image)
+    geo = study_letterbox(*img.shape)
+    cropped = img[geo.crop_top:]
+    resized = cv2.resize(cropped, (geo.new_w, geo.new_h), interpolation=cv2.INTER_LINEAR)
+    canvas = np.zeros((geo.out_h, geo.out_w), np.uint8)
+    canvas[geo.pad_top:geo.pad_top + geo.new_h, geo.pad_left:geo.pad_left + geo.new_w] = resized
+    return canvas, geo
+
+
+def clahe(canvas: np.ndarray) -> np.ndarray:
+    tiles = tuple(int(t) for t in WRIST_CLAHE_GRID)
+    return cv2.createCLAHE(clipLimit=WRIST_CLAHE_CLIP_LIMIT, tileGridSize=tiles).apply(canvas)
+
+
+def preprocess_wrist_uint8(image: np.ndarray) -> tuple[np.ndarray, StudyLetterbox]:
+    """The study's preprocessing as uint8 (what training images are saved as)."""
+    canvas, geo = letterbox_canvas(image)
+    return clahe(canvas), geo
+
+
+def preprocess_wrist(image: np.ndarray) -> tuple[np.ndarray, StudyLetterbox]:
+    """The study's preprocessing scaled to 0..1 (float32 1400 x 760)."""
+    out, geo = preprocess_wrist_uint8(image)
+    return out.astype(np.float32) / 255.0, geo
+
+
+def detector_input(canvas_u8: np.ndarray, box: DetectorLetterbox) -> np.ndarray:
+    """Ultralytics' predict-time LetterBox of the CLAHE canvas -> float32 [3, in_h, in_w] in 0..1
+    (what the ONNX detector receives; used to check the graph and the exported detectors)."""
+    nh, nw = box.resized
+    top, bottom, left, right = box.pads
+    img = canvas_u8
+    if (nh, nw) != img.shape[:2]:
+        img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    img = cv2.copyMakeBorder(img, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                             value=DETECTOR_PAD_VALUE)
+    return np.repeat(img[None].astype(np.float32) / 255.0, 3, axis=0)

@@ -1,0 +1,139 @@
+"""Train the wrist detectors with Ultralytics, offline-safe.
+
+`ultralytics_offline()` is the one place that makes Ultralytics safe on a machine without internet
+(and in CI): it must run before `ultralytics` is imported, and every wrist module that touches
+Ultralytics calls it first. What it sets (each item was seen reaching for the network otherwise,
+see the project's FACTS):
+  YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0 (no run-time pip installs), YOLO_CONFIG_DIR (writable),
+  MPLBACKEND=Agg + MPLCONFIGDIR, Arial.ttf / Arial.Unicode.ttf in the config dir (copied from
+  matplotlib's bundled DejaVuSans: the font check downloads otherwise), settings sync=False,
+  hub off; models are built from YAML (`yolo11n.yaml`; a bare `*.pt` name would download),
+  `pretrained=False`, `amp=False` (the AMP check downloads a model), absolute dataset paths.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECIPES = Path(__file__).resolve().parent / "recipes"
+_TRAIN_KEYS = {
+    "epochs", "batch", "imgsz", "rect", "device", "workers", "cache", "seed", "optimizer", "lr0",
+    "lrf", "warmup_epochs", "patience", "mosaic", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v",
+    "scale", "translate", "degrees", "time", "close_mosaic", "momentum", "weight_decay", "cos_lr",
+}
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MSK_CACHE_DIR")
+    return Path(root) if root else REPO_ROOT / ".cache"
+
+
+def ultralytics_offline(config_dir: Path | None = None) -> Path:
+    """Configure the environment for offline Ultralytics; returns the config dir. Idempotent."""
+    config_dir = Path(config_dir or os.environ.get("YOLO_CONFIG_DIR") or cache_dir() / "ultralytics")
+    config_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "0"
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    os.environ.setdefault("MPLCONFIGDIR", str(config_dir / "matplotlib"))
+    fonts = config_dir / "Ultralytics"
+    fonts.mkdir(parents=True, exist_ok=True)
+    for name in ("Arial.ttf", "Arial.Unicode.ttf"):
+        if not (fonts / name).exists():
+            import matplotlib
+
+            src = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+            shutil.copy2(src, fonts / name)
+    from ultralytics.utils import SETTINGS
+
+    if SETTINGS.get("sync") or SETTINGS.get("hub"):
+        SETTINGS.update({"sync": False, "hub": False})
+    return config_dir
+
+
+def load_recipe(recipe: str | Path) -> dict:
+    """A recipe by name (`training/recipes/wrist_<name>.yaml`, e.g. 'study', 'cpu_proof', 'ci')
+    or by path."""
+    path = Path(recipe)
+    if not path.exists():
+        path = RECIPES / f"wrist_{recipe}.yaml"
+    if not path.exists():
+        names = sorted(p.stem.removeprefix("wrist_") for p in RECIPES.glob("wrist_*.yaml"))
+        raise FileNotFoundError(f"no wrist recipe {recipe!r}; available: {', '.join(names)}")
+    data = yaml.safe_load(path.read_text())
+    data.setdefault("name", path.stem)
+    return data
+
+
+@dataclass
+class TrainResult:
+    target: str
+    weights: Path                 # best.pt
+    last: Path
+    run_dir: Path
+    imgsz: int
+    losses: list[float] = field(default_factory=list)   # train box+cls+dfl loss per epoch
+    metrics: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"target": self.target, "weights": str(self.weights), "run_dir": str(self.run_dir),
+                "imgsz": self.imgsz, "losses": self.losses, "metrics": self.metrics}
+
+
+def read_losses(results_csv: Path) -> list[float]:
+    if not results_csv.exists():
+        return []
+    with results_csv.open() as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for row in rows:
+        row = {k.strip(): v for k, v in row.items()}
+        out.append(sum(float(row[k]) for k in ("train/box_loss", "train/cls_loss",
+                                                 "train/dfl_loss")))
+    return out
+
+
+def train_detector(data_yaml: Path, out_dir: Path, recipe: dict | str = "ci", *,
+                   target: str = "joints", weights: Path | None = None,
+                   overrides: dict | None = None) -> TrainResult:
+    """Train one detector (joints, bones or a single structure) on an Ultralytics data.yaml."""
+    ultralytics_offline()
+    import torch
+    from ultralytics import YOLO
+
+    cfg = load_recipe(recipe) if isinstance(recipe, str | Path) else dict(recipe)
+    cfg.update(overrides or {})
+    if torch.get_num_threads() > (os.cpu_count() or 2):
+        torch.set_num_threads(os.cpu_count() or 2)
+    source = str(weights) if weights else cfg.get("model", "yolo11n.yaml")
+    if source.endswith(".pt") and not Path(source).exists():
+        raise FileNotFoundError(f"weights file {source} not found (nothing is downloaded)")
+    model = YOLO(source)
+    args = {k: v for k, v in cfg.items() if k in _TRAIN_KEYS}
+    device = str(args.get("device", "cpu"))
+    if device != "cpu" and not torch.cuda.is_available():
+        args["device"] = "cpu"
+    out_dir = Path(out_dir).resolve()
+    model.train(data=str(Path(data_yaml).resolve()), project=str(out_dir), name=target,
+                exist_ok=True, pretrained=bool(weights), amp=False, plots=False, verbose=False,
+                **args)
+    run_dir = out_dir / target
+    metrics = {}
+    trainer_metrics = getattr(model.trainer, "metrics", None) or {}
+    for k, v in trainer_metrics.items():
+        try:
+            metrics[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    best = run_dir / "weights" / "best.pt"
+    last = run_dir / "weights" / "last.pt"
+    return TrainResult(target, best if best.exists() else last, last, run_dir,
+                       int(args.get("imgsz", 640)), read_losses(run_dir / "results.csv"), metrics)
