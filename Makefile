@@ -4,26 +4,31 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
-TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTRITON_PIN := nvidia-pytriton==0.7.0
 
-.PHONY: setup demo test lint proof-mura proof-wrist bench clean
+.PHONY: setup lock demo test lint proof-mura proof-wrist bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt scripts/install_system_packages.sh Makefile
+$(STAMP): pyproject.toml requirements.lock scripts/install_system_packages.sh Makefile
 	bash scripts/install_system_packages.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH_PINS)
-	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	# Everything pinned in requirements.lock, installed without a resolver run (fast, reproducible).
+	$(BIN)/pip install -q --no-deps -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
 	# Only the tritonserver binary is needed, not pytriton's Python API or its pins.
 	$(BIN)/pip install -q --no-deps $(PYTRITON_PIN)
-	# Ultralytics pulls the GUI OpenCV (needs libGL); swap to headless (order matters, see FACTS).
-	-$(BIN)/pip uninstall -q -y opencv-python
-	$(BIN)/pip install -q -c constraints.txt --force-reinstall --no-deps opencv-python-headless
 	$(BIN)/msk doctor
 	touch $(STAMP)
+
+# Re-pin requirements.lock after changing dependencies (needs network access to PyPI).
+lock:
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml --extra test -c constraints.txt --python-version 3.11 \
+	  --extra-index-url file:///opt/pypi/simple --extra-index-url file:///opt/pypi-more/simple \
+	  --index-strategy unsafe-best-match --no-emit-package opencv-python --no-header \
+	  --no-annotate -o requirements.lock
 
 demo: setup
 	$(BIN)/msk demo

@@ -356,11 +356,9 @@ class BatchScorer:
         finally:
             for slot in slots:
                 if slot is not None:
-                    if slot.registered:
-                        try:
+                    if slot.registered:  # the server may be gone; the region is ours either way
+                        with contextlib.suppress(Exception):
                             await client.unregister_system_shared_memory(slot.name)
-                        except Exception:  # noqa: BLE001 - server may be gone; region is ours
-                            pass
                     slot.destroy()
             await client.close()
         self._summary.elapsed_s = time.perf_counter() - started

@@ -450,6 +450,7 @@ def build_overlay(source: Dataset, image: np.ndarray, heatmap: np.ndarray,
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = "Abnormality heatmap overlay; " + RESEARCH_USE_NOTICE[:900]
     ds.PatientOrientation = source.get("PatientOrientation", "") or ""
+    ds.Laterality = source.get("Laterality", "") or ""
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ref = Dataset()
     ref.ReferencedSOPClassUID = source.SOPClassUID

@@ -5,7 +5,7 @@ detectors run - Triton's native ONNX Runtime backend (CPU or CUDA EP) or TensorR
 our python-based ORT backend on this CPU machine - with no torch/cupy in the serving container and
 no device round trip; the same file is the CPU and the GPU implementation. Every op used here is a
 plain tensor op supported by ORT's CPU and CUDA providers and by TensorRT (Shape, Slice, integer
-arithmetic, Resize, Pad, Equal, MatMul, CumSum, Gather, Round, Clip).
+arithmetic, Range, Gather, Pad, Equal, MatMul, CumSum, Round, Clip).
 
 CLAHE without a histogram op: each 175 x 95 tile's 256-bin histogram is a 16 x 16 joint histogram
 of (value // 16, value % 16), computed as one-hot(high)^T @ one-hot(low) - a batched MatMul (exact in
@@ -152,12 +152,43 @@ def _clahe(g: _Graph, canvas_f: str, height: int, width: int) -> str:
     return g.op("Clip", g.op("Round", res), g.f32(0.0), g.f32(255.0))
 
 
-def _resize_levels(g: _Graph, image_f: str, sizes: str) -> str:
-    """cv2.resize(INTER_LINEAR) of a 2-D float image of grey levels, rounded back to levels."""
-    x = g.op("Unsqueeze", image_f, g.i64([0, 1]))
-    x = g.op("Resize", x, "", "", sizes, mode="linear",
-             coordinate_transformation_mode="half_pixel")
-    x = g.op("Squeeze", x, g.i64([0, 1]))
+def _axis_coefficients(g: _Graph, n_in: str, n_out: str) -> tuple[str, str, str, str]:
+    """Source indices and weights of a half-pixel bilinear resize along one axis, computed in
+    float32 exactly as `training.wrist_preprocess.axis_coefficients` (same ops, same order)."""
+    j = g.op("Cast", g.op("Range", g.i64(0), n_out, g.i64(1)), to=TensorProto.FLOAT)
+    scale = g.op("Div", g.op("Cast", n_in, to=TensorProto.FLOAT),
+                 g.op("Cast", n_out, to=TensorProto.FLOAT))
+    src = g.op("Sub", g.op("Mul", g.op("Add", j, g.f32(0.5)), scale), g.f32(0.5))
+    src = g.op("Max", src, g.f32(0.0))
+    x0f = g.op("Floor", src)
+    a = g.op("Sub", src, x0f)
+    last_i = g.op("Sub", n_in, g.i64(1))
+    last = g.op("Cast", last_i, to=TensorProto.FLOAT)
+    at_end = g.op("GreaterOrEqual", x0f, last)
+    x0f = g.op("Where", at_end, last, x0f)
+    a = g.op("Where", at_end, g.f32(0.0), a)
+    x0 = g.op("Cast", x0f, to=TensorProto.INT64)
+    x1 = g.op("Min", g.op("Add", x0, g.i64(1)), last_i)
+    return x0, x1, a, g.op("Sub", g.f32(1.0), a)
+
+
+def _resize_levels(g: _Graph, image_f: str, new_h: str, new_w: str) -> str:
+    """Bilinear resize (cv2 INTER_LINEAR's half-pixel rule, horizontal pass then vertical) of a
+    2-D float image of grey levels, rounded half to even back to levels. Explicit Gather/Mul/Add
+    instead of ONNX `Resize` so that the reference computes bit-identical values (ONNX Resize and
+    cv2's fixed-point uint8 resize each differ by one level on ~10 % of pixels, which CLAHE would
+    then amplify)."""
+    shape = g.op("Shape", image_f)
+    h = g.op("Gather", shape, g.i64(0), axis=0)
+    w = g.op("Gather", shape, g.i64(1), axis=0)
+    x0, x1, a, a1 = _axis_coefficients(g, w, new_w)
+    t = g.op("Add", g.op("Mul", g.op("Gather", image_f, x0, axis=1), a1),
+             g.op("Mul", g.op("Gather", image_f, x1, axis=1), a))
+    y0, y1, b, b1 = _axis_coefficients(g, h, new_h)
+    b = g.op("Unsqueeze", b, g.i64([1]))
+    b1 = g.op("Unsqueeze", b1, g.i64([1]))
+    x = g.op("Add", g.op("Mul", g.op("Gather", t, y0, axis=0), b1),
+             g.op("Mul", g.op("Gather", t, y1, axis=0), b))
     return g.op("Clip", g.op("Round", x), g.f32(0.0), g.f32(255.0))
 
 
@@ -195,7 +226,7 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     big = np.iinfo(np.int64).max
     cropped = g.op("Slice", IMAGE_INPUT, vec(crop_top, g.i64(0)), g.i64([big, big]), g.i64([0, 1]))
     cropped_f = g.op("Cast", cropped, to=TensorProto.FLOAT)
-    resized = _resize_levels(g, cropped_f, vec(one, one, new_h, new_w))
+    resized = _resize_levels(g, cropped_f, new_h, new_w)
     canvas = g.op("Pad", resized, vec(pad_top, pad_left, pad_bottom, pad_right), g.f32(0.0),
                   mode="constant")
     canvas = g.op("Reshape", canvas, g.i64([out_h, out_w]))
@@ -207,7 +238,7 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     x = enhanced
     nh, nw = box.resized
     if (nh, nw) != (out_h, out_w):
-        x = _resize_levels(g, x, g.i64([1, 1, nh, nw]))
+        x = _resize_levels(g, x, g.i64(nh), g.i64(nw))
     top, bottom, left, right = box.pads
     x = g.op("Pad", x, g.i64([top, left, bottom, right]), g.f32(float(DETECTOR_PAD_VALUE)),
              mode="constant")

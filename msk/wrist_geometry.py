@@ -16,7 +16,8 @@ Two stages, both exactly invertible:
 2. **Detector letterbox** (what Ultralytics' `LetterBox` does at predict time): the 1400 x 760
    canvas is resized by `r = min(H_in / 1400, W_in / 760)` and padded with grey 114 to the export
    size `H_in x W_in` (a multiple of 32, e.g. 1408 x 768). Its inverse copies Ultralytics'
-   `scale_boxes` so that served boxes match the in-process predictor.
+   `scale_boxes` (8.4: per-axis gains of the rounded resize) so that served boxes match the
+   in-process predictor.
 
 16-bit input is windowed to 8 bits first (`to_uint8`): the image's own minimum and maximum map to
 0 and 255 (a linear full-range window, no clipping of real content). This is the documented choice
@@ -183,7 +184,7 @@ class DetectorLetterbox:
     def resized(self) -> tuple[int, int]:
         """(height, width) after resizing, as Ultralytics rounds it."""
         r = self.ratio
-        return int(round(self.src_h * r)), int(round(self.src_w * r))
+        return max(round(self.src_h * r), 1), max(round(self.src_w * r), 1)
 
     @property
     def pads(self) -> tuple[int, int, int, int]:
@@ -195,13 +196,15 @@ class DetectorLetterbox:
         return top, bottom, left, right
 
     def inverse(self, boxes: np.ndarray) -> np.ndarray:
-        """Detector-input xyxy -> canvas xyxy, as `ultralytics.utils.ops.scale_boxes` (clipped)."""
+        """Detector-input xyxy -> canvas xyxy, as `ultralytics.utils.ops.scale_boxes` (per-axis
+        gains of the rounded resize, clipped to the canvas)."""
         b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
-        gain = self.ratio
-        pad_x = round((self.in_w - self.src_w * gain) / 2 - 0.1)
-        pad_y = round((self.in_h - self.src_h * gain) / 2 - 0.1)
-        b[:, [0, 2]] = (b[:, [0, 2]] - pad_x) / gain
-        b[:, [1, 3]] = (b[:, [1, 3]] - pad_y) / gain
+        nh, nw = self.resized
+        gain_y, gain_x = nh / self.src_h, nw / self.src_w
+        pad_x = round((self.in_w - nw) / 2 - 0.1)
+        pad_y = round((self.in_h - nh) / 2 - 0.1)
+        b[:, [0, 2]] = (b[:, [0, 2]] - pad_x) / gain_x
+        b[:, [1, 3]] = (b[:, [1, 3]] - pad_y) / gain_y
         b[:, [0, 2]] = b[:, [0, 2]].clip(0, self.src_w)
         b[:, [1, 3]] = b[:, [1, 3]].clip(0, self.src_h)
         return b

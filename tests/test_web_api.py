@@ -20,7 +20,7 @@ from clients.images import load_grayscale
 from clients.mura import MuraClient
 from clients.web.rendering import colormap, stretch
 from msk import RESEARCH_USE_NOTICE
-from msk.constants import MURA_ENSEMBLE_MODEL, MURA_MEMBERS
+from msk.constants import MURA_ENSEMBLE_MODEL, MURA_MEMBERS, WRIST_CLASSES
 from tests.plugins.web import encode, synthetic_radiograph
 
 TRACEBACK = re.compile(r"Traceback|File \"/|line \d+, in ", re.IGNORECASE)
@@ -221,3 +221,27 @@ def test_web_binds_loopback_by_default():
     args = build_parser().parse_args(["web"])
     assert args.host == "127.0.0.1"
     assert args.triton_url.startswith("127.0.0.1:")
+
+
+def test_wrist_images_get_the_detectors_boxes(web_app_wrist, wrist_image):
+    from clients.wrist import WristClient
+
+    files = [("wrist.png", encode(wrist_image.image))]
+    body = post(web_app_wrist, files, body_part="wrist").json()
+    assert body["status"]["wrist_detect"] is True
+    (image,) = body["images"]
+    assert "error" not in image and image["body_part"] == "wrist", image.get("error")
+    with WristClient(web_app_wrist.triton_url) as client:
+        (ref,) = client.detect([wrist_image.image])
+    assert ref.error is None and ref.detections
+    assert [b["label"] for b in image["boxes"]] == [d.class_name for d in ref.detections]
+    for shown, det in zip(image["boxes"], ref.detections, strict=True):
+        assert shown["label"] in WRIST_CLASSES
+        for key in ("x1", "y1", "x2", "y2", "score"):
+            assert shown[key] == pytest.approx(getattr(det, key), abs=1e-3)
+        assert 0 <= shown["x1"] < shown["x2"] <= image["width"]
+        assert 0 <= shown["y1"] < shown["y2"] <= image["height"]
+    assert image["wrist_versions"] == ref.versions
+    # Not a wrist: no detector call, no boxes.
+    elbow = post(web_app_wrist, [("elbow.png", encode(wrist_image.image))], "elbow").json()
+    assert "boxes" not in elbow["images"][0]

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from msk import RESEARCH_USE_NOTICE
-from msk.constants import MURA_MEMBERS
+from msk.constants import MURA_ENSEMBLE_MODEL, MURA_MEMBERS, WRIST_CLASSES
 from tests.plugins.web import REPO_ROOT, encode, synthetic_radiograph
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -112,7 +112,8 @@ def test_upload_shows_probability_heatmap_and_study(page, web_app, web_artifacts
         assert stats["distinct"] >= 16, stats
         assert heat.bounding_box() == card.locator("img.radiograph").bounding_box()
         for name, version in want["versions"].items():
-            assert f"{name} v{version}" in card.locator(".versions").inner_text()
+            label = MURA_ENSEMBLE_MODEL if name == "pipeline" else name
+            assert f"{label} v{version}" in card.locator(".versions").inner_text()
 
     study = page.locator("#study .study-probability")
     assert float(study.get_attribute("data-value")) == pytest.approx(
@@ -171,3 +172,26 @@ def test_banner_on_every_page(page, web_app, path):
     assert page.inner_text("#research-banner") == RESEARCH_USE_NOTICE
     assert page.locator("#server-status .model-version").count() >= 1
     assert_no_traceback(page)
+
+
+def test_wrist_image_shows_labelled_boxes(page, web_app_wrist, wrist_image, web_artifacts):
+    files = [("wrist_pa.png", encode(wrist_image.image))]
+    upload(page, web_app_wrist.url, files, body_part="wrist")
+    expected = api_score(web_app_wrist.url, files, body_part="wrist")["images"][0]
+    assert expected["boxes"], "wrist_detect found no structure on the synthetic wrist"
+    card = page.locator('article[data-filename="wrist_pa.png"]')
+    boxes = card.locator("svg.boxes g.box")
+    assert boxes.count() == len(expected["boxes"])
+    labels = [boxes.nth(i).get_attribute("data-label") for i in range(boxes.count())]
+    assert labels == [b["label"] for b in expected["boxes"]]
+    assert set(labels) <= set(WRIST_CLASSES)
+    for i in range(boxes.count()):
+        assert boxes.nth(i).locator("text").inner_text().startswith(labels[i])
+        assert boxes.nth(i).locator("rect").bounding_box()["width"] > 2
+    # The SVG is laid exactly over the radiograph, so original-pixel boxes land on the anatomy.
+    assert card.locator("svg.boxes").bounding_box() == card.locator("img.radiograph").bounding_box()
+    assert card.locator("img.heatmap").count() == 1
+    assert_no_traceback(page)
+    page.screenshot(path=str(web_artifacts / "wrist-boxes.png"), full_page=True)
+    page.uncheck("#show-boxes")
+    assert card.locator("svg.boxes").evaluate("e => getComputedStyle(e).display") == "none"

@@ -332,3 +332,37 @@ class MuraImageDataset:
 def with_duplicated_abnormal(records: Sequence[Record]) -> list[Record]:
     """Variant B's oversampling: every abnormal record appears twice (augmented independently)."""
     return list(records) + [replace(r) for r in records if r.label == 1]
+
+
+def load_splits(mura_root: Path | None, *, body_parts: Iterable[str] | None = None,
+                extra_folders: Sequence[Path] = (), extra_csvs: Sequence[Path] = (),
+                test_fraction: float = 0.1, split_seed: int = 0) -> dict[str, list[Record]]:
+    """{"train", "valid", "test"}: the study's protocol on MURA-v1.1.
+
+    The official `valid` split is the validation set (early stopping, LR schedule, temperature and
+    operating points); a held-out `test` split is carved from `train` by patient. Extra labelled
+    sets (folders / CSVs) join the training pool before that split, so their images can also
+    land in `test`.
+    """
+    pool: list[list[Record]] = []
+    valid: list[Record] = []
+    if mura_root is not None:
+        pool.append(read_mura(mura_root, "train", body_parts))
+        valid = read_mura(mura_root, "valid", body_parts)
+    # Folder sets have no body part ("unknown") and are kept whole; CSV sets that name body
+    # parts are filtered like MURA.
+    for folder in extra_folders:
+        pool.append(read_labelled_folder(folder, source=Path(folder).name))
+    for csv_path in extra_csvs:
+        records = read_labelled_csv(csv_path, source=Path(csv_path).stem)
+        wanted = _check_parts(body_parts)
+        if wanted is not None:
+            records = [r for r in records if r.body_part in wanted or r.body_part == UNKNOWN_PART]
+        pool.append(records)
+    if not pool:
+        raise DatasetError("no data: give a MURA-v1.1 root and/or extra labelled sets")
+    train, test = patient_split(merge(*pool), test_fraction, split_seed)
+    if not valid:
+        # Without MURA's official valid split, carve validation from the remaining pool too.
+        train, valid = patient_split(train, test_fraction, split_seed + 1)
+    return {"train": train, "valid": valid, "test": test}

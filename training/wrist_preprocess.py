@@ -8,8 +8,12 @@ the detector sees the same pixels in training and in serving. Geometry comes fro
     8/16-bit image -> to_uint8 -> drop top 3/7 -> cv2.resize (INTER_LINEAR, aspect kept)
     -> centred on a black 1400 x 760 canvas -> CLAHE(clip 2.0, 8 x 8 tiles) -> (/255 for 0..1)
 
-INTER_LINEAR (cv2's default, as in the study's code) is used because ONNX `Resize` reproduces it
-(half-pixel bilinear, no antialias); INTER_AREA has no ONNX equivalent.
+The resize is cv2's INTER_LINEAR rule (the study's `cv2.resize` default: half-pixel centres,
+clamped borders, no antialiasing) written out in float32 numpy, with the same operations in the
+same order as the ONNX graph, so that both produce bit-identical canvases; cv2's own uint8 resize
+rounds through 11-bit fixed point and differs from it by one grey level on ~10 % of pixels, which
+CLAHE would amplify into a train/serve mismatch. (It equals `cv2.resize` on float32 input to
+~1e-5 of a grey level.)
 """
 
 from __future__ import annotations
@@ -27,12 +31,39 @@ from msk.wrist_geometry import (
 )
 
 
+def axis_coefficients(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (x0, x1) and weight of x1 for each output position, float32 as the graph."""
+    j = np.arange(n_out, dtype=np.float32)
+    scale = np.float32(n_in) / np.float32(n_out)
+    src = (j + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    x0f = np.floor(src)
+    a = src - x0f
+    last = np.float32(n_in - 1)
+    at_end = x0f >= last
+    x0f = np.where(at_end, last, x0f)
+    a = np.where(at_end, np.float32(0.0), a).astype(np.float32)
+    x0 = x0f.astype(np.int64)
+    return x0, np.minimum(x0 + 1, n_in - 1), a
+
+
+def resize_linear(image: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """uint8 bilinear resize (cv2 INTER_LINEAR rule, float32, rounded half to even)."""
+    f = image.astype(np.float32)
+    x0, x1, a = axis_coefficients(f.shape[1], new_w)
+    t = f[:, x0] * (np.float32(1.0) - a) + f[:, x1] * a
+    y0, y1, b = axis_coefficients(f.shape[0], new_h)
+    b = b[:, None]
+    out = t[y0] * (np.float32(1.0) - b) + t[y1] * b
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def letterbox_canvas(image: np.ndarray) -> tuple[np.ndarray, StudyLetterbox]:
     """Crop + resize + pad (no CLAHE): uint8 1400 x 760 canvas and its geometry."""
     img = to_uint8(image)
     geo = study_letterbox(*img.shape)
     cropped = img[geo.crop_top:]
-    resized = cv2.resize(cropped, (geo.new_w, geo.new_h), interpolation=cv2.INTER_LINEAR)
+    resized = resize_linear(cropped, geo.new_h, geo.new_w)
     canvas = np.zeros((geo.out_h, geo.out_w), np.uint8)
     canvas[geo.pad_top:geo.pad_top + geo.new_h, geo.pad_left:geo.pad_left + geo.new_w] = resized
     return canvas, geo

@@ -27,6 +27,7 @@ _TRAIN_KEYS = {
     "epochs", "batch", "imgsz", "rect", "device", "workers", "cache", "seed", "optimizer", "lr0",
     "lrf", "warmup_epochs", "patience", "mosaic", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v",
     "scale", "translate", "degrees", "time", "close_mosaic", "momentum", "weight_decay", "cos_lr",
+    "val", "nbs", "box", "cls", "dfl", "deterministic",
 }
 
 
@@ -54,8 +55,11 @@ def ultralytics_offline(config_dir: Path | None = None) -> Path:
             shutil.copy2(src, fonts / name)
     from ultralytics.utils import SETTINGS
 
-    if SETTINGS.get("sync") or SETTINGS.get("hub"):
-        SETTINGS.update({"sync": False, "hub": False})
+    # no telemetry and no logger integrations (they may reach for the network when installed)
+    off = {k: False for k in ("sync", "hub", "clearml", "comet", "dvc", "mlflow", "neptune",
+                              "raytune", "tensorboard", "wandb") if SETTINGS.get(k)}
+    if off:
+        SETTINGS.update(off)
     return config_dir
 
 

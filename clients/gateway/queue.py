@@ -178,10 +178,10 @@ class StudyQueue:
         st.attempts += 1
         st.last_error = error
         st.not_before = now + backoff_s
+        self._write_state(self.dir(state) / batch, st)
         if st.attempts >= max_attempts:
             self.dead_letter(state, batch, f"gave up after {st.attempts} attempts: {error}")
             return True
-        self._write_state(self.dir(state) / batch, st)
         return False
 
     def dead_letter(self, state: str, batch: str, reason: str) -> Path:

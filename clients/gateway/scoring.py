@@ -84,10 +84,14 @@ class StudyScorer:
         try:
             ready = self._control.is_server_ready() and self._control.is_model_ready(
                 MURA_ENSEMBLE_MODEL)
-            wrist = self.wrist_mode != "off" and self._control.is_model_ready(
-                WRIST_DETECT_MODEL)
         except InferenceServerException as exc:
             raise TransientError(f"Triton at {self.url} unreachable: {exc.message()}") from exc
+        wrist = False
+        if self.wrist_mode != "off":
+            try:  # a repository without the detector answers "unknown model": not an outage
+                wrist = bool(self._control.is_model_ready(WRIST_DETECT_MODEL))
+            except InferenceServerException:
+                wrist = False
         if not ready:
             raise TransientError(f"Triton at {self.url} or {MURA_ENSEMBLE_MODEL} not ready")
         if self.wrist_mode == "on" and not wrist:
@@ -147,7 +151,7 @@ class StudyScorer:
         structures = self._detect([c for c in candidates if WRIST_DETECT_MODEL in c.pipelines])
 
         scored = ScoredStudy(result=StudyResult([], [], MURA_DEFAULT_THRESHOLD, skipped),
-                             source=headers[0], received=len(files))
+                             source=candidates[0].ds, received=len(files))
         thresholds: list[float] = []
         models: dict[str, ModelProvenance] = {}
         for cand, res in zip(candidates, mura, strict=True):

@@ -8,7 +8,6 @@ with a log line saying why. Success (0x0000) is answered only after the instance
 
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Callable
 
@@ -78,8 +77,7 @@ class StoreSCP:
         except OSError as exc:
             log.error("C-STORE from %s: cannot persist instance %s (%s)", calling,
                       uid_tag(sop_uid), exc.strerror)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                return STATUS_OUT_OF_RESOURCES
+            # disk full, quota, I/O error: all mean "cannot store now", the sender may retry
             return STATUS_OUT_OF_RESOURCES
         sop_class = getattr(event.request.AffectedSOPClassUID, "name", "unknown")
         log.info("stored %s of study %s (%s) from %s", uid_tag(sop_uid), uid_tag(study_uid),

@@ -182,31 +182,25 @@ class WebService:
         if result.heatmap is not None:
             payload["heatmap"] = rendering.heatmap_views(np.asarray(result.heatmap, np.uint8))
         if part == "wrist" and status.wrist_available:
-            payload["boxes"], payload["boxes_error"] = self._wrist_boxes(upload)
+            payload.update(self._wrist_boxes(upload))
         return payload
 
-    def _wrist_boxes(self, upload: DecodedUpload) -> tuple[list[dict[str, Any]], str | None]:
+    def _wrist_boxes(self, upload: DecodedUpload) -> dict[str, Any]:
         """Labelled boxes from `wrist_detect`, in original pixels; errors do not hide the score."""
         try:
             detection = self._wrist_client().detect([upload.image])[0]
-        except Exception as exc:  # noqa: BLE001
-            return [], humanize(self.url, str(exc))
-        if getattr(detection, "error", None):
-            return [], humanize(self.url, detection.error)
-        return [box_json(b) for b in detection.boxes], None
+        except Exception as exc:  # noqa: BLE001 - shown next to the score, not instead of it
+            return {"boxes": [], "boxes_error": humanize(self.url, str(exc))}
+        if detection.error:
+            return {"boxes": [], "boxes_error": humanize(self.url, detection.error)}
+        return {"boxes": [box_json(b) for b in detection.boxes],
+                "wrist_versions": dict(detection.versions)}
 
 
 def box_json(box: Any) -> dict[str, Any]:
-    """One detection as {label, score, x1, y1, x2, y2} whatever shape the wrist client uses."""
-    if isinstance(box, dict):
-        get = box.get
-    else:
-        def get(key: str, default: Any = None) -> Any:
-            return getattr(box, key, default)
-    label = get("label") or get("class_name") or get("cls") or get("class")
-    return {"label": str(label), "score": float(get("score", 0.0)),
-            "x1": float(get("x1")), "y1": float(get("y1")),
-            "x2": float(get("x2")), "y2": float(get("y2"))}
+    """One `clients.wrist.Detection` as {label, score, x1, y1, x2, y2} (original pixels)."""
+    return {"label": box.class_name, "score": float(box.score),
+            **{k: float(getattr(box, k)) for k in ("x1", "y1", "x2", "y2")}}
 
 
 def aggregate(images: list[dict[str, Any]]) -> dict[str, Any]:

@@ -112,6 +112,14 @@ def run(args: argparse.Namespace) -> int:
                          retry=RetryPolicy(give_up_after_s=args.retry_for),
                          request_timeout_s=args.timeout)
     printer = None if args.no_stdout else stdout_sink()
+    if todo:
+        try:
+            asyncio.run(scorer.wait_ready(args.wait))
+        except ConnectionError as exc:
+            print(f"msk score: {exc}", file=sys.stderr)
+            if sink is not None:
+                sink.close()
+            return 3
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True,
                disable=args.no_progress or not todo, desc="scoring")
     errors = 0
@@ -128,16 +136,8 @@ def run(args: argparse.Namespace) -> int:
         if errors:
             bar.set_postfix(errors=errors, refresh=False)
 
-    async def main() -> object:
-        if todo:
-            await scorer.wait_ready(args.wait)
-        return await scorer.run(todo, sink, on_row=on_row, skipped=skipped)
-
     try:
-        summary = asyncio.run(main())
-    except ConnectionError as exc:
-        print(f"msk score: {exc}", file=sys.stderr)
-        return 3
+        summary = asyncio.run(scorer.run(todo, sink, on_row=on_row, skipped=skipped))
     except KeyboardInterrupt:
         print("msk score: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,6 +76,7 @@ class WebApp:
     url: str          # "http://127.0.0.1:PORT"
     pid: int          # the `msk web` process (to inspect what it loaded)
     log: Path
+    triton_url: str   # the gRPC address it was given
 
 
 @contextmanager
@@ -105,7 +107,7 @@ def running_web_app(triton_url: str, log_path: Path) -> Iterator[WebApp]:
                     raise RuntimeError("msk web did not answer within 90 s:\n"
                                        + log_path.read_text(errors="replace")[-3000:])
                 time.sleep(0.2)
-            yield WebApp(url, proc.pid, log_path)
+            yield WebApp(url, proc.pid, log_path, triton_url)
         finally:
             proc.terminate()
             try:
@@ -127,6 +129,22 @@ def web_app_server_down(tmp_path_factory) -> Iterator[WebApp]:
     """`msk web` pointed at a port where no Triton listens (the "server is down" case)."""
     dead = f"127.0.0.1:{free_port()}"
     with running_web_app(dead, tmp_path_factory.mktemp("web-down") / "web.log") as app:
+        yield app
+
+
+@pytest.fixture(scope="session")
+def web_app_wrist(tiny_repository, wrist_repository, tmp_path_factory) -> Iterator[WebApp]:
+    """`msk web` against one Triton serving the tiny MURA stand-in AND the wrist detectors
+    trained by `tests/plugins/wrist.py` (their repositories are merged by copying, both cached)."""
+    from server.launcher import TritonServer
+
+    repo = tmp_path_factory.mktemp("web-wrist-repository")
+    for source in (Path(tiny_repository), Path(wrist_repository)):
+        for model in source.iterdir():
+            if model.is_dir() and (model / "config.pbtxt").exists():
+                shutil.copytree(model, repo / model.name)
+    with TritonServer(repository=repo) as server, running_web_app(
+            server.grpc_url, tmp_path_factory.mktemp("web-wrist") / "web.log") as app:
         yield app
 
 

@@ -94,7 +94,7 @@ function imageCard(item) {
   if (item.boxes_error) card.append(el("p", { class: "warn", text: `Wrist structures: ${item.boxes_error}` }));
   else if (item.boxes && !item.boxes.length) card.append(el("p", { class: "note", text: "No wrist structures detected." }));
   card.append(memberTable(item.members));
-  const versions = Object.entries(item.versions || {}).map(([k, v]) => `${k} v${v}`).join(" · ");
+  const versions = Object.entries({ ...(item.versions || {}), ...(item.wrist_versions || {}) }).map(([k, v]) => `${k === "pipeline" ? "mura_ensemble" : k} v${v}`).join(" · ");
   card.append(el("p", { class: "versions", text: `models: ${versions}` }));
   if (item.weights && item.weights !== "trained") {
     card.append(el("p", { class: "warn weights", text: `Weights: ${item.weights} (not trained on radiographs; scores are not meaningful).` }));

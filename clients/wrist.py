@@ -1,0 +1,203 @@
+"""Client for the `wrist_detect` Triton ensemble: raw wrist radiograph in, structure boxes out.
+
+The server does all the preprocessing (crop, letterbox, CLAHE) and maps the boxes back, so the
+client only sends the grayscale image as UINT8 at its original size. Wider-than-8-bit images are
+windowed here with `msk.wrist_geometry.to_uint8` (the same function training uses), because the
+ensemble's input is 8-bit. No torch; one bad image yields a result with `error` set and the rest
+of the batch continues.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from msk.constants import DEFAULT_GRPC_URL, IMAGE_TENSOR, WRIST_DETECT_MODEL
+from msk.wrist_geometry import (
+    BOXES_TENSOR,
+    CLASSES_TENSOR,
+    SCORES_TENSOR,
+    WRIST_PROVENANCE_TENSOR,
+    to_uint8,
+)
+
+ImageSource = np.ndarray | str | Path | bytes
+
+
+class WristImageError(ValueError):
+    """An input could not be read as a grayscale image."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    class_name: str
+    score: float
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+    def to_json(self) -> dict:
+        return {"class": self.class_name, "score": round(float(self.score), 4),
+                **{k: round(float(getattr(self, k)), 2) for k in ("x1", "y1", "x2", "y2")}}
+
+
+@dataclass
+class WristResult:
+    source: str | None = None
+    detections: list[Detection] = field(default_factory=list)
+    versions: dict[str, str] = field(default_factory=dict)
+    provenance: dict = field(default_factory=dict)
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+    latency_s: float | None = None
+
+    @property
+    def boxes(self) -> list[Detection]:
+        """Alias of `detections` (the web app reads `.boxes`)."""
+        return self.detections
+
+    @property
+    def artifacts(self) -> dict[str, str]:
+        """Model name -> SHA-256 of the served artifact (from the ensemble's provenance)."""
+        found = {m: str(i.get("sha256", "")) for m, i in
+                 self.provenance.get("detectors", {}).items()}
+        if "preprocess" in self.provenance:
+            found["wrist_preprocess"] = str(self.provenance["preprocess"].get("sha256", ""))
+        return found
+
+    def to_json(self) -> dict:
+        return {"source": self.source, "width": self.width, "height": self.height,
+                "boxes": [d.to_json() for d in self.detections], "versions": self.versions,
+                "error": self.error,
+                "latency_s": None if self.latency_s is None else round(self.latency_s, 4)}
+
+
+def _looks_like_dicom(data: bytes, name: str = "") -> bool:
+    return name.lower().endswith(".dcm") or data[128:132] == b"DICM"
+
+
+def read_wrist_image(source: ImageSource) -> np.ndarray:
+    """Path / bytes / array -> uint8 HxW grayscale. PNG/TIFF/JPEG keep their bit depth until
+    `to_uint8` windows them; DICOM goes through the spine's loader (`clients.images`)."""
+    if isinstance(source, np.ndarray):
+        img = source
+    else:
+        name = str(source) if isinstance(source, str | Path) else ""
+        try:
+            data = Path(source).read_bytes() if isinstance(source, str | Path) else bytes(source)
+        except OSError as exc:
+            raise WristImageError(f"{name}: cannot read ({exc.strerror or exc})") from exc
+        if _looks_like_dicom(data, name):
+            from clients.images import load_grayscale
+
+            try:
+                return load_grayscale(data)
+            except Exception as exc:
+                raise WristImageError(f"{name or 'DICOM bytes'}: {exc}") from exc
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    img = np.array(im)
+                elif im.mode in ("L", "1", "P", "RGB", "RGBA", "LA"):
+                    img = np.array(im.convert("L"))
+                else:
+                    img = np.array(im.convert("L"))
+        except (UnidentifiedImageError, OSError) as exc:
+            raise WristImageError(f"{name or 'image bytes'}: not a readable image ({exc})") from exc
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.size == 0 or img.ndim not in (2, 3):
+        raise WristImageError(f"image has unusable shape {img.shape}")
+    if img.ndim == 2 and (img.shape[0] < 8 or img.shape[1] < 8):
+        raise WristImageError(f"image of {img.shape[0]}x{img.shape[1]} pixels is too small")
+    try:
+        return np.ascontiguousarray(to_uint8(img))
+    except ValueError as exc:
+        raise WristImageError(str(exc)) from exc
+
+
+def parse_outputs(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
+                  provenance: np.ndarray | None) -> tuple[list[Detection], dict, dict]:
+    dets = []
+    for b, c, s in zip(boxes.reshape(-1, 4), classes.reshape(-1), scores.reshape(-1),
+                       strict=True):
+        name = c.decode() if isinstance(c, bytes) else str(c)
+        dets.append(Detection(name, float(s), *(float(v) for v in b)))
+    prov: dict = {}
+    if provenance is not None and provenance.size:
+        raw = provenance.reshape(-1)[0]
+        prov = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    versions = {m: str(info.get("version")) for m, info in prov.get("detectors", {}).items()}
+    for part in ("preprocess", "postprocess"):
+        if part in prov:
+            versions[f"wrist_{part}"] = str(prov[part].get("version"))
+    return dets, versions, prov
+
+
+class WristClient:
+    """`WristClient(url).detect(images) -> list[WristResult]` (same order, never raises for a bad
+    image). `url` is the gRPC "host:port"."""
+
+    def __init__(self, url: str = DEFAULT_GRPC_URL, *, model: str = WRIST_DETECT_MODEL,
+                 timeout_s: float = 120.0) -> None:
+        import tritonclient.grpc as grpcclient
+
+        self._grpc = grpcclient
+        self.url = url
+        self.model = model
+        self.timeout_s = timeout_s
+        self._client = grpcclient.InferenceServerClient(url=url)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> WristClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def infer_array(self, img: np.ndarray) -> tuple[list[Detection], dict, dict]:
+        """One uint8 HxW image through the ensemble (raises on server errors)."""
+        g = self._grpc
+        inp = g.InferInput(IMAGE_TENSOR, list(img.shape), "UINT8")
+        inp.set_data_from_numpy(img)
+        outs = [g.InferRequestedOutput(n) for n in (BOXES_TENSOR, CLASSES_TENSOR, SCORES_TENSOR,
+                                                    WRIST_PROVENANCE_TENSOR)]
+        res = self._client.infer(self.model, [inp], outputs=outs,
+                                 client_timeout=self.timeout_s)
+        return parse_outputs(res.as_numpy(BOXES_TENSOR), res.as_numpy(CLASSES_TENSOR),
+                             res.as_numpy(SCORES_TENSOR), res.as_numpy(WRIST_PROVENANCE_TENSOR))
+
+    def detect(self, images: Sequence[ImageSource]) -> list[WristResult]:
+        results = []
+        for item in images:
+            source = str(item) if isinstance(item, str | Path) else None
+            start = time.perf_counter()
+            result = WristResult(source=source)
+            try:
+                img = read_wrist_image(item)
+                result.height, result.width = img.shape
+                result.detections, result.versions, result.provenance = self.infer_array(img)
+            except WristImageError as exc:
+                result.error = str(exc) if source is None or source in str(exc) else \
+                    f"{source}: {exc}"
+            except Exception as exc:  # server/transport errors: report, continue the batch
+                msg = getattr(exc, "message", None)
+                text = msg() if callable(msg) else str(exc)
+                result.error = f"{source or 'image'}: inference failed: {text}"
+            result.latency_s = time.perf_counter() - start
+            results.append(result)
+        return results

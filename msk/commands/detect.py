@@ -1,0 +1,79 @@
+"""`msk detect`: wrist structure boxes for radiographs, via the `wrist_detect` Triton ensemble.
+
+One JSON line per input on stdout (`source`, `boxes` [class, score, x1, y1, x2, y2 in original
+pixels], `versions`, `error`); logs go to stderr. A bad input gets an `error` and the rest go on;
+the exit status is 1 when any input failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import sys
+from pathlib import Path
+
+from msk.constants import DEFAULT_GRPC_URL, WRIST_DETECT_MODEL
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Files as given, folders searched recursively for images, globs expanded; an item matching
+    nothing is kept so that its error is reported."""
+    out: list[str] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(str(f) for f in sorted(p.rglob("*"))
+                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif any(ch in item for ch in "*?[") and not p.exists():
+            matches = sorted(glob.glob(item, recursive=True))
+            out.extend(matches or [item])
+        else:
+            out.append(item)
+    return out
+
+
+def _run(args: argparse.Namespace) -> int:
+    from clients.overlay import overlay_png
+    from clients.wrist import WristClient, read_wrist_image
+
+    inputs = expand_inputs(args.inputs)
+    if not inputs:
+        print("msk detect: no inputs", file=sys.stderr)
+        return 2
+    failed = 0
+    with WristClient(args.url, model=args.model, timeout_s=args.timeout) as client:
+        for n, source in enumerate(inputs):
+            result = client.detect([source])[0]
+            if result.error is None and args.overlay_dir:
+                out = Path(args.overlay_dir) / f"{n:04d}_{Path(source).stem}.png"
+                overlay_png(read_wrist_image(source), result.detections, out)
+                result_json = {**result.to_json(), "overlay": str(out)}
+            else:
+                result_json = result.to_json()
+            failed += result.error is not None
+            print(json.dumps(result_json), flush=True)
+    if failed:
+        print(f"msk detect: {failed} of {len(inputs)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "detect", help="detect wrist structures (joints and carpal bones) in radiographs",
+        description="Send radiographs to the wrist_detect Triton ensemble and print one JSON line "
+        "per input with boxes in original pixels. Research use only.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (PNG/JPEG/TIFF 8 or 16 bit, DICOM), folders or glob patterns")
+    p.add_argument("--url", default=DEFAULT_GRPC_URL,
+                   help=f"Triton gRPC address host:port (default {DEFAULT_GRPC_URL})")
+    p.add_argument("--model", default=WRIST_DETECT_MODEL,
+                   help=f"ensemble name (default {WRIST_DETECT_MODEL})")
+    p.add_argument("--overlay-dir", default=None,
+                   help="write a PNG with labelled boxes per image into this folder")
+    p.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for each inference (default 120)")
+    p.set_defaults(handler=_run)

@@ -1,0 +1,140 @@
+"""Wrist detector fixtures: trained-on-synthetic detectors, a `wrist_detect` repository and server.
+
+Other suites (web app, PACS gateway, ...) use these to get REAL boxes for a wrist image:
+
+  wrist_ci_models   session; a `WristCIModels` with `.weights = {"joints": Path, "bones": Path}`
+                    (Ultralytics `.pt`, yolo11n trained with the `ci` recipe on synthetic wrists),
+                    `.losses` per target and `.data` (data.yaml per target). Trained once, cached
+                    under `.cache/wrist/ci-<hash>` (hash of the wrist sources, the recipe and the
+                    Ultralytics version), so later runs start instantly.
+  wrist_repository  session; a read-only model repository with only the wrist models
+                    (`wrist_preprocess`, `wrist_joints`, `wrist_bones`, `wrist_postprocess`,
+                    `wrist_detect`), cached next to the weights. For MURA + wrist in one server
+                    call `export.repository.build_repository(out, tiny=True,
+                    wrist_weights=wrist_ci_models.weights)` in your own fixture.
+  wrist_triton      session; a real `server.launcher.TritonServer` on `wrist_repository`
+                    (`.grpc_url` for `clients.wrist.WristClient`).
+  wrist_image       a synthetic wrist radiograph (`SyntheticWrist`: `.image` uint8 HxW, `.boxes`
+                    {class: (x1, y1, x2, y2)} ground truth in its pixels), not seen in training.
+
+The CI detectors are small and briefly trained: they find structures on synthetic images (the
+serving tests assert they do) but are no clinical model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CI_IMAGES = 64
+CI_SEED = 7
+
+
+def _wrist_key() -> str:
+    import ultralytics
+
+    digest = hashlib.sha256(ultralytics.__version__.encode())
+    digest.update(f"{CI_IMAGES}:{CI_SEED}".encode())
+    for pattern in ("training/wrist_*.py", "training/recipes/wrist_ci.yaml",
+                    "msk/wrist_geometry.py", "msk/constants.py"):
+        for path in sorted(ROOT.glob(pattern)):
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+@dataclass
+class WristCIModels:
+    weights: dict[str, Path]
+    losses: dict[str, list[float]] = field(default_factory=dict)
+    data: dict[str, Path] = field(default_factory=dict)
+    root: Path = ROOT
+
+
+def train_ci_models(root: Path) -> WristCIModels:
+    """Synthetic data -> two detectors with the CI recipe (what the fixture caches)."""
+    from training.wrist_labels import build_synthetic_datasets
+    from training.wrist_train import train_detector
+
+    data = build_synthetic_datasets(root / "data", CI_IMAGES, CI_SEED,
+                                    targets=("joints", "bones"), fractions=(0.85, 0.15, 0.0))
+    weights, losses = {}, {}
+    for target in ("joints", "bones"):
+        result = train_detector(data[target], root / "runs", "ci", target=target)
+        weights[target] = result.last
+        losses[target] = result.losses
+    return WristCIModels(weights, losses, dict(data), root)
+
+
+@pytest.fixture(scope="session")
+def wrist_ci_models() -> WristCIModels:
+    from training.wrist_train import ultralytics_offline
+
+    ultralytics_offline()
+    target = ROOT / ".cache" / "wrist" / f"ci-{_wrist_key()}"
+    meta = target / "models.json"
+    if not meta.exists():
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        models = train_ci_models(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        rel = {k: str(Path(p).relative_to(tmp)) for k, p in models.weights.items()}
+        (target / "models.json").write_text(json.dumps(
+            {"weights": rel, "losses": models.losses,
+             "data": {k: str(Path(p).relative_to(tmp)) for k, p in models.data.items()}}))
+    info = json.loads(meta.read_text())
+    # data.yaml holds the absolute path of the build folder: point it at the final place
+    data = {}
+    for k, rel in info["data"].items():
+        yaml_path = target / rel
+        doc = yaml.safe_load(yaml_path.read_text())
+        doc["path"] = str(yaml_path.parent)
+        yaml_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        data[k] = yaml_path
+    return WristCIModels({k: target / v for k, v in info["weights"].items()}, info["losses"],
+                         data, target)
+
+
+@pytest.fixture(scope="session")
+def wrist_repository(wrist_ci_models: WristCIModels) -> Path:
+    from export.wrist_repository import write_wrist_models
+
+    key = hashlib.sha256()
+    for pattern in ("export/wrist_*.py", "msk/wrist_geometry.py", "msk/constants.py"):
+        for path in sorted(ROOT.glob(pattern)):
+            key.update(path.name.encode() + path.read_bytes())
+    target = wrist_ci_models.root / f"repository-{key.hexdigest()[:12]}"
+    if not (target / ".complete").exists():
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        records = write_wrist_models(tmp, wrist_ci_models.weights)
+        (tmp / "wrist_records.json").write_text(json.dumps(records, indent=1))
+        (tmp / ".complete").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def wrist_triton(wrist_repository: Path) -> Iterator:
+    from server.launcher import TritonServer
+
+    with TritonServer(wrist_repository) as server:
+        yield server
+
+
+@pytest.fixture()
+def wrist_image():
+    from training.wrist_synthetic import make_wrist
+
+    return make_wrist(CI_SEED + 1000, 0, sixteen_bit=False)

@@ -1,0 +1,177 @@
+"""The GPU deployment, checked without Docker or a GPU: the compose file against the Compose
+Specification schema and our own rules, the GPU configs generated from the same source as the CPU
+ones, and the TensorRT build plan they imply. The engine build itself runs only on a GPU host.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from export.configs import render_mura_configs
+from export.gpu_repository import assemble_gpu_repository
+from export.tensorrt import main as tensorrt_main
+from export.tensorrt import parse_config, profile_shapes, trtexec_command
+from msk.constants import (
+    MURA_BACKBONE_MAX_BATCH,
+    MURA_CHANNELS,
+    MURA_ENSEMBLE_MODEL,
+    MURA_IMAGE_SIZE,
+    MURA_MEMBERS,
+    PIXELS_TENSOR,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def _compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_file_validates_against_the_compose_specification():
+    tool = Path(sys.executable).parent / "check-jsonschema"
+    binary = str(tool) if tool.exists() else shutil.which("check-jsonschema")
+    assert binary, "check-jsonschema is a test dependency (pyproject [test])"
+    proc = subprocess.run([binary, "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_compose_services_gpu_order_health_and_exposure():
+    services = _compose()["services"]
+    assert {"engines", "triton", "prometheus", "grafana", "gateway"} <= set(services)
+    for name in ("engines", "triton"):
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    # engines are built for this GPU before Triton starts, by the same NGC release
+    triton, engines = services["triton"], services["engines"]
+    assert triton["depends_on"]["engines"]["condition"] == "service_completed_successfully"
+    assert triton["image"].split(":")[1] == engines["image"].split(":")[1]
+    assert "nvcr.io/nvidia/tritonserver" in triton["image"]
+    assert "export.tensorrt" in " ".join(engines["command"])
+    assert engines["network_mode"] == "none"
+    # readiness, latency quantiles, shm for the python backend
+    assert "/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    flags = " ".join(triton["command"])
+    assert "summary_latencies=true" in flags and "0.95" in flags and "0.99" in flags
+    assert "--strict-readiness=true" in flags
+    assert triton["shm_size"] in ("1gb", "2gb", "4gb")
+    assert services["gateway"]["depends_on"]["triton"]["condition"] == "service_healthy"
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    # nothing published beyond loopback, except the DICOM port where the operator says so
+    published = []
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            published.append((name, port))
+            host = str(port).rsplit(":", 2)[0]
+            assert host in ("127.0.0.1", "${GATEWAY_BIND:-127.0.0.1}"), (name, port)
+    assert not [p for _, p in published if str(p).endswith(":8002")], "metrics stay internal"
+    for name, service in services.items():
+        if name != "engines":
+            assert "healthcheck" in service, name
+
+
+def test_compose_mounts_exist_in_the_repository():
+    for name, service in _compose()["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./") and source != "./model_repository":
+                assert (ROOT / source).exists(), (name, volume)
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "README" not in line:
+            for source in line.split()[1:-1]:
+                assert (ROOT / source).exists(), line
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    jobs = {j["job_name"]: j["static_configs"][0]["targets"][0]
+            for j in prometheus["scrape_configs"]}
+    services = _compose()["services"]
+    for target in jobs.values():
+        assert target.split(":")[0] in services, target
+
+
+def test_gpu_configs_tensorrt_kind_gpu_warmup_and_matching_profiles():
+    gpu = render_mura_configs("gpu")
+    cpu = render_mura_configs("cpu")
+    assert set(gpu) == set(cpu)
+    for member in MURA_MEMBERS:
+        text = gpu[member]
+        assert 'platform: "tensorrt_plan"' in text and "KIND_GPU" in text
+        assert "model_warmup" in text
+        assert f"batch_size: {MURA_BACKBONE_MAX_BATCH}" in text and "batch_size: 1 " in text
+        spec = parse_config(text)
+        assert spec.max_batch_size == MURA_BACKBONE_MAX_BATCH
+        s = MURA_IMAGE_SIZE
+        assert profile_shapes(spec) == {PIXELS_TENSOR: (
+            f"1x{MURA_CHANNELS}x{s}x{s}", f"{MURA_BACKBONE_MAX_BATCH}x{MURA_CHANNELS}x{s}x{s}",
+            f"{MURA_BACKBONE_MAX_BATCH}x{MURA_CHANNELS}x{s}x{s}")}
+        cmd = trtexec_command("trtexec", Path("m.onnx"), Path("m.plan"), spec,
+                              Path("/cache/t.cache"))
+        assert "--fp16" in cmd and "--timingCacheFile=/cache/t.cache" in cmd
+        assert f"--maxShapes={PIXELS_TENSOR}:{MURA_BACKBONE_MAX_BATCH}x" in " ".join(cmd)
+    for name, text in gpu.items():
+        if name != MURA_ENSEMBLE_MODEL:
+            assert "KIND_GPU" in text and "KIND_CPU" not in text, name
+        # same tensors on both targets: clients cannot tell them apart
+        strip = [line for line in text.splitlines() if "name:" in line and "dims" in line]
+        assert strip == [line for line in cpu[name].splitlines()
+                         if "name:" in line and "dims" in line], name
+
+
+def test_gpu_repository_from_the_cpu_repository_and_engine_plan(tiny_repository, tmp_path,
+                                                                capsys):
+    out = tmp_path / "gpu"
+    configs = assemble_gpu_repository(tiny_repository, out)
+    for name, text in configs.items():
+        assert (out / name / "config.pbtxt").read_text() == text
+        versions = sorted(p.name for p in (tiny_repository / name).iterdir()
+                          if p.is_dir() and p.name.isdigit())
+        assert versions and sorted(p.name for p in (out / name).iterdir()
+                                   if p.is_dir() and p.name.isdigit()) == versions
+    member_versions = {m: sorted(p.name for p in (out / m).iterdir() if p.is_dir())
+                       for m in MURA_MEMBERS}
+    capsys.readouterr()
+    assert tensorrt_main(["--repository", str(out), "--timing-cache",
+                          str(tmp_path / "cache" / "timing.cache"), "--dry-run"]) == 0
+    jobs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert sorted((j["model"], j["version"]) for j in jobs) == sorted(
+        (m, v) for m, vs in member_versions.items() for v in vs)
+    for job in jobs:
+        onnx = out / job["model"] / job["version"] / "model.onnx"
+        assert f"--onnx={onnx}" in job["command"]
+        assert onnx.read_bytes() == (tiny_repository / job["model"] / job["version"]
+                                     / "model.onnx").read_bytes()
+
+
+def _gpu_host() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return "no NVIDIA GPU here (nvidia-smi not found)"
+    if not (shutil.which("trtexec") or Path("/usr/src/tensorrt/bin/trtexec").exists()):
+        return "trtexec not found: run inside NVIDIA's TensorRT container (nvcr.io/nvidia/tensorrt)"
+    return None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpu_host() is not None, reason=str(_gpu_host()))
+def test_engine_build_on_this_gpu(tiny_repository, tmp_path):
+    out = tmp_path / "gpu"
+    assemble_gpu_repository(tiny_repository, out)
+    cache = tmp_path / "timing.cache"
+    assert tensorrt_main(["--repository", str(out), "--timing-cache", str(cache)]) == 0
+    for member in MURA_MEMBERS:
+        for version in (p for p in (out / member).iterdir() if p.is_dir()):
+            plan = version / "model.plan"
+            assert plan.stat().st_size > 0
+            stamp = json.loads((version / "model.plan.json").read_text())
+            assert stamp["gpu"] != "unknown"
+    assert cache.stat().st_size > 0
+    mtimes = {p: p.stat().st_mtime for p in out.rglob("model.plan")}
+    assert tensorrt_main(["--repository", str(out), "--timing-cache", str(cache)]) == 0
+    assert {p: p.stat().st_mtime for p in out.rglob("model.plan")} == mtimes   # up to date

@@ -1,0 +1,303 @@
+"""Train one MURA ensemble member from a recipe: the seed study's loop, made resumable.
+
+Per epoch: shuffle (seeded per epoch) -> batch augmentation on preprocessed tensors -> weighted
+BCE on the logit -> Adam; then the validation loss drives ReduceLROnPlateau and early stopping.
+`last.pt` (full state: model, optimiser, scheduler, history) is written every epoch so an
+interrupted run resumes where it stopped and, because every random draw is seeded from
+(seed, epoch), ends with the same weights as an uninterrupted CPU run. After training the best
+epoch is calibrated (temperature + operating points on the validation split) and written as
+`<member>.pt` in the checkpoint format `export.repository.build_repository` consumes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.mura_data import (
+    MuraImageDataset,
+    Record,
+    class_counts,
+    fingerprint,
+    with_duplicated_abnormal,
+)
+
+log = logging.getLogger("msk.train.mura")
+RECIPES_DIR = Path(__file__).parent / "recipes"
+HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_auroc", "lr", "seconds")
+
+
+def load_recipe(path_or_name: str | Path) -> dict:
+    """A recipe file, or the name of one in training/recipes/ (e.g. `mura_densenet169_a`)."""
+    import yaml
+
+    path = Path(path_or_name)
+    if not path.is_file():
+        candidate = RECIPES_DIR / f"{path_or_name}.yaml"
+        if not candidate.is_file():
+            raise FileNotFoundError(f"recipe {path_or_name!r} not found (neither a file nor "
+                                    f"{candidate})")
+        path = candidate
+    recipe = yaml.safe_load(path.read_text())
+    required = {"name", "member", "architecture", "image_size", "batch_size", "lr", "epochs"}
+    missing = sorted(required - set(recipe))
+    if missing:
+        raise ValueError(f"{path}: recipe lacks {missing}")
+    return recipe
+
+
+def class_weights(records: Sequence[Record]) -> tuple[float, float]:
+    """Inverse class frequency, normalised so a balanced set gets (1, 1):
+    w_c = N / (2 * N_c) for c in {normal, abnormal} (scikit-learn's "balanced")."""
+    n_neg, n_pos = class_counts(records)
+    n = n_neg + n_pos
+    if n_neg == 0 or n_pos == 0:
+        raise ValueError(f"training set needs both classes (normal={n_neg}, abnormal={n_pos})")
+    return n / (2.0 * n_neg), n / (2.0 * n_pos)
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    history: list[dict]
+    best_epoch: int
+    temperature: float
+    operating_points: dict[str, float]
+
+
+def _device(requested: str):
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {requested!r} requested but CUDA is not available")
+    return torch.device(requested)
+
+
+def _batches(dataset: MuraImageDataset, order: Sequence[int], batch_size: int, num_workers: int):
+    """Yield (pixels, labels) batches in `order`; a DataLoader only when workers are wanted."""
+    import torch
+
+    if num_workers > 0:
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(dataset, list(order)), batch_size=batch_size,
+            shuffle=False, num_workers=num_workers, persistent_workers=False)
+        for x, y, _ in loader:
+            yield x, y
+        return
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        items = [dataset[i] for i in idx]
+        yield torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
+
+
+def predict_logits(model, dataset: MuraImageDataset, batch_size: int = 16, device: str = "cpu",
+                   num_workers: int = 0, progress: bool = False) -> np.ndarray:
+    """Eval-mode logits for every record of `dataset`, in order."""
+    import torch
+    from tqdm import tqdm
+
+    model.eval()
+    out: list[np.ndarray] = []
+    order = list(range(len(dataset)))
+    n_batches = math.ceil(len(order) / batch_size)
+    with torch.inference_mode():
+        for x, _ in tqdm(_batches(dataset, order, batch_size, num_workers), total=n_batches,
+                         disable=not progress, desc="predict", leave=False):
+            out.append(model(x.to(device)).float().cpu().numpy()[:, 0])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
+
+
+def train_member(
+    recipe: dict,
+    train_records: Sequence[Record],
+    valid_records: Sequence[Record],
+    out_dir: Path,
+    *,
+    weights: str | Path = "none",
+    device: str = "auto",
+    resume: bool = True,
+    cache: bool = False,
+    max_steps_per_epoch: int | None = None,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> TrainResult:
+    """Train one member; returns the calibrated checkpoint `<out_dir>/<member>.pt`.
+
+    `max_steps_per_epoch` caps an epoch (CI smoke runs); `on_step(step, loss)` observes every
+    optimiser step (the CI test uses it to assert that the loss falls).
+    """
+    import torch
+    from tqdm import tqdm
+
+    from export.manifest import current_commit
+    from training.augment import AugmentSpec, augment_batch
+    from training.calibration import (
+        apply_temperature,
+        expected_calibration_error,
+        fit_temperature,
+        operating_points,
+    )
+    from training.metrics import aggregate_studies, auroc
+    from training.models import build_backbone
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    member = recipe["member"]
+    seed = int(recipe.get("seed", 0))
+    dev = _device(device)
+    on_gpu = dev.type == "cuda"
+    image_size = int(recipe["image_size"])
+    batch_size = int(recipe["batch_size"])
+    num_workers = 0 if cache else int(recipe.get("num_workers", 0))
+
+    w_neg, w_pos = class_weights(train_records)
+    epoch_records = (with_duplicated_abnormal(train_records)
+                     if recipe.get("duplicate_abnormal") else list(train_records))
+    train_set = MuraImageDataset(epoch_records, image_size, cache=cache)
+    valid_set = MuraImageDataset(valid_records, image_size, cache=cache)
+    spec = AugmentSpec.from_dict(recipe.get("augment"))
+    log.info("%s: %d training samples (%d abnormal), %d validation images, class weights "
+             "normal=%.3f abnormal=%.3f, device %s", member, len(epoch_records),
+             sum(r.label for r in epoch_records), len(valid_records), w_neg, w_pos, dev)
+
+    model = build_backbone(recipe["architecture"], weights=weights, seed=seed,
+                           dropout=float(recipe.get("dropout", 0.2))).to(dev)
+    if on_gpu and recipe.get("channels_last", True):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(recipe["lr"]),
+                                 weight_decay=float(recipe.get("weight_decay", 0.0)))
+    plateau = recipe.get("reduce_lr_on_plateau") or {}
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=float(plateau.get("factor", 0.1)),
+        patience=int(plateau.get("patience", 1)), min_lr=float(plateau.get("min_lr", 0.0)))
+    use_amp = on_gpu and bool(recipe.get("amp", True))
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    stopping = recipe.get("early_stopping") or {}
+    patience = int(stopping.get("patience", 3))
+    min_delta = float(stopping.get("min_delta", 0.0))
+
+    history: list[dict] = []
+    best_loss, best_epoch, start_epoch = math.inf, 0, 1
+    last_path, best_state_path = out_dir / "last.pt", out_dir / "best_state.pt"
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location=dev, weights_only=False)
+        if state["recipe"] != recipe:
+            raise ValueError(f"{last_path} was written by a different recipe; use a new output "
+                             "folder or --no-resume")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, best_loss, best_epoch = state["history"], state["best_loss"], state["best_epoch"]
+        start_epoch = state["epoch"] + 1
+        log.info("%s: resuming after epoch %d", member, state["epoch"])
+
+    w = torch.tensor([w_neg, w_pos], device=dev)
+    step = sum(int(h.get("steps", 0)) for h in history)
+    for epoch in range(start_epoch, int(recipe["epochs"]) + 1):
+        if best_epoch and epoch - best_epoch > patience:
+            break
+        started = time.perf_counter()
+        order_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        aug_gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 50_000)
+        torch.manual_seed(seed * 100_003 + epoch + 70_000)  # dropout
+        order = torch.randperm(len(train_set), generator=order_gen).tolist()
+        n_batches = math.ceil(len(order) / batch_size)
+        if max_steps_per_epoch:
+            n_batches = min(n_batches, max_steps_per_epoch)
+            order = order[: n_batches * batch_size]
+        model.train()
+        losses: list[float] = []
+        bar = tqdm(_batches(train_set, order, batch_size, num_workers), total=n_batches,
+                   disable=not progress, desc=f"{member} epoch {epoch}", leave=False)
+        for x, y in bar:
+            if spec is not None:
+                x = augment_batch(x, spec, aug_gen)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            if on_gpu and recipe.get("channels_last", True):
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(dev.type, enabled=use_amp):
+                logit = model(x)[:, 0].float()
+            loss = (torch.nn.functional.binary_cross_entropy_with_logits(logit, y, reduction="none")
+                    * w[y.long()]).mean()
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+            if on_step is not None:
+                on_step(step, float(loss))
+        val_logits = predict_logits(model, valid_set, batch_size * 2, str(dev))
+        y_val = np.array([r.label for r in valid_records])
+        val_w = np.where(y_val == 1, w_pos, w_neg)
+        val_loss = float(np.mean(val_w * (np.logaddexp(0.0, val_logits) - y_val * val_logits)))
+        val_auroc = auroc(y_val, val_logits)
+        scheduler.step(val_loss)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+               "val_auroc": val_auroc, "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - started, 1), "steps": len(losses)}
+        history.append(row)
+        log.info("%s epoch %d: train_loss %.4f val_loss %.4f val_auroc %.4f lr %.1e (%.0f s)",
+                 member, epoch, row["train_loss"], val_loss, val_auroc, row["lr"],
+                 row["seconds"])
+        if val_loss < best_loss - min_delta:
+            best_loss, best_epoch = val_loss, epoch
+            torch.save(model.state_dict(), best_state_path)
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
+                    "epoch": epoch, "recipe": recipe}, last_path)
+        _write_history(out_dir / "metrics.csv", history)
+
+    # Calibrate the best epoch on the validation split.
+    model.load_state_dict(torch.load(best_state_path, map_location=dev, weights_only=True))
+    model = model.to(memory_format=torch.contiguous_format)
+    val_logits = predict_logits(model, valid_set, batch_size * 2, str(dev))
+    y_val = np.array([r.label for r in valid_records])
+    calib = recipe.get("calibration") or {}
+    temperature = fit_temperature(val_logits, y_val) if calib.get("temperature", True) else 1.0
+    p_before, p_after = apply_temperature(val_logits, 1.0), apply_temperature(val_logits,
+                                                                              temperature)
+    points = operating_points(y_val, p_after, [r.body_part for r in valid_records],
+                              method=calib.get("operating_point", "youden"),
+                              target_sensitivity=float(calib.get("target_sensitivity", 0.9)))
+    _, s_lab, s_prob = aggregate_studies([r.study for r in valid_records], y_val, p_after)
+    metrics = {
+        "best_epoch": best_epoch, "val_loss": best_loss,
+        "val_image_auroc": auroc(y_val, val_logits), "val_study_auroc": auroc(s_lab, s_prob),
+        "ece_before": expected_calibration_error(p_before, y_val),
+        "ece_after": expected_calibration_error(p_after, y_val),
+        "class_weights": {"normal": w_neg, "abnormal": w_pos},
+        "epochs_run": len(history),
+    }
+    checkpoint = {
+        "member": member, "architecture": recipe["architecture"],
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "image_size": image_size, "recipe": recipe,
+        "dataset_fingerprint": fingerprint(list(train_records) + list(valid_records)),
+        "metrics": metrics, "temperature": float(temperature), "operating_points": points,
+        "commit": current_commit(),
+    }
+    final_path = out_dir / f"{member}.pt"
+    torch.save(checkpoint, final_path)
+    log.info("%s: best epoch %d, T=%.3f, ECE %.3f -> %.3f, wrote %s", member, best_epoch,
+             temperature, metrics["ece_before"], metrics["ece_after"], final_path)
+    return TrainResult(final_path, history, best_epoch, float(temperature), points)
