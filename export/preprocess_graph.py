@@ -45,7 +45,8 @@ def build_preprocess_graph(image_size: int = MURA_IMAGE_SIZE) -> onnx.ModelProto
     ]
     graph = helper.make_graph(
         nodes, "mura_preprocess",
-        inputs=[helper.make_tensor_value_info(IMAGE_TENSOR, TensorProto.UINT8, ["height", "width"])],
+        inputs=[helper.make_tensor_value_info(IMAGE_TENSOR, TensorProto.UINT8,
+                                              ["height", "width"])],
         outputs=[helper.make_tensor_value_info(
             PIXELS_TENSOR, TensorProto.FLOAT, [1, MURA_CHANNELS, image_size, image_size])],
         initializer=consts,

@@ -2,8 +2,8 @@
 
 `TritonServer` is a context manager used by `msk serve`, the tests, the benchmarks and the demo:
 free ports are picked once (and kept across restarts, so clients can reconnect), readiness is
-`/v2/health/ready` with strict readiness (every model loaded), and stopping never leaves a process or
-a `/dev/shm` region behind: each server gets its own python-backend shm prefix, removed on exit even
+`/v2/health/ready` with strict readiness (every model loaded), and stopping never leaves a process
+or a `/dev/shm` region behind: each server gets its own python-backend shm prefix, removed on exit even
 after SIGKILL.
 """
 
@@ -109,10 +109,7 @@ class TritonServer:
     def start(self) -> TritonServer:
         if self.running:
             return self
-        if self.foreground:
-            out = None
-        else:
-            out = self.log_path.open("ab")
+        out = None if self.foreground else self.log_path.open("ab")
         self.process = subprocess.Popen(
             self.command(), env=self.runtime.environment(), stdout=out,
             stderr=subprocess.STDOUT if out else None, start_new_session=True,

@@ -20,7 +20,7 @@ def _subcommands() -> dict:
 
 def test_contract_subcommands_exist_with_help():
     commands = _subcommands()
-    assert CONTRACT <= set(commands), f"missing: {CONTRACT - set(commands)}"
+    assert set(commands) >= CONTRACT, f"missing: {CONTRACT - set(commands)}"
     for name, sub in commands.items():
         assert sub.description, f"`msk {name}` has no description"
         for action in sub._actions:

@@ -175,3 +175,21 @@ def test_engine_build_on_this_gpu(tiny_repository, tmp_path):
     mtimes = {p: p.stat().st_mtime for p in out.rglob("model.plan")}
     assert tensorrt_main(["--repository", str(out), "--timing-cache", str(cache)]) == 0
     assert {p: p.stat().st_mtime for p in out.rglob("model.plan")} == mtimes   # up to date
+
+
+def test_gateway_settings_in_compose_are_accepted_by_the_gateway(tmp_path):
+    from clients.gateway.config import build_config, load_file
+
+    compose = _compose()
+    settings_file = tmp_path / "gateway.yml"
+    settings_file.write_text(compose["configs"]["gateway"]["content"])
+    settings = load_file(settings_file)
+    config = build_config(settings, {"triton_url": "triton:8001",
+                                     "destination": "PACS@pacs.example:104"})
+    assert config.metrics_host == "0.0.0.0"
+    prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+    clients = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "msk-clients")
+    assert clients["static_configs"][0]["targets"] == [f"gateway:{config.metrics_port}"]
+    gateway = compose["services"]["gateway"]
+    assert f":{config.metrics_port}/metrics" in " ".join(gateway["healthcheck"]["test"])
+    assert any(str(p).endswith(f":{config.port}") for p in gateway["ports"])

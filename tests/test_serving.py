@@ -131,8 +131,9 @@ def test_metrics_report_ensemble_inference_count_and_latency_quantiles(triton):
     with MuraClient(triton.grpc_url) as client:
         assert client.score([_image(128, 128, 3)])[0].ok
     text = urllib.request.urlopen(triton.metrics_url, timeout=10).read().decode()
+    model = f'model="{MURA_ENSEMBLE_MODEL}"'
     counts = [line for line in text.splitlines()
-              if line.startswith("nv_inference_count{") and f'model="{MURA_ENSEMBLE_MODEL}"' in line]
+              if line.startswith("nv_inference_count{") and model in line]
     assert counts and float(counts[0].rsplit(" ", 1)[1]) >= 1
     assert 'nv_inference_request_summary_us{' in text and 'quantile="0.99"' in text
 

@@ -11,13 +11,12 @@ from training.wrist_preprocess import detector_input, preprocess_wrist_uint8
 from training.wrist_synthetic import make_wrist
 
 
-def _real_radiograph() -> np.ndarray:
-    """A real CR radiograph shipped by pydicom-data (10-bit, MONOCHROME1)."""
+def _real_image() -> np.ndarray:
+    """A real 16-bit medical image bundled with pydicom (never downloaded)."""
     import pydicom
     from pydicom.data import get_testdata_file
 
-    ds = pydicom.dcmread(get_testdata_file("CR_small.dcm") or get_testdata_file("MR_small.dcm"))
-    return ds.pixel_array
+    return pydicom.dcmread(get_testdata_file("MR_small.dcm", download=False)).pixel_array
 
 
 def _images() -> list[tuple[str, np.ndarray]]:
@@ -27,7 +26,7 @@ def _images() -> list[tuple[str, np.ndarray]]:
     rng = np.random.default_rng(0)
     out.append(("noise", rng.integers(0, 256, (999, 777)).astype(np.uint8)))
     try:
-        out.append(("pydicom_cr", _real_radiograph()))
+        out.append(("pydicom_mr", _real_image()))
     except Exception:  # noqa: BLE001 - the synthetic images still exercise everything
         pass
     return out

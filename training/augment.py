@@ -38,7 +38,8 @@ class AugmentSpec:
 
 
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
-    """Random affine (+flip) per sample of x [B, C, H, W]; uncovered pixels become 0 (black)."""
+    """Random affine (+flip) per sample of x [B, C, H, W]. Uncovered pixels repeat the nearest
+    edge pixel, as Keras' ImageDataGenerator (the study's tool) does by default."""
     b = x.shape[0]
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -58,5 +59,5 @@ def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator
         torch.stack([sin * sx, cos, ty], dim=1),
     ], dim=1).to(x.dtype)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid.to(x.device), mode="bilinear", padding_mode="zeros",
+    return F.grid_sample(x, grid.to(x.device), mode="bilinear", padding_mode="border",
                          align_corners=False)

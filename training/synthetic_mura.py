@@ -78,8 +78,13 @@ def _part_layout(part: str, rng: np.random.Generator) -> list[Segment]:
     raise ValueError(f"unknown body part {part!r}; expected one of {', '.join(MURA_BODY_PARTS)}")
 
 
-def _fracture(segment: Segment, rng: np.random.Generator) -> list[Segment]:
-    """Split a bone into two fragments separated by a gap, the distal one displaced/angulated."""
+def _fracture(segment: Segment, rng: np.random.Generator) -> tuple[list[Segment], Segment]:
+    """Split a bone into two fragments separated by a gap, the distal one displaced/angulated.
+
+    Returns (fragments, lucent band): the band covers the gap and is drawn darker than soft
+    tissue, like the radiolucent line of a real fracture, so the anomaly is clearly visible even
+    at the small image sizes of the CPU proof.
+    """
     dx, dy = segment.x1 - segment.x0, segment.y1 - segment.y0
     length = math.hypot(dx, dy)
     ux, uy = dx / length, dy / length
@@ -95,7 +100,10 @@ def _fracture(segment: Segment, rng: np.random.Generator) -> list[Segment]:
     ca, sa = math.cos(angle), math.sin(angle)
     rx, ry = ux * ca - uy * sa, ux * sa + uy * ca
     distal = Segment(sx, sy, sx + rx * rest, sy + ry * rest, segment.radius, round_start=False)
-    return [proximal, distal]
+    mx, my = (cx + sx) / 2.0, (cy + sy) / 2.0
+    half = 1.2 * segment.radius + abs(shift) / 2.0
+    lucent = Segment(mx - px * half, my - py * half, mx + px * half, my + py * half, gap * 0.45)
+    return [proximal, distal], lucent
 
 
 def _capsule_distance(xx: np.ndarray, yy: np.ndarray, s: Segment) -> np.ndarray:
@@ -116,12 +124,14 @@ def render_image(part: str, abnormal: bool, rng: np.random.Generator,
                  height: int = 192, width: int = 160) -> np.ndarray:
     """One synthetic radiograph (uint8 [height, width]) of `part`, fractured when `abnormal`."""
     segments = _part_layout(part, rng)
+    lucent: Segment | None = None
     if abnormal:
         # Long segments only: a fracture across a tiny carpal blob would not be visible.
         lengths = [math.hypot(s.x1 - s.x0, s.y1 - s.y0) for s in segments]
         candidates = [i for i, length in enumerate(lengths) if length > 0.2]
         victim = int(rng.choice(candidates))
-        segments = segments[:victim] + _fracture(segments[victim], rng) + segments[victim + 1:]
+        fragments, lucent = _fracture(segments[victim], rng)
+        segments = segments[:victim] + fragments + segments[victim + 1:]
     # A random view: rotation about the centre and a slight zoom, applied to pixel coordinates.
     angle = float(rng.uniform(-0.35, 0.35))
     zoom = float(rng.uniform(0.9, 1.1))
@@ -142,6 +152,10 @@ def render_image(part: str, abnormal: bool, rng: np.random.Generator,
         cortex = np.exp(-(((s.radius - d) / (0.25 * s.radius)) ** 2))
         bone = bone_level + 0.25 * cortex
         image = np.maximum(image, inside * bone + (1 - inside) * image)
+    if lucent is not None:
+        inside = np.clip((lucent.radius - _capsule_distance(xx, yy, lucent)) * height * 0.5,
+                         0.0, 1.0)
+        image = image * (1.0 - 0.85 * inside)
     image = image * float(rng.uniform(0.85, 1.15)) + float(rng.uniform(-0.05, 0.05))
     image += rng.normal(0.0, 0.03, size=image.shape).astype(np.float32)
     return (np.clip(image, 0.0, 1.0) * 255).astype(np.uint8)
