@@ -7,16 +7,21 @@ no device round trip; the same file is the CPU and the GPU implementation. Every
 plain tensor op supported by ORT's CPU and CUDA providers and by TensorRT (Shape, Slice, integer
 arithmetic, Range, Gather, Pad, Equal, MatMul, CumSum, Round, Clip).
 
-CLAHE without a histogram op: each 175 x 95 tile's 256-bin histogram is a 16 x 16 joint histogram
-of (value // 16, value % 16), computed as one-hot(high)^T @ one-hot(low) - a batched MatMul (exact in
-float32, counts < 2^24). Clipping and redistribution of the excess, the LUT (`round(cdf * 255 /
-tile_pixels)`, round half to even like `cv::saturate_cast`) and the bilinear blend of the four
-neighbouring tiles' LUTs follow OpenCV's `clahe.cpp` step by step, with the blend weights computed
-in float32 exactly as OpenCV does. The canvas is fixed (1400 x 760, divisible by the 8 x 8 grid),
-so tile sizes, clip limit and blend weights are constants.
+Bit-exact with the reference, by construction:
+* study resize: bilinear with cv2's INTER_LINEAR rule written out as Gather/Mul/Add in float32,
+  the same ops in the same order as `training.wrist_preprocess.resize_linear`;
+* CLAHE without a histogram op: each 175 x 95 tile's 256-bin histogram is a 16 x 16 joint
+  histogram of (v // 16, v % 16), computed as one-hot(high)^T @ one-hot(low), a batched MatMul
+  (exact in float32). Clipping and redistribution of the excess, the LUT (`round(cdf * 255 /
+  tile_pixels)`, half to even like `cv::saturate_cast`) and the bilinear blend of the four
+  neighbouring tiles' LUTs follow OpenCV's `clahe.cpp` with its float32 blend weights. The canvas
+  is fixed (1400 x 760, divisible by the 8 x 8 grid), so tile sizes, clip limit and weights are
+  constants;
+* detector letterbox: OpenCV's fixed-point uint8 resize (what Ultralytics' predictor calls),
+  emulated in int32, then grey-114 padding as Ultralytics' `LetterBox`.
 
 Inputs/outputs (see `msk.wrist_geometry` for the geometry):
-  IMAGE     UINT8 [H, W]          raw grayscale radiograph of any size (16-bit windowed by the client)
+  IMAGE     UINT8 [H, W]          raw grayscale radiograph, any size (16-bit: windowed by client)
   PIXELS    FP32  [1, 3, h, w]    detector input (h x w = export size, e.g. 1408 x 768), 0..1
   GEOMETRY  INT64 [7]             orig_h, orig_w, crop_top, new_h, new_w, pad_top, pad_left
   CANVAS    UINT8 [1400, 760]     (only with `debug=True`) the CLAHE canvas, for parity tests
@@ -192,6 +197,47 @@ def _resize_levels(g: _Graph, image_f: str, new_h: str, new_w: str) -> str:
     return g.op("Clip", g.op("Round", x), g.f32(0.0), g.f32(255.0))
 
 
+def _cv2_u8_coefficients(n_in: int, n_out: int):
+    """cv2.resize(INTER_LINEAR) on uint8: source indices and 11-bit fixed-point weights, computed
+    as OpenCV does (float32 fractions from the double-precision scale, rounded to 1/2048)."""
+    scale = 1.0 / (n_out / n_in)
+    fx = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
+    sx = np.floor(fx).astype(np.int64)
+    fx = (fx - sx.astype(np.float32)).astype(np.float32)
+    low = sx < 0
+    fx, sx = np.where(low, np.float32(0), fx), np.where(low, 0, sx)
+    high = sx >= n_in - 1
+    fx, sx = np.where(high, np.float32(0), fx), np.where(high, n_in - 1, sx)
+    w0 = np.rint((np.float32(1) - fx) * np.float32(2048)).astype(np.int32)
+    w1 = np.rint(fx * np.float32(2048)).astype(np.int32)
+    return sx, np.minimum(sx + 1, n_in - 1), w0, w1
+
+
+def _resize_like_ultralytics(g: _Graph, levels: str, src: tuple[int, int],
+                             dst: tuple[int, int]) -> str:
+    """The detector letterbox's resize exactly as Ultralytics' predictor gets it from
+    `cv2.resize(uint8, INTER_LINEAR)`: integer horizontal pass with 11-bit weights, then OpenCV's
+    SIMD vertical pass `((((D0 >> 4) * b0) >> 16) + (((D1 >> 4) * b1) >> 16) + 2) >> 2`, in int32
+    (sizes are constants here). Bit-identical on the sizes we serve, so the served detector input
+    equals the in-process predictor's and boxes match it to float precision."""
+    x0, x1, a0, a1 = _cv2_u8_coefficients(src[1], dst[1])
+    y0, y1, b0, b1 = _cv2_u8_coefficients(src[0], dst[0])
+    i32 = TensorProto.INT32
+    s = g.op("Cast", levels, to=i32)
+    d = g.op("Add", g.op("Mul", g.op("Gather", s, g.i64(x0), axis=1), g.const(a0[None], np.int32)),
+             g.op("Mul", g.op("Gather", s, g.i64(x1), axis=1), g.const(a1[None], np.int32)))
+
+    def term(rows: np.ndarray, weights: np.ndarray) -> str:
+        t = g.op("Div", g.op("Gather", d, g.i64(rows), axis=0), g.const(16, np.int32))
+        return g.op("Div", g.op("Mul", t, g.const(weights[:, None], np.int32)),
+                    g.const(65536, np.int32))
+
+    out = g.op("Div", g.op("Add", g.op("Add", term(y0, b0), term(y1, b1)), g.const(2, np.int32)),
+               g.const(4, np.int32))
+    out = g.op("Cast", out, to=TensorProto.FLOAT)
+    return g.op("Clip", out, g.f32(0.0), g.f32(255.0))
+
+
 def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx.ModelProto:
     """The preprocessing model for detectors exported at `in_h x in_w`."""
     out_h, out_w = WRIST_HEIGHT, WRIST_WIDTH
@@ -238,7 +284,7 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     x = enhanced
     nh, nw = box.resized
     if (nh, nw) != (out_h, out_w):
-        x = _resize_levels(g, x, g.i64(nh), g.i64(nw))
+        x = _resize_like_ultralytics(g, x, (out_h, out_w), (nh, nw))
     top, bottom, left, right = box.pads
     x = g.op("Pad", x, g.i64([top, left, bottom, right]), g.f32(float(DETECTOR_PAD_VALUE)),
              mode="constant")

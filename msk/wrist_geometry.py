@@ -133,7 +133,7 @@ class StudyLetterbox:
         return b
 
     def inverse(self, boxes: np.ndarray, clip: bool = True) -> np.ndarray:
-        """Canvas xyxy boxes -> original-pixel xyxy boxes; `clip` keeps them inside the kept rows."""
+        """Canvas xyxy -> original-pixel xyxy; `clip` keeps them inside the rows kept."""
         b = np.asarray(boxes, np.float64).reshape(-1, 4).copy()
         b[:, [0, 2]] = (b[:, [0, 2]] - self.pad_left) / self.scale_x
         b[:, [1, 3]] = (b[:, [1, 3]] - self.pad_top) / self.scale_y + self.crop_top

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +26,7 @@ from clients.inputs import expand_inputs
 from clients.mura import MuraClient
 from clients.outputs import read_rows
 from msk.constants import MURA_MEMBERS
-from server.launcher import TritonServer
+from server.launcher import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -181,12 +183,15 @@ def test_server_killed_and_restarted_mid_batch_every_image_exactly_once(tiny_rep
 def test_client_killed_mid_batch_then_resumed_with_shared_memory(tiny_triton, tmp_path):
     images = _mura_images(tmp_path, studies=50, per_study=4, seed=3)     # 200 images
     out = tmp_path / "scores.csv"
-    args = ("score", str(tmp_path / "MURA-v1.1"), "--url", tiny_triton.grpc_url, "--out",
+    args = (str(tmp_path / "MURA-v1.1"), "--url", tiny_triton.grpc_url, "--out",
             str(out), "--concurrency", "4", "--shared-memory", "--no-progress", "--no-stdout")
-    proc = subprocess.Popen(_msk(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT)
+    metrics_port = free_port()
+    proc = subprocess.Popen(_msk("score", *args, "--metrics-port", str(metrics_port)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         _wait_rows(out, 40, proc)
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            metrics = r.read().decode()
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
@@ -194,6 +199,9 @@ def test_client_killed_mid_batch_then_resumed_with_shared_memory(tiny_triton, tm
             region.unlink(missing_ok=True)         # SIGKILL leaves the client's regions behind
     first = len(read_rows(out))
     assert 0 < first < len(images)
+    ok = re.search(r'msk_client_requests_total\{outcome="ok",pipeline="[a-z_]+"\} (\S+)', metrics)
+    assert ok and float(ok.group(1)) >= 30, metrics
+    assert "msk_client_bytes_sent_total{" not in metrics   # pixels went through shared memory
 
     resumed = _run_score(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr

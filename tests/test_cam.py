@@ -30,18 +30,17 @@ from msk.constants import (
     MURA_IMAGE_SIZE,
     MURA_MEMBERS,
     MURA_PREPROCESS_MODEL,
-    MURA_TINY_ARCHITECTURE,
     PIXELS_TENSOR,
     PROBABILITY_TENSOR,
 )
-from tests.plugins.web import synthetic_radiograph
+from tests.plugins.web import synthetic_radiograph, write_tiny_checkpoints
 
 CAM_SIZE = MURA_IMAGE_SIZE // MURA_CAM_STRIDE
-TINY_BIASES = (0.8, -0.6, 0.3, -1.1)
+TINY_LOGITS = (0.8, -0.6, 0.3, -1.1)
 TINY_TEMPERATURES = (1.0, 1.7, 0.6, 2.3)
-TINY_HEAD_GAIN = 3.0
-"""Scales the tiny heads so their CAMs vary by several logits across the image (a flat CAM
-would make the heatmap comparison vacuous)."""
+TINY_CAM_SPREAD = 2.0
+"""Logits of spatial spread in the tiny members' CAMs, as a trained model's (the untrained
+stand-ins' HEATMAP is flat, which would make the comparison vacuous)."""
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -59,9 +58,10 @@ def served_cams(url: str, image: np.ndarray) -> tuple[np.ndarray, dict[str, tupl
     client = grpcclient.InferenceServerClient(url)
     (pixels,) = infer(client, MURA_PREPROCESS_MODEL, IMAGE_TENSOR, image, "UINT8",
                       [PIXELS_TENSOR])
+    pixels = pixels.reshape(3, MURA_IMAGE_SIZE, MURA_IMAGE_SIZE).astype(np.float32)
     members = {}
     for member in MURA_MEMBERS:
-        prob, cam = infer(client, member, PIXELS_TENSOR, pixels[None].astype(np.float32), "FP32",
+        prob, cam = infer(client, member, PIXELS_TENSOR, pixels[None], "FP32",
                           [PROBABILITY_TENSOR, CAM_TENSOR])
         members[member] = (float(prob.reshape(-1)[0]), cam.reshape(CAM_SIZE, CAM_SIZE))
     client.close()
@@ -122,24 +122,9 @@ def check_members(url: str, image: np.ndarray, models: dict, biases: dict,
 # -- a repository from tiny checkpoints with biases and temperatures --------------------------
 @pytest.fixture(scope="module")
 def tiny_checkpoints(tmp_path_factory) -> dict:
-    from training.models import build_backbone
-
-    folder = tmp_path_factory.mktemp("cam-checkpoints")
-    paths = {}
-    for i, member in enumerate(MURA_MEMBERS):
-        model = build_backbone(MURA_TINY_ARCHITECTURE, seed=700 + i).eval()
-        with torch.no_grad():
-            model.head.weight.mul_(TINY_HEAD_GAIN)
-            model.head.bias.fill_(TINY_BIASES[i])
-        paths[member] = folder / f"{member}.pt"
-        torch.save({
-            "member": member, "architecture": MURA_TINY_ARCHITECTURE,
-            "state_dict": model.state_dict(), "image_size": MURA_IMAGE_SIZE,
-            "recipe": {"name": "cam-test"}, "dataset_fingerprint": "synthetic-none",
-            "metrics": {}, "temperature": TINY_TEMPERATURES[i], "operating_points": {},
-            "commit": "test",
-        }, paths[member])
-    return paths
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("cam-checkpoints"),
+                                  logits=TINY_LOGITS, temperatures=TINY_TEMPERATURES,
+                                  cam_spread=TINY_CAM_SPREAD, seed=700)
 
 
 @pytest.fixture(scope="module")

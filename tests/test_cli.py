@@ -31,7 +31,7 @@ def test_contract_subcommands_exist_with_help():
 def test_console_script_prints_help_for_every_subcommand():
     assert MSK.is_file(), "msk is not installed in the venv"
     out = subprocess.run([str(MSK), "--help"], capture_output=True, text=True, check=True)
-    assert "Research use only" in out.stdout
+    assert "Research use only" in " ".join(out.stdout.split())
     for name in _subcommands():
         sub = subprocess.run([str(MSK), name, "--help"], capture_output=True, text=True)
         assert sub.returncode == 0, sub.stderr

@@ -120,9 +120,11 @@ def test_gpu_configs_tensorrt_kind_gpu_warmup_and_matching_profiles():
         if name != MURA_ENSEMBLE_MODEL:
             assert "KIND_GPU" in text and "KIND_CPU" not in text, name
         # same tensors on both targets: clients cannot tell them apart
-        strip = [line for line in text.splitlines() if "name:" in line and "dims" in line]
-        assert strip == [line for line in cpu[name].splitlines()
-                         if "name:" in line and "dims" in line], name
+        def tensors(config: str) -> list[str]:
+            return [line for line in config.splitlines()
+                    if line.startswith("  { name:") and "data_type" in line and "warmup" not in line
+                    and "batch_size" not in line]
+        assert tensors(text) == tensors(cpu[name]) and tensors(text), name
 
 
 def test_gpu_repository_from_the_cpu_repository_and_engine_plan(tiny_repository, tmp_path,

@@ -139,6 +139,7 @@ def test_pacs_outage_only_delays_delivery(tiny_triton, orthanc, start_gateway,
     storescu(files, gateway.port, GATEWAY_AET)
     retry = gateway.wait_audit("retry")[0]
     assert retry["stage"] == "outbox" and "association" in retry["reason"]
+    assert retry["outage"] is True         # an outage never dead-letters, it only delays
     orthanc.start()
     (sr,) = orthanc.wait_for_sr(dcmread(files[0]).StudyInstanceUID, diagnostics=gateway.logs)
     (delivered,) = gateway.wait_audit("delivered")
@@ -178,7 +179,7 @@ def test_triton_outage_only_delays_scoring(tiny_repository, orthanc, start_gatew
         files = make_study(tmp_path / "study", patient, ["SHOULDER"])
         storescu(files, gateway.port, GATEWAY_AET)
         retry = gateway.wait_audit("retry")[0]
-        assert retry["stage"] == "pending"
+        assert retry["stage"] == "pending" and retry["outage"] is True
         server.start()
         orthanc.wait_for_sr(dcmread(files[0]).StudyInstanceUID, diagnostics=gateway.logs)
         assert_no_phi(gateway.log_paths() + [server.log_path], [patient])

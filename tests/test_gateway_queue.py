@@ -67,6 +67,7 @@ def test_retries_back_off_then_dead_letter(queue: StudyQueue) -> None:
     queue.failed("pending", batch, "Triton down", 3, config.backoff(2), now=102.0)
     assert queue.failed("pending", batch, "still down", 3, config.backoff(3), now=110.0) is True
     reason = json.loads((queue.dir("dead") / batch / "reason.json").read_text())
+    assert "gave up after 3 failed attempts: still down" in reason["reason"]
     assert reason["stage"] == "pending" and reason["attempts"] == 3
     assert "still down" in reason["reason"]
     assert list((queue.dir("dead") / batch).glob("*.dcm"))
@@ -136,3 +137,20 @@ def test_unknown_config_keys_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"ae_titel": "X"}))
     with pytest.raises(ValueError, match="unknown settings.*ae_titel"):
         load_file(path)
+
+
+def test_outages_back_off_but_never_dead_letter(queue: StudyQueue) -> None:
+    queue.store("1.2.3.4", "1.2.3.4.5", b"a")
+    batch = queue.promote(study_key("1.2.3.4"), now=0.0)
+    for n in range(10):                                  # far more than max_attempts=3
+        dead = queue.failed("pending", batch, "Triton unreachable", 3, 1.0, now=float(n),
+                            outage=True)
+        assert dead is False
+    state = queue.state("pending", batch)
+    assert (state.attempts, state.failures) == (10, 0)
+    assert queue.due("pending", now=9.5) == [] and queue.due("pending", now=10.0) == [batch]
+    # once the server answers but fails the request, those failures count
+    queue.failed("pending", batch, "inference failed", 3, 1.0, now=11.0)
+    queue.failed("pending", batch, "inference failed", 3, 1.0, now=12.0)
+    assert queue.failed("pending", batch, "inference failed", 3, 1.0, now=13.0) is True
+    assert queue.batches("dead") == [batch]

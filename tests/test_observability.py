@@ -1,6 +1,7 @@
 """Dashboards and alerts against reality: a real Prometheus (Debian package) scrapes the real
-tritonserver and a real client while traffic runs; every PromQL expression of the Grafana
-dashboard and of the alert rules must return data through Prometheus' HTTP API.
+tritonserver, a real batch client and the real PACS gateway (`msk gateway`) while traffic runs;
+every PromQL expression of the Grafana dashboard and of the alert rules must return data through
+Prometheus' HTTP API, and the not-ready alert must fire when the server goes down.
 
 Expressions of panels marked `[gpu]` need a GPU (Triton exports nv_gpu_* only there): here they
 must parse and run, and are reported as skipped with that reason.
@@ -9,11 +10,15 @@ must parse and run, and are reported as skipped with that reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
 import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,7 +86,7 @@ def test_dashboard_is_provisioned_from_the_prometheus_datasource():
     assert len(ids) == len(set(ids))
 
 
-def _test_config(tmp_path: Path, triton: TritonServer, client_port: int) -> Path:
+def _test_config(tmp_path: Path, triton: TritonServer, client_ports: list[int]) -> Path:
     """The shipped prometheus.yml with loopback targets and a 1 s scrape interval."""
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
@@ -89,15 +94,47 @@ def _test_config(tmp_path: Path, triton: TritonServer, client_port: int) -> Path
     targets = {
         "triton": f"127.0.0.1:{triton.metrics_port}",
         "triton-ready": f"127.0.0.1:{triton.http_port}",
-        "msk-clients": f"127.0.0.1:{client_port}",
+        "msk-clients": [f"127.0.0.1:{port}" for port in client_ports],
     }
     assert {job["job_name"] for job in config["scrape_configs"]} == set(targets)
     for job in config["scrape_configs"]:
         job.pop("scrape_interval", None)
-        job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]
+        wanted = targets[job["job_name"]]
+        job["static_configs"] = [{"targets": wanted if isinstance(wanted, list) else [wanted]}]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@contextlib.contextmanager
+def _gateway(triton: TritonServer, tmp_path: Path) -> Iterator[int]:
+    """The real PACS gateway (`msk gateway`) with its metrics on a free port; yields the port.
+
+    No PACS is needed for its metrics: the queue-depth gauge is set on every pass of its worker.
+    """
+    metrics_port = free_port()
+    ready = tmp_path / "gateway.ready"
+    log = tmp_path / "gateway.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "msk.cli", "gateway", "--triton-url", triton.grpc_url,
+         "--destination", f"PACS@127.0.0.1:{free_port()}", "--port", str(free_port()),
+         "--host", "127.0.0.1", "--data-dir", str(tmp_path / "gateway"),
+         "--metrics-port", str(metrics_port), "--ready-file", str(ready)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None, f"msk gateway exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"msk gateway not ready:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield metrics_port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class _Traffic:
@@ -143,10 +180,11 @@ def test_every_dashboard_and_alert_expression_returns_data(tiny_repository, star
     client_port = free_port()
     start_metrics_server(client_port)
 
-    with TritonServer(tiny_repository) as triton, _Traffic(triton.grpc_url, items) as traffic:
-        prom = start_prometheus(_test_config(tmp_path, triton, client_port))
-        for job in ("triton", "triton-ready", "msk-clients"):
-            prom.wait_for(f'up{{job="{job}"}} == 1')
+    with TritonServer(tiny_repository) as triton, _gateway(triton, tmp_path) as gateway_port, \
+            _Traffic(triton.grpc_url, items) as traffic:
+        prom = start_prometheus(_test_config(tmp_path, triton, [client_port, gateway_port]))
+        for job, targets in (("triton", 1), ("triton-ready", 1), ("msk-clients", 2)):
+            prom.wait_for(f'count(up{{job="{job}"}} == 1) == {targets}')
         prom.wait_for('sum(rate(nv_inference_request_success{model="mura_ensemble"}[10s])) > 0')
         prom.wait_for('sum(rate(msk_client_requests_total{outcome="ok"}[10s])) > 0')
 

@@ -1,4 +1,4 @@
-"""`msk web` HTTP API against the real tritonserver (tiny stand-in repository, same contract).
+"""`msk web` HTTP API against the real tritonserver (tiny stand-in members, same contract).
 
 The app runs as its own process; every number it returns is compared with what the Python client
 (`clients.mura.MuraClient`) gets from the same server for the same image.
@@ -21,7 +21,7 @@ from clients.mura import MuraClient
 from clients.web.rendering import colormap, stretch
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_ENSEMBLE_MODEL, MURA_MEMBERS, WRIST_CLASSES
-from tests.plugins.web import encode, synthetic_radiograph
+from tests.plugins.web import REPO_ROOT, encode, synthetic_radiograph
 
 TRACEBACK = re.compile(r"Traceback|File \"/|line \d+, in ", re.IGNORECASE)
 
@@ -46,12 +46,12 @@ def study_files() -> list[tuple[str, bytes]]:
     ]
 
 
-def test_status_reports_ready_model_versions(web_app, tiny_triton):
+def test_status_reports_ready_model_versions(web_app, web_triton):
     import tritonclient.grpc as grpcclient
 
     body = requests.get(f"{web_app.url}/api/status", timeout=30).json()
     assert body["reachable"] is True and body["notice"] == RESEARCH_USE_NOTICE
-    index = grpcclient.InferenceServerClient(tiny_triton.grpc_url).get_model_repository_index(
+    index = grpcclient.InferenceServerClient(web_triton.grpc_url).get_model_repository_index(
         as_json=True)["models"]
     ready = {(m["name"], m["version"]) for m in index if m.get("state") == "READY"}
     shown = {(name, v) for name, versions in body["models"].items() for v in versions}
@@ -60,16 +60,16 @@ def test_status_reports_ready_model_versions(web_app, tiny_triton):
     assert set(MURA_MEMBERS) <= set(body["models"])
 
 
-def test_scores_equal_the_python_client(web_app, tiny_triton, study_files):
+def test_scores_equal_the_python_client(web_app, web_triton, study_files):
     response = post(web_app, study_files, body_part="forearm")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["notice"] == RESEARCH_USE_NOTICE
-    with MuraClient(tiny_triton.grpc_url) as client:
+    with MuraClient(web_triton.grpc_url) as client:
         expected = client.score([load_grayscale(data) for _, data in study_files],
                                 body_parts=["forearm"] * len(study_files))
     assert [im["filename"] for im in body["images"]] == [name for name, _ in study_files]
-    for image, ref, (name, data) in zip(body["images"], expected, study_files, strict=True):
+    for image, ref, (_, data) in zip(body["images"], expected, study_files, strict=True):
         assert "error" not in image, image.get("error")
         assert ref.ok, ref.error
         assert image["probability"] == pytest.approx(ref.probability, abs=1e-6)
@@ -83,6 +83,7 @@ def test_scores_equal_the_python_client(web_app, tiny_triton, study_files):
         h, w = load_grayscale(data).shape
         assert (image["width"], image["height"]) == (w, h)
         # The heatmap shown is the server's HEATMAP, colour-mapped (±1 grey level from batching).
+        assert int(ref.heatmap.max()) - int(ref.heatmap.min()) >= 10   # a map, not a flat tile
         shown = decode_data_url(image["heatmap"]["absolute"]).astype(int)
         assert shown.shape == (*ref.heatmap.shape, 3)
         assert np.abs(shown - colormap(ref.heatmap).astype(int)).max() <= 6
@@ -101,7 +102,7 @@ def test_scores_equal_the_python_client(web_app, tiny_triton, study_files):
             np.mean([r.members[member] for r in expected]), abs=1e-6)
 
 
-def test_dicom_upload_is_scored_like_its_pixels(web_app, tiny_triton, tmp_path):
+def test_dicom_upload_is_scored_like_its_pixels(web_app, web_triton, tmp_path):
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -117,7 +118,7 @@ def test_dicom_upload_is_scored_like_its_pixels(web_app, tiny_triton, tmp_path):
     assert "error" not in image, image.get("error")
     assert image["format"] == "DICOM"
     assert image["body_part"] == "wrist"                  # from BodyPartExamined
-    with MuraClient(tiny_triton.grpc_url) as client:
+    with MuraClient(web_triton.grpc_url) as client:
         ref = client.score([load_dicom_grayscale(data)], body_parts=["wrist"])[0]
     assert image["probability"] == pytest.approx(ref.probability, abs=1e-6)
     assert image["threshold"] == ref.threshold
@@ -186,7 +187,7 @@ def test_request_errors_are_sentences(web_app):
 
 
 @pytest.mark.parametrize("path", ["/", "/models", "/no/such/page"])
-def test_every_page_carries_the_notice_and_versions(web_app, tiny_triton, path):
+def test_every_page_carries_the_notice_and_versions(web_app, web_triton, path):
     response = requests.get(web_app.url + path, timeout=30)
     assert response.status_code == (404 if path.startswith("/no") else 200)
     assert RESEARCH_USE_NOTICE in response.text
@@ -245,3 +246,23 @@ def test_wrist_images_get_the_detectors_boxes(web_app_wrist, wrist_image):
     # Not a wrist: no detector call, no boxes.
     elbow = post(web_app_wrist, [("elbow.png", encode(wrist_image.image))], "elbow").json()
     assert "boxes" not in elbow["images"][0]
+
+
+def test_the_documented_python_example_gives_the_page_numbers(web_app, tmp_path, capsys):
+    """docs/web.md promises the page's results from `clients` in three lines: run them."""
+    text = (REPO_ROOT / "docs" / "web.md").read_text()
+    code = text.split("## Python API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(code.strip().splitlines()) == 3
+    image = tmp_path / "elbow1.png"
+    image.write_bytes(encode(synthetic_radiograph(9, 500, 400)))
+    code = code.replace("127.0.0.1:8001", web_app.triton_url)
+    code = code.replace('"elbow1.png"', repr(str(image)))
+    namespace: dict = {}
+    exec(compile(code, "docs/web.md", "exec"), namespace)
+    result = namespace["result"]
+    assert str(result.probability) in capsys.readouterr().out
+    shown = post(web_app, [("elbow1.png", image.read_bytes())], "elbow").json()["images"][0]
+    assert result.probability == pytest.approx(shown["probability"], abs=1e-6)
+    assert result.abnormal == shown["abnormal"] and result.versions == shown["versions"]
+    assert result.members == pytest.approx(shown["members"], abs=1e-6)
+    assert result.heatmap.shape == (320, 320)

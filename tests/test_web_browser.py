@@ -23,7 +23,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync"]
 RESULT_TIMEOUT_MS = 120_000
 
-HEATMAP_STATS = """(img) => {
+HEATMAP_STATS = """async (img) => {
+  await img.decode();
   const c = document.createElement('canvas');
   c.width = img.naturalWidth; c.height = img.naturalHeight;
   const ctx = c.getContext('2d'); ctx.drawImage(img, 0, 0);

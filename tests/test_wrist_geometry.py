@@ -55,7 +55,7 @@ def test_sixteen_bit_is_windowed_to_the_same_image() -> None:
     a, _ = preprocess_wrist(base)
     b, _ = preprocess_wrist(wide)
     assert a.dtype == np.float32 and a.shape == (WRIST_HEIGHT, WRIST_WIDTH)
-    assert 0.0 <= a.min() and a.max() <= 1.0
+    assert a.min() >= 0.0 and a.max() <= 1.0
     assert np.array_equal(a, b)
     assert not to_uint8(np.full((5, 5), 7, np.uint16)).any()
     with pytest.raises(ValueError, match="2-D"):

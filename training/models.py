@@ -39,7 +39,9 @@ def _features_and_width(architecture: str) -> tuple[nn.Module, int, nn.Module]:
         # torchvision applies a ReLU after `features` in DenseNet.forward; keep it in the extractor.
         return nn.Sequential(model.features, nn.ReLU()), model.classifier.in_features, model
     if architecture == "resnet101":
-        model = torchvision.models.resnet101(weights=None)
+        # Zero-initialised residual branches keep a from-scratch ResNet-101's activations bounded
+        # (without it the untrained logits saturate at |logit| ~ 1e4).
+        model = torchvision.models.resnet101(weights=None, zero_init_residual=True)
         body = nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool,
                              model.layer1, model.layer2, model.layer3, model.layer4)
         return body, model.fc.in_features, model

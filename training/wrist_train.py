@@ -38,7 +38,8 @@ def cache_dir() -> Path:
 
 def ultralytics_offline(config_dir: Path | None = None) -> Path:
     """Configure the environment for offline Ultralytics; returns the config dir. Idempotent."""
-    config_dir = Path(config_dir or os.environ.get("YOLO_CONFIG_DIR") or cache_dir() / "ultralytics")
+    config_dir = Path(config_dir or os.environ.get("YOLO_CONFIG_DIR")
+                      or cache_dir() / "ultralytics")
     config_dir.mkdir(parents=True, exist_ok=True)
     os.environ["YOLO_CONFIG_DIR"] = str(config_dir)
     os.environ["YOLO_OFFLINE"] = "1"

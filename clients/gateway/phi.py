@@ -15,9 +15,11 @@ import re
 import sys
 from pathlib import Path
 
-UID_PATTERN = re.compile(r"(?<![\w.])[0-2](?:\.(?:0|[1-9][0-9]*)){3,}(?![\w.])")
-"""Dotted numeric strings of four or more components starting with a single-digit root arc
-(0, 1 or 2), as every DICOM UID does; dotted-quad addresses such as 127.0.0.1 do not match."""
+UID_PATTERN = re.compile(
+    r"(?<![\w.])(?=[0-9.]{10,})[0-2](?:\.(?:0|[1-9][0-9]*)){2,}(?![\w.])")
+"""Dotted numeric strings of at least three components and ten characters starting with a
+single-digit root arc (0, 1 or 2), as every DICOM UID does (2.25.<uuid> has three); short
+version numbers (2.51.0) and dotted-quad addresses such as 127.0.0.1 do not match."""
 
 
 def uid_tag(uid: object) -> str:

@@ -52,6 +52,9 @@ class BatchState:
     """Retry bookkeeping of one batch, stored as state.json next to its files."""
 
     attempts: int = 0
+    """All failed attempts (drives the backoff)."""
+    failures: int = 0
+    """Failed attempts that were not outages (drives the dead-letter decision)."""
     not_before: float = 0.0
     last_error: str | None = None
     created: float = 0.0
@@ -171,16 +174,23 @@ class StudyQueue:
         _write_atomic(batch_dir / STATE_FILE, json.dumps(asdict(st)).encode(), self.tmp)
 
     def failed(self, state: str, batch: str, error: str, max_attempts: int, backoff_s: float,
-               now: float | None = None) -> bool:
-        """Record a failed attempt; returns True if the batch was moved to dead/."""
+               now: float | None = None, outage: bool = False) -> bool:
+        """Record a failed attempt; returns True if the batch was moved to dead/.
+
+        An outage (Triton or the PACS unreachable) only delays a batch: it backs off but never
+        counts towards `max_attempts`, so a study survives an outage of any length. Failures
+        that may be about the study itself (rejections, error statuses) do count.
+        """
         now = time.time() if now is None else now
         st = self.state(state, batch)
         st.attempts += 1
+        st.failures += 0 if outage else 1
         st.last_error = error
         st.not_before = now + backoff_s
         self._write_state(self.dir(state) / batch, st)
-        if st.attempts >= max_attempts:
-            self.dead_letter(state, batch, f"gave up after {st.attempts} attempts: {error}")
+        if st.failures >= max_attempts:
+            self.dead_letter(state, batch, f"gave up after {st.failures} failed attempts: "
+                             f"{error}")
             return True
         return False
 

@@ -28,7 +28,12 @@ log = logging.getLogger("msk.gateway.scoring")
 
 
 class TransientError(RuntimeError):
-    """Worth retrying later (server down, request failed in transport)."""
+    """Worth retrying later. `outage`: the server is unreachable or not ready (retried for as
+    long as it takes); otherwise a failed request (counts towards max_attempts)."""
+
+    def __init__(self, message: str, outage: bool = False) -> None:
+        super().__init__(message)
+        self.outage = outage
 
 
 class PermanentError(RuntimeError):
@@ -85,7 +90,8 @@ class StudyScorer:
             ready = self._control.is_server_ready() and self._control.is_model_ready(
                 MURA_ENSEMBLE_MODEL)
         except InferenceServerException as exc:
-            raise TransientError(f"Triton at {self.url} unreachable: {exc.message()}") from exc
+            raise TransientError(f"Triton at {self.url} unreachable: {exc.message()}",
+                                 outage=True) from exc
         wrist = False
         if self.wrist_mode != "off":
             try:  # a repository without the detector answers "unknown model": not an outage
@@ -93,9 +99,11 @@ class StudyScorer:
             except InferenceServerException:
                 wrist = False
         if not ready:
-            raise TransientError(f"Triton at {self.url} or {MURA_ENSEMBLE_MODEL} not ready")
+            raise TransientError(f"Triton at {self.url} or {MURA_ENSEMBLE_MODEL} not ready",
+                                 outage=True)
         if self.wrist_mode == "on" and not wrist:
-            raise TransientError(f"{WRIST_DETECT_MODEL} required (wrist=on) but not ready")
+            raise TransientError(f"{WRIST_DETECT_MODEL} required (wrist=on) but not ready",
+                                 outage=True)
         self.router.wrist_detect_available = wrist
 
     # ------------------------------------------------------------------------------------
@@ -172,6 +180,9 @@ class StudyScorer:
             findings.append(finding)
             scored.images[sop] = cand.image
             scored.sources[sop] = cand.ds
+        if not thresholds:
+            raise PermanentError("no image could be scored: " + "; ".join(
+                sorted({f.error or "" for f in findings if f.error})))
         models.update(self._wrist_models)
         scored.result.images = findings
         scored.result.models = list(models.values())

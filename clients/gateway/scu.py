@@ -24,7 +24,12 @@ OK_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}
 
 
 class DeliveryError(RuntimeError):
-    """The destination did not accept every result object (reason in the message)."""
+    """The destination did not accept every result object (reason in the message).
+    `outage`: it could not be reached at all (as opposed to rejecting or refusing)."""
+
+    def __init__(self, message: str, outage: bool = False) -> None:
+        super().__init__(message)
+        self.outage = outage
 
 
 def send(paths: list[Path], destination: Destination, calling_ae: str,
@@ -37,8 +42,10 @@ def send(paths: list[Path], destination: Destination, calling_ae: str,
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not assoc.is_established:
-        why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "failed"
-        raise DeliveryError(f"association with {destination} {why}")
+        if assoc.is_rejected:
+            raise DeliveryError(f"association with {destination} rejected")
+        why = "aborted" if assoc.is_aborted else "failed (unreachable)"
+        raise DeliveryError(f"association with {destination} {why}", outage=True)
     sent: list[str] = []
     try:
         for ds in datasets:

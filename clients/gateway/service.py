@@ -90,7 +90,7 @@ class Gateway:
         for key in self.queue.stable(self.config.stable_seconds, now):
             batch = self.queue.promote(key, now)
             if batch:
-                log.info("study %s stable, queued as batch %s", key[:12], batch[-13:])
+                log.info("study uid:%s stable, queued as batch %s", key[:12], batch[-13:])
         for batch in self.queue.due("pending", now):
             if self._stop.is_set():
                 return
@@ -107,22 +107,25 @@ class Gateway:
         for state, depth in self.queue.depth().items():
             GATEWAY_QUEUE_DEPTH.labels(state).set(depth)
 
-    def _retry(self, state: str, batch: str, error: str) -> None:
+    def _retry(self, state: str, batch: str, error: str, outage: bool) -> None:
         st = self.queue.state(state, batch)
         delay = self.config.backoff(st.attempts + 1)
-        dead = self.queue.failed(state, batch, error, self.config.max_attempts, delay)
+        dead = self.queue.failed(state, batch, error, self.config.max_attempts, delay,
+                                 outage=outage)
         outcome = "dead" if dead else "retry"
-        log.warning("batch %s %s at %s: %s%s", batch[-13:], outcome, state, error,
+        log.warning("batch %s %s at %s%s: %s%s", batch[-13:], outcome, state,
+                    " (outage)" if outage else "", error,
                     "" if dead else f" (retry in {delay:.1f}s)")
         self.audit.record(outcome, batch=batch, stage=state, attempts=st.attempts + 1,
-                          reason=error, **({} if dead else {"retry_in_s": delay}))
+                          outage=outage, reason=error,
+                          **({} if dead else {"retry_in_s": delay}))
 
     def _process(self, batch: str) -> None:
         files = self.queue.files("pending", batch)
         try:
             scored = self.scorer.score(files)
         except TransientError as exc:
-            self._retry("pending", batch, str(exc))
+            self._retry("pending", batch, str(exc), exc.outage)
             return
         except PermanentError as exc:
             self.queue.dead_letter("pending", batch, str(exc))
@@ -176,8 +179,11 @@ class Gateway:
         try:
             send(paths, self.config.destination, self.config.ae_title,
                  self.config.dicom_timeout_s)
-        except (DeliveryError, OSError) as exc:
-            self._retry("outbox", batch, str(exc))
+        except DeliveryError as exc:
+            self._retry("outbox", batch, str(exc), exc.outage)
+            return
+        except OSError as exc:   # network errors below pynetdicom: the PACS is unreachable
+            self._retry("outbox", batch, f"cannot reach {self.config.destination}: {exc}", True)
             return
         summary = self.queue.summary(batch)
         attempts = self.queue.state("outbox", batch).attempts + 1

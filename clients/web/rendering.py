@@ -39,8 +39,9 @@ def colormap(values: np.ndarray) -> np.ndarray:
 def stretch(heatmap: np.ndarray) -> np.ndarray:
     """Per-image min-max stretch of a uint8 heatmap to 0..255.
 
-    Why: an untrained or confident model's map can sit in a narrow band of grey levels; the relative
-    view shows *where* the model looked. A constant map stays constant (zero), never invented contrast.
+    Why: an untrained or confident model's map can sit in a narrow band of grey levels; the
+    relative view shows *where* the model looked. A constant map stays constant (zero): no
+    invented contrast.
     """
     h = np.asarray(heatmap, dtype=np.float64)
     lo, hi = float(h.min()), float(h.max())

@@ -1,8 +1,9 @@
 """What the web app asks of Triton: score a study, find wrist structures, report model versions.
 
-Everything goes through the thin gRPC clients (`clients.mura.MuraClient`, `clients.wrist.WristClient`)
-exactly as any other client would; no model runs in the web process. Errors become sentences a
-person can act on ("the inference server at 127.0.0.1:8001 is not reachable"), never tracebacks.
+Everything goes through the thin gRPC clients (`clients.mura.MuraClient`,
+`clients.wrist.WristClient`) exactly as any other client would; no model runs in the web
+process. Errors become sentences a person can act on ("the inference server at 127.0.0.1:8001
+is not reachable"), never tracebacks.
 """
 
 from __future__ import annotations
@@ -198,9 +199,14 @@ class WebService:
 
 
 def box_json(box: Any) -> dict[str, Any]:
-    """One `clients.wrist.Detection` as {label, score, x1, y1, x2, y2} (original pixels)."""
+    """One `clients.wrist.Detection` as {label, score, x1, y1, x2, y2, colour} (original pixels;
+    the colour per structure is the one `msk detect --overlay-dir` PNGs use)."""
+    from clients.overlay import CLASS_COLOURS
+
+    r, g, b = CLASS_COLOURS.get(box.class_name, (255, 255, 255))
     return {"label": box.class_name, "score": float(box.score),
-            **{k: float(getattr(box, k)) for k in ("x1", "y1", "x2", "y2")}}
+            **{k: float(getattr(box, k)) for k in ("x1", "y1", "x2", "y2")},
+            "colour": f"#{r:02x}{g:02x}{b:02x}"}
 
 
 def aggregate(images: list[dict[str, Any]]) -> dict[str, Any]:

@@ -76,7 +76,8 @@ def decode(data: bytes, filename: str) -> DecodedUpload:
     try:
         image = load_grayscale(data, filename)
     except Exception as exc:  # noqa: BLE001 - ImageLoadError or any decoder failure: corrupt
-        raise UploadError(f"{filename}: corrupt {kind} file ({_short(exc)})") from None
+        reason = _short(exc).removeprefix(f"{filename}: ")
+        raise UploadError(f"{filename}: corrupt {kind} file ({reason})") from None
     return DecodedUpload(filename, kind, _check_image(image, filename), None)
 
 
@@ -89,7 +90,8 @@ def _decode_dicom(data: bytes, filename: str) -> tuple[np.ndarray, str | None]:
         ds = read_dataset(data, filename)
         image = dataset_to_grayscale(ds, filename)
     except DicomPixelError as exc:
-        raise UploadError(f"{filename}: cannot use this DICOM file ({_short(exc.reason)})") from None
+        raise UploadError(f"{filename}: cannot use this DICOM file ({_short(exc.reason)})"
+                          ) from None
     except Exception as exc:  # noqa: BLE001 - a decoder failure is a corrupt file to the user
         raise UploadError(f"{filename}: corrupt DICOM file ({_short(exc)})") from None
     return _check_image(np.asarray(image), filename), _dicom_body_part(ds)
@@ -105,8 +107,8 @@ def _dicom_body_part(ds) -> str | None:
 def _check_image(image: np.ndarray, filename: str) -> np.ndarray:
     if image.dtype != np.uint8 or image.ndim != 2 or min(image.shape) < 8:
         raise UploadError(
-            f"{filename}: decoded to an unusable image (shape {tuple(image.shape)}, {image.dtype}); "
-            "expected a grayscale radiograph at least 8x8 pixels"
+            f"{filename}: decoded to an unusable image (shape {tuple(image.shape)}, "
+            f"{image.dtype}); expected a grayscale radiograph at least 8x8 pixels"
         )
     return image
 

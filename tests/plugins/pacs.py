@@ -110,7 +110,9 @@ class Orthanc:
 
     # -- REST ------------------------------------------------------------------------------
     def request(self, method: str, path: str, body: object | None = None) -> object:
-        data = None if body is None else json.dumps(body).encode()
+        """REST call; a str body is sent as is (e.g. /tools/lookup), anything else as JSON."""
+        data = None if body is None else (body.encode() if isinstance(body, str)
+                                          else json.dumps(body).encode())
         req = urllib.request.Request(self.url + path, data=data, method=method)
         with urllib.request.urlopen(req, timeout=60) as resp:
             raw = resp.read()
@@ -237,6 +239,31 @@ def make_study(out_dir: Path, patient: SyntheticPatient, body_parts: list[str | 
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def make_dx_image(path: Path, patient: SyntheticPatient, pixels, body_part: str,
+                  study_uid: str | None = None) -> Path:
+    """A single-frame DX instance (MONOCHROME2, 8 bits) holding `pixels` (uint8 HxW)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.PatientName, ds.PatientID = patient.name, patient.patient_id
+    ds.PatientBirthDate, ds.PatientSex = patient.birth_date, "O"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.Modality = "20240101", "120000", "DX"
+    ds.BodyPartExamined = body_part
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.astype("uint8").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def make_text_sr(out_dir: Path, patient: SyntheticPatient, study_uid: str) -> Path:

@@ -50,7 +50,8 @@ def synthetic_radiograph(seed: int = 0, height: int = 720, width: int = 560,
         img = img + (0.35 * shaft + 0.3 * cortex) * (np.abs(y) < 0.92)
     # a fracture-like dark line across one bone, at a random height
     line_y = rng.uniform(-0.5, 0.5)
-    img = img - 0.25 * np.exp(-((y - line_y - 0.3 * (u + 0.22)) / 0.012) ** 2) * (np.abs(u + 0.22) < 0.14)
+    crack = np.exp(-((y - line_y - 0.3 * (u + 0.22)) / 0.012) ** 2) * (np.abs(u + 0.22) < 0.14)
+    img = img - 0.25 * crack
     img = img * (1 - 0.25 * (x ** 2 + y ** 2))                                   # heel effect
     img = img + 0.02 * rng.standard_normal((height, width))
     img = np.clip(img, 0, 1)
@@ -117,10 +118,68 @@ def running_web_app(triton_url: str, log_path: Path) -> Iterator[WebApp]:
                 proc.wait()
 
 
+def write_tiny_checkpoints(folder: Path, *, logits: tuple[float, ...],
+                           temperatures: tuple[float, ...], cam_spread: float,
+                           seed: int) -> dict[str, Path]:
+    """Checkpoints (the training format) of tiny stand-in members whose CAMs vary like a trained
+    model's: the head is scaled so that, on a reference radiograph, the CAM's spatial standard
+    deviation is `cam_spread` logits and the member's logit is `logits[i]` (via the bias).
+
+    Why: the untrained tiny stand-ins have CAMs of a few thousandths of a logit, so their HEATMAP
+    is one grey level everywhere (sigmoid(~0) * 255 = 127) and a heatmap test would be vacuous.
+    """
+    import torch
+
+    from msk.constants import MURA_IMAGE_SIZE, MURA_MEMBERS, MURA_TINY_ARCHITECTURE
+    from training.models import build_backbone
+    from training.preprocess import preprocess_mura
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = torch.from_numpy(preprocess_mura(synthetic_radiograph(seed)))[None]
+    paths = {}
+    for i, member in enumerate(MURA_MEMBERS):
+        model = build_backbone(MURA_TINY_ARCHITECTURE, seed=seed + i).eval()
+        with torch.no_grad():
+            _, cam = model.forward_with_cam(x)
+            scale = cam_spread / float(cam.std())
+            model.head.weight.mul_(scale)
+            model.head.bias.fill_(logits[i] - float(cam.mean()) * scale)
+        paths[member] = folder / f"{member}.pt"
+        torch.save({
+            "member": member, "architecture": MURA_TINY_ARCHITECTURE,
+            "state_dict": model.state_dict(), "image_size": MURA_IMAGE_SIZE,
+            "recipe": {"name": "tiny-test-stand-in"}, "dataset_fingerprint": "none",
+            "metrics": {}, "temperature": temperatures[i], "operating_points": {},
+            "commit": "test",
+        }, paths[member])
+    return paths
+
+
 @pytest.fixture(scope="session")
-def web_app(tiny_triton, tmp_path_factory) -> Iterator[WebApp]:
-    """`msk web` against the tiny stand-in repository on the real tritonserver."""
-    with running_web_app(tiny_triton.grpc_url, tmp_path_factory.mktemp("web") / "web.log") as app:
+def web_repository(tmp_path_factory) -> Path:
+    """Tiny stand-in MURA repository whose heatmaps have structure (see write_tiny_checkpoints)."""
+    from export.repository import build_repository
+
+    root = tmp_path_factory.mktemp("web-repository")
+    checkpoints = write_tiny_checkpoints(root / "checkpoints", logits=(0.6, -0.4, 0.9, 0.2),
+                                         temperatures=(1.0, 1.3, 0.9, 1.1), cam_spread=1.5,
+                                         seed=500)
+    build_repository(root / "repository", checkpoints=checkpoints)
+    return root / "repository"
+
+
+@pytest.fixture(scope="session")
+def web_triton(web_repository) -> Iterator:
+    from server.launcher import TritonServer
+
+    with TritonServer(web_repository) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def web_app(web_triton, tmp_path_factory) -> Iterator[WebApp]:
+    """`msk web` against the real tritonserver serving `web_repository`."""
+    with running_web_app(web_triton.grpc_url, tmp_path_factory.mktemp("web") / "web.log") as app:
         yield app
 
 
@@ -133,13 +192,13 @@ def web_app_server_down(tmp_path_factory) -> Iterator[WebApp]:
 
 
 @pytest.fixture(scope="session")
-def web_app_wrist(tiny_repository, wrist_repository, tmp_path_factory) -> Iterator[WebApp]:
+def web_app_wrist(web_repository, wrist_repository, tmp_path_factory) -> Iterator[WebApp]:
     """`msk web` against one Triton serving the tiny MURA stand-in AND the wrist detectors
-    trained by `tests/plugins/wrist.py` (their repositories are merged by copying, both cached)."""
+    trained by `tests/plugins/wrist.py` (the two repositories merged by copying)."""
     from server.launcher import TritonServer
 
     repo = tmp_path_factory.mktemp("web-wrist-repository")
-    for source in (Path(tiny_repository), Path(wrist_repository)):
+    for source in (Path(web_repository), Path(wrist_repository)):
         for model in source.iterdir():
             if model.is_dir() and (model / "config.pbtxt").exists():
                 shutil.copytree(model, repo / model.name)

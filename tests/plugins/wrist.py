@@ -44,8 +44,9 @@ def _wrist_key() -> str:
 
     digest = hashlib.sha256(ultralytics.__version__.encode())
     digest.update(f"{CI_IMAGES}:{CI_SEED}".encode())
-    for pattern in ("training/wrist_*.py", "training/recipes/wrist_ci.yaml",
-                    "msk/wrist_geometry.py", "msk/constants.py"):
+    for pattern in ("training/wrist_synthetic.py", "training/wrist_labels.py",
+                    "training/wrist_preprocess.py", "training/wrist_train.py",
+                    "training/recipes/wrist_ci.yaml", "msk/wrist_geometry.py", "msk/constants.py"):
         for path in sorted(ROOT.glob(pattern)):
             digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:12]

@@ -51,8 +51,9 @@ function drawBoxes(item) {
   for (const b of item.boxes) {
     const g = svg("g", { class: "box", "data-label": b.label });
     g.append(svg("rect", { x: b.x1, y: b.y1, width: b.x2 - b.x1, height: b.y2 - b.y1,
-                           "stroke-width": stroke }));
-    const t = svg("text", { x: b.x1, y: Math.max(font, b.y1 - stroke), "font-size": font });
+                           "stroke-width": stroke, style: `stroke: ${b.colour}` }));
+    const t = svg("text", { x: b.x1, y: Math.max(font, b.y1 - stroke), "font-size": font,
+                            style: `fill: ${b.colour}` });
     t.textContent = `${b.label} ${b.score.toFixed(2)}`;
     g.append(t);
     box.append(g);

@@ -1,0 +1,53 @@
+"""`msk gateway` as a command: settings from flags and a config file, clear refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from clients.gateway.queue import StudyQueue
+from server.launcher import free_port
+
+MSK = [sys.executable, "-m", "msk.cli", "gateway"]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MSK, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_print_config_merges_file_and_flags(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("ae_title: HOSPAI\ntriton-url: 10.1.2.3:8001\n"
+                      "destination: PACS@pacs.example:104\nstable_seconds: 45\n")
+    proc = _run("--config", str(config), "--port", "4242", "--allowed-calling-ae", "PACS",
+                "--data-dir", str(tmp_path / "q"), "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(proc.stdout)
+    assert settings["ae_title"] == "HOSPAI" and settings["port"] == 4242
+    assert settings["destination"] == "PACS@pacs.example:104"
+    assert settings["stable_seconds"] == 45 and settings["allowed_calling_aes"] == ["PACS"]
+    assert settings["audit_log"] == str(tmp_path / "q" / "audit.jsonl")
+
+
+def test_bad_destination_is_refused_naming_it() -> None:
+    proc = _run("--triton-url", "127.0.0.1:8001", "--destination", "PACS-at-host")
+    assert proc.returncode == 2
+    assert "PACS-at-host" in proc.stderr and "AET@HOST:PORT" in proc.stderr
+
+
+def test_missing_settings_are_named() -> None:
+    proc = _run("--destination", "PACS@h:104")
+    assert proc.returncode == 2 and "triton_url" in proc.stderr
+
+
+def test_second_gateway_on_same_data_dir_is_refused(tmp_path: Path) -> None:
+    queue = StudyQueue(tmp_path / "q")          # this process holds the data dir
+    try:
+        proc = _run("--triton-url", "127.0.0.1:1", "--destination", "P@127.0.0.1:104",
+                    "--host", "127.0.0.1", "--port", str(free_port()),
+                    "--data-dir", str(tmp_path / "q"))
+    finally:
+        queue.close()
+    assert proc.returncode == 3 and "in use by another gateway" in proc.stderr

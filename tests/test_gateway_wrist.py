@@ -1,0 +1,70 @@
+"""Wrists end to end: the gateway runs `wrist_detect` next to the MURA ensemble and the SR
+carries every detected structure as an SCOORD on the source image.
+
+One real tritonserver serves the tiny MURA stand-in and the wrist detectors trained on synthetic
+wrists by `tests/plugins/wrist.py` (cached); the image is a synthetic wrist wrapped in DICOM.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from clients.dicom_pixels import load_dicom_grayscale
+from clients.sr import device_uid, summarize
+from clients.wrist import WristClient
+from tests.plugins.pacs import GATEWAY_AET, SyntheticPatient, assert_no_phi, make_dx_image, storescu
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def mura_wrist_triton(tiny_repository, wrist_repository, tmp_path_factory) -> Iterator:
+    """One Triton serving both repositories (merged by copying the model folders)."""
+    from server.launcher import TritonServer
+
+    repo = tmp_path_factory.mktemp("mura-wrist-repository")
+    for source in (Path(tiny_repository), Path(wrist_repository)):
+        for model in source.iterdir():
+            if model.is_dir() and (model / "config.pbtxt").exists():
+                shutil.copytree(model, repo / model.name)
+    with TritonServer(repo) as server:
+        yield server
+
+
+def test_wrist_structures_reach_the_pacs_as_scoord(mura_wrist_triton, orthanc, start_gateway,
+                                                   wrist_image, tmp_path: Path) -> None:
+    gateway = start_gateway(mura_wrist_triton.grpc_url, orthanc.destination, "--wrist", "on")
+    patient = SyntheticPatient("Wristworth^Seraphina", "PHI-7731-0101")
+    path = make_dx_image(tmp_path / "wrist.dcm", patient, wrist_image.image, "WRIST")
+    storescu([path], gateway.port, GATEWAY_AET)
+    (sr,) = orthanc.wait_for_sr(dcmread(path).StudyInstanceUID, diagnostics=gateway.logs)
+
+    with WristClient(mura_wrist_triton.grpc_url) as client:
+        (direct,) = client.detect([load_dicom_grayscale(path)])
+    assert direct.error is None and direct.detections, "the CI detectors found nothing"
+
+    summary = summarize(sr)
+    (image,) = summary["images"]
+    assert "Abnormality probability" in image                 # MURA ran as well
+    structures = image["structures"]
+    assert [s["class"] for s in structures] == [d.class_name for d in direct.detections]
+    for found, det in zip(structures, direct.detections, strict=True):
+        assert found["Detection confidence"] == pytest.approx(det.score, rel=1e-5)
+        corners = [det.x1, det.y1, det.x2, det.y1, det.x2, det.y2, det.x1, det.y2, det.x1,
+                   det.y1]
+        assert found["Image Region"] == pytest.approx(corners, rel=1e-6, abs=1e-3)
+        assert found["selected_from"] == str(dcmread(path).SOPInstanceUID)
+
+    # provenance covers the detectors too: their SHA-256 are part of the Device UID
+    names = {a["Algorithm Name"] for a in summary["algorithms"]}
+    assert set(direct.versions) <= names
+    shas = [a["Model artifact SHA-256"] for a in summary["algorithms"]
+            if "Model artifact SHA-256" in a]
+    assert sr.ContributingEquipmentSequence[0].DeviceUID == device_uid(shas)
+    assert set(direct.artifacts.values()) - {""} <= set(shas)
+    assert_no_phi(gateway.log_paths(), [patient])
