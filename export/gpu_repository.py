@@ -55,6 +55,9 @@ def assemble_gpu_repository(source: Path, out: Path, image_size: int = MURA_IMAG
     """
     configs = render_mura_configs("gpu", image_size=image_size)
     out.mkdir(parents=True, exist_ok=True)
+    for loose in sorted(p for p in source.iterdir() if p.is_file()):
+        if not loose.name.startswith("."):
+            _copy_file(loose, out / loose.name)   # manifest.json: provenance of the artifacts
     for model_dir in sorted(p for p in source.iterdir() if p.is_dir()):
         if model_dir.name in configs or not (model_dir / "config.pbtxt").is_file():
             continue

@@ -232,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
 
     trtexec = args.trtexec or "trtexec"
     if not args.dry_run:
-        trtexec = find_trtexec(args.trtexec)
+        try:
+            trtexec = find_trtexec(args.trtexec)
+        except FileNotFoundError as exc:
+            print(f"export.tensorrt: {exc}", file=sys.stderr)
+            return 2
     if args.timing_cache is not None:
         args.timing_cache.parent.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(args.repository, trtexec, args.timing_cache, args.workspace_mib,
@@ -253,7 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"export.tensorrt: building {job.model}/{job.version} on {job.stamp['gpu']} "
               f"(TensorRT {job.stamp['tensorrt']})", file=sys.stderr, flush=True)
-        build(job)
+        try:
+            build(job)
+        except RuntimeError as exc:
+            print(f"export.tensorrt: {exc}", file=sys.stderr)
+            return 1
     return 0
 
 

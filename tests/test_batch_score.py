@@ -128,7 +128,11 @@ def test_shared_memory_gives_the_same_results_and_cleans_up(tiny_triton, tmp_pat
     images = _mura_images(tmp_path, studies=1, per_study=3)
     big = tmp_path / "big.png"                       # larger than the first 1 MiB region
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (1600, 1300), np.uint8)).save(big)
-    items = expand_inputs([str(p) for p in [*images, big]])
+    from tests.plugins.pacs import real_radiograph
+
+    real = tmp_path / "cr-extremity.dcm"           # real CR radiograph, 10-bit, MONOCHROME1
+    real.write_bytes(real_radiograph().read_bytes())
+    items = expand_inputs([str(p) for p in [*images, big, real]])
 
     def score(shared: bool) -> dict[str, dict]:
         rows: list[dict] = []
@@ -146,6 +150,11 @@ def test_shared_memory_gives_the_same_results_and_cleans_up(tiny_triton, tmp_pat
     for path, row in plain.items():
         assert row["error"] is None and shared[path]["error"] is None, shared[path]
         assert shared[path]["probability"] == pytest.approx(row["probability"], abs=1e-6)
+    from clients.dicom_pixels import load_dicom_grayscale
+
+    with MuraClient(tiny_triton.grpc_url) as client:
+        reference = client.score([load_dicom_grayscale(real)], heatmaps=False)[0]
+    assert shared[str(real)]["probability"] == pytest.approx(reference.probability, abs=1e-6)
     assert not list(Path("/dev/shm").glob(f"{SHM_PREFIX}{os.getpid()}_*"))
     import tritonclient.grpc as grpcclient
 

@@ -44,8 +44,10 @@ def test_wrist_structures_reach_the_pacs_as_scoord(mura_wrist_triton, orthanc, s
     storescu([path], gateway.port, GATEWAY_AET)
     (sr,) = orthanc.wait_for_sr(dcmread(path).StudyInstanceUID, diagnostics=gateway.logs)
 
+    gateway_image = load_dicom_grayscale(path)
+    assert (gateway_image == wrist_image.image).all()
     with WristClient(mura_wrist_triton.grpc_url) as client:
-        (direct,) = client.detect([load_dicom_grayscale(path)])
+        (direct,) = client.detect([gateway_image])
     assert direct.error is None and direct.detections, "the CI detectors found nothing"
 
     summary = summarize(sr)

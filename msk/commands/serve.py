@@ -39,9 +39,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def _models_without_versions(repository: Path) -> list[str]:
+    """Models whose config is present but which have no numbered version folder."""
+    return sorted(
+        cfg.parent.name for cfg in repository.glob("*/config.pbtxt")
+        if not any(p.is_dir() and p.name.isdigit() for p in cfg.parent.iterdir())
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from server.launcher import ServerStartError, TritonServer
 
+    if not args.repository.is_dir():
+        print(f"msk serve: repository folder {args.repository} does not exist; build one with "
+              "`msk export` (or `make demo`)", file=sys.stderr)
+        return 1
+    missing = _models_without_versions(args.repository)
+    if missing:
+        print(f"msk serve: {args.repository} has configs but no model files for "
+              f"{', '.join(missing)}; build them first with `msk export --repository "
+              f"{args.repository}` (or `make demo`)", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

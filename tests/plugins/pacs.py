@@ -243,7 +243,8 @@ def make_study(out_dir: Path, patient: SyntheticPatient, body_parts: list[str | 
 
 def make_dx_image(path: Path, patient: SyntheticPatient, pixels, body_part: str,
                   study_uid: str | None = None) -> Path:
-    """A single-frame DX instance (MONOCHROME2, 8 bits) holding `pixels` (uint8 HxW)."""
+    """A single-frame DX instance (MONOCHROME2, 8 bits) holding `pixels` (uint8 HxW), windowed
+    so that the gateway's scoring image is exactly `pixels`."""
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian
 
@@ -260,6 +261,8 @@ def make_dx_image(path: Path, patient: SyntheticPatient, pixels, body_part: str,
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    # LINEAR window C=128, W=256 maps 0..255 onto itself: the scoring image is `pixels` exactly
+    ds.WindowCenter, ds.WindowWidth = "128", "256"
     ds.PixelData = pixels.astype("uint8").tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
