@@ -39,10 +39,10 @@ MURA_ENSEMBLE_MODEL = "mura_ensemble"
 IMAGE_TENSOR = "IMAGE"                    # UINT8 [H, W] grayscale image of any size
 PIXELS_TENSOR = "PIXELS"                  # FP32 [3, S, S] preprocessed backbone input
 PROBABILITY_TENSOR = "PROBABILITY"        # FP32 [1] abnormality probability (sigmoid)
-MEMBER_PROBABILITIES_TENSOR = "MEMBER_PROBABILITIES"  # FP32 [n_members], MURA_MEMBERS order
+MEMBER_PROBABILITIES_TENSOR = "MEMBER_PROBABILITIES"  # FP32 [n], MURA_MEMBERS order
 CAM_TENSOR = "CAM"                        # FP32 [h, w] class activation map (logit units, no bias)
 HEATMAP_TENSOR = "HEATMAP"                # UINT8 [S, S] ensemble heatmap (sigmoid x 255)
-PROVENANCE_TENSOR = "PROVENANCE"          # BYTES [1] JSON: versions, artifact SHA-256, operating points
+PROVENANCE_TENSOR = "PROVENANCE"          # BYTES [1] JSON: versions, SHA-256s, operating points
 
 
 def member_probability_tensor(member: str) -> str:

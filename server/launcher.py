@@ -3,8 +3,8 @@
 `TritonServer` is a context manager used by `msk serve`, the tests, the benchmarks and the demo:
 free ports are picked once (and kept across restarts, so clients can reconnect), readiness is
 `/v2/health/ready` with strict readiness (every model loaded), and stopping never leaves a process
-or a `/dev/shm` region behind: each server gets its own python-backend shm prefix, removed on exit even
-after SIGKILL.
+or a `/dev/shm` region behind: each server gets its own python-backend shm prefix, removed on exit
+even after SIGKILL.
 """
 
 from __future__ import annotations
