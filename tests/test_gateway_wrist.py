@@ -13,11 +13,19 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.uid import generate_uid
 
 from clients.dicom_pixels import load_dicom_grayscale
 from clients.sr import device_uid, summarize
 from clients.wrist import WristClient
-from tests.plugins.pacs import GATEWAY_AET, SyntheticPatient, assert_no_phi, make_dx_image, storescu
+from tests.plugins.pacs import (
+    GATEWAY_AET,
+    SyntheticPatient,
+    assert_no_phi,
+    make_dx_image,
+    storescu,
+)
+from tests.plugins.wrist import CI_SEED
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -37,36 +45,44 @@ def mura_wrist_triton(tiny_repository, wrist_repository, tmp_path_factory) -> It
 
 
 def test_wrist_structures_reach_the_pacs_as_scoord(mura_wrist_triton, orthanc, start_gateway,
-                                                   wrist_image, tmp_path: Path) -> None:
+                                                   tmp_path: Path) -> None:
+    from training.wrist_synthetic import make_wrists
+
     gateway = start_gateway(mura_wrist_triton.grpc_url, orthanc.destination, "--wrist", "on")
     patient = SyntheticPatient("Wristworth^Seraphina", "PHI-7731-0101")
-    path = make_dx_image(tmp_path / "wrist.dcm", patient, wrist_image.image, "WRIST")
-    storescu([path], gateway.port, GATEWAY_AET)
-    (sr,) = orthanc.wait_for_sr(dcmread(path).StudyInstanceUID, diagnostics=gateway.logs)
+    study_uid = generate_uid()
+    wrists = make_wrists(4, seed=CI_SEED + 2000, sixteen_bit=False)   # not seen in training
+    paths = [make_dx_image(tmp_path / f"wrist{i}.dcm", patient, w.image, "WRIST", study_uid)
+             for i, w in enumerate(wrists)]
+    storescu(paths, gateway.port, GATEWAY_AET)
+    (sr,) = orthanc.wait_for_sr(study_uid, diagnostics=gateway.logs)
 
-    gateway_image = load_dicom_grayscale(path)
-    assert (gateway_image == wrist_image.image).all()
+    images = [load_dicom_grayscale(p) for p in paths]
+    assert all((img == w.image).all() for img, w in zip(images, wrists, strict=True))
     with WristClient(mura_wrist_triton.grpc_url) as client:
-        (direct,) = client.detect([gateway_image])
-    assert direct.error is None and direct.detections, "the CI detectors found nothing"
+        direct = client.detect(images)
+    assert all(r.error is None for r in direct), [r.error for r in direct]
+    assert sum(len(r.detections) for r in direct) > 0, "the CI detectors found nothing"
 
     summary = summarize(sr)
-    (image,) = summary["images"]
-    assert "Abnormality probability" in image                 # MURA ran as well
-    structures = image["structures"]
-    assert [s["class"] for s in structures] == [d.class_name for d in direct.detections]
-    for found, det in zip(structures, direct.detections, strict=True):
-        assert found["Detection confidence"] == pytest.approx(det.score, rel=1e-5)
-        corners = [det.x1, det.y1, det.x2, det.y1, det.x2, det.y2, det.x1, det.y2, det.x1,
-                   det.y1]
-        assert found["Image Region"] == pytest.approx(corners, rel=1e-6, abs=1e-3)
-        assert found["selected_from"] == str(dcmread(path).SOPInstanceUID)
+    by_source = {i["Source"]: i for i in summary["images"]}
+    for path, result in zip(paths, direct, strict=True):
+        image = by_source[str(dcmread(path).SOPInstanceUID)]
+        assert "Abnormality probability" in image              # MURA ran as well
+        structures = image["structures"]
+        assert [s["class"] for s in structures] == [d.class_name for d in result.detections]
+        for found, det in zip(structures, result.detections, strict=True):
+            assert found["Detection confidence"] == pytest.approx(det.score, rel=1e-5)
+            corners = [det.x1, det.y1, det.x2, det.y1, det.x2, det.y2, det.x1, det.y2, det.x1,
+                       det.y1]
+            assert found["Image Region"] == pytest.approx(corners, rel=1e-6, abs=1e-3)
+            assert found["selected_from"] == image["Source"]
 
     # provenance covers the detectors too: their SHA-256 are part of the Device UID
     names = {a["Algorithm Name"] for a in summary["algorithms"]}
-    assert set(direct.versions) <= names
+    assert set(direct[0].versions) <= names
     shas = [a["Model artifact SHA-256"] for a in summary["algorithms"]
             if "Model artifact SHA-256" in a]
     assert sr.ContributingEquipmentSequence[0].DeviceUID == device_uid(shas)
-    assert set(direct.artifacts.values()) - {""} <= set(shas)
+    assert set(direct[0].artifacts.values()) - {""} <= set(shas)
     assert_no_phi(gateway.log_paths(), [patient])

@@ -67,6 +67,7 @@ def _studies_path(args: argparse.Namespace) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
+    import signal
 
     from tqdm import tqdm
 
@@ -136,6 +137,9 @@ def run(args: argparse.Namespace) -> int:
         if errors:
             bar.set_postfix(errors=errors, refresh=False)
 
+    # SIGTERM (docker stop, a scheduler's kill) ends the run like Ctrl-C: rows written so far are
+    # kept and shared-memory regions are unregistered and removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = asyncio.run(scorer.run(todo, sink, on_row=on_row, skipped=skipped))
     except KeyboardInterrupt:
