@@ -34,7 +34,7 @@ def test_preprocess_graph_matches_an_independent_numpy_reference():
     expected = np.asarray(Image.fromarray(image).resize((96, 96), Image.Resampling.BILINEAR),
                           np.float32) / 255
     assert np.abs(pixels[0, 0] - expected).mean() < 1 / 255
-    assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
 
 
 def test_backbone_export_is_checked_and_matches_torch(tmp_path):
