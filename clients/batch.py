@@ -297,6 +297,41 @@ class BatchScorer:
         finally:
             sync.close()
 
+    def _release(self, slots: list[_ShmSlot], in_use_wait_s: float = 15.0) -> None:
+        """Unregister and remove our shared-memory regions.
+
+        Synchronous on purpose: it runs in `run()`'s `finally` also when the run is being
+        cancelled (Ctrl-C, SIGTERM), where an `await` would be cancelled in turn and leave
+        regions registered on the server. Triton refuses to unregister a region that a request
+        it is still executing uses ("currently in use"), so that is retried for a while.
+        """
+        pending = [s for s in slots if s.registered]
+        if pending:
+            import tritonclient.grpc as grpcclient
+
+            deadline = time.monotonic() + in_use_wait_s
+            try:
+                sync = grpcclient.InferenceServerClient(self.url)
+                try:
+                    while pending:
+                        busy = []
+                        for slot in pending:
+                            try:
+                                sync.unregister_system_shared_memory(slot.name, client_timeout=5)
+                            except Exception as exc:  # noqa: BLE001 - server may be gone
+                                if "in use" in str(exc):
+                                    busy.append(slot)
+                        pending = busy
+                        if not pending or time.monotonic() > deadline:
+                            break
+                        time.sleep(0.1)
+                finally:
+                    sync.close()
+            except Exception:  # noqa: BLE001 - cleanup must not hide the run's own outcome
+                pass
+        for slot in slots:
+            slot.destroy()
+
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait for the server and model to be ready; raise a clear ConnectionError if not."""
         import tritonclient.grpc.aio as grpc_aio
@@ -354,13 +389,9 @@ class BatchScorer:
         try:
             await asyncio.gather(*(worker(s) for s in slots))
         finally:
-            for slot in slots:
-                if slot is not None:
-                    if slot.registered:  # the server may be gone; the region is ours either way
-                        with contextlib.suppress(Exception):
-                            await client.unregister_system_shared_memory(slot.name)
-                    slot.destroy()
-            await client.close()
+            self._release([s for s in slots if s is not None])
+            with contextlib.suppress(Exception):
+                await client.close()
         self._summary.elapsed_s = time.perf_counter() - started
         return self._summary
 

@@ -75,6 +75,20 @@ def _wait_rows(out: Path, at_least: int, proc: subprocess.Popen, timeout: float 
     raise AssertionError(f"fewer than {at_least} rows in {out} after {timeout} s")
 
 
+def _client(url: str):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(url)
+
+
+def _registered(url: str, prefix: str) -> list[str]:
+    """Names of system shared-memory regions registered on the server under `prefix`."""
+    status = _client(url).get_system_shared_memory_status(as_json=True)
+    regions = status.get("regions", {})
+    names = regions.keys() if isinstance(regions, dict) else [r.get("name") for r in regions]
+    return [str(n) for n in names if str(n).startswith(prefix)]
+
+
 def test_score_cli_rows_errors_studies_and_resume(tiny_triton, tmp_path):
     images = _mura_images(tmp_path, studies=3, per_study=2)
     corrupt = images[0].parent / "image9.png"
@@ -156,11 +170,7 @@ def test_shared_memory_gives_the_same_results_and_cleans_up(tiny_triton, tmp_pat
         reference = client.score([load_dicom_grayscale(real)], heatmaps=False)[0]
     assert shared[str(real)]["probability"] == pytest.approx(reference.probability, abs=1e-6)
     assert not list(Path("/dev/shm").glob(f"{SHM_PREFIX}{os.getpid()}_*"))
-    import tritonclient.grpc as grpcclient
-
-    status = grpcclient.InferenceServerClient(tiny_triton.grpc_url) \
-        .get_system_shared_memory_status(as_json=True)
-    assert not [r for r in status.get("regions", {}) if str(r).startswith(SHM_PREFIX)]
+    assert not _registered(tiny_triton.grpc_url, f"{SHM_PREFIX}{os.getpid()}_")
 
 
 def test_server_killed_and_restarted_mid_batch_every_image_exactly_once(tiny_repository,
@@ -203,9 +213,11 @@ def test_client_killed_mid_batch_then_resumed_with_shared_memory(tiny_triton, tm
             metrics = r.read().decode()
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-    finally:
+    finally:  # SIGKILL leaves the client's regions behind, on disk and registered
         for region in Path("/dev/shm").glob(f"{SHM_PREFIX}{proc.pid}_*"):
-            region.unlink(missing_ok=True)         # SIGKILL leaves the client's regions behind
+            region.unlink(missing_ok=True)
+        for name in _registered(tiny_triton.grpc_url, f"{SHM_PREFIX}{proc.pid}_"):
+            _client(tiny_triton.grpc_url).unregister_system_shared_memory(name)
     first = len(read_rows(out))
     assert 0 < first < len(images)
     ok = re.search(r'msk_client_requests_total\{outcome="ok",pipeline="[a-z_]+"\} (\S+)', metrics)
@@ -220,3 +232,21 @@ def test_client_killed_mid_batch_then_resumed_with_shared_memory(tiny_triton, tm
     rows = read_rows(out)
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
     assert not [r for r in rows if r["error"]]
+
+
+def test_sigterm_ends_the_run_cleanly_with_shared_memory(tiny_triton, tmp_path):
+    _mura_images(tmp_path, studies=40, per_study=4, seed=4)
+    out = tmp_path / "scores.jsonl"
+    proc = subprocess.Popen(
+        _msk("score", str(tmp_path / "MURA-v1.1"), "--url", tiny_triton.grpc_url, "--out",
+             str(out), "--concurrency", "4", "--shared-memory", "--no-progress", "--no-stdout"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    _wait_rows(out, 20, proc)
+    proc.terminate()                                  # SIGTERM, as `docker stop` sends
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "rerun with --resume" in stderr
+    assert not list(Path("/dev/shm").glob(f"{SHM_PREFIX}{proc.pid}_*"))
+    assert not _registered(tiny_triton.grpc_url, f"{SHM_PREFIX}{proc.pid}_")
+    rows = read_rows(out)
+    assert rows and len({r["path"] for r in rows}) == len(rows)

@@ -9,7 +9,6 @@ patients' names, IDs and birth dates.
 
 from __future__ import annotations
 
-import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from tests.plugins.pacs import (
     PACS_AET,
     SyntheticPatient,
     assert_no_phi,
+    dciodvfy_errors,
     make_study,
     make_text_sr,
     storescu,
@@ -40,14 +40,6 @@ def _direct_scores(triton_url: str, files: list[Path], part: str):
         results = client.score(images, body_parts=[part] * len(images))
     assert all(r.error is None for r in results), [r.error for r in results]
     return results
-
-
-def _dciodvfy_errors(ds, tmp_path: Path) -> list[str]:
-    path = tmp_path / "readback.dcm"
-    ds.save_as(path)
-    proc = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (proc.stdout + proc.stderr).splitlines()
-            if line.startswith("Error")]
 
 
 def test_study_scored_and_sr_stored_in_pacs(tiny_triton, orthanc, start_gateway,
@@ -68,7 +60,7 @@ def test_study_scored_and_sr_stored_in_pacs(tiny_triton, orthanc, start_gateway,
     assert sr.VerificationFlag == "UNVERIFIED"
     assert sr.SeriesDescription == SR_SERIES_DESCRIPTION
     assert str(sr.PatientName) == patient.name and sr.PatientID == patient.patient_id
-    assert _dciodvfy_errors(sr, tmp_path) == []
+    assert dciodvfy_errors(sr, tmp_path) == []
 
     # scores: the study result is the mean of the two wrist images, members likewise
     summary = summarize(sr)
@@ -127,6 +119,7 @@ def test_pacs_forwards_study_and_gets_sr_back(tiny_triton, orthanc, start_gatewa
     assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == dcmread(
         files[0]).SOPInstanceUID
     assert overlay.pixel_array.shape == (overlay.Rows, overlay.Columns, 3)
+    assert dciodvfy_errors(overlay, tmp_path) == [] and dciodvfy_errors(sr, tmp_path) == []
     assert_no_phi(gateway.log_paths(), [patient])
 
 

@@ -35,3 +35,13 @@ def test_filter_redacts_formatted_messages_and_tracebacks() -> None:
     assert RedactingFilter().filter(record)
     formatted = logging.Formatter().format(record)
     assert uid not in formatted and uid_tag(uid) in formatted
+
+
+def test_library_warnings_lose_their_text() -> None:
+    text = ("/x/pydicom/valuerep.py:440: UserWarning: Invalid value for VR PN: "
+            "'Quillfeather^Ottoline'\n  warn_and_log(msg)")
+    record = logging.LogRecord("py.warnings", logging.WARNING, __file__, 1, "%s", (text,), None)
+    assert RedactingFilter().filter(record)
+    message = record.getMessage()
+    assert "Quillfeather" not in message
+    assert message.startswith("/x/pydicom/valuerep.py:440: UserWarning")

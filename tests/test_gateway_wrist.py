@@ -22,6 +22,7 @@ from tests.plugins.pacs import (
     GATEWAY_AET,
     SyntheticPatient,
     assert_no_phi,
+    dciodvfy_errors,
     make_dx_image,
     storescu,
 )
@@ -64,6 +65,7 @@ def test_wrist_structures_reach_the_pacs_as_scoord(mura_wrist_triton, orthanc, s
     assert all(r.error is None for r in direct), [r.error for r in direct]
     assert sum(len(r.detections) for r in direct) > 0, "the CI detectors found nothing"
 
+    assert dciodvfy_errors(sr, tmp_path) == []
     summary = summarize(sr)
     by_source = {i["Source"]: i for i in summary["images"]}
     for path, result in zip(paths, direct, strict=True):

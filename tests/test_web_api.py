@@ -224,16 +224,16 @@ def test_web_binds_loopback_by_default():
     assert args.triton_url.startswith("127.0.0.1:")
 
 
-def test_wrist_images_get_the_detectors_boxes(web_app_wrist, wrist_image):
+def test_wrist_images_get_the_detectors_boxes(web_app_wrist, wrist_upload):
     from clients.wrist import WristClient
 
-    files = [("wrist.png", encode(wrist_image.image))]
-    body = post(web_app_wrist, files, body_part="wrist").json()
+    name, data, pixels = wrist_upload
+    body = post(web_app_wrist, [(name, data)], body_part="wrist").json()
     assert body["status"]["wrist_detect"] is True
     (image,) = body["images"]
     assert "error" not in image and image["body_part"] == "wrist", image.get("error")
     with WristClient(web_app_wrist.triton_url) as client:
-        (ref,) = client.detect([wrist_image.image])
+        (ref,) = client.detect([pixels])
     assert ref.error is None and ref.detections
     assert [b["label"] for b in image["boxes"]] == [d.class_name for d in ref.detections]
     for shown, det in zip(image["boxes"], ref.detections, strict=True):
@@ -244,7 +244,7 @@ def test_wrist_images_get_the_detectors_boxes(web_app_wrist, wrist_image):
         assert 0 <= shown["y1"] < shown["y2"] <= image["height"]
     assert image["wrist_versions"] == ref.versions
     # Not a wrist: no detector call, no boxes.
-    elbow = post(web_app_wrist, [("elbow.png", encode(wrist_image.image))], "elbow").json()
+    elbow = post(web_app_wrist, [("elbow.png", data)], "elbow").json()
     assert "boxes" not in elbow["images"][0]
 
 

@@ -175,8 +175,8 @@ def test_banner_on_every_page(page, web_app, path):
     assert_no_traceback(page)
 
 
-def test_wrist_image_shows_labelled_boxes(page, web_app_wrist, wrist_image, web_artifacts):
-    files = [("wrist_pa.png", encode(wrist_image.image))]
+def test_wrist_image_shows_labelled_boxes(page, web_app_wrist, wrist_upload, web_artifacts):
+    files = [wrist_upload[:2]]
     upload(page, web_app_wrist.url, files, body_part="wrist")
     expected = api_score(web_app_wrist.url, files, body_part="wrist")["images"][0]
     assert expected["boxes"], "wrist_detect found no structure on the synthetic wrist"

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from msk.constants import WRIST_CLASSES
-from msk.wrist_geometry import WRIST_CONF_THRESHOLD, iou_matrix
+from msk.wrist_geometry import iou_matrix
+from tests.plugins.wrist import WRIST_CI_CONF
 from training.wrist_synthetic import make_wrist
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ BORDERLINE = 0.03   # boxes this close to the score threshold may fall on either
 def reference(wrist_ci_models):
     from training.wrist_evaluate import InProcessWristPipeline
 
-    return InProcessWristPipeline(wrist_ci_models.weights)
+    return InProcessWristPipeline(wrist_ci_models.weights, conf=WRIST_CI_CONF)
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +53,10 @@ def _match(served, expected) -> int:
                 used.add(best)
                 pairs += 1
                 continue
-        assert score < WRIST_CONF_THRESHOLD + BORDERLINE, f"unmatched {name} {score:.3f} {box}"
+        assert score < WRIST_CI_CONF + BORDERLINE, f"unmatched {name} {score:.3f} {box}"
     for i, d in enumerate(served):
         if i not in used:
-            assert d.score < WRIST_CONF_THRESHOLD + BORDERLINE, f"extra served {d}"
+            assert d.score < WRIST_CI_CONF + BORDERLINE, f"extra served {d}"
     return pairs
 
 

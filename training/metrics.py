@@ -164,7 +164,8 @@ def metrics_with_intervals(y_true: np.ndarray, scores: np.ndarray, threshold: fl
 
 
 def aggregate_studies(study_ids: Sequence[str], labels: Sequence[int],
-                      probabilities: Sequence[float], reduce: Callable[[np.ndarray], float] = np.mean,
+                      probabilities: Sequence[float],
+                      reduce: Callable[[np.ndarray], float] = np.mean,
                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Study probability = mean of its images (the MURA benchmark's rule); labels must agree."""
     grouped: dict[str, list[int]] = {}

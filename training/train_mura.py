@@ -241,10 +241,10 @@ def train_member(
             scaler.step(optimizer)
             scaler.update()
             step += 1
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             if on_step is not None:
-                on_step(step, float(loss))
+                on_step(step, losses[-1])
         val_logits = predict_logits(model, valid_set, batch_size * 2, str(dev))
         y_val = np.array([r.label for r in valid_records])
         val_w = np.where(y_val == 1, w_pos, w_neg)

@@ -40,12 +40,23 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken %-format in someone else's message: keep the template
             message = str(record.msg)
+        if record.name == "py.warnings":
+            message = _withhold_warning_text(message)
         record.msg = redact(message)
         record.args = ()
         if record.exc_info and not record.exc_text:
             record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
             record.exc_info = None
         return True
+
+
+def _withhold_warning_text(message: str) -> str:
+    """Library warnings quote element values (pydicom: "Invalid value ... for VR PN"), so
+    only where and what kind of warning is kept: 'file:line: Category'."""
+    first = message.splitlines()[0] if message else ""
+    parts = first.split(": ", 2)
+    where_and_kind = ": ".join(parts[:2]) if len(parts) >= 2 else "warning"
+    return f"{where_and_kind} (message withheld: it may quote patient data)"
 
 
 def setup_logging(level: str = "INFO", log_file: str | Path | None = None) -> None:
@@ -64,5 +75,6 @@ def setup_logging(level: str = "INFO", log_file: str | Path | None = None) -> No
         handler.addFilter(RedactingFilter())
         root.addHandler(handler)
     root.setLevel(level.upper())
+    logging.captureWarnings(True)   # warnings.warn output goes through the filter too
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)

@@ -117,12 +117,13 @@ class StudyScorer:
         candidates: list[_Candidate] = []
         for path in files:
             try:
-                ds = dcmread(path)
+                headers.append(dcmread(path))
             except Exception as exc:  # a corrupt file must not stop the study
                 log.warning("instance file %s unreadable: %s", path.name, type(exc).__name__)
                 skipped.append((path.name, "unreadable DICOM file"))
-                continue
-            headers.append(ds)
+        headers.sort(key=_reading_order)      # files are named by hash; the SR reads in order
+        for ds in headers:
+            path = Path(ds.filename) if isinstance(ds.filename, str) else Path("?")
             tag = uid_tag(ds.get("SOPInstanceUID", path.name))
             sop_uid = str(ds.get("SOPInstanceUID", path.name))
             if "PixelData" not in ds:
@@ -221,6 +222,16 @@ class StudyScorer:
             models[WRIST_DETECT_MODEL] = ModelProvenance(WRIST_DETECT_MODEL, "latest", "")
         self._wrist_models = models
         return found
+
+
+def _reading_order(ds: Dataset) -> tuple[int, int, str]:
+    """Series number, instance number, SOP UID: the order a reader would page through."""
+    def number(keyword: str) -> int:
+        try:
+            return int(ds.get(keyword) or 0)
+        except (TypeError, ValueError):
+            return 0
+    return number("SeriesNumber"), number("InstanceNumber"), str(ds.get("SOPInstanceUID", ""))
 
 
 def _finding(ds: Dataset, body_part: str | None, error: str | None = None) -> ImageFinding:

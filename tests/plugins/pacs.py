@@ -403,6 +403,16 @@ def start_gateway(tmp_path: Path) -> Iterator:
         gw.stop()
 
 
+def dciodvfy_errors(ds: Dataset, tmp_dir: Path) -> list[str]:
+    """dciodvfy's (Debian dicom3tools) "Error" lines for a dataset; warnings are allowed."""
+    path = tmp_dir / f"dciodvfy-{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path)
+    proc = subprocess.run([_tool("dciodvfy"), str(path)], capture_output=True, text=True,
+                          timeout=60)
+    return [line for line in (proc.stdout + proc.stderr).splitlines()
+            if line.startswith("Error")]
+
+
 def assert_no_phi(paths: list[Path], patients: list[SyntheticPatient]) -> None:
     """No test patient's name (any component) or ID appears in any of the files."""
     needles = []

@@ -208,6 +208,23 @@ def web_app_wrist(web_repository, wrist_repository, tmp_path_factory) -> Iterato
 
 
 @pytest.fixture(scope="session")
+def wrist_upload(web_app_wrist) -> tuple[str, bytes, np.ndarray]:
+    """(file name, PNG bytes, pixels) of a synthetic wrist (not seen in training) on which the
+    CI detectors find structures: they are briefly trained and miss some images entirely, and
+    these tests are about showing the boxes, not about the detectors' recall."""
+    from clients.wrist import WristClient
+    from tests.plugins.wrist import CI_SEED
+    from training.wrist_synthetic import make_wrists
+
+    wrists = make_wrists(6, seed=CI_SEED + 3000, sixteen_bit=False)
+    with WristClient(web_app_wrist.triton_url) as client:
+        found = [len(r.detections) for r in client.detect([w.image for w in wrists])]
+    best = int(np.argmax(found))
+    assert found[best] > 0, f"the CI wrist detectors found nothing on {len(wrists)} wrists"
+    return "wrist_pa.png", encode(wrists[best].image), wrists[best].image
+
+
+@pytest.fixture(scope="session")
 def web_artifacts() -> Path:
     """Screenshots and pages saved by the web tests (git-ignored `test-artifacts/web/`)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

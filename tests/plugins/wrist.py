@@ -7,7 +7,8 @@ Other suites (web app, PACS gateway, ...) use these to get REAL boxes for a wris
                     `.losses` per target and `.data` (data.yaml per target). Trained once, cached
                     under `.cache/wrist/ci-<hash>` (hash of the wrist sources, the recipe and the
                     Ultralytics version), so later runs start instantly.
-  wrist_repository  session; a read-only model repository with only the wrist models
+  wrist_repository  session; a read-only model repository with only the wrist models, served
+                    score threshold `WRIST_CI_CONF` (0.1)
                     (`wrist_preprocess`, `wrist_joints`, `wrist_bones`, `wrist_postprocess`,
                     `wrist_detect`), cached next to the weights. For MURA + wrist in one server
                     call `export.repository.build_repository(out, tiny=True,
@@ -23,6 +24,7 @@ serving tests assert they do) but are no clinical model.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -37,6 +39,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CI_IMAGES = 64
 CI_SEED = 7
+WRIST_CI_CONF = 0.1
+"""Served score threshold of the CI repository: lower than the 0.25 default because the CI
+detectors are briefly trained; the in-process reference uses the same threshold."""
 
 
 def _wrist_key() -> str:
@@ -82,17 +87,28 @@ def wrist_ci_models() -> WristCIModels:
     ultralytics_offline()
     target = ROOT / ".cache" / "wrist" / f"ci-{_wrist_key()}"
     meta = target / "models.json"
-    if not meta.exists():
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        models = train_ci_models(tmp)
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        rel = {k: str(Path(p).relative_to(tmp)) for k, p in models.weights.items()}
-        (target / "models.json").write_text(json.dumps(
-            {"weights": rel, "losses": models.losses,
-             "data": {k: str(Path(p).relative_to(tmp)) for k, p in models.data.items()}}))
-    info = json.loads(meta.read_text())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)     # parallel sessions wait for one training
+        if not meta.exists():
+            _train_into(target)
+    return _load_models(target)
+
+
+def _train_into(target: Path) -> None:
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    models = train_ci_models(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    rel = {k: str(Path(p).relative_to(tmp)) for k, p in models.weights.items()}
+    (target / "models.json").write_text(json.dumps(
+        {"weights": rel, "losses": models.losses,
+         "data": {k: str(Path(p).relative_to(tmp)) for k, p in models.data.items()}}))
+
+
+def _load_models(target: Path) -> WristCIModels:
+    info = json.loads((target / "models.json").read_text())
     # data.yaml holds the absolute path of the build folder: point it at the final place
     data = {}
     for k, rel in info["data"].items():
@@ -107,23 +123,30 @@ def wrist_ci_models() -> WristCIModels:
 
 @pytest.fixture(scope="session")
 def wrist_repository(wrist_ci_models: WristCIModels) -> Path:
-    from export.wrist_repository import write_wrist_models
-
     key = hashlib.sha256()
+    key.update(str(WRIST_CI_CONF).encode())
     for pattern in ("export/wrist_*.py", "msk/wrist_geometry.py", "msk/constants.py"):
         for path in sorted(ROOT.glob(pattern)):
             key.update(path.name.encode() + path.read_bytes())
     target = wrist_ci_models.root / f"repository-{key.hexdigest()[:12]}"
-    if not (target / ".complete").exists():
-        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        records = write_wrist_models(tmp, wrist_ci_models.weights)
-        (tmp / "wrist_records.json").write_text(json.dumps(records, indent=1))
-        (tmp / ".complete").touch()
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
+    with (target.parent / f"{target.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").exists():
+            _write_repository(target, wrist_ci_models)
     return target
+
+
+def _write_repository(target: Path, wrist_ci_models: WristCIModels) -> None:
+    from export.wrist_repository import write_wrist_models
+
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    records = write_wrist_models(tmp, wrist_ci_models.weights, conf=WRIST_CI_CONF)
+    (tmp / "wrist_records.json").write_text(json.dumps(records, indent=1))
+    (tmp / ".complete").touch()
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 @pytest.fixture(scope="session")

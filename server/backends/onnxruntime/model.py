@@ -43,6 +43,11 @@ class TritonPythonModel:
         threads = int(params.get("intra_op_thread_count", "0") or 0)
         if threads:
             options.intra_op_num_threads = threads
+        # Every model instance is its own stub process with its own thread pool, and the four
+        # backbones run at once: spinning idle threads would steal the cores the others need.
+        spinning = params.get("allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
         self.session = ort.InferenceSession(path, sess_options=options,
                                             providers=["CPUExecutionProvider"])
 
