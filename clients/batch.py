@@ -53,6 +53,10 @@ class TransientError(Exception):
     """The server could not answer now; the same request may succeed later."""
 
 
+class SharedMemoryUnavailable(ConnectionError):
+    """The server cannot use system shared memory from this client (not the same host)."""
+
+
 class ImageError(Exception):
     """The input itself is at fault (unreadable, unsupported); retrying cannot help."""
 
@@ -332,6 +336,29 @@ class BatchScorer:
         for slot in slots:
             slot.destroy()
 
+    def _probe_shared_memory(self) -> None:
+        """Fail fast when the server cannot map our regions (it is not on this host).
+
+        Otherwise every image would be retried for `give_up_after_s` before failing.
+        """
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        probe = _ShmSlot(f"{self._shm_prefix}_probe", 0)
+        probe.ensure(1)
+        sync = grpcclient.InferenceServerClient(self.url)
+        try:
+            sync.register_system_shared_memory(probe.name, probe.key, probe.size)
+            sync.unregister_system_shared_memory(probe.name)
+        except InferenceServerException as exc:
+            raise SharedMemoryUnavailable(
+                f"--shared-memory: Triton at {self.url} cannot map this host's /dev/shm "
+                f"({exc.message()}); run on the server's host (in Docker: ipc: host) or drop "
+                "--shared-memory") from exc
+        finally:
+            sync.close()
+            probe.destroy()
+
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait for the server and model to be ready; raise a clear ConnectionError if not."""
         import tritonclient.grpc.aio as grpc_aio
@@ -344,8 +371,12 @@ class BatchScorer:
                 try:
                     if await client.is_server_live() and await client.is_model_ready(self.model):
                         self._contract = await asyncio.to_thread(self._discover)
+                        if self.shared_memory:
+                            await asyncio.to_thread(self._probe_shared_memory)
                         return
                     last = f"model {self.model!r} is not ready"
+                except SharedMemoryUnavailable:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
                     last = str(exc)
                 if time.monotonic() >= deadline:

@@ -113,8 +113,11 @@ def read_wrist_image(source: ImageSource) -> np.ndarray:
                     img = np.array(im.convert("L"))
                 else:
                     img = np.array(im.convert("L"))
-        except (UnidentifiedImageError, OSError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
             raise WristImageError(f"{name or 'image bytes'}: not a readable image ({exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - e.g. a decoder plugin failing on garbage
+            raise WristImageError(f"{name or 'image bytes'}: not a readable image "
+                                  f"({type(exc).__name__}: {exc})") from exc
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[..., 0]

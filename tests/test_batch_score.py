@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,3 +252,27 @@ def test_sigterm_ends_the_run_cleanly_with_shared_memory(tiny_triton, tmp_path):
     assert not _registered(tiny_triton.grpc_url, f"{SHM_PREFIX}{proc.pid}_")
     rows = read_rows(out)
     assert rows and len({r["path"] for r in rows}) == len(rows)
+
+
+def _private_shm_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs none /dev/shm"],
+                           capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def test_shared_memory_with_a_server_on_another_host_fails_fast(tiny_triton, tmp_path):
+    """The client runs with a private /dev/shm (as on another host): one clear error at start,
+    not one retried error per image."""
+    if not _private_shm_works():
+        pytest.skip("needs `unshare -m` (root) to give the client its own /dev/shm")
+    image = _mura_images(tmp_path, studies=1, per_study=1)[0]
+    command = " ".join(shlex.quote(c) for c in _msk(
+        "score", str(image), "--url", tiny_triton.grpc_url, "--shared-memory", "--no-progress"))
+    proc = subprocess.run(["unshare", "-m", "sh", "-c",
+                           f"mount -t tmpfs none /dev/shm && exec {command}"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 3, proc.stderr
+    assert "cannot map this host's /dev/shm" in proc.stderr
+    assert proc.stdout == ""

@@ -187,7 +187,7 @@ def test_wrist_image_shows_labelled_boxes(page, web_app_wrist, wrist_upload, web
     assert labels == [b["label"] for b in expected["boxes"]]
     assert set(labels) <= set(WRIST_CLASSES)
     for i in range(boxes.count()):
-        assert boxes.nth(i).locator("text").inner_text().startswith(labels[i])
+        assert boxes.nth(i).locator("text").text_content().startswith(labels[i])
         assert boxes.nth(i).locator("rect").bounding_box()["width"] > 2
     # The SVG is laid exactly over the radiograph, so original-pixel boxes land on the anatomy.
     assert card.locator("svg.boxes").bounding_box() == card.locator("img.radiograph").bounding_box()

@@ -17,10 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_training_loss_falls(wrist_ci_models) -> None:
+    """Ultralytics' task-aligned loss first rises (box terms grow from ~0 as predictions begin to
+    overlap objects), then falls: the peak must be early and the end well below it."""
     for target in ("joints", "bones"):
         losses = wrist_ci_models.losses[target]
-        assert len(losses) >= 3, target
-        assert losses[-1] < 0.9 * losses[0], f"{target}: {losses}"
+        assert len(losses) >= 10, target
+        peak = int(np.argmax(losses))
+        assert peak < len(losses) // 2, f"{target}: {losses}"
+        assert losses[-1] < 0.7 * losses[peak], f"{target}: {losses}"
+        assert np.mean(losses[-3:]) < np.mean(losses[peak + 1:peak + 4]), f"{target}: {losses}"
         assert wrist_ci_models.weights[target].exists()
 
 
@@ -76,8 +81,9 @@ def test_evaluation_report(wrist_ci_models, tmp_path: Path) -> None:
 
 
 def test_cli_registers_train_and_evaluate_without_heavy_imports() -> None:
-    code = ("import sys, argparse; import training.wrist_cli as c; p = argparse.ArgumentParser();"
-            "s = p.add_subparsers(); c.register_train(s); c.register_evaluate(s);"
+    code = ("import sys, argparse; import training.wrist_cli as c;"
+            "p, q = argparse.ArgumentParser(), argparse.ArgumentParser();"
+            "s = p.add_subparsers(); c.register_train(s); c.register_evaluate(q.add_subparsers());"
             "print(sorted(m for m in ('torch', 'ultralytics', 'cv2') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout.strip()

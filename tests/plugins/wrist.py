@@ -8,7 +8,7 @@ Other suites (web app, PACS gateway, ...) use these to get REAL boxes for a wris
                     under `.cache/wrist/ci-<hash>` (hash of the wrist sources, the recipe and the
                     Ultralytics version), so later runs start instantly.
   wrist_repository  session; a read-only model repository with only the wrist models, served
-                    score threshold `WRIST_CI_CONF` (0.1)
+                    score threshold `WRIST_CI_CONF` (0.05)
                     (`wrist_preprocess`, `wrist_joints`, `wrist_bones`, `wrist_postprocess`,
                     `wrist_detect`), cached next to the weights. For MURA + wrist in one server
                     call `export.repository.build_repository(out, tiny=True,
@@ -39,7 +39,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CI_IMAGES = 64
 CI_SEED = 7
-WRIST_CI_CONF = 0.1
+WRIST_CI_CONF = 0.05
 """Served score threshold of the CI repository: lower than the 0.25 default because the CI
 detectors are briefly trained; the in-process reference uses the same threshold."""
 

@@ -47,13 +47,13 @@ function drawBoxes(item) {
   const box = svg("svg", { class: "boxes", viewBox: `0 0 ${item.width} ${item.height}`,
                            preserveAspectRatio: "none" });
   const stroke = Math.max(2, Math.round(Math.max(item.width, item.height) / 300));
-  const font = Math.max(12, Math.round(Math.max(item.width, item.height) / 45));
+  const font = Math.max(14, Math.round(Math.max(item.width, item.height) / 32));
   for (const b of item.boxes) {
     const g = svg("g", { class: "box", "data-label": b.label });
     g.append(svg("rect", { x: b.x1, y: b.y1, width: b.x2 - b.x1, height: b.y2 - b.y1,
                            "stroke-width": stroke, style: `stroke: ${b.colour}` }));
     const t = svg("text", { x: b.x1, y: Math.max(font, b.y1 - stroke), "font-size": font,
-                            style: `fill: ${b.colour}` });
+                            style: `fill: ${b.colour}; stroke: #000; stroke-width: ${stroke}px; paint-order: stroke` });
     t.textContent = `${b.label} ${b.score.toFixed(2)}`;
     g.append(t);
     box.append(g);
