@@ -1,9 +1,10 @@
-"""Load a radiograph file (PNG/JPEG/..., 8- or 16-bit, gray or colour) as uint8 grayscale [H, W].
+"""Load a radiograph file (PNG/JPEG/DICOM..., 8/16-bit, gray or colour) as uint8 grayscale [H, W].
 
 This is what every client sends to Triton: the small uint8 image, never float pixels (the
 preprocessing runs on the server). 16-bit images are windowed linearly from their own minimum and
 maximum to 0..255 (PNG exports of radiographs rarely use the full 16-bit range, so a fixed /257
-would leave them dark); colour images are converted with ITU-R 601-2 luma (PIL's "L").
+would leave them dark); colour images are converted with ITU-R 601-2 luma (PIL's "L"); DICOM files
+(recognised by their "DICM" marker, whatever their name) use `clients.dicom_pixels`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from msk.constants import IMAGE_SUFFIXES  # noqa: F401 - re-exported for callers
+
 Image.MAX_IMAGE_PIXELS = 200_000_000   # large detector plates are fine; decompression bombs are not
 
 
@@ -39,6 +41,21 @@ def _to_gray(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 files carry "DICM" after a 128-byte preamble."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _load_dicom(data: bytes, label: str) -> np.ndarray:
+    """DICOM goes through the full display pipeline (rescale, VOI LUT/window, MONOCHROME1)."""
+    from clients.dicom_pixels import DicomPixelError, load_dicom_grayscale
+
+    try:
+        return load_dicom_grayscale(data, source=label)
+    except DicomPixelError as exc:
+        raise ImageLoadError(str(exc)) from exc
+
+
 def load_grayscale(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
     """Decode `source` (a path or the file's bytes) to a non-empty uint8 [H, W] array."""
     label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
@@ -48,6 +65,8 @@ def load_grayscale(source: str | Path | bytes, name: str | None = None) -> np.nd
         raise ImageLoadError(f"{label}: cannot read file ({exc.strerror or exc})") from exc
     if not data:
         raise ImageLoadError(f"{label}: file is empty")
+    if is_dicom(data):
+        return _load_dicom(data, label)
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()

@@ -44,3 +44,26 @@ def write_samples(folder: Path) -> list[Path]:
             Image.fromarray((img * 255).astype(np.uint8)).save(path)
         paths.append(path)
     return sorted(paths)
+
+
+def write_dicom_sample(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2") -> Path:
+    """Write a minimal CR DICOM file with synthetic identifiers (no real patient data)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    cr_image_storage = "1.2.840.10008.5.1.4.1.1.1"
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = cr_image_storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = cr_image_storage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.PatientName, ds.PatientID = "CR", "Synthetic^Sample", "SYNTH-0"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

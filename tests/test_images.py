@@ -62,3 +62,14 @@ def test_validate_image_rejects_wrong_arrays():
         validate_image(np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ImageLoadError, match="no pixels"):
         validate_image(np.zeros((0, 4), np.uint8))
+
+
+def test_dicom_is_recognised_by_content_and_uses_the_display_pipeline(tmp_path):
+    from msk.samples import write_dicom_sample
+
+    pixels = np.tile(np.arange(0, 1024, 16, dtype=np.uint16), (8, 1))
+    path = write_dicom_sample(tmp_path / "no_suffix", pixels, photometric="MONOCHROME1")
+    out = load_grayscale(path)
+    assert out.shape == pixels.shape
+    # MONOCHROME1: high values are dark, so the row must now decrease.
+    assert out[0, 0] == 255 and out[0, -1] == 0
