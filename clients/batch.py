@@ -283,7 +283,7 @@ class BatchScorer:
                 return error_row(item, f"{item.path}: {message}", reason, attempts, latency)
             latency = time.perf_counter() - started
             try:
-                result = MuraClient._parse(response, item.path, item.body_part, self.contract)
+                result = MuraClient.parse_result(response, item.path, item.body_part, self.contract)
             except Exception as exc:  # noqa: BLE001 - a malformed response is this image's error
                 observe_request(self.pipeline, "bad_response", latency, sent)
                 return error_row(item, f"{item.path}: unexpected response ({exc})",

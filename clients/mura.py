@@ -197,7 +197,7 @@ class MuraClient:
                                          error=f"server: {error.message()}"))
                 return
             try:
-                parsed = self._parse(result, label, body_part, contract)
+                parsed = self.parse_result(result, label, body_part, contract)
             except Exception as exc:  # noqa: BLE001 - a malformed response is this image's error
                 finish(index, MuraResult(source=label, body_part=body_part,
                                          error=f"bad response: {exc}"))
@@ -216,8 +216,9 @@ class MuraClient:
                                      error=f"server: {exc.message()}"))
 
     @staticmethod
-    def _parse(result, label: str, body_part: str | None,
-               contract: EnsembleContract) -> MuraResult:
+    def parse_result(result, label: str, body_part: str | None,
+                     contract: EnsembleContract) -> MuraResult:
+        """Turn one ensemble response into a MuraResult (shared with the batch scorer)."""
         probability = float(result.as_numpy(contract.probability).reshape(-1)[0])
         member_values = result.as_numpy(contract.member_probabilities).reshape(-1)
         members = dict(zip(contract.members, (float(v) for v in member_values), strict=True))

@@ -47,7 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--secondary-capture", action="store_const", const=True,
                    help="also send a Secondary Capture heatmap overlay per scored image")
     p.add_argument("--metrics-port", type=int,
-                   help="serve Prometheus metrics on this port (loopback; default off)")
+                   help="serve Prometheus metrics on this port (default off)")
+    p.add_argument("--metrics-host",
+                   help="address for the metrics port (default 127.0.0.1; 0.0.0.0 in a container)")
     p.add_argument("--audit-log", type=Path,
                    help="JSON-lines audit log (default DATA_DIR/audit.jsonl)")
     p.add_argument("--log-file", type=Path, help="also write logs to this file")
@@ -63,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "allowed_calling_aes",
             "require_called_aet", "stable_seconds", "data_dir", "max_attempts",
             "backoff_base_s", "backoff_max_s", "rules", "wrist", "secondary_capture",
-            "metrics_port", "audit_log", "log_file", "log_level")
+            "metrics_port", "metrics_host", "audit_log", "log_file", "log_level")
 
 
 def run(args: argparse.Namespace) -> int:
