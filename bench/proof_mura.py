@@ -37,7 +37,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "proof-mura",
                    help="work folder (data, checkpoints, report); recreated each run")
     p.add_argument("--image-size", type=int, default=64, help="backbone input size (px)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per member")
+    p.add_argument("--epochs-densenet", type=int, default=2,
+                   help="max epochs of the DenseNet-169 members (they learn the task in 1-2)")
+    p.add_argument("--epochs-resnet", type=int, default=5,
+                   help="max epochs of the ResNet-101 members (slower to start from random "
+                   "init, cheaper per epoch)")
     p.add_argument("--lr", type=float, default=PROOF_LR, help="Adam learning rate")
     p.add_argument("--train-patients", type=int, default=100,
                    help="synthetic patients in MURA's train split (a quarter becomes test)")
@@ -101,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     for member in MURA_MEMBERS:
         recipe = load_recipe(f"mura_{member}")
-        recipe.update(image_size=args.image_size, epochs=args.epochs, lr=args.lr,
+        epochs = (args.epochs_densenet if recipe["architecture"] == "densenet169"
+                  else args.epochs_resnet)
+        recipe.update(image_size=args.image_size, epochs=epochs, lr=args.lr,
                       num_workers=0, seed=args.seed)
         t0 = time.perf_counter()
         result = train_member(recipe, splits["train"], splits["valid"], args.out / member,

@@ -44,14 +44,21 @@ WRIST_CI_CONF = 0.05
 detectors are briefly trained; the in-process reference uses the same threshold."""
 
 
+def _wrist_constants() -> bytes:
+    """Only the wrist constants (MURA edits to msk/constants.py must not retrain the detectors)."""
+    import msk.constants as c
+
+    return repr(sorted((k, v) for k, v in vars(c).items() if k.startswith("WRIST"))).encode()
+
+
 def _wrist_key() -> str:
     import ultralytics
 
     digest = hashlib.sha256(ultralytics.__version__.encode())
-    digest.update(f"{CI_IMAGES}:{CI_SEED}".encode())
+    digest.update(f"{CI_IMAGES}:{CI_SEED}".encode() + _wrist_constants())
     for pattern in ("training/wrist_synthetic.py", "training/wrist_labels.py",
                     "training/wrist_preprocess.py", "training/wrist_train.py",
-                    "training/recipes/wrist_ci.yaml", "msk/wrist_geometry.py", "msk/constants.py"):
+                    "training/recipes/wrist_ci.yaml", "msk/wrist_geometry.py"):
         for path in sorted(ROOT.glob(pattern)):
             digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:12]
@@ -99,6 +106,10 @@ def _train_into(target: Path) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     models = train_ci_models(tmp)
+    for data_yaml in models.data.values():   # point each data.yaml at the final folder
+        doc = yaml.safe_load(Path(data_yaml).read_text())
+        doc["path"] = str(target / Path(doc["path"]).relative_to(tmp))
+        Path(data_yaml).write_text(yaml.safe_dump(doc, sort_keys=False))
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     rel = {k: str(Path(p).relative_to(tmp)) for k, p in models.weights.items()}
@@ -109,23 +120,15 @@ def _train_into(target: Path) -> None:
 
 def _load_models(target: Path) -> WristCIModels:
     info = json.loads((target / "models.json").read_text())
-    # data.yaml holds the absolute path of the build folder: point it at the final place
-    data = {}
-    for k, rel in info["data"].items():
-        yaml_path = target / rel
-        doc = yaml.safe_load(yaml_path.read_text())
-        doc["path"] = str(yaml_path.parent)
-        yaml_path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        data[k] = yaml_path
     return WristCIModels({k: target / v for k, v in info["weights"].items()}, info["losses"],
-                         data, target)
+                         {k: target / v for k, v in info["data"].items()}, target)
 
 
 @pytest.fixture(scope="session")
 def wrist_repository(wrist_ci_models: WristCIModels) -> Path:
     key = hashlib.sha256()
-    key.update(str(WRIST_CI_CONF).encode())
-    for pattern in ("export/wrist_*.py", "msk/wrist_geometry.py", "msk/constants.py"):
+    key.update(str(WRIST_CI_CONF).encode() + _wrist_constants())
+    for pattern in ("export/wrist_*.py", "msk/wrist_geometry.py"):
         for path in sorted(ROOT.glob(pattern)):
             key.update(path.name.encode() + path.read_bytes())
     target = wrist_ci_models.root / f"repository-{key.hexdigest()[:12]}"
