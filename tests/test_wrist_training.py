@@ -80,8 +80,10 @@ def test_evaluation_report(wrist_ci_models, tmp_path: Path) -> None:
     assert "mAP50" in (tmp_path / "eval" / "report.md").read_text()
 
 
-def test_cli_registers_train_and_evaluate_without_heavy_imports() -> None:
+def test_cli_and_clients_are_import_light() -> None:
+    """CLI registration and the clients never pull in torch, Ultralytics or OpenCV."""
     code = ("import sys, argparse; import training.wrist_cli as c;"
+            "import clients.wrist, clients.overlay, msk.commands.detect, msk.wrist_geometry;"
             "p, q = argparse.ArgumentParser(), argparse.ArgumentParser();"
             "s = p.add_subparsers(); c.register_train(s); c.register_evaluate(q.add_subparsers());"
             "print(sorted(m for m in ('torch', 'ultralytics', 'cv2') if m in sys.modules))")
