@@ -28,12 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from msk.constants import MURA_BODY_PARTS
-
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom", ".pgm"}
-)
-"""Extensions picked up when a folder or glob is expanded (explicit files are always taken)."""
+from msk.constants import IMAGE_SUFFIXES, MURA_BODY_PARTS
 
 _MURA_STUDY = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
 _MURA_PATIENT = re.compile(r"^patient\d+$", re.IGNORECASE)

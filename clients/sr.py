@@ -32,6 +32,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from clients.wrist import Detection
 from msk import RESEARCH_USE_NOTICE, __version__
 
 COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
@@ -101,16 +102,8 @@ STRUCTURE_MEANINGS: dict[str, str] = {
 """Readable meanings for the wrist detector classes (msk.constants.WRIST_CLASSES)."""
 
 
-@dataclass(frozen=True)
-class Structure:
-    """A detected wrist structure in source-image pixel coordinates."""
-
-    class_name: str
-    score: float
-    x1: float
-    y1: float
-    x2: float
-    y2: float
+Structure = Detection
+"""A detected wrist structure in source-image pixel coordinates (the wrist client's type)."""
 
 
 @dataclass

@@ -15,13 +15,13 @@ holds `model.onnx`, it writes `model.plan` next to it with:
   * a shared timing cache, so rebuilding after a new model version takes seconds, not minutes.
 A sidecar `model.plan.json` records the ONNX SHA-256, GPU, TensorRT version and command; an
 engine is rebuilt only when one of them changed (engines are specific to GPU and TensorRT).
-Only the standard library and `msk.constants` are imported: NVIDIA's container has nothing else.
+Only the standard library, `msk.constants` and `export.manifest` (itself stdlib-only) are
+imported: NVIDIA's container has nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import re
@@ -30,6 +30,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from export.manifest import sha256_file
 
 TRTEXEC_CANDIDATES = ("trtexec", "/usr/src/tensorrt/bin/trtexec")
 DEFAULT_WORKSPACE_MIB = 4096
@@ -112,14 +114,6 @@ def trtexec_command(trtexec: str, onnx: Path, plan: Path, spec: ModelSpec,
     return cmd
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def gpu_identity() -> str:
     """The GPU the engine is built for (engines are not portable across GPU models)."""
     try:
@@ -192,7 +186,7 @@ def plan_jobs(repository: Path, trtexec: str, timing_cache: Path | None,
             plan = version_dir / "model.plan"
             cmd = trtexec_command(trtexec, onnx, plan.with_name("model.plan.tmp"), spec,
                                   timing_cache, workspace_mib, fp16)
-            stamp = {"onnx_sha256": _sha256(onnx), "gpu": gpu, "tensorrt": trt_version,
+            stamp = {"onnx_sha256": sha256_file(onnx), "gpu": gpu, "tensorrt": trt_version,
                      "command": " ".join(cmd[1:])}
             jobs.append(EngineJob(spec.name, version_dir.name, onnx, plan, cmd, stamp))
     return jobs

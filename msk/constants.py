@@ -105,5 +105,7 @@ DEFAULT_GRPC_URL = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
-"""File suffixes that folder expansion treats as radiographs (DICOM is also sniffed by content)."""
+IMAGE_SUFFIXES: frozenset[str] = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".dcm", ".dicom"})
+"""Suffixes that folder/glob expansion treats as radiographs (explicit files are always taken;
+DICOM is also recognised by content)."""
