@@ -101,6 +101,12 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_GRPC_URL = f"{DEFAULT_HOST}:{DEFAULT_GRPC_PORT}"
+DEFAULT_WEB_PORT = 8080
+"""`msk web`."""
+DEFAULT_AE_TITLE = "MSKTRITON"
+DEFAULT_DICOM_PORT = 11112
+"""`msk gateway`: the AE title and port a PACS sends to; 11112 is the IANA-registered DICOM port
+that needs no root privileges (104 does)."""
 
 # --------------------------------------------------------------------------------------------
 # Inputs

@@ -12,12 +12,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from msk.constants import DEFAULT_AE_TITLE, DEFAULT_DICOM_PORT
+
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 """PS3.5: AE titles are 1-16 characters of the default repertoire without backslash."""
-
-DEFAULT_AE_TITLE = "MSKTRITON"
-DEFAULT_DICOM_PORT = 11112
-"""The IANA-registered DICOM port that needs no root privileges (104 does)."""
 
 
 def check_ae_title(value: str, what: str = "AE title") -> str:

@@ -10,9 +10,8 @@ import argparse
 import logging
 import sys
 
-from msk.constants import DEFAULT_GRPC_URL, DEFAULT_HOST
+from msk.constants import DEFAULT_GRPC_URL, DEFAULT_HOST, DEFAULT_WEB_PORT
 
-DEFAULT_WEB_PORT = 8080
 """Default port of `msk web` (local to this command; the lead may move it to msk.constants)."""
 
 
