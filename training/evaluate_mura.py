@@ -54,8 +54,9 @@ def member_predictions(checkpoint_path: Path, records: Sequence[Record], device:
     """Run one checkpoint over the records at the image size it was trained at."""
     from training.models import load_checkpoint
     from training.mura_data import MuraImageDataset
-    from training.train_mura import predict_logits
+    from training.train_mura import _device, predict_logits
 
+    _device(device)  # also flushes denormals on CPU
     model, meta = load_checkpoint(Path(checkpoint_path))
     model = model.to(device)
     dataset = MuraImageDataset(records, int(meta.get("image_size", 320)), cache=cache)

@@ -73,8 +73,12 @@ class TrainResult:
 
 
 def _device(requested: str):
+    """Resolve "auto"/"cpu"/"cuda[:N]". On CPU also flush denormals to zero: freshly initialised
+    DenseNet/ResNet layers produce subnormal floats whose arithmetic is 20-30x slower on x86
+    (measured here: 1.4 s vs 27-45 s per DenseNet-169 step), without changing results."""
     import torch
 
+    torch.set_flush_denormal(True)
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
