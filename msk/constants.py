@@ -93,6 +93,24 @@ WRIST_DETECTED_IOU = 0.65
 
 WRIST_DETECT_MODEL = "wrist_detect"
 
+# Ultralytics' letterbox padding value (grey) and its NMS defaults, copied so that the served
+# pipeline reproduces the in-process predictor.
+DETECTOR_PAD_VALUE = 114
+WRIST_CONF_THRESHOLD = 0.25
+WRIST_NMS_IOU = 0.7
+WRIST_MAX_DETECTIONS = 300
+
+# Triton names of the wrist pipeline.
+WRIST_PREPROCESS_MODEL = "wrist_preprocess"
+WRIST_JOINTS_MODEL = "wrist_joints"
+WRIST_BONES_MODEL = "wrist_bones"
+WRIST_POSTPROCESS_MODEL = "wrist_postprocess"
+BOXES_TENSOR = "BOXES"            # FP32 [N, 4] x1, y1, x2, y2 in original pixels
+CLASSES_TENSOR = "CLASSES"        # BYTES [N] class names (WRIST_CLASSES)
+SCORES_TENSOR = "SCORES"          # FP32 [N]
+WRIST_PROVENANCE_TENSOR = "PROVENANCE"  # BYTES [1] JSON: detector versions, sha256, sizes
+
+
 # --------------------------------------------------------------------------------------------
 # Local server defaults (127.0.0.1 only)
 # --------------------------------------------------------------------------------------------

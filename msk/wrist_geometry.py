@@ -30,29 +30,25 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from msk.constants import (
+from msk.constants import (  # noqa: F401 - the wrist names are re-exported for callers
+    BOXES_TENSOR,
+    CLASSES_TENSOR,
+    DETECTOR_PAD_VALUE,
+    SCORES_TENSOR,
+    WRIST_BONES_MODEL,
+    WRIST_CONF_THRESHOLD,
     WRIST_CROP_TOP_FRACTION,
     WRIST_HEIGHT,
+    WRIST_JOINTS_MODEL,
+    WRIST_MAX_DETECTIONS,
+    WRIST_NMS_IOU,
+    WRIST_POSTPROCESS_MODEL,
+    WRIST_PREPROCESS_MODEL,
+    WRIST_PROVENANCE_TENSOR,
     WRIST_WIDTH,
 )
 
-# Ultralytics' letterbox padding value (grey) and its NMS defaults, copied so that the served
-# pipeline reproduces the in-process predictor. (Candidates for msk/constants.py.)
-DETECTOR_PAD_VALUE = 114
-WRIST_CONF_THRESHOLD = 0.25
-WRIST_NMS_IOU = 0.7
-WRIST_MAX_DETECTIONS = 300
 _NMS_MAX_WH = 7680  # Ultralytics' class offset for class-aware NMS in one pass
-
-# Triton names of the wrist pipeline (candidates for msk/constants.py; clients import them here).
-WRIST_PREPROCESS_MODEL = "wrist_preprocess"
-WRIST_JOINTS_MODEL = "wrist_joints"
-WRIST_BONES_MODEL = "wrist_bones"
-WRIST_POSTPROCESS_MODEL = "wrist_postprocess"
-BOXES_TENSOR = "BOXES"            # FP32 [N, 4] x1, y1, x2, y2 in original pixels
-CLASSES_TENSOR = "CLASSES"        # BYTES [N] class names (WRIST_CLASSES)
-SCORES_TENSOR = "SCORES"          # FP32 [N]
-WRIST_PROVENANCE_TENSOR = "PROVENANCE"  # BYTES [1] JSON: detector versions, sha256, sizes
 
 _CROP_NUM = round(WRIST_CROP_TOP_FRACTION * 7)
 _CROP_DEN = 7
