@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "proof-mura",
                    help="work folder (data, checkpoints, report); recreated each run")
-    p.add_argument("--image-size", type=int, default=64, help="backbone input size (px)")
+    p.add_argument("--image-size", type=int, default=96, help="backbone input size (px)")
     p.add_argument("--epochs-densenet", type=int, default=2,
                    help="max epochs of the DenseNet-169 members (they learn the task in 1-2)")
     p.add_argument("--epochs-resnet", type=int, default=5,
