@@ -29,6 +29,7 @@ from msk.constants import (
     MURA_IMAGE_SIZE,
     MURA_MEAN_MODEL,
     MURA_MEMBERS,
+    MURA_OVERALL_OPERATING_POINT,
     MURA_PREPROCESS_MODEL,
     MURA_TINY_ARCHITECTURE,
 )
@@ -151,13 +152,14 @@ def build_repository(
     pre_path.write_bytes(build_preprocess_graph(image_size).SerializeToString())
     records.append(artifact_record(out_dir, MURA_PREPROCESS_MODEL, version, pre_path))
 
-    points = {part: float((operating_points or {}).get(part, MURA_DEFAULT_THRESHOLD))
-              for part in MURA_BODY_PARTS}
+    given = operating_points or {}
+    default_threshold = float(given.get(MURA_OVERALL_OPERATING_POINT, MURA_DEFAULT_THRESHOLD))
+    points = {part: float(given.get(part, default_threshold)) for part in MURA_BODY_PARTS}
     provenance = {
         "pipeline": MURA_ENSEMBLE_MODEL, "version": str(version), "weights": kind,
         "members": members,
         "preprocess": {"version": str(version), "sha256": records[-1]["sha256"]},
-        "operating_points": points, "default_threshold": MURA_DEFAULT_THRESHOLD,
+        "operating_points": points, "default_threshold": default_threshold,
         "commit": current_commit(), "notice": RESEARCH_USE_NOTICE,
     }
     mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),

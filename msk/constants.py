@@ -68,6 +68,13 @@ MURA_BACKBONE_MAX_BATCH = 8
 MURA_DEFAULT_THRESHOLD = 0.5
 """Normal/abnormal call when no calibrated operating point is stored with the models."""
 
+MURA_CALIBRATION_FILE = "ensemble_calibration.json"
+"""Written next to the checkpoints by `msk evaluate mura`, read by `msk export --checkpoints`:
+{"operating_points": {body_part: threshold, MURA_OVERALL_OPERATING_POINT: threshold}}."""
+
+MURA_OVERALL_OPERATING_POINT = "default"
+"""Key of the ensemble's overall operating point (used when an image's body part is unknown)."""
+
 MURA_DEMO_SEED = 0
 """Seed of the untrained demo weights (deterministic, so the demo repository is reproducible)."""
 

@@ -74,7 +74,7 @@ def test_promotion_adds_a_version_and_keeps_the_old_one_loadable(tmp_path, repos
     assert latest_version(repo) == 1
     checkpoints = _tiny_checkpoints(tmp_path, seed=40)
     version = build_repository(repo, checkpoints=checkpoints,
-                               operating_points={"wrist": 0.42, "elbow": 0.61})
+                               operating_points={"wrist": 0.42, "elbow": 0.61, "default": 0.55})
     assert version == 2
     for member in MURA_MEMBERS:
         assert existing_versions(repo, member) == [1, 2]
@@ -91,6 +91,10 @@ def test_promotion_adds_a_version_and_keeps_the_old_one_loadable(tmp_path, repos
         assert result.versions["pipeline"] == "2" and result.weights == "trained"
         assert result.threshold == pytest.approx(0.61)
         assert result.abnormal == (result.probability >= 0.61)
+        unknown_part = client.score([image], heatmaps=False)[0]
+        assert unknown_part.threshold == pytest.approx(0.55)
+        assert client.score([image], body_parts=["hand"], heatmaps=False)[0].threshold == \
+            pytest.approx(0.55)
         # The previous version is still loaded and addressable by number.
         raw = grpcclient.InferenceServerClient(server.grpc_url)
         for member in MURA_MEMBERS:

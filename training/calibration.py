@@ -17,14 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from msk.constants import MURA_BODY_PARTS, MURA_DEFAULT_THRESHOLD
+from msk.constants import MURA_BODY_PARTS, MURA_DEFAULT_THRESHOLD, MURA_OVERALL_OPERATING_POINT
 from training.metrics import roc_curve
 
 OPERATING_POINT_METHODS = ("youden", "sensitivity")
 MIN_POSITIVES_FOR_POINT = 5
 """Fewer abnormal (or normal) validation cases than this in a body part: use the overall point."""
 
-OVERALL_KEY = "default"
+OVERALL_KEY = MURA_OVERALL_OPERATING_POINT
 """Key of the all-body-parts operating point in the stored mapping (used for unknown parts)."""
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_MEMBERS
+from msk.constants import MURA_CALIBRATION_FILE, MURA_DEFAULT_THRESHOLD, MURA_MEMBERS
 from training.calibration import (
     OVERALL_KEY,
     apply_temperature,
@@ -33,7 +33,7 @@ from training.mura_data import Record, fingerprint
 
 log = logging.getLogger("msk.evaluate.mura")
 ENSEMBLE = "ensemble"
-CALIBRATION_FILE = "ensemble_calibration.json"
+CALIBRATION_FILE = MURA_CALIBRATION_FILE
 """Read by `msk export --checkpoints DIR`: {"operating_points": {body_part: threshold}}."""
 
 

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from msk.constants import MURA_MEMBERS
+from msk.constants import MURA_CALIBRATION_FILE, MURA_MEMBERS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +47,7 @@ def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"missing checkpoints: {', '.join(missing)}")
-    calibration = folder / "ensemble_calibration.json"
+    calibration = folder / MURA_CALIBRATION_FILE
     points = (json.loads(calibration.read_text()).get("operating_points")
               if calibration.is_file() else None)
     return paths, points
