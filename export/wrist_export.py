@@ -13,11 +13,11 @@ the raw head `[B, 4 + nc, anchors]`; NMS runs in the postprocessing model, as in
 from __future__ import annotations
 
 import ast
-import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.manifest import sha256_file
 from msk.wrist_geometry import export_size
 
 ONNX_OPSET = 18
@@ -36,14 +36,6 @@ class ExportedDetector:
     @property
     def anchors(self) -> int:
         return sum((self.in_h // s) * (self.in_w // s) for s in (8, 16, 32))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def checkpoint_info(weights: Path) -> tuple[tuple[str, ...], int]:
@@ -94,4 +86,4 @@ def export_detector(weights: Path, out_path: Path, *, size: tuple[int, int] | No
     out_path.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(produced), out_path)
     shutil.rmtree(work, ignore_errors=True)
-    return ExportedDetector(out_path, names, in_h, in_w, sha256_of(out_path))
+    return ExportedDetector(out_path, names, in_h, in_w, sha256_file(out_path))

@@ -25,13 +25,13 @@ import json
 import shutil
 from pathlib import Path
 
+from export.manifest import artifact_record, sha256_file
 from export.wrist_export import (
     DETECTOR_INPUT,
     DETECTOR_OUTPUT,
     ExportedDetector,
     export_detector,
     read_onnx_metadata,
-    sha256_of,
 )
 from export.wrist_preprocess_graph import (
     GEOMETRY_OUTPUT,
@@ -222,13 +222,9 @@ def ensemble_config(dets: dict[str, ExportedDetector]) -> str:
     ])
 
 
-def _record(model: str, version: int, path: Path) -> dict:
-    return {"model": model, "version": str(version), "path": str(path), "sha256": sha256_of(path)}
-
-
 def _as_exported(path: Path) -> ExportedDetector:
     names, in_h, in_w = read_onnx_metadata(path)
-    return ExportedDetector(path, names, in_h, in_w, sha256_of(path))
+    return ExportedDetector(path, names, in_h, in_w, sha256_file(path))
 
 
 def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "cpu",
@@ -263,7 +259,7 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "c
                              f"expected {list(classes)}")
         dets[key], versions[model] = det, version
         (repo / model / "config.pbtxt").write_text(detector_config(model, det, target))
-        records.append(_record(model, version, onnx_path))
+        records.append(artifact_record(repo, model, version, onnx_path))
     sizes = {(d.in_h, d.in_w) for d in dets.values()}
     if len(sizes) != 1:
         raise ValueError(f"both detectors must share one input size, got {sorted(sizes)}")
@@ -274,7 +270,7 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "c
         repo / WRIST_PREPROCESS_MODEL / str(pre_version) / "model.onnx", in_h, in_w)
     (repo / WRIST_PREPROCESS_MODEL / "config.pbtxt").write_text(
         preprocess_config(in_h, in_w, target))
-    records.append(_record(WRIST_PREPROCESS_MODEL, pre_version, pre_path))
+    records.append(artifact_record(repo, WRIST_PREPROCESS_MODEL, pre_version, pre_path))
 
     post_version = _next_version(repo / WRIST_POSTPROCESS_MODEL)
     post_dir = repo / WRIST_POSTPROCESS_MODEL / str(post_version)
@@ -288,7 +284,7 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "c
         "detectors": {DETECTORS[k][0]: {"version": str(versions[DETECTORS[k][0]]),
                                         "sha256": d.sha256, "classes": list(d.names)}
                       for k, d in dets.items()},
-        "preprocess": {"version": str(pre_version), "sha256": sha256_of(pre_path)},
+        "preprocess": {"version": str(pre_version), "sha256": sha256_file(pre_path)},
         "postprocess": {"version": str(post_version)},
         "detector_input": [in_h, in_w],
         "conf": conf, "iou": WRIST_NMS_IOU,
@@ -302,13 +298,14 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "c
     (post_dir / "params.json").write_text(json.dumps(params, indent=1))
     (post_dir / "model.py").write_text(_POSTPROCESS_MODEL_PY)
     (repo / WRIST_POSTPROCESS_MODEL / "config.pbtxt").write_text(postprocess_config(dets))
-    records.append(_record(WRIST_POSTPROCESS_MODEL, post_version, post_dir / "model.py"))
+    records.append(artifact_record(repo, WRIST_POSTPROCESS_MODEL, post_version,
+                                   post_dir / "model.py"))
 
     ens_dir = repo / WRIST_DETECT_MODEL
     ens_version = _next_version(ens_dir)
     (ens_dir / str(ens_version)).mkdir(parents=True, exist_ok=True)
     (ens_dir / "config.pbtxt").write_text(ensemble_config(dets))
-    records.append(_record(WRIST_DETECT_MODEL, ens_version, ens_dir / "config.pbtxt"))
+    records.append(artifact_record(repo, WRIST_DETECT_MODEL, ens_version, ens_dir / "config.pbtxt"))
     for r in records:
         r["path"] = str(Path(r["path"]).relative_to(repo))
     return records

@@ -157,6 +157,10 @@ class TritonServer:
                 except subprocess.TimeoutExpired:
                     self._killpg()
             code = self.process.returncode
+            # A python-backend stub that outlives the server's own exit timeout would be orphaned
+            # (seen here after SIGTERM under heavy load): the whole group goes with the server.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self._cleanup_shm()
         return code
 
@@ -168,7 +172,7 @@ class TritonServer:
 
     def _killpg(self) -> None:
         assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(30)
 

@@ -23,8 +23,8 @@ def test_new_versions_and_placement(wrist_repository: Path, tmp_path: Path) -> N
             "bones": _onnx(wrist_repository, "wrist_bones")}
     first = write_wrist_models(tmp_path, onnx)
     second = write_wrist_models(tmp_path, onnx, target="gpu")
-    assert {r["model"]: r["version"] for r in first}["wrist_joints"] == "1"
-    assert {r["model"]: r["version"] for r in second}["wrist_joints"] == "2"
+    assert {r["model"]: r["version"] for r in first}["wrist_joints"] == 1
+    assert {r["model"]: r["version"] for r in second}["wrist_joints"] == 2
     assert (tmp_path / "wrist_joints" / "1" / "model.onnx").exists()      # old version stays
     for r in second:
         assert (tmp_path / r["path"]).exists() and len(r["sha256"]) == 64

@@ -97,7 +97,7 @@ def test_bad_inputs_fail_alone_and_versions_are_reported(client, wrist_repositor
     assert "missing.png" in results[3].error
     assert results[2].error is None
     records = json.loads((wrist_repository / "wrist_records.json").read_text())
-    served = {r["model"]: r["version"] for r in records}
+    served = {r["model"]: str(r["version"]) for r in records}
     for model in ("wrist_joints", "wrist_bones", "wrist_preprocess", "wrist_postprocess"):
         assert results[2].versions[model] == served[model]
     sha = {r["model"]: r["sha256"] for r in records}
