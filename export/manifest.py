@@ -25,8 +25,11 @@ def sha256_file(path: Path) -> str:
 
 
 def artifact_record(repository: Path, model: str, version: int, path: Path) -> dict:
-    return {"model": model, "version": version, "path": str(path.relative_to(repository)),
-            "sha256": sha256_file(path), "bytes": path.stat().st_size}
+    """One manifest row; `path` is absolute (inside `repository`) or relative to it."""
+    full = Path(path) if Path(path).is_absolute() else Path(repository) / path
+    return {"model": model, "version": int(version),
+            "path": str(full.relative_to(repository)),
+            "sha256": sha256_file(full), "bytes": full.stat().st_size}
 
 
 def current_commit() -> str:

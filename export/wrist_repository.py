@@ -305,7 +305,6 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "c
     ens_version = _next_version(ens_dir)
     (ens_dir / str(ens_version)).mkdir(parents=True, exist_ok=True)
     (ens_dir / "config.pbtxt").write_text(ensemble_config(dets))
-    records.append(artifact_record(repo, WRIST_DETECT_MODEL, ens_version, ens_dir / "config.pbtxt"))
-    for r in records:
-        r["path"] = str(Path(r["path"]).relative_to(repo))
+    records.append(artifact_record(repo, WRIST_DETECT_MODEL, ens_version,
+                                   ens_dir / "config.pbtxt"))
     return records
