@@ -46,6 +46,13 @@ proof-mura: setup
 proof-wrist: setup
 	$(BIN)/python bench/proof_wrist.py
 
+# Serving benchmarks (each prints ratios against a baseline measured in the same run).
+bench: setup
+	$(BIN)/msk export --repository model_repository
+	$(BIN)/python bench/bench_mura.py --repository model_repository
+	$(BIN)/python bench/bench_batch.py
+	$(BIN)/python bench/bench_wrist.py
+
 clean:
-	rm -rf .cache runs artifacts samples test-artifacts
+	rm -rf .cache runs artifacts samples test-artifacts model_repository/manifest.json
 	find model_repository -mindepth 2 -maxdepth 2 -type d -name '[0-9]*' -exec rm -rf {} +
