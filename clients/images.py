@@ -73,7 +73,10 @@ def load_grayscale(source: str | Path | bytes, name: str | None = None) -> np.nd
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             pixels = _to_gray(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
+        # ImportError: Ultralytics, when imported in the same process, patches PIL.Image.open to
+        # import an optional HEIF plugin for files PIL cannot identify; without it that is still
+        # simply "not a readable image".
         raise ImageLoadError(f"{label}: not a readable image ({type(exc).__name__}: {exc})"
                              ) from exc
     except Image.DecompressionBombError as exc:

@@ -181,6 +181,11 @@ class MuraClient:
             finish(index, MuraResult(source=label, body_part=body_part,
                                      error=f"server: {exc.message()}"))
             return
+        except Exception as exc:  # noqa: BLE001 - one unreadable input never ends the batch
+            observe_request(self.pipeline, "invalid_input", 0.0, 0)
+            finish(index, MuraResult(source=label, body_part=body_part,
+                                     error=f"{label}: cannot read ({type(exc).__name__}: {exc})"))
+            return
         infer_input = grpcclient.InferInput(contract.input_name, list(pixels.shape), "UINT8")
         infer_input.set_data_from_numpy(pixels)
         wanted = [contract.probability, contract.member_probabilities]

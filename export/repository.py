@@ -106,10 +106,6 @@ def build_repository(
     """Write the repository into `out_dir`; return the MURA pipeline version now served."""
     import torch
 
-    from export.backbone_export import export_backbone
-    from export.mean_graph import build_mean_graph
-    from export.preprocess_graph import build_preprocess_graph
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_configs(out_dir, render_mura_configs(target, image_size))
@@ -124,10 +120,22 @@ def build_repository(
         return current
     version = max([current, *(v for m in MURA_MODELS for v in existing_versions(out_dir, m))]) + 1
 
-    torch.set_grad_enabled(False)
+    with torch.no_grad():
+        records, members, biases, temperatures = _export_members(
+            out_dir, version, kind, checkpoints, tiny, imagenet_weights, image_size)
+    return _finish(out_dir, version, kind, records, members, biases, temperatures, image_size,
+                   operating_points, wrist_weights, target)
+
+
+def _export_members(out_dir: Path, version: int, kind: str, checkpoints, tiny: bool,
+                    imagenet_weights, image_size: int) -> tuple[list, dict, list, list]:
+    """Export the four backbones into version `version`; gradients stay off only in here."""
+    from export.backbone_export import export_backbone
+
     records: list[dict] = []
     members: dict[str, dict] = {}
-    biases, temperatures = [], []
+    biases: list[float] = []
+    temperatures: list[float] = []
     for member, load in _member_sources(checkpoints, tiny, imagenet_weights).items():
         backbone, meta = load()
         _check_checkpoint(member, meta, image_size)
@@ -146,6 +154,16 @@ def build_repository(
             "dataset_fingerprint": meta.get("dataset_fingerprint"),
             "metrics": meta.get("metrics", {}), "parity_max_abs_diff": diff,
         }
+    return records, members, biases, temperatures
+
+
+def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members: dict,
+            biases: list[float], temperatures: list[float], image_size: int,
+            operating_points: dict[str, float] | None, wrist_weights: dict[str, Path] | None,
+            target: str) -> int:
+    """Write the preprocessing and averaging graphs, the ensemble folder and the manifest."""
+    from export.mean_graph import build_mean_graph
+    from export.preprocess_graph import build_preprocess_graph
 
     pre_path = out_dir / MURA_PREPROCESS_MODEL / str(version) / "model.onnx"
     pre_path.parent.mkdir(parents=True, exist_ok=True)

@@ -91,6 +91,23 @@ def _registered(url: str, prefix: str) -> list[str]:
     return [str(n) for n in names if str(n).startswith(prefix)]
 
 
+def _unregister_when_idle(url: str, name: str, timeout: float = 60.0) -> None:
+    """Unregister a killed client's region once the server's in-flight requests release it."""
+    import time
+
+    from tritonclient.utils import InferenceServerException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _client(url).unregister_system_shared_memory(name)
+            return
+        except InferenceServerException as exc:
+            if "in use" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_score_cli_rows_errors_studies_and_resume(tiny_triton, tmp_path):
     images = _mura_images(tmp_path, studies=3, per_study=2)
     corrupt = images[0].parent / "image9.png"

@@ -76,6 +76,7 @@ def test_promotion_adds_a_version_and_keeps_the_old_one_loadable(tmp_path, repos
     version = build_repository(repo, checkpoints=checkpoints,
                                operating_points={"wrist": 0.42, "elbow": 0.61, "default": 0.55})
     assert version == 2
+    assert torch.is_grad_enabled(), "exporting must not switch autograd off for the process"
     for member in MURA_MEMBERS:
         assert existing_versions(repo, member) == [1, 2]
     manifest = load_manifest(repo)

@@ -73,3 +73,14 @@ def test_dicom_is_recognised_by_content_and_uses_the_display_pipeline(tmp_path):
     assert out.shape == pixels.shape
     # MONOCHROME1: high values are dark, so the row must now decrease.
     assert out[0, 0] == 255 and out[0, -1] == 0
+
+
+def test_bad_bytes_stay_a_clear_error_when_ultralytics_patched_pil():
+    """Ultralytics replaces PIL.Image.open with one that imports an optional HEIF plugin."""
+    from training.wrist_train import ultralytics_offline
+
+    ultralytics_offline()
+    import ultralytics.utils.patches  # noqa: F401 - applies the patch
+
+    with pytest.raises(ImageLoadError, match="not a readable image"):
+        load_grayscale(b"GIF89a-not-really", name="upload.gif")
