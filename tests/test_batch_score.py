@@ -236,7 +236,7 @@ def test_client_killed_mid_batch_then_resumed_with_shared_memory(tiny_triton, tm
         for region in Path("/dev/shm").glob(f"{SHM_PREFIX}{proc.pid}_*"):
             region.unlink(missing_ok=True)
         for name in _registered(tiny_triton.grpc_url, f"{SHM_PREFIX}{proc.pid}_"):
-            _client(tiny_triton.grpc_url).unregister_system_shared_memory(name)
+            _unregister_when_idle(tiny_triton.grpc_url, name)
     first = len(read_rows(out))
     assert 0 < first < len(images)
     ok = re.search(r'msk_client_requests_total\{outcome="ok",pipeline="[a-z_]+"\} (\S+)', metrics)
