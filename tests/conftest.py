@@ -11,6 +11,7 @@ import hashlib
 import os
 import pkgutil
 import shutil
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,22 +61,48 @@ def tiny_repository() -> Path:
     return cached_repository("tiny", tiny=True)
 
 
+def _alive(server):
+    """Hand out a session server; if an earlier test crashed it, say so loudly and restart it.
+
+    tritonserver 2.51's python backend was seen to segfault (in TRITONBACKEND_ResponseSend) after
+    clients were killed mid-request. That is Triton's crash, not the next test's failure: the
+    next test gets a fresh server on the same ports and the crash is reported as a warning with
+    the server's log tail.
+    """
+    if not server.running:
+        warnings.warn(f"tritonserver for {server.repository.name} had exited (code "
+                      f"{server.process.returncode}); restarting it. Log tail:\n"
+                      f"{server.log_tail(25)}", stacklevel=2)
+        server.start()
+    return server
+
+
 @pytest.fixture(scope="session")
-def triton(demo_repository: Path) -> Iterator:
-    """The real tritonserver serving the demo repository for the whole session."""
+def _triton_session(demo_repository: Path) -> Iterator:
     from server.launcher import TritonServer
 
     with TritonServer(demo_repository) as server:
         yield server
 
 
+@pytest.fixture()
+def triton(_triton_session):
+    """The real tritonserver serving the demo repository (one process for the session)."""
+    return _alive(_triton_session)
+
+
 @pytest.fixture(scope="session")
-def tiny_triton(tiny_repository: Path) -> Iterator:
-    """The real tritonserver serving the tiny stand-in repository (fast client tests)."""
+def _tiny_triton_session(tiny_repository: Path) -> Iterator:
     from server.launcher import TritonServer
 
     with TritonServer(tiny_repository) as server:
         yield server
+
+
+@pytest.fixture()
+def tiny_triton(_tiny_triton_session):
+    """The real tritonserver serving the tiny stand-in repository (fast client tests)."""
+    return _alive(_tiny_triton_session)
 
 
 @pytest.fixture()

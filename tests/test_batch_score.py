@@ -33,6 +33,19 @@ from server.launcher import TritonServer, free_port
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def tiny_triton(tiny_repository):
+    """A server of this module's own (shadows the session-wide `tiny_triton`).
+
+    These tests kill and interrupt clients while their shared-memory requests are in flight and
+    then unregister the regions. In one CI run tritonserver 2.51's python backend segfaulted in
+    TRITONBACKEND_ResponseSend afterwards; a dedicated server keeps such a crash from taking the
+    other suites' server down with it (and makes it visible here, in this module's tests).
+    """
+    with TritonServer(tiny_repository) as server:
+        yield server
+
+
 def _mura_images(root: Path, studies: int, per_study: int, seed: int = 0,
                  size: tuple[int, int] = (40, 120)) -> list[Path]:
     """Synthetic radiograph-like PNGs in the MURA layout (random sizes, 8-bit gray)."""
