@@ -29,21 +29,27 @@ from clients.mura import MuraClient
 from clients.outputs import read_rows
 from msk.constants import MURA_MEMBERS
 from server.launcher import TritonServer, free_port
+from tests.conftest import _alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def tiny_triton(tiny_repository):
+def _batch_server(tiny_repository):
+    with TritonServer(tiny_repository) as server:
+        yield server
+
+
+@pytest.fixture()
+def tiny_triton(_batch_server):
     """A server of this module's own (shadows the session-wide `tiny_triton`).
 
     These tests kill and interrupt clients while their shared-memory requests are in flight and
-    then unregister the regions. In one CI run tritonserver 2.51's python backend segfaulted in
-    TRITONBACKEND_ResponseSend afterwards; a dedicated server keeps such a crash from taking the
-    other suites' server down with it (and makes it visible here, in this module's tests).
+    then unregister the regions. tritonserver 2.51's python backend has segfaulted afterwards (in
+    TRITONBACKEND_ResponseSend, Triton's crash): a dedicated server keeps that from the other
+    suites, and a crashed one is restarted for the next test with a warning carrying its log.
     """
-    with TritonServer(tiny_repository) as server:
-        yield server
+    return _alive(_batch_server)
 
 
 def _mura_images(root: Path, studies: int, per_study: int, seed: int = 0,
