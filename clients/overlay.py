@@ -10,27 +10,21 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from msk.wrist_geometry import to_uint8
 
+if TYPE_CHECKING:
+    from clients.wrist import Detection
+
 # One colour per wrist structure (joints warm, bones cool); anything else is white.
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "radcar": (255, 80, 80), "capnlun": (255, 170, 0), "mna": (255, 230, 60),
     "mul": (80, 200, 255), "nav": (60, 255, 140), "lunate": (200, 120, 255),
 }
-
-
-class BoxLike(Protocol):
-    class_name: str
-    score: float
-    x1: float
-    y1: float
-    x2: float
-    y2: float
 
 
 def _font(size: int):
@@ -40,7 +34,7 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
-def draw_boxes(image: np.ndarray, boxes: Iterable[BoxLike]) -> Image.Image:
+def draw_boxes(image: np.ndarray, boxes: Iterable[Detection]) -> Image.Image:
     """RGB image with one rectangle and a 'class score' label per box."""
     base = Image.fromarray(to_uint8(np.asarray(image))).convert("RGB")
     draw = ImageDraw.Draw(base)
@@ -57,7 +51,7 @@ def draw_boxes(image: np.ndarray, boxes: Iterable[BoxLike]) -> Image.Image:
     return base
 
 
-def overlay_png(image: np.ndarray, boxes: Iterable[BoxLike], path: Path | None = None) -> bytes:
+def overlay_png(image: np.ndarray, boxes: Iterable[Detection], path: Path | None = None) -> bytes:
     """PNG bytes of `draw_boxes`; also written to `path` when given."""
     buf = io.BytesIO()
     draw_boxes(image, boxes).save(buf, format="PNG")

@@ -127,23 +127,24 @@ def _ensemble_outputs(image_size: int) -> list[Tensor]:
     ]
 
 
-def _step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+def ensemble_step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+    """One ensemble_scheduling step (latest version of `model`), shared with the wrist ensemble."""
     ins = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items())
     outs = " ".join(f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items())
     return f'    {{ model_name: "{model}" model_version: -1\n      {ins}\n      {outs} }}'
 
 
 def ensemble_config(image_size: int = MURA_IMAGE_SIZE) -> str:
-    steps = [_step(MURA_PREPROCESS_MODEL, {IMAGE_TENSOR: IMAGE_TENSOR},
-                   {PIXELS_TENSOR: PIXELS_TENSOR})]
+    steps = [ensemble_step(MURA_PREPROCESS_MODEL, {IMAGE_TENSOR: IMAGE_TENSOR},
+                           {PIXELS_TENSOR: PIXELS_TENSOR})]
     mean_inputs: dict[str, str] = {}
     for m in MURA_MEMBERS:
         prob, cam = member_probability_tensor(m), member_cam_tensor(m)
-        steps.append(_step(m, {PIXELS_TENSOR: PIXELS_TENSOR},
-                           {PROBABILITY_TENSOR: prob, CAM_TENSOR: cam}))
+        steps.append(ensemble_step(m, {PIXELS_TENSOR: PIXELS_TENSOR},
+                                   {PROBABILITY_TENSOR: prob, CAM_TENSOR: cam}))
         mean_inputs |= {prob: prob, cam: cam}
     outputs = _ensemble_outputs(image_size)
-    steps.append(_step(MURA_MEAN_MODEL, mean_inputs, {t.name: t.name for t in outputs}))
+    steps.append(ensemble_step(MURA_MEAN_MODEL, mean_inputs, {t.name: t.name for t in outputs}))
     return (
         f'name: "{MURA_ENSEMBLE_MODEL}"\nplatform: "ensemble"\nmax_batch_size: 0\n'
         + _io("input", [Tensor(IMAGE_TENSOR, "TYPE_UINT8", (-1, -1))])

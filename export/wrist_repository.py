@@ -25,6 +25,7 @@ import json
 import shutil
 from pathlib import Path
 
+from export.configs import ensemble_step
 from export.manifest import artifact_record, sha256_file
 from export.wrist_export import (
     DETECTOR_INPUT,
@@ -180,22 +181,25 @@ def postprocess_config(dets: dict[str, ExportedDetector]) -> str:
         "max_batch_size: 0",
         _VERSION_POLICY,
         "input [", ",\n".join(inputs), "]",
+        *_detection_outputs(),
+        _instance("cpu", cpu_only=True), "",
+    ])
+
+
+def _detection_outputs() -> list[str]:
+    """The output block shared by the postprocessing model and the `wrist_detect` ensemble."""
+    return [
         "output [",
         _tensor(BOXES_TENSOR, "TYPE_FP32", [-1, 4]) + ",",
         _tensor(CLASSES_TENSOR, "TYPE_STRING", [-1]) + ",",
         _tensor(SCORES_TENSOR, "TYPE_FP32", [-1]) + ",",
         _tensor(WRIST_PROVENANCE_TENSOR, "TYPE_STRING", [1]),
         "]",
-        _instance("cpu", cpu_only=True), "",
-    ])
+    ]
 
 
 def ensemble_config(dets: dict[str, ExportedDetector]) -> str:
-    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
-        ins = " ".join(f'input_map {{ key: "{k}" value: "{v}" }}' for k, v in inputs.items())
-        outs = " ".join(f'output_map {{ key: "{k}" value: "{v}" }}' for k, v in outputs.items())
-        return f'    {{ model_name: "{model}" model_version: -1 {ins} {outs} }}'
-
+    step = ensemble_step
     steps = [step(WRIST_PREPROCESS_MODEL, {IMAGE_INPUT: IMAGE_INPUT},
                   {PIXELS_OUTPUT: "WRIST_PIXELS", GEOMETRY_OUTPUT: "WRIST_GEOMETRY"})]
     post_inputs = {GEOMETRY_OUTPUT: "WRIST_GEOMETRY"}
@@ -212,12 +216,7 @@ def ensemble_config(dets: dict[str, ExportedDetector]) -> str:
         'platform: "ensemble"',
         "max_batch_size: 0",
         "input [", _tensor(IMAGE_INPUT, "TYPE_UINT8", [-1, -1]), "]",
-        "output [",
-        _tensor(BOXES_TENSOR, "TYPE_FP32", [-1, 4]) + ",",
-        _tensor(CLASSES_TENSOR, "TYPE_STRING", [-1]) + ",",
-        _tensor(SCORES_TENSOR, "TYPE_FP32", [-1]) + ",",
-        _tensor(WRIST_PROVENANCE_TENSOR, "TYPE_STRING", [1]),
-        "]",
+        *_detection_outputs(),
         "ensemble_scheduling {", "  step [", ",\n".join(steps), "  ]", "}", "",
     ])
 

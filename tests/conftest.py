@@ -77,12 +77,16 @@ def _alive(server):
     return server
 
 
-@pytest.fixture(scope="session")
-def _triton_session(demo_repository: Path) -> Iterator:
+def _serve(repository: Path) -> Iterator:
     from server.launcher import TritonServer
 
-    with TritonServer(demo_repository) as server:
+    with TritonServer(repository) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def _triton_session(demo_repository: Path) -> Iterator:
+    yield from _serve(demo_repository)
 
 
 @pytest.fixture()
@@ -93,10 +97,7 @@ def triton(_triton_session):
 
 @pytest.fixture(scope="session")
 def _tiny_triton_session(tiny_repository: Path) -> Iterator:
-    from server.launcher import TritonServer
-
-    with TritonServer(tiny_repository) as server:
-        yield server
+    yield from _serve(tiny_repository)
 
 
 @pytest.fixture()

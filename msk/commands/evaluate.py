@@ -1,23 +1,16 @@
-"""`msk evaluate mura|wrist`: evaluation reports (metrics with intervals, plots, Markdown).
-
-Each family's options live in `training/<family>_cli.py` (`register_evaluate(subparsers)`).
-"""
+"""`msk evaluate mura|wrist`: evaluation reports (metrics with intervals, plots, Markdown)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
-FAMILIES = ("mura", "wrist")
+from msk.commands._families import add_family_command
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "evaluate", help="evaluate trained models and write a report",
-        description="Evaluate a model family on a labelled split and write a Markdown report with "
-        "plots. `msk evaluate mura --help` / `msk evaluate wrist --help` list the options.",
+    add_family_command(
+        subparsers, "evaluate", "evaluate trained models and write a report",
+        "Evaluate a model family on a labelled split and write a Markdown report with plots. "
+        "`msk evaluate mura --help` / `msk evaluate wrist --help` list the options.",
+        "register_evaluate",
     )
-    families = p.add_subparsers(dest="family", metavar="FAMILY")
-    families.required = True
-    for family in FAMILIES:
-        importlib.import_module(f"training.{family}_cli").register_evaluate(families)
