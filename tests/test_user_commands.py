@@ -140,7 +140,7 @@ def test_score_files_folder_glob_and_resumable_csv(home: Path, served: dict) -> 
     assert first.returncode == 0, first.stderr[-3000:]
     with (home / "x.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert sorted(r["input"] for r in rows) == sorted(
+    assert sorted(r["path"] for r in rows) == sorted(
         ["images/elbow.png", "images/hand.png", "images/more/wrist.png"])
     again = run_msk("score", "images", "--out", "x.csv", "--resume", *url, cwd=home)
     assert again.returncode == 0, again.stderr[-3000:]
