@@ -243,3 +243,29 @@ def test_web_names_a_file_over_the_per_file_limit(web_app) -> None:
     (image,) = response.json()["images"]
     assert image["error"] == (f"big.png: file is 64.0 MiB ({len(big)} bytes); the limit is "
                               f"64.0 MiB ({MAX_IMAGE_BYTES} bytes)")
+
+
+def test_mangled_files_only_ever_raise_the_one_error(radiograph_cases) -> None:
+    """Deterministic mutations (flipped bytes, cuts, insertions) of good PNG/TIFF/DICOM files:
+    the reader answers with pixels or a `RadiographError` naming the input, nothing else."""
+    import random
+
+    seeds = [radiograph_cases[n].read_bytes() for n in
+             ("smallest.png", "no_preamble", "slope0.dcm", "pages.tiff", "nan.tiff")]
+    rng = random.Random(0)
+    for _ in range(400):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            where = rng.randrange(len(data))
+            op = rng.random()
+            if op < 0.5:
+                data[where] = rng.randrange(256)
+            elif op < 0.75:
+                del data[where:]
+                data = data or bytearray(b"\x00")
+            else:
+                data[where:where] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+        try:
+            read_radiograph(bytes(data), "mangled.bin")
+        except RadiographError as exc:
+            assert str(exc).startswith("mangled.bin: ") and REPR not in str(exc), str(exc)

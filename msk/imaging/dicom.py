@@ -61,9 +61,7 @@ def read_dataset(src: bytes | Dataset, source: str = "DICOM data") -> Dataset:
         if not ds.keys() and not getattr(ds, "file_meta", None):
             raise InvalidDicomError("no DICOM elements")
         return ds
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError,
-            AttributeError, NotImplementedError) as exc:
-        # Garbage makes pydicom's parser fail in many ways; all mean "not readable DICOM".
+    except Exception as exc:  # noqa: BLE001 - pydicom's parser fails on garbage with many types (incl. its own BytesLengthException); all mean "corrupt"
         raise _fail(source, f"not a readable image: corrupt DICOM file ({short_reason(exc)})",
                     "unreadable_image") from None
 
@@ -231,8 +229,7 @@ def dataset_to_grayscale(ds: Dataset, source: str = "DICOM dataset") -> np.ndarr
         return display_grayscale(ds, source)
     except RadiographError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
-        # Malformed header values (a non-numeric window, a short LUT) are a corrupt file.
+    except Exception as exc:  # noqa: BLE001 - malformed values (a bad window, a short LUT, lazily parsed elements) mean a corrupt file
         raise _fail(source, f"not a readable image: corrupt DICOM file ({short_reason(exc)})",
                     "unreadable_image") from None
 

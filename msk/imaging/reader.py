@@ -57,6 +57,10 @@ _UNSUPPORTED: tuple[tuple[bytes, str], ...] = (
 )
 """Formats recognised only to say what they are (GIF: palette colour, never a radiograph)."""
 
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError,
+                  TypeError, ZeroDivisionError)
+"""What Pillow's decoders raise on corrupt or truncated data (all mean "corrupt file")."""
+
 _PIL_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
@@ -238,10 +242,11 @@ def _decode_raster(data: bytes, kind: str, label: str) -> np.ndarray:
         size = f"{int(found.group(1)):,} pixels" if found else "far more pixels than allowed"
         raise RadiographError(label, "image_too_large", f"image is {size}; the limit is "
                               f"{MAX_IMAGE_PIXELS:,} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError,
-            EOFError) as exc:
-        # ImportError: Ultralytics, when imported in the same process, patches PIL.Image.open
-        # to import an optional HEIF plugin for files PIL cannot identify.
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError, EOFError,
+            struct.error, IndexError, KeyError, TypeError, ZeroDivisionError) as exc:
+        # Pillow's plugins raise all of these on malformed headers. ImportError: Ultralytics, when
+        # imported in the same process, patches PIL.Image.open to import an optional HEIF plugin
+        # for files PIL cannot identify.
         raise RadiographError(label, "unreadable_image",
                               f"{corrupt} ({short_reason(exc)})") from None
     with image:
@@ -249,7 +254,7 @@ def _decode_raster(data: bytes, kind: str, label: str) -> np.ndarray:
         check_size(height, width, label)
         try:
             frames = int(getattr(image, "n_frames", 1))
-        except (OSError, ValueError, EOFError, SyntaxError) as exc:
+        except _DECODE_ERRORS as exc:
             raise RadiographError(label, "unreadable_image",
                                   f"{corrupt} ({short_reason(exc)})") from None
         if frames > 1:
@@ -259,7 +264,7 @@ def _decode_raster(data: bytes, kind: str, label: str) -> np.ndarray:
         try:
             image.load()
             pixels = _pil_pixels(image)
-        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        except _DECODE_ERRORS as exc:
             raise RadiographError(label, "unreadable_image",
                                   f"{corrupt} ({short_reason(exc)})") from None
     return from_array(pixels, label)
