@@ -116,11 +116,11 @@ def check_size(rows: int, columns: int, source: str) -> None:
     """The reader's size rule (`MIN_IMAGE_SIDE` <= each side, pixels <= `MAX_IMAGE_PIXELS`)."""
     pixels = rows * columns
     if pixels > MAX_IMAGE_PIXELS:
-        raise _fail(source, f"image is {columns} x {rows} pixels ({pixels:,}); the limit is "
-                    f"{MAX_IMAGE_PIXELS:,} pixels", "image_too_large")
+        raise _fail(source, f"image is {columns} x {rows} pixels ({pixels:,}), too large; the "
+                    f"limit is {MAX_IMAGE_PIXELS:,} pixels", "image_too_large")
     if min(rows, columns) < MIN_IMAGE_SIDE:
-        raise _fail(source, f"image is {columns} x {rows} pixels; both sides must be at least "
-                    f"{MIN_IMAGE_SIDE} pixels", "image_too_small")
+        raise _fail(source, f"image is {columns} x {rows} pixels, too small: both sides must be "
+                    f"at least {MIN_IMAGE_SIDE} pixels", "image_too_small")
 
 
 def _check_rescale(ds: Dataset, source: str) -> None:

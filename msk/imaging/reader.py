@@ -240,8 +240,8 @@ def _decode_raster(data: bytes, kind: str, label: str) -> np.ndarray:
         # Pillow's own guard (far above ours) fired while opening: report its count, our limit.
         found = re.search(r"\((\d+) pixels\)", str(exc))
         size = f"{int(found.group(1)):,} pixels" if found else "far more pixels than allowed"
-        raise RadiographError(label, "image_too_large", f"image is {size}; the limit is "
-                              f"{MAX_IMAGE_PIXELS:,} pixels") from None
+        raise RadiographError(label, "image_too_large", f"image is {size}, too large; the "
+                              f"limit is {MAX_IMAGE_PIXELS:,} pixels") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError, EOFError,
             struct.error, IndexError, KeyError, TypeError, ZeroDivisionError) as exc:
         # Pillow's plugins raise all of these on malformed headers. ImportError: Ultralytics, when
