@@ -115,7 +115,7 @@ def load_grayscale(source: ImageSource, name: str | None = None) -> np.ndarray:
 # -- 1. the input ----------------------------------------------------------------------------
 def _read_bytes(source: ImageSource, label: str) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
-        data = bytes(source)
+        data = source if isinstance(source, bytes) else bytes(source)
     elif isinstance(source, str | os.PathLike):
         data = _read_path(Path(source), label)
     elif hasattr(source, "read"):
