@@ -4,7 +4,7 @@ Why its own gRPC loop instead of a loop over `MuraClient.score`: a batch of thou
 needs (1) a fixed number of requests in flight, (2) the gRPC status of every failure to tell a
 server restart (retry with backoff) from a bad image (one error row), and (3) optional Triton
 system shared memory, which puts the pixels in a region the server maps instead of the request.
-Decoding uses the same `clients.images.load_grayscale` as every other client, and rows carry the
+Decoding uses the one radiograph reader (`msk.imaging`) as every other client, and rows carry the
 same fields as `MuraResult.to_json()` (+ path, study, error reason, attempts).
 
 Guarantees (tested by killing the real server mid-batch): every input ends up in exactly one
@@ -31,6 +31,7 @@ from clients.metrics import observe_request
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
 from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
+from msk.imaging import RadiographError, load_grayscale
 
 SHM_PREFIX = "msk_score_"
 """System shared-memory regions of `msk score` are /dev/shm/msk_score_<pid>_<random>_<slot>."""
@@ -55,10 +56,6 @@ class TransientError(Exception):
 
 class SharedMemoryUnavailable(ConnectionError):
     """The server cannot use system shared memory from this client (not the same host)."""
-
-
-class ImageError(Exception):
-    """The input itself is at fault (unreadable, unsupported); retrying cannot help."""
 
 
 @dataclass
@@ -129,21 +126,6 @@ def error_row(item: ScoreItem, error: str, reason: str, attempts: int = 0,
         "latency_ms": None if latency_s is None else round(1000 * latency_s, 2),
         "attempts": attempts, "error": error, "error_reason": reason,
     }
-
-
-def _load(path: str) -> np.ndarray:
-    """Decode one input with the same loaders as every other client (DICOM by extension)."""
-    from clients.images import ImageLoadError, load_grayscale
-
-    try:
-        if path.lower().endswith((".dcm", ".dicom")):
-            from clients.dicom_pixels import load_dicom_grayscale
-
-            return np.ascontiguousarray(load_dicom_grayscale(path, path))
-        return load_grayscale(path)
-    except (ImageLoadError, ValueError, OSError) as exc:  # DicomPixelError is a ValueError
-        text = str(exc)
-        raise ImageError(text if path in text else f"{path}: {text}") from exc
 
 
 class _ShmSlot:
@@ -252,10 +234,10 @@ class BatchScorer:
         if item.error:
             return error_row(item, item.error, "input_not_found")
         try:
-            image = await asyncio.to_thread(_load, item.path)
-        except ImageError as exc:
+            image = await asyncio.to_thread(load_grayscale, item.path)
+        except RadiographError as exc:
             observe_request(self.pipeline, "invalid_input", 0.0, 0)
-            return error_row(item, str(exc), "unreadable_image")
+            return error_row(item, str(exc), exc.reason)
         sent = 0 if slot is not None else image.nbytes
         attempts = 0
         first_failure: float | None = None

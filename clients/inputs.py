@@ -167,6 +167,9 @@ def _expand_one(spec: str, study: str | None = None, body_part: str | None = Non
         if items:
             return items
         return [ScoreItem(path=spec, error=f"{spec}: pattern matches no images")]
+    if os.path.lexists(spec):
+        # A FIFO, socket, device, broken link or link loop: the reader names it as what it is.
+        return [_image_item(spec, **extra)]
     return [ScoreItem(path=normalise(spec), error=f"{spec}: no such file or folder")]
 
 

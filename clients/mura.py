@@ -23,10 +23,10 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from clients.images import ImageLoadError, load_grayscale, validate_image
 from clients.metrics import observe_request
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import DEFAULT_GRPC_URL, MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
+from msk.imaging import RadiographError, load_grayscale
 
 ImageInput = str | Path | bytes | np.ndarray
 
@@ -170,10 +170,9 @@ class MuraClient:
     def _submit(self, index, image, label, body_part, heatmaps, finish) -> None:
         start = time.perf_counter()
         try:
-            pixels = (validate_image(image, label) if isinstance(image, np.ndarray)
-                      else load_grayscale(image, name=label))
+            pixels = load_grayscale(image, name=label)
             contract = self.contract
-        except ImageLoadError as exc:
+        except RadiographError as exc:
             observe_request(self.pipeline, "invalid_input", 0.0, 0)
             finish(index, MuraResult(source=label, body_part=body_part, error=str(exc)))
             return

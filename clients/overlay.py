@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from msk.wrist_geometry import to_uint8
+from msk.imaging import to_uint8
 
 if TYPE_CHECKING:
     from clients.wrist import Detection

@@ -1,15 +1,14 @@
 """Client for the `wrist_detect` Triton ensemble: raw wrist radiograph in, structure boxes out.
 
 The server does all the preprocessing (crop, letterbox, CLAHE) and maps the boxes back, so the
-client only sends the grayscale image as UINT8 at its original size. Wider-than-8-bit images are
-windowed here with `msk.wrist_geometry.to_uint8` (the same function training uses), because the
-ensemble's input is 8-bit. No torch; one bad image yields a result with `error` set and the rest
-of the batch continues.
+client only sends the grayscale image as UINT8 at its original size. Files and arrays are read by
+the one radiograph reader (`msk.imaging`, the same as training and every other client), which
+windows wider-than-8-bit images to uint8 and applies the shared limits. No torch; one bad image
+yields a result with `error` set and the rest of the batch continues.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Sequence
@@ -19,19 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from msk.constants import DEFAULT_GRPC_URL, IMAGE_TENSOR, WRIST_DETECT_MODEL
+from msk.imaging import RadiographError, load_grayscale
 from msk.wrist_geometry import (
     BOXES_TENSOR,
     CLASSES_TENSOR,
     SCORES_TENSOR,
     WRIST_PROVENANCE_TENSOR,
-    to_uint8,
 )
 
 ImageSource = np.ndarray | str | Path | bytes
-
-
-class WristImageError(ValueError):
-    """An input could not be read as a grayscale image."""
 
 
 @dataclass(frozen=True)
@@ -78,57 +73,6 @@ class WristResult:
                 "boxes": [d.to_json() for d in self.detections], "versions": self.versions,
                 "error": self.error,
                 "latency_s": None if self.latency_s is None else round(self.latency_s, 4)}
-
-
-def _looks_like_dicom(data: bytes, name: str = "") -> bool:
-    return name.lower().endswith(".dcm") or data[128:132] == b"DICM"
-
-
-def read_wrist_image(source: ImageSource) -> np.ndarray:
-    """Path / bytes / array -> uint8 HxW grayscale. PNG/TIFF/JPEG keep their bit depth until
-    `to_uint8` windows them; DICOM goes through the spine's loader (`clients.images`)."""
-    if isinstance(source, np.ndarray):
-        img = source
-    else:
-        name = str(source) if isinstance(source, str | Path) else ""
-        try:
-            data = Path(source).read_bytes() if isinstance(source, str | Path) else bytes(source)
-        except OSError as exc:
-            raise WristImageError(f"{name}: cannot read ({exc.strerror or exc})") from exc
-        if _looks_like_dicom(data, name):
-            from clients.images import load_grayscale
-
-            try:
-                return load_grayscale(data)
-            except Exception as exc:
-                raise WristImageError(f"{name or 'DICOM bytes'}: {exc}") from exc
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                    img = np.array(im)
-                elif im.mode in ("L", "1", "P", "RGB", "RGBA", "LA"):
-                    img = np.array(im.convert("L"))
-                else:
-                    img = np.array(im.convert("L"))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise WristImageError(f"{name or 'image bytes'}: not a readable image ({exc})") from exc
-        except Exception as exc:  # noqa: BLE001 - e.g. a decoder plugin failing on garbage
-            raise WristImageError(f"{name or 'image bytes'}: not a readable image "
-                                  f"({type(exc).__name__}: {exc})") from exc
-    img = np.asarray(img)
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[..., 0]
-    if img.size == 0 or img.ndim not in (2, 3):
-        raise WristImageError(f"image has unusable shape {img.shape}")
-    if img.ndim == 2 and (img.shape[0] < 8 or img.shape[1] < 8):
-        raise WristImageError(f"image of {img.shape[0]}x{img.shape[1]} pixels is too small")
-    try:
-        return np.ascontiguousarray(to_uint8(img))
-    except ValueError as exc:
-        raise WristImageError(str(exc)) from exc
 
 
 def parse_outputs(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
@@ -191,12 +135,11 @@ class WristClient:
             start = time.perf_counter()
             result = WristResult(source=source)
             try:
-                img = read_wrist_image(item)
+                img = load_grayscale(item)
                 result.height, result.width = img.shape
                 result.detections, result.versions, result.provenance = self.infer_array(img)
-            except WristImageError as exc:
-                result.error = str(exc) if source is None or source in str(exc) else \
-                    f"{source}: {exc}"
+            except RadiographError as exc:
+                result.error = str(exc)
             except Exception as exc:  # server/transport errors: report, continue the batch
                 msg = getattr(exc, "message", None)
                 text = msg() if callable(msg) else str(exc)

@@ -139,5 +139,25 @@ that needs no root privileges (104 does)."""
 # --------------------------------------------------------------------------------------------
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".dcm", ".dicom"})
-"""Suffixes that folder/glob expansion treats as radiographs (explicit files are always taken;
-DICOM is also recognised by content)."""
+"""Suffixes that folder/glob expansion treats as radiographs, in every command and in training
+(explicit files are always taken; the reader decides the format from the content, not the name)."""
+
+# Limits of the radiograph reader (`msk.imaging`), the same for `msk score`, `msk detect`, the web
+# app, the gateway and training. Checked from the file size / header BEFORE anything is decoded.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+"""Largest radiograph file (64 MiB): an uncompressed 16-bit 4300 x 4300 detector plate is 35 MiB;
+a bigger file is almost certainly not one image. Checked from `stat` (a 3 GB sparse file is refused
+without being read) and, for uploads, before the body is read."""
+
+MAX_IMAGE_PIXELS = 32 * 1024 * 1024
+"""Largest image in pixels (32 Mi, e.g. 8192 x 4096 or 5792 x 5792): the largest radiography
+detectors (43 x 43 cm at 100 um) have 18.5 M. Checked from the header before decoding, so a
+20000 x 20000 PNG bomb costs nothing. Triton's request guard uses the same number."""
+
+MIN_IMAGE_SIDE = 32
+"""Smallest width and height in pixels: the backbones downsample by 32 (`MURA_CAM_STRIDE`), and
+anything smaller (1x1, 8x8, 1x5000 strips) is an icon or a mistake, never a radiograph."""
+
+MAX_UPLOAD_REQUEST_BYTES = 8 * MAX_IMAGE_BYTES
+"""Largest web upload request (512 MiB, several large radiographs), refused from its
+Content-Length before the body is read; each file in it is still held to `MAX_IMAGE_BYTES`."""

@@ -19,9 +19,8 @@ Two stages, both exactly invertible:
    `scale_boxes` (8.4: per-axis gains of the rounded resize) so that served boxes match the
    in-process predictor.
 
-16-bit input is windowed to 8 bits first (`to_uint8`): the image's own minimum and maximum map to
-0 and 255 (a linear full-range window, no clipping of real content). This is the documented choice
-for radiographs stored with 10-16 significant bits whose used range varies between devices.
+Pixels arrive here already as uint8: 16-bit input is windowed by the one radiograph reader
+(`msk.imaging.to_uint8`, the image's own minimum and maximum map to 0 and 255).
 """
 
 from __future__ import annotations
@@ -56,31 +55,6 @@ assert abs(_CROP_NUM / _CROP_DEN - WRIST_CROP_TOP_FRACTION) < 1e-12, "crop fract
 
 GEOMETRY_FIELDS = ("orig_h", "orig_w", "crop_top", "new_h", "new_w", "pad_top", "pad_left")
 """Order of the INT64 geometry vector the preprocessing model hands to the postprocessing model."""
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Grayscale image of any integer/float dtype -> uint8 (8-bit input is returned unchanged).
-
-    Anything wider than 8 bits is windowed linearly from its own minimum to its maximum; a constant
-    image becomes all zeros. RGB(A) input is converted with ITU-R 601 luma weights.
-    """
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        rgb = arr[..., :3].astype(np.float64)
-        arr = rgb @ np.array([0.299, 0.587, 0.114])
-        if np.asarray(image).dtype == np.uint8:
-            return np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    if arr.ndim != 2:
-        raise ValueError(f"expected a 2-D grayscale image, got shape {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr
-    if arr.dtype == np.bool_:
-        return arr.astype(np.uint8) * 255
-    values = arr.astype(np.float64)
-    lo, hi = float(values.min()), float(values.max())
-    if hi <= lo:
-        return np.zeros(arr.shape, np.uint8)
-    return np.clip(np.rint((values - lo) * (255.0 / (hi - lo))), 0, 255).astype(np.uint8)
 
 
 @dataclass(frozen=True)

@@ -200,10 +200,10 @@ def test_shared_memory_gives_the_same_results_and_cleans_up(tiny_triton, tmp_pat
     for path, row in plain.items():
         assert row["error"] is None and shared[path]["error"] is None, shared[path]
         assert shared[path]["probability"] == pytest.approx(row["probability"], abs=1e-6)
-    from clients.dicom_pixels import load_dicom_grayscale
+    from msk.imaging import load_grayscale
 
     with MuraClient(tiny_triton.grpc_url) as client:
-        reference = client.score([load_dicom_grayscale(real)], heatmaps=False)[0]
+        reference = client.score([load_grayscale(real)], heatmaps=False)[0]
     assert shared[str(real)]["probability"] == pytest.approx(reference.probability, abs=1e-6)
     assert not list(Path("/dev/shm").glob(f"{SHM_PREFIX}{os.getpid()}_*"))
     assert not _registered(tiny_triton.grpc_url, f"{SHM_PREFIX}{os.getpid()}_")

@@ -21,7 +21,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from clients.dicom_pixels import DicomPixelError, dataset_to_grayscale, load_dicom_grayscale
+from msk.imaging import RadiographError, dataset_to_grayscale, display_grayscale, load_grayscale
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -54,7 +54,7 @@ def make_ds(pixels: np.ndarray, bits_stored: int, signed: bool = False,
 def test_8bit_without_voi_is_min_max_scaled() -> None:
     pixels = np.array([[10, 20], [30, 60]], np.uint8)
     # (x - 10) * 255 / 50: 0, 51, 102, 255
-    out = dataset_to_grayscale(make_ds(pixels, 8))
+    out = display_grayscale(make_ds(pixels, 8))
     assert out.dtype == np.uint8
     assert out.tolist() == [[0, 51], [102, 255]]
 
@@ -67,14 +67,14 @@ def test_rescale_then_linear_window() -> None:
     # modality: 400, 536, 1048, 1800 -> 0, 0, round((0.5/1023 + 0.5) * 255) = 128, 255
     ds = make_ds(stored, 12, RescaleSlope="2", RescaleIntercept="-1000",
                  WindowCenter="1048", WindowWidth="1024")
-    assert dataset_to_grayscale(ds).tolist() == [[0, 0], [128, 255]]
+    assert display_grayscale(ds).tolist() == [[0, 0], [128, 255]]
 
 
 def test_linear_window_interior_values() -> None:
     stored = np.array([[600, 800, 1000, 1200]], np.uint16)
     ds = make_ds(stored, 12, WindowCenter="900", WindowWidth="801")
     # ((x - 899.5) / 800 + 0.5) * 255 -> 600: 32.03, 800: 95.78, 1000: 159.53, 1200: 223.28
-    assert dataset_to_grayscale(ds).tolist() == [[32, 96, 160, 223]]
+    assert display_grayscale(ds).tolist() == [[32, 96, 160, 223]]
 
 
 def test_multivalued_window_uses_first_and_sigmoid_function() -> None:
@@ -82,15 +82,15 @@ def test_multivalued_window_uses_first_and_sigmoid_function() -> None:
     ds = make_ds(stored, 12, WindowCenter=["500", "2000"], WindowWidth=["400", "10"],
                  VOILUTFunction="SIGMOID")
     # 255 / (1 + exp(-4 (x - 500) / 400)): 400 -> 68.5, 500 -> 127.5, 600 -> 186.5
-    assert dataset_to_grayscale(ds).tolist() == [[69, 128, 186]]
+    assert display_grayscale(ds).tolist() == [[69, 128, 186]]
 
 
 def test_monochrome1_is_inverted_after_voi() -> None:
     stored = np.array([[700, 768], [1024, 1400]], np.uint16)
     attrs = dict(RescaleSlope="2", RescaleIntercept="-1000", WindowCenter="1048",
                  WindowWidth="1024")
-    mono2 = dataset_to_grayscale(make_ds(stored, 12, **attrs))
-    mono1 = dataset_to_grayscale(make_ds(stored, 12, photometric="MONOCHROME1", **attrs))
+    mono2 = display_grayscale(make_ds(stored, 12, **attrs))
+    mono1 = display_grayscale(make_ds(stored, 12, photometric="MONOCHROME1", **attrs))
     assert mono1.tolist() == [[255, 255], [127, 0]]
     assert (mono1.astype(int) + mono2.astype(int) == 255).all()
 
@@ -104,7 +104,7 @@ def test_voi_lut_sequence_is_preferred_and_scaled_from_its_depth() -> None:
     ds.VOILUTSequence = [lut]
     # index = clip(x - 100, 0, 255); value * 255 / 4095:
     # 50 -> 0, 100 -> 0, 101 -> 16 -> 1.0, 300 -> 3200 -> 199.3, 355 and 4000 -> 4080 -> 254.1
-    assert dataset_to_grayscale(ds).tolist() == [[0, 0, 1], [199, 254, 254]]
+    assert display_grayscale(ds).tolist() == [[0, 0, 1], [199, 254, 254]]
 
 
 def test_bits_above_bits_stored_are_masked() -> None:
@@ -113,50 +113,51 @@ def test_bits_above_bits_stored_are_masked() -> None:
     ds = make_ds(stored, 10, WindowCenter="512", WindowWidth="1024", VOILUTFunction="LINEAR_EXACT")
     # LINEAR_EXACT: ((x - 512) / 1024 + 0.5) * 255:
     # 0 -> 0, 1023 -> 254.75, 512 -> 127.5, 256 -> 63.75
-    assert dataset_to_grayscale(ds).tolist() == [[0, 255], [128, 64]]
+    assert display_grayscale(ds).tolist() == [[0, 255], [128, 64]]
 
 
 def test_signed_12_bit_with_intercept() -> None:
     values = np.array([[-2048, -1], [0, 2047]], np.int16)
     ds = make_ds(values, 12, signed=True, RescaleIntercept="1024", RescaleSlope="1")
     # modality -1024, 1023, 1024, 3071; min-max over them: (v + 1024) * 255 / 4095
-    assert dataset_to_grayscale(ds).tolist() == [[0, 127], [128, 255]]
+    assert display_grayscale(ds).tolist() == [[0, 127], [128, 255]]
 
 
 def test_16_bits_stored_full_range() -> None:
     values = np.array([[0, 65535], [32768, 16384]], np.uint16)
-    out = dataset_to_grayscale(make_ds(values, 16))
+    out = display_grayscale(make_ds(values, 16))
     assert out.tolist() == [[0, 255], [128, 64]]
 
 
 @pytest.mark.parametrize("bits", [1, 4, 7])
 def test_bits_stored_outside_8_to_16_is_refused(bits: int) -> None:
-    ds = make_ds(np.zeros((2, 2), np.uint8), 8)
+    ds = make_ds(np.zeros((32, 32), np.uint8), 8)
     ds.BitsStored, ds.HighBit = bits, bits - 1
-    with pytest.raises(DicomPixelError, match=f"BitsStored {bits} is outside"):
+    with pytest.raises(RadiographError, match=f"BitsStored {bits} is outside"):
         dataset_to_grayscale(ds, source="test.dcm")
 
 
 def test_multi_frame_is_refused_with_reason() -> None:
-    frames = np.zeros((3, 4, 4), np.uint8)
+    frames = np.zeros((3, 32, 32), np.uint8)
     ds = make_ds(frames[0], 8)
     ds.NumberOfFrames = 3
     ds.PixelData = frames.tobytes()
-    with pytest.raises(DicomPixelError, match=r"frames\.dcm: multi-frame object \(3 frames\)"):
+    with pytest.raises(RadiographError, match=r"frames\.dcm: multi-frame object \(3 frames\)"):
         dataset_to_grayscale(ds, source="frames.dcm")
 
 
 def test_missing_pixel_data_is_refused_with_reason() -> None:
     ds = Dataset()
     ds.SOPClassUID = BASIC_TEXT_SR
-    with pytest.raises(DicomPixelError, match=r"report\.dcm: no pixel data \(SOP class Basic "
-                                               r"Text SR Storage is not an image\)"):
+    with pytest.raises(RadiographError, match=r"report\.dcm: DICOM object has no pixel data "
+                                               r"\(SOP class Basic Text SR Storage is not an "
+                                               r"image\)"):
         dataset_to_grayscale(ds, source="report.dcm")
 
 
 def test_palette_color_is_refused() -> None:
-    ds = make_ds(np.zeros((2, 2), np.uint8), 8, photometric="PALETTE COLOR")
-    with pytest.raises(DicomPixelError, match="PALETTE COLOR"):
+    ds = make_ds(np.zeros((32, 32), np.uint8), 8, photometric="PALETTE COLOR")
+    with pytest.raises(RadiographError, match="PALETTE COLOR"):
         dataset_to_grayscale(ds)
 
 
@@ -166,14 +167,14 @@ def test_rgb_secondary_capture_becomes_luma() -> None:
     ds.SamplesPerPixel, ds.PlanarConfiguration = 3, 0
     ds.PixelData = rgb.tobytes()
     # 0.299 * 255 = 76.2, 0.587 * 255 = 149.7, 0.114 * 255 = 29.1, 100
-    assert dataset_to_grayscale(ds).tolist() == [[76, 150], [29, 100]]
+    assert display_grayscale(ds).tolist() == [[76, 150], [29, 100]]
 
 
 def test_unreadable_file_is_refused_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "garbage.dcm"
     bad.write_bytes(b"not dicom at all")
-    with pytest.raises(DicomPixelError, match="garbage.dcm"):
-        load_dicom_grayscale(bad)
+    with pytest.raises(RadiographError, match="garbage.dcm"):
+        load_grayscale(bad)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def uncompressed(tmp_path: Path) -> tuple[Path, np.ndarray]:
     ds = make_ds(_radiograph(), 12, photometric="MONOCHROME1", WindowCenter="1500",
                  WindowWidth="2000", RescaleSlope="1", RescaleIntercept="0")
     path = _write(ds, tmp_path / "plain.dcm")
-    return path, load_dicom_grayscale(path)
+    return path, load_grayscale(path)
 
 
 @pytest.mark.parametrize("syntax", [RLELossless, JPEG2000Lossless])
@@ -207,7 +208,7 @@ def test_pydicom_encoded_lossless_syntaxes(uncompressed, tmp_path: Path, syntax)
     ds.compress(syntax)
     out = _write(ds, tmp_path / "c.dcm")
     assert dcmread(out).file_meta.TransferSyntaxUID == syntax
-    np.testing.assert_array_equal(load_dicom_grayscale(out), expected)
+    np.testing.assert_array_equal(load_grayscale(out), expected)
 
 
 def _dcmtk(tool: str, args: list[str], src: Path, dst: Path) -> Path:
@@ -228,16 +229,16 @@ def test_dcmtk_encoded_lossless_syntaxes(uncompressed, tmp_path: Path, tool, arg
     path, expected = uncompressed
     out = _dcmtk(tool, args, path, tmp_path / "c.dcm")
     assert dcmread(out).file_meta.TransferSyntaxUID == uid
-    np.testing.assert_array_equal(load_dicom_grayscale(out), expected)
+    np.testing.assert_array_equal(load_grayscale(out), expected)
 
 
 def test_jpeg_baseline_8bit_is_close(tmp_path: Path) -> None:
     pixels = (_radiograph() >> 4).astype(np.uint8)
     path = _write(make_ds(pixels, 8), tmp_path / "p8.dcm")
-    expected = load_dicom_grayscale(path)
+    expected = load_grayscale(path)
     out = _dcmtk("dcmcjpeg", ["+eb", "+q", "95"], path, tmp_path / "jb.dcm")
     assert dcmread(out).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
-    got = load_dicom_grayscale(out).astype(int)
+    got = load_grayscale(out).astype(int)
     assert got.shape == expected.shape
     assert np.abs(got - expected.astype(int)).mean() < 3.0   # lossy (q95 on a noisy image)
     # dcmtk's own decoder (IJG) must agree with ours up to IDCT rounding (stored values)
@@ -255,7 +256,7 @@ def test_real_cr_monochrome1_across_syntaxes() -> None:
     reference = pydicom_data_file("RG3_UNCR.dcm")         # CR extremity, 10-bit, MONOCHROME1
     ref_ds = dcmread(reference)
     assert ref_ds.PhotometricInterpretation == "MONOCHROME1" and ref_ds.BitsStored == 10
-    expected = load_dicom_grayscale(reference)
+    expected = load_grayscale(reference)
     assert expected.shape == (ref_ds.Rows, ref_ds.Columns)
     assert len(np.unique(expected)) > 100
     # MONOCHROME1 really was inverted: the same file labelled MONOCHROME2 is the complement
@@ -264,7 +265,7 @@ def test_real_cr_monochrome1_across_syntaxes() -> None:
     # the same radiograph stored as JPEG 2000 lossless decodes to exactly the same image
     lossless = pydicom_data_file("RG3_J2KR.dcm")
     assert dcmread(lossless).file_meta.TransferSyntaxUID == JPEG2000Lossless
-    np.testing.assert_array_equal(load_dicom_grayscale(lossless), expected)
+    np.testing.assert_array_equal(load_grayscale(lossless), expected)
     # ... and the lossy JPEG 2000 one closely
-    lossy = load_dicom_grayscale(pydicom_data_file("RG3_J2KI.dcm")).astype(int)
+    lossy = load_grayscale(pydicom_data_file("RG3_J2KI.dcm")).astype(int)
     assert np.abs(lossy - expected.astype(int)).mean() < 2.0

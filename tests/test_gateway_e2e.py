@@ -17,9 +17,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from clients.dicom_pixels import load_dicom_grayscale
 from clients.mura import MuraClient
 from clients.sr import SR_SERIES_DESCRIPTION, device_uid, summarize
+from msk.imaging import load_grayscale
 from tests.plugins.pacs import (
     GATEWAY_AET,
     PACS_AET,
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def _direct_scores(triton_url: str, files: list[Path], part: str):
-    images = [load_dicom_grayscale(f) for f in files]
+    images = [load_grayscale(f) for f in files]
     with MuraClient(triton_url) as client:
         results = client.score(images, body_parts=[part] * len(images))
     assert all(r.error is None for r in results), [r.error for r in results]

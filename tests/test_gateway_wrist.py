@@ -15,9 +15,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from clients.dicom_pixels import load_dicom_grayscale
 from clients.sr import device_uid, summarize
 from clients.wrist import WristClient
+from msk.imaging import load_grayscale
 from tests.plugins.pacs import (
     GATEWAY_AET,
     SyntheticPatient,
@@ -58,7 +58,7 @@ def test_wrist_structures_reach_the_pacs_as_scoord(mura_wrist_triton, orthanc, s
     storescu(paths, gateway.port, GATEWAY_AET)
     (sr,) = orthanc.wait_for_sr(study_uid, diagnostics=gateway.logs)
 
-    images = [load_dicom_grayscale(p) for p in paths]
+    images = [load_grayscale(p) for p in paths]
     assert all((img == w.image).all() for img, w in zip(images, wrists, strict=True))
     with WristClient(mura_wrist_triton.grpc_url) as client:
         direct = client.detect(images)

@@ -176,7 +176,7 @@ def test_duplicated_abnormal_and_class_weights(mura_root: Path) -> None:
 
 
 def test_dataset_uses_the_server_preprocessing(mura_root: Path) -> None:
-    from clients.images import load_grayscale
+    from msk.imaging import load_grayscale
     from training.preprocess import preprocess_mura
 
     records = mura_data.read_mura(mura_root, "valid")[:3]

@@ -155,10 +155,10 @@ def test_cli_reports_bad_data_clearly(tmp_path: Path, capsys) -> None:
 
 def test_trained_checkpoints_served_by_triton_match_pytorch(cli_run: dict, splits: dict,
                                                             repository_copy: Path) -> None:
-    from clients.images import load_grayscale
     from clients.mura import MuraClient
     from export.manifest import load_manifest
     from export.repository import build_repository
+    from msk.imaging import load_grayscale
     from server.launcher import TritonServer
     from training.evaluate_mura import CALIBRATION_FILE
     from training.models import load_checkpoint

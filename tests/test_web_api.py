@@ -16,11 +16,11 @@ import pytest
 import requests
 from PIL import Image
 
-from clients.images import load_grayscale
 from clients.mura import MuraClient
 from clients.web.rendering import colormap, stretch
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_ENSEMBLE_MODEL, MURA_MEMBERS, WRIST_CLASSES
+from msk.imaging import load_grayscale
 from tests.plugins.web import REPO_ROOT, encode, synthetic_radiograph
 
 TRACEBACK = re.compile(r"Traceback|File \"/|line \d+, in ", re.IGNORECASE)
@@ -106,8 +106,6 @@ def test_dicom_upload_is_scored_like_its_pixels(web_app, web_triton, tmp_path):
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from clients.dicom_pixels import load_dicom_grayscale
-
     pixels = synthetic_radiograph(4, 512, 400, bits=16)
     ds = _dicom(pixels, FileMetaDataset, ExplicitVRLittleEndian, generate_uid)
     path = tmp_path / "wrist.dcm"
@@ -119,7 +117,7 @@ def test_dicom_upload_is_scored_like_its_pixels(web_app, web_triton, tmp_path):
     assert image["format"] == "DICOM"
     assert image["body_part"] == "wrist"                  # from BodyPartExamined
     with MuraClient(web_triton.grpc_url) as client:
-        ref = client.score([load_dicom_grayscale(data)], body_parts=["wrist"])[0]
+        ref = client.score([load_grayscale(data)], body_parts=["wrist"])[0]
     assert image["probability"] == pytest.approx(ref.probability, abs=1e-6)
     assert image["threshold"] == ref.threshold
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from msk.constants import WRIST_HEIGHT, WRIST_WIDTH
+from msk.imaging import to_uint8
 from msk.wrist_geometry import (
     StudyLetterbox,
     decode_detections,
     detector_letterbox,
     export_size,
     study_letterbox,
-    to_uint8,
 )
 from training.wrist_preprocess import letterbox_canvas, preprocess_wrist
 

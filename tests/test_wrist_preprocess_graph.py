@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from export.wrist_preprocess_graph import build_preprocess_graph
-from msk.wrist_geometry import detector_letterbox, study_letterbox, to_uint8
+from msk.imaging import to_uint8
+from msk.wrist_geometry import detector_letterbox, study_letterbox
 from training.wrist_preprocess import detector_input, preprocess_wrist_uint8
 from training.wrist_synthetic import make_wrist
 

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from msk.constants import MURA_BODY_PARTS
+from msk.constants import IMAGE_SUFFIXES, MURA_BODY_PARTS
 
 MURA_DIRNAME = "MURA-v1.1"
 MURA_SPLITS = ("train", "valid")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 # Folder names that generic labelled sets (e.g. the Bone Fracture Multi-Region X-ray set) use.
 POSITIVE_NAMES = frozenset({"abnormal", "positive", "fractured", "fracture", "1"})
@@ -285,8 +284,9 @@ def describe(records: Sequence[Record]) -> dict[str, dict[str, int]]:
 # torch dataset (torch imported lazily so that readers stay import-light)
 # --------------------------------------------------------------------------------------------
 def load_image(path: Path) -> np.ndarray:
-    """uint8 [H, W] through the clients' own loader, so training sees what serving receives."""
-    from clients.images import load_grayscale
+    """uint8 [H, W] through the one radiograph reader (`msk.imaging`), so training sees what
+    serving receives."""
+    from msk.imaging import load_grayscale
 
     return load_grayscale(path)
 

@@ -1,8 +1,9 @@
 """Wrist labels: import LabelImg/CVAT exports, split by patient, build Ultralytics datasets.
 
-Sources: a folder of radiographs (PNG/JPEG/TIFF, 8 or 16 bit; DICOM via `clients.images` when
-available) with, per image, `<stem>.txt` (YOLO: `class cx cy w h`, normalised, class indices into
-`classes.txt` next to the labels, else `WRIST_CLASSES`) or `<stem>.xml` (Pascal VOC: `object/name`,
+Sources: a folder of radiographs (PNG/JPEG/TIFF, 8 or 16 bit, DICOM: read by the one radiograph
+reader, `msk.imaging`, exactly as the clients read them) with, per image, `<stem>.txt` (YOLO:
+`class cx cy w h`, normalised, class indices into `classes.txt` next to the labels, else
+`WRIST_CLASSES`) or `<stem>.xml` (Pascal VOC: `object/name`,
 `bndbox/xmin..ymax`; the coordinates are taken as pixel edges, which is what both LabelImg and
 CVAT write). Boxes are kept in original pixels until a dataset is built.
 
@@ -28,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from msk.constants import WRIST_BONE_CLASSES, WRIST_CLASSES, WRIST_JOINT_CLASSES
+from msk.constants import IMAGE_SUFFIXES, WRIST_BONE_CLASSES, WRIST_CLASSES, WRIST_JOINT_CLASSES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 SPLITS = ("train", "val", "test")
 DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
 MIN_BOX_PX = 2.0
@@ -72,19 +72,14 @@ def classes_for(target: str) -> tuple[str, ...]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Grayscale image keeping its bit depth (uint8 or uint16)."""
-    import cv2
+    """uint8 [H, W] grayscale through the one radiograph reader (the pixels the served pipeline
+    gets from the clients); a file it refuses is a `LabelError` with the reader's message."""
+    from msk.imaging import RadiographError, load_grayscale
 
-    if path.suffix.lower() == ".dcm":
-        from clients.images import load_grayscale  # the spine's DICOM reader
-
+    try:
         return load_grayscale(path)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise LabelError(f"{path}: not a readable image")
-    if img.ndim == 3:
-        img = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY)
-    return img
+    except RadiographError as exc:
+        raise LabelError(str(exc)) from exc
 
 
 def read_yolo_txt(path: Path, width: int, height: int, names: Sequence[str]) -> list[Box]:

@@ -22,12 +22,12 @@ import cv2
 import numpy as np
 
 from msk.constants import WRIST_CLAHE_CLIP_LIMIT, WRIST_CLAHE_GRID
+from msk.imaging import to_uint8
 from msk.wrist_geometry import (
     DETECTOR_PAD_VALUE,
     DetectorLetterbox,
     StudyLetterbox,
     study_letterbox,
-    to_uint8,
 )
 
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset, dcmread
 
-from clients.dicom_pixels import DicomPixelError, dataset_to_grayscale
 from clients.gateway.phi import uid_tag
 from clients.routing import Router
 from clients.sr import ImageFinding, ModelProvenance, Structure, StudyResult
 from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, WRIST_DETECT_MODEL
+from msk.imaging import RadiographError, dataset_to_grayscale
 
 log = logging.getLogger("msk.gateway.scoring")
 
@@ -139,9 +139,9 @@ class StudyScorer:
                 continue
             try:
                 image = dataset_to_grayscale(ds, source=tag)
-            except DicomPixelError as exc:
-                log.warning("skipped %s: %s", tag, exc.reason)
-                findings.append(_finding(ds, route.body_part, error=exc.reason))
+            except RadiographError as exc:
+                log.warning("skipped %s: %s", tag, exc.detail)
+                findings.append(_finding(ds, route.body_part, error=exc.detail))
                 continue
             candidates.append(_Candidate(ds, route.body_part or "", route.pipelines, image))
         if not headers:

@@ -6,7 +6,9 @@ Pages (HTML, every one carrying the research-use banner and the loaded model ver
 API (JSON, what the page calls; also usable from scripts):
   GET  /api/status  Triton reachability and READY model versions
   POST /api/score   multipart `files` (one or more) + optional `body_part` -> per-image results
-                    and the study aggregate
+                    and the study aggregate. The request must declare its Content-Length, which
+                    is checked against `MAX_UPLOAD_REQUEST_BYTES` before the body is read (413,
+                    or 411 without it); each file is held to `MAX_IMAGE_BYTES` from its size.
 
 The app holds only gRPC clients (see `clients.web.service`); it never imports torch. Any error
 reaches the user as a sentence: handlers below turn every exception into JSON or an HTML page
@@ -28,9 +30,15 @@ from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from clients.web.service import WebService
-from clients.web.uploads import MAX_UPLOAD_BYTES, UploadError, decode
+from clients.web.uploads import decode
 from msk import RESEARCH_USE_NOTICE, __version__
-from msk.constants import MURA_BODY_PARTS, MURA_MEMBERS
+from msk.constants import (
+    MAX_IMAGE_BYTES,
+    MAX_UPLOAD_REQUEST_BYTES,
+    MURA_BODY_PARTS,
+    MURA_MEMBERS,
+)
+from msk.imaging import RadiographError, format_bytes
 
 log = logging.getLogger("msk.web")
 
@@ -46,6 +54,7 @@ def create_app(triton_url: str) -> FastAPI:
     app = FastAPI(title="msk-triton web", version=__version__, description=RESEARCH_USE_NOTICE,
                   docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.service = service
+    app.add_middleware(UploadSizeLimit, limit=MAX_UPLOAD_REQUEST_BYTES)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
@@ -81,10 +90,9 @@ def create_app(triton_url: str) -> FastAPI:
         uploads: list[Any] = []
         for f in files:
             name = Path(f.filename or "upload").name
-            data = f.file.read(MAX_UPLOAD_BYTES + 1)
             try:
-                uploads.append(decode(data, name))
-            except UploadError as exc:
+                uploads.append(decode(f.file, name, size=f.size))
+            except RadiographError as exc:
                 uploads.append(str(exc))
         result = service.score_study(uploads, part)
         return JSONResponse({"notice": RESEARCH_USE_NOTICE, **result})
@@ -110,6 +118,39 @@ def create_app(triton_url: str) -> FastAPI:
                         "in its log. Please try again.", page)
 
     return app
+
+
+class UploadSizeLimit:
+    """ASGI middleware: refuse a request body larger than `limit` from its Content-Length, before
+    a byte of it is read (Starlette would otherwise spool the whole upload first). A body without
+    Content-Length (chunked) is refused with 411: browsers and HTTP clients always send it for
+    uploads, and the ASGI server never delivers more bytes than it declares."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        declared = headers.get("content-length")
+        if declared is None or not declared.strip().isdigit():
+            if headers.get("transfer-encoding", "").lower() == "chunked" or declared is not None:
+                await _error(411, "the upload must declare its size (Content-Length)")(
+                    scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        size = int(declared)
+        if size > self.limit:
+            await _error(413, f"upload is {format_bytes(size)}; the limit is "
+                         f"{format_bytes(self.limit)} per request and "
+                         f"{format_bytes(MAX_IMAGE_BYTES)} per file")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 def _error(status_code: int, message: str) -> JSONResponse:

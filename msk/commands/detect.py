@@ -1,8 +1,9 @@
 """`msk detect`: wrist structure boxes for radiographs, via the `wrist_detect` Triton ensemble.
 
 One JSON line per input on stdout (`source`, `boxes` [class, score, x1, y1, x2, y2 in original
-pixels], `versions`, `error`); logs go to stderr. A bad input gets an `error` and the rest go on;
-the exit status is 1 when any input failed.
+pixels], `versions`, `error`); logs go to stderr. A bad input (including a folder or pattern that
+holds no images) gets a row with an `error` and the rest go on; the exit status is 1 when any
+input failed. Images are read by the one radiograph reader (`msk.imaging`), with its limits.
 """
 
 from __future__ import annotations
@@ -10,34 +11,41 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import sys
 from pathlib import Path
 
-from msk.constants import DEFAULT_GRPC_URL, WRIST_DETECT_MODEL
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm"}
+from msk.constants import DEFAULT_GRPC_URL, IMAGE_SUFFIXES, WRIST_DETECT_MODEL
 
 
-def expand_inputs(items: list[str]) -> list[str]:
-    """Files as given, folders searched recursively for images, globs expanded; an item matching
-    nothing is kept so that its error is reported."""
-    out: list[str] = []
+def expand_inputs(items: list[str]) -> list[tuple[str, str | None]]:
+    """(input, error) pairs: files as given, folders searched recursively for images, globs
+    expanded. An item matching nothing is kept so that its error is reported: a folder without
+    images gets its own error here; anything else is named by the reader."""
+    out: list[tuple[str, str | None]] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            out.extend(str(f) for f in sorted(p.rglob("*"))
-                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif any(ch in item for ch in "*?[") and not p.exists():
+            found = [str(f) for f in sorted(p.rglob("*"))
+                     if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
+            out.extend((f, None) for f in found)
+            if not found:
+                out.append((item, f"{item}: folder holds no images "
+                                  f"({', '.join(sorted(IMAGE_SUFFIXES))})"))
+        elif glob.has_magic(item) and not os.path.lexists(item):
             matches = sorted(glob.glob(item, recursive=True))
-            out.extend(matches or [item])
+            out.extend((m, None) for m in matches)
+            if not matches:
+                out.append((item, f"{item}: pattern matches no files"))
         else:
-            out.append(item)
+            out.append((item, None))
     return out
 
 
 def _run(args: argparse.Namespace) -> int:
     from clients.overlay import overlay_png
-    from clients.wrist import WristClient, read_wrist_image
+    from clients.wrist import WristClient, WristResult
+    from msk.imaging import load_grayscale
 
     inputs = expand_inputs(args.inputs)
     if not inputs:
@@ -45,11 +53,12 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     failed = 0
     with WristClient(args.url, model=args.model, timeout_s=args.timeout) as client:
-        for n, source in enumerate(inputs):
-            result = client.detect([source])[0]
+        for n, (source, error) in enumerate(inputs):
+            result = (WristResult(source=source, error=error) if error else
+                      client.detect([source])[0])
             if result.error is None and args.overlay_dir:
                 out = Path(args.overlay_dir) / f"{n:04d}_{Path(source).stem}.png"
-                overlay_png(read_wrist_image(source), result.detections, out)
+                overlay_png(load_grayscale(source), result.detections, out)
                 result_json = {**result.to_json(), "overlay": str(out)}
             else:
                 result_json = result.to_json()

@@ -92,7 +92,9 @@ def wrist_ci_models() -> WristCIModels:
     from training.wrist_train import ultralytics_offline
 
     ultralytics_offline()
-    target = ROOT / ".cache" / "wrist" / f"ci-{_wrist_key()}"
+    # resolved: in a git worktree .cache is a link to the shared cache, and the dataset paths
+    # written during training are resolved ones (`_train_into` relates the two)
+    target = (ROOT / ".cache" / "wrist").resolve() / f"ci-{_wrist_key()}"
     meta = target / "models.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     with (target.parent / f"{target.name}.lock").open("w") as lock:

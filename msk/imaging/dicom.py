@@ -1,5 +1,10 @@
 """DICOM -> the 8-bit grayscale image the Triton pipelines expect (`IMAGE` UINT8 [H, W]).
 
+Part of the one radiograph reader (`msk.imaging`): files reach it through
+`msk.imaging.read_radiograph` (DICOM recognised by content); the gateway, which already holds a
+parsed `Dataset`, calls `dataset_to_grayscale` directly. Both apply the same header checks
+(`check_scorable`: one frame, size limits, valid rescale) before any pixel is decoded.
+
 A radiograph's stored values are not display values: the Modality LUT (rescale slope/intercept
 or a LUT sequence) maps them to physical units, the VOI LUT or window centre/width selects the
 range a reader looks at, and MONOCHROME1 stores "higher is darker". The models were trained on
@@ -13,80 +18,122 @@ Compressed transfer syntaxes decode through pydicom's pixel backends; the pylibj
 pylibjpeg-rle or pydicom's own: RLE) make them work without GDCM.
 
 Inputs the pipelines cannot score (multi-frame objects, objects without pixel data, palette
-colour, bit depths outside 8-16) raise `DicomPixelError` naming the input and the reason, so a
-caller can skip that instance and score the rest of the study.
+colour, bit depths outside 8-16, RescaleSlope 0, too few or too many pixels) raise
+`RadiographError` naming the input and the reason, so a caller can skip that instance and score
+the rest of the study.
 """
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
+import math
 
 import numpy as np
 from pydicom import Dataset, dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
+from msk.constants import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+from msk.imaging.errors import RadiographError, short_reason
+from msk.imaging.window import LUMA_WEIGHTS
+
 MIN_BITS_STORED = 8
 MAX_BITS_STORED = 16
 """Radiographs store 8-16 bits; other depths (1-bit overlays, 32-bit float maps) are not images
 the models were trained on."""
 
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
-"""ITU-R BT.601 luma, for the rare RGB/YBR secondary-capture radiograph."""
 
 
-class DicomPixelError(ValueError):
-    """An instance whose pixels cannot become a scoring image; the message says which and why."""
-
-    def __init__(self, source: str, reason: str) -> None:
-        super().__init__(f"{source}: {reason}")
-        self.source = source
-        self.reason = reason
+def _fail(source: str, detail: str, reason: str = "unsupported_image") -> RadiographError:
+    return RadiographError(source, reason, detail)
 
 
-def read_dataset(src: str | Path | bytes | Dataset, source: str | None = None) -> Dataset:
-    """Read a DICOM file (path or bytes); an already-read Dataset passes through."""
+def read_dataset(src: bytes | Dataset, source: str = "DICOM data") -> Dataset:
+    """Parse DICOM bytes (with or without the 128-byte preamble); a Dataset passes through.
+
+    `force=True` reads preamble-less files (old or raw objects), which is how the web app always
+    read them; whether it really is DICOM is then decided by what parses.
+    """
     if isinstance(src, Dataset):
         return src
-    name = source or (str(src) if not isinstance(src, bytes) else "<bytes>")
     try:
-        fp = io.BytesIO(src) if isinstance(src, bytes) else src
-        return dcmread(fp, force=isinstance(src, bytes))
-    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
-        raise DicomPixelError(name, f"not a readable DICOM file ({exc})") from exc
+        ds = dcmread(io.BytesIO(src), force=True)
+        if not ds.keys() and not getattr(ds, "file_meta", None):
+            raise InvalidDicomError("no DICOM elements")
+        return ds
+    except Exception as exc:  # noqa: BLE001 - pydicom's parser fails on garbage with many types (incl. its own BytesLengthException); all mean "corrupt"
+        raise _fail(source, f"not a readable image: corrupt DICOM file ({short_reason(exc)})",
+                    "unreadable_image") from None
 
 
-def check_scorable(ds: Dataset, source: str = "<dataset>") -> None:
-    """Raise DicomPixelError unless `ds` holds one frame of 8-16 bit grayscale/colour pixels.
 
-    Separate from decoding so the gateway can refuse an instance cheaply before decompressing.
+def _number(value) -> float | None:
+    """A numeric DICOM value (DS/IS, possibly multi-valued) as float; None when unparseable."""
+    if isinstance(value, (MultiValue, list, tuple)):
+        value = value[0] if len(value) else None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def check_scorable(ds: Dataset, source: str = "DICOM dataset") -> None:
+    """Raise RadiographError unless `ds` holds one frame of 8-16 bit grayscale/colour pixels of an
+    allowed size with a valid rescale.
+
+    Header only: the gateway and the reader refuse an instance before decompressing anything.
     """
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-            raise DicomPixelError(source, "float pixel data is not a radiograph; not supported")
+            raise _fail(source, "float pixel data is not a radiograph; not supported")
         sop = ds.get("SOPClassUID", None)
         what = f"SOP class {sop.name if sop is not None else 'unknown'}"
-        raise DicomPixelError(source, f"no pixel data ({what} is not an image)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+        raise _fail(source, f"DICOM object has no pixel data ({what} is not an image)")
+    frames = int(_number(ds.get("NumberOfFrames", 1)) or 1)
     if frames > 1:
-        raise DicomPixelError(
+        raise _fail(
             source, f"multi-frame object ({frames} frames) is not supported: the models score "
-            "single-frame radiographs")
+            "single-frame radiographs", "multi_frame")
     for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PhotometricInterpretation"):
         if keyword not in ds or ds[keyword].value in (None, ""):
-            raise DicomPixelError(source, f"missing required pixel attribute {keyword}")
+            raise _fail(source, f"missing required pixel attribute {keyword}")
+    check_size(int(ds.Rows), int(ds.Columns), source)
+    _check_rescale(ds, source)
     bits = int(ds.BitsStored)
     if not MIN_BITS_STORED <= bits <= MAX_BITS_STORED:
-        raise DicomPixelError(
+        raise _fail(
             source, f"BitsStored {bits} is outside the supported {MIN_BITS_STORED}-"
             f"{MAX_BITS_STORED}")
     photometric = str(ds.PhotometricInterpretation).upper()
     if photometric == "PALETTE COLOR":
-        raise DicomPixelError(source, "PALETTE COLOR images are not radiographs; not supported")
+        raise _fail(source, "PALETTE COLOR images are not radiographs; not supported")
     if photometric not in ("MONOCHROME1", "MONOCHROME2") and int(
             ds.get("SamplesPerPixel", 1)) != 3:
-        raise DicomPixelError(source, f"unsupported PhotometricInterpretation {photometric}")
+        raise _fail(source, f"unsupported PhotometricInterpretation {photometric}")
+
+
+def check_size(rows: int, columns: int, source: str) -> None:
+    """The reader's size rule (`MIN_IMAGE_SIDE` <= each side, pixels <= `MAX_IMAGE_PIXELS`)."""
+    pixels = rows * columns
+    if pixels > MAX_IMAGE_PIXELS:
+        raise _fail(source, f"image is {columns} x {rows} pixels ({pixels:,}), too large; the "
+                    f"limit is {MAX_IMAGE_PIXELS:,} pixels", "image_too_large")
+    if min(rows, columns) < MIN_IMAGE_SIDE:
+        raise _fail(source, f"image is {columns} x {rows} pixels, too small: both sides must be "
+                    f"at least {MIN_IMAGE_SIDE} pixels", "image_too_small")
+
+
+def _check_rescale(ds: Dataset, source: str) -> None:
+    """RescaleSlope 0 would flatten every pixel (and used to be silently taken as 1)."""
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        if keyword in ds and ds[keyword].value not in (None, ""):
+            value = _number(ds[keyword].value)
+            if value is None or not math.isfinite(value):
+                raise _fail(source, f"invalid {keyword} {ds[keyword].value!s}",
+                            "invalid_rescale")
+            if keyword == "RescaleSlope" and value == 0:
+                raise _fail(source, "invalid RescaleSlope 0 (every pixel would have the same "
+                            "value)", "invalid_rescale")
 
 
 def _stored_values(ds: Dataset, source: str) -> np.ndarray:
@@ -97,7 +144,8 @@ def _stored_values(ds: Dataset, source: str) -> np.ndarray:
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(
             ds, "file_meta") else "unknown"
         name = getattr(syntax, "name", syntax)
-        raise DicomPixelError(source, f"cannot decode pixel data ({name}): {exc}") from exc
+        raise _fail(source, f"not a readable image: corrupt DICOM file, cannot decode pixel "
+                    f"data ({name}): {short_reason(exc)}", "unreadable_image") from None
     bits = int(ds.BitsStored)
     if arr.dtype.kind == "u" and bits < arr.dtype.itemsize * 8:
         arr = arr & np.asarray((1 << bits) - 1, dtype=arr.dtype)
@@ -110,8 +158,10 @@ def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut
 
         return np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope = _number(ds.get("RescaleSlope", 1))
+    intercept = _number(ds.get("RescaleIntercept", 0))
+    slope = 1.0 if slope is None else slope          # absent: identity (zero refused earlier)
+    intercept = 0.0 if intercept is None else intercept
     return arr.astype(np.float64) * slope + intercept
 
 
@@ -171,9 +221,21 @@ def _voi(x: np.ndarray, ds: Dataset) -> tuple[np.ndarray, str]:
     return (x - lo) * (255.0 / (hi - lo)), "minmax"
 
 
-def dataset_to_grayscale(ds: Dataset, source: str = "<dataset>") -> np.ndarray:
-    """The display-ready uint8 [H, W] grayscale image of a single-frame DICOM instance."""
-    check_scorable(ds, source)
+def dataset_to_grayscale(ds: Dataset, source: str = "DICOM dataset") -> np.ndarray:
+    """The display-ready uint8 [H, W] grayscale image of a single-frame DICOM instance, after the
+    reader's header checks (what the gateway and `read_radiograph` use)."""
+    try:
+        check_scorable(ds, source)
+        return display_grayscale(ds, source)
+    except RadiographError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - malformed values (a bad window, a short LUT, lazily parsed elements) mean a corrupt file
+        raise _fail(source, f"not a readable image: corrupt DICOM file ({short_reason(exc)})",
+                    "unreadable_image") from None
+
+
+def display_grayscale(ds: Dataset, source: str = "DICOM dataset") -> np.ndarray:
+    """The PS3.3 C.11 display pipeline alone (no size limits): stored values -> uint8."""
     arr = _stored_values(ds, source)
     photometric = str(ds.PhotometricInterpretation).upper()
     if arr.ndim == 3:  # colour (RGB, or YBR that pydicom converted to RGB)
@@ -182,16 +244,8 @@ def dataset_to_grayscale(ds: Dataset, source: str = "<dataset>") -> np.ndarray:
         scale = 255.0 / float((1 << int(ds.BitsStored)) - 1)
         return np.clip(np.rint(luma * scale), 0, 255).astype(np.uint8)
     if arr.ndim != 2:
-        raise DicomPixelError(source, f"unexpected pixel array shape {arr.shape}")
+        raise _fail(source, f"unexpected pixel array shape {list(arr.shape)}")
     y, _ = _voi(_modality_lut(arr, ds), ds)
     if photometric == "MONOCHROME1":
         y = 255.0 - y
     return np.clip(np.rint(y), 0, 255).astype(np.uint8)
-
-
-def load_dicom_grayscale(src: str | Path | bytes | Dataset, source: str | None = None
-                         ) -> np.ndarray:
-    """Read (if needed) and convert one DICOM instance; raises DicomPixelError with the reason."""
-    name = source or ("<dataset>" if isinstance(src, Dataset) else
-                      "<bytes>" if isinstance(src, bytes) else str(src))
-    return dataset_to_grayscale(read_dataset(src, name), name)
