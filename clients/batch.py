@@ -30,6 +30,7 @@ from clients.inputs import ScoreItem
 from clients.metrics import observe_request
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
+from clients.tls import GrpcTls, client_kwargs
 from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
 
 SHM_PREFIX = "msk_score_"
@@ -193,7 +194,7 @@ class BatchScorer:
 
     def __init__(self, url: str, concurrency: int = 4, model: str = MURA_ENSEMBLE_MODEL,
                  shared_memory: bool = False, retry: RetryPolicy | None = None,
-                 request_timeout_s: float = 120.0) -> None:
+                 request_timeout_s: float = 120.0, tls: GrpcTls | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.url = url
@@ -202,6 +203,7 @@ class BatchScorer:
         self.shared_memory = shared_memory
         self.retry = retry or RetryPolicy()
         self.request_timeout_s = request_timeout_s
+        self._tls = client_kwargs(tls)
         self.pipeline = MuraClient.pipeline
         self._contract: EnsembleContract | None = None
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -295,7 +297,7 @@ class BatchScorer:
     def _discover(self) -> EnsembleContract:
         import tritonclient.grpc as grpcclient
 
-        sync = grpcclient.InferenceServerClient(self.url)
+        sync = grpcclient.InferenceServerClient(self.url, **self._tls)
         try:
             return discover_contract(sync, self.model)
         finally:
@@ -315,7 +317,7 @@ class BatchScorer:
 
             deadline = time.monotonic() + in_use_wait_s
             try:
-                sync = grpcclient.InferenceServerClient(self.url)
+                sync = grpcclient.InferenceServerClient(self.url, **self._tls)
                 try:
                     while pending:
                         busy = []
@@ -346,7 +348,7 @@ class BatchScorer:
 
         probe = _ShmSlot(f"{self._shm_prefix}_probe", 0)
         probe.ensure(1)
-        sync = grpcclient.InferenceServerClient(self.url)
+        sync = grpcclient.InferenceServerClient(self.url, **self._tls)
         try:
             sync.register_system_shared_memory(probe.name, probe.key, probe.size)
             sync.unregister_system_shared_memory(probe.name)
@@ -365,7 +367,7 @@ class BatchScorer:
 
         deadline = time.monotonic() + timeout_s
         last = "no answer"
-        client = grpc_aio.InferenceServerClient(self.url)
+        client = grpc_aio.InferenceServerClient(self.url, **self._tls)
         try:
             while True:
                 try:
@@ -396,7 +398,7 @@ class BatchScorer:
         queue: asyncio.Queue[ScoreItem] = asyncio.Queue()
         for item in items:
             queue.put_nowait(item)
-        client = grpc_aio.InferenceServerClient(self.url)
+        client = grpc_aio.InferenceServerClient(self.url, **self._tls)
         slots = ([_ShmSlot(self._shm_prefix, i) for i in range(self.concurrency)]
                  if self.shared_memory else [None] * self.concurrency)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 TRITON_APIS = ("health", "metadata", "inference", "shared-memory", "model-config",
                "model-repository", "statistics", "trace", "logging")
-"""The API groups tritonserver 2.51 accepts in --http-restricted-api / --grpc-restricted-protocol."""
+"""API groups tritonserver 2.51 accepts in --http-restricted-api and --grpc-restricted-protocol."""
 
 HTTP_OPEN = ("health", "metadata")
 """HTTP by default: probes (/v2/health/*) and model metadata."""
@@ -38,8 +38,8 @@ class ServerTls:
     ca: Path | None = None
 
     def __post_init__(self) -> None:
-        for flag, path in (("--grpc-tls-cert", self.cert), ("--grpc-tls-key", self.key),
-                           ("--grpc-tls-ca", self.ca)):
+        for flag, path in (("--tls-cert", self.cert), ("--tls-key", self.key),
+                           ("--tls-ca", self.ca)):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{flag} {path}: no such file")
 

@@ -36,6 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="address to bind (default 127.0.0.1; widen only behind a firewall)")
     p.add_argument("--startup-timeout", type=float, default=600.0,
                    help="seconds to wait for every model to be ready (default 600)")
+    p.add_argument("--http-inference", action="store_true",
+                   help="also accept inference over HTTP (default: HTTP answers health and "
+                   "metadata only; inference, model control and shared memory go over gRPC)")
+    tls = p.add_argument_group("gRPC TLS (Triton's --grpc-use-ssl*)")
+    tls.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                     help="serve gRPC over TLS with this server certificate (PEM); needs "
+                     "--tls-key")
+    tls.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
+                     help="private key (PEM) of --tls-cert")
+    tls.add_argument("--tls-ca", type=Path, default=None, metavar="PEM",
+                     help="mutual TLS: accept only clients whose certificate this CA signed")
     p.set_defaults(handler=run)
 
 
@@ -45,6 +56,18 @@ def _models_without_versions(repository: Path) -> list[str]:
         cfg.parent.name for cfg in repository.glob("*/config.pbtxt")
         if not any(p.is_dir() and p.name.isdigit() for p in cfg.parent.iterdir())
     )
+
+
+def _exposure(args: argparse.Namespace) -> tuple[str, ...]:
+    """Triton flags for what `msk serve` exposes (server/exposure.py); raises on bad TLS flags."""
+    from server.exposure import ServerTls, exposure_args
+
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("--tls-cert and --tls-key are both needed to serve gRPC over TLS")
+        tls = ServerTls(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
+    return exposure_args(http_inference=args.http_inference, tls=tls)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,12 +83,17 @@ def run(args: argparse.Namespace) -> int:
               f"{', '.join(missing)}; build them first with `msk export --repository "
               f"{args.repository}` (or `make demo`)", file=sys.stderr)
         return 1
+    try:
+        exposure = _exposure(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"msk serve: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
                           metrics_port=args.metrics_port, host=args.host, foreground=True,
-                          startup_timeout=args.startup_timeout)
+                          startup_timeout=args.startup_timeout, extra_args=exposure)
     try:
         server.start()
     except ServerStartError as exc:
