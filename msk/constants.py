@@ -140,3 +140,8 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".dcm", ".dicom"})
 """Suffixes that folder/glob expansion treats as radiographs (explicit files are always taken;
 DICOM is also recognised by content)."""
+
+MAX_IMAGE_PIXELS = 50_000_000
+"""Largest image (height x width) any entry point accepts: ~7070 x 7070, above every radiograph
+detector in use (43 x 43 cm at 0.1 mm = 4300 x 4300). `msk serve`'s gRPC guard refuses a request
+declaring a tensor with more elements than this before Triton allocates anything."""

@@ -43,6 +43,15 @@ class ServerTls:
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"{flag} {path}: no such file")
 
+    def credentials(self):
+        """grpc server credentials for the same files (used by the gRPC guard, server/guard.py)."""
+        import grpc
+
+        root = Path(self.ca).read_bytes() if self.ca else None
+        return grpc.ssl_server_credentials(
+            [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
+            root_certificates=root, require_client_auth=root is not None)
+
     def triton_args(self) -> tuple[str, ...]:
         args = [f"--grpc-server-cert={Path(self.cert).resolve()}",
                 f"--grpc-server-key={Path(self.key).resolve()}"]

@@ -58,8 +58,11 @@ def _models_without_versions(repository: Path) -> list[str]:
     )
 
 
-def _exposure(args: argparse.Namespace) -> tuple[str, ...]:
-    """Triton flags for what `msk serve` exposes (server/exposure.py); raises on bad TLS flags."""
+def _exposure(args: argparse.Namespace):
+    """(Triton flags, gRPC TLS or None) for what `msk serve` exposes (server/exposure.py).
+
+    Clients reach gRPC through the guard (server/guard.py), which terminates TLS; Triton's own
+    gRPC listens on loopback only, on a port of its own. Raises on bad TLS flags."""
     from server.exposure import ServerTls, exposure_args
 
     tls = None
@@ -67,10 +70,12 @@ def _exposure(args: argparse.Namespace) -> tuple[str, ...]:
         if not (args.tls_cert and args.tls_key):
             raise ValueError("--tls-cert and --tls-key are both needed to serve gRPC over TLS")
         tls = ServerTls(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
-    return exposure_args(http_inference=args.http_inference, tls=tls)
+    flags = (*exposure_args(http_inference=args.http_inference), f"--grpc-address={DEFAULT_HOST}")
+    return flags, tls
 
 
 def run(args: argparse.Namespace) -> int:
+    from server.guard import GrpcGuard
     from server.launcher import ServerStartError, TritonServer
 
     if not args.repository.is_dir():
@@ -84,14 +89,14 @@ def run(args: argparse.Namespace) -> int:
               f"{args.repository}` (or `make demo`)", file=sys.stderr)
         return 1
     try:
-        exposure = _exposure(args)
+        exposure, tls = _exposure(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"msk serve: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+    server = TritonServer(args.repository, grpc_port=0, http_port=args.http_port,
                           metrics_port=args.metrics_port, host=args.host, foreground=True,
                           startup_timeout=args.startup_timeout, extra_args=exposure)
     try:
@@ -99,13 +104,23 @@ def run(args: argparse.Namespace) -> int:
     except ServerStartError as exc:
         print(f"msk serve: {exc}", file=sys.stderr)
         return 1
-    print(f"msk serve: ready  grpc={server.grpc_url}  http={server.http_url}  "
+    try:
+        guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", args.host, args.grpc_port,
+                          tls=tls).start()
+    except RuntimeError as exc:
+        print(f"msk serve: {exc}", file=sys.stderr)
+        server.stop()
+        return 1
+    print(f"msk serve: ready  grpc={guard.url}  http={server.http_url}  "
           f"metrics={server.metrics_url}", file=sys.stderr, flush=True)
-    while not stop.wait(0.5):
-        if not server.running:
-            print("msk serve: tritonserver exited unexpectedly", file=sys.stderr)
-            server.stop()
-            return 1
-    print("msk serve: shutting down", file=sys.stderr, flush=True)
-    server.stop()
-    return 0
+    try:
+        while not stop.wait(0.5):
+            if not server.running:
+                print("msk serve: tritonserver exited unexpectedly", file=sys.stderr)
+                server.stop()
+                return 1
+        print("msk serve: shutting down", file=sys.stderr, flush=True)
+        server.stop()
+        return 0
+    finally:
+        guard.stop()
