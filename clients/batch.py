@@ -31,9 +31,9 @@ from clients.metrics import observe_request
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
 from clients.tls import GrpcTls, client_kwargs
-from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
+from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, SCORE_SHM_PREFIX
 
-SHM_PREFIX = "msk_score_"
+SHM_PREFIX = SCORE_SHM_PREFIX
 """System shared-memory regions of `msk score` are /dev/shm/msk_score_<pid>_<random>_<slot>."""
 
 RETRYABLE_STATUS = frozenset({

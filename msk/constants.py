@@ -145,3 +145,8 @@ MAX_IMAGE_PIXELS = 50_000_000
 """Largest image (height x width) any entry point accepts: ~7070 x 7070, above every radiograph
 detector in use (43 x 43 cm at 0.1 mm = 4300 x 4300). `msk serve`'s gRPC guard refuses a request
 declaring a tensor with more elements than this before Triton allocates anything."""
+
+SCORE_SHM_PREFIX = "msk_score_"
+"""System shared-memory regions of `msk score --shared-memory` are
+/dev/shm/msk_score_<pid>_<random>_<slot>: the owner's pid in the name lets `msk serve` find and
+unregister the regions of a client that was killed (server/shm_janitor.py)."""
