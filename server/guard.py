@@ -1,229 +1,131 @@
-"""A gRPC guard in front of tritonserver: what `msk serve` exposes on its gRPC port.
+"""Run tritonserver so that it, and every python-backend stub it starts, dies with its launcher.
 
-Why it exists - three faults of tritonserver 2.51 that no flag of it avoids:
-  * shape overflow: a request for `mura_ensemble` with 16 bytes of data and the shape
-    [2**62+4, 4] passes Triton's byte-size check (the element count wraps around int64 to 4, so
-    4 x 4 bytes "match"); the python-backend stub then builds a numpy array of that shape,
-    fails ("array is too big") and dies, and every later request gets "Stub process ... is not
-    healthy". Fixed upstream by checked element counts (triton-inference-server/core#434,
-    server#8182, backend#112, April-May 2025; common#150, 2026), i.e. not before release 25.05.
-  * declared size: the shape a request declares is trusted for allocation; here every input
-    whose element count exceeds `MAX_IMAGE_PIXELS` is refused (INVALID_ARGUMENT) before the
-    request reaches Triton, and messages longer than the largest legal request are refused by
-    gRPC from their length prefix, before they are read.
-  * cancellation crash: a client that disconnects or hits its deadline mid-request makes 2.51's
-    gRPC frontend segfault (server#7472/#8034, fixed by server#7840 in 24.12 and later). The
-    guard never cancels an upstream call: when its client goes away the call runs to its end
-    and the answer is dropped, and a client's deadline is passed on as Triton's per-request
-    queue `timeout` parameter (the models' queue policy allows overriding it), so expired work
-    is rejected from the queue instead of cancelled. The bounded queues (export/configs.py
-    `queue_policy`) bound the dead work a crowd of killed clients can leave behind.
+    python server/guard.py -- tritonserver --model-repository=...
 
-Everything else passes through byte for byte (metadata, config, statistics, shared memory, the
-repository index). TLS for clients terminates here when `msk serve` is given certificates.
+`server.launcher.TritonServer` starts this small standard-library-only program (it is run by
+path, so it imports nothing of the project) instead of tritonserver itself, because a plain
+child can be orphaned: `kill -9` of `msk serve` (an OOM killer, a hard container stop) left
+tritonserver and its stubs running for 44 minutes, holding ports, shared memory and ~4 GB.
+
+- The kernel tells the guard when its launcher dies (`PR_SET_PDEATHSIG`, SIGTERM); the guard then
+  stops tritonserver as on a normal shutdown.
+- tritonserver gets `PR_SET_PDEATHSIG` = SIGKILL, so it dies even if the guard is SIGKILLed.
+- The guard is a child subreaper (`PR_SET_CHILD_SUBREAPER`): stubs orphaned by a crashed server are
+  re-parented to it (not to PID 1, which in containers often reaps nothing, so a stub would keep
+  seeing a zombie parent "alive"), and it kills whatever is left of its process group before it
+  exits.
+- It exits the way tritonserver did: the same code, or the same signal re-raised, so the launcher
+  can say "tritonserver died with SIGSEGV".
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import functools
-import math
-import threading
-from collections.abc import AsyncIterator
+import ctypes
+import os
+import signal
+import sys
+import time
 
-import grpc
-from grpc import aio
-
-from msk.constants import MAX_IMAGE_PIXELS
-from server.exposure import ServerTls
-
-SERVICE = "inference.GRPCInferenceService"
-STREAM_METHODS = frozenset({"ModelStreamInfer"})
-INFER_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
-MAX_MESSAGE_BYTES = 8 * MAX_IMAGE_PIXELS + 16 * 1024 * 1024
-"""Largest request accepted at all: the largest image in up to 8-byte elements, plus headroom."""
-_HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type")
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+STOP_GRACE_S = float(os.environ.get("MSK_TRITON_STOP_GRACE_S", "30"))
+_stop_requested = False
 
 
-class RequestRefused(ValueError):
-    """The request declares a tensor the service never accepts."""
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
 
 
-def check_infer_request(request) -> None:
-    """Refuse negative dimensions and tensors with more than MAX_IMAGE_PIXELS elements.
-
-    Python integers do not overflow, so [2**62+4, 4] is seen for what it is."""
-    for tensor in request.inputs:
-        shape = [int(d) for d in tensor.shape]
-        if any(d < 0 for d in shape):
-            raise RequestRefused(f"input {tensor.name!r} of model {request.model_name!r} "
-                                 f"declares a negative dimension in shape {shape}")
-        elements = math.prod(shape)
-        if elements > MAX_IMAGE_PIXELS:
-            raise RequestRefused(
-                f"input {tensor.name!r} of model {request.model_name!r} declares shape {shape} "
-                f"= {elements} elements; the most accepted is {MAX_IMAGE_PIXELS} "
-                "(msk.constants.MAX_IMAGE_PIXELS)")
+def _request_stop(_signum: int, _frame: object) -> None:
+    global _stop_requested
+    _stop_requested = True
 
 
-class GrpcGuard:
-    """Listens on `host:port`, forwards to tritonserver's gRPC at `upstream` (see module doc)."""
-
-    def __init__(self, upstream: str, host: str, port: int, tls: ServerTls | None = None) -> None:
-        self.upstream = upstream
-        self.host = host
-        self.port = port
-        self.tls = tls
-        self.refused = 0
-        self.orphaned = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._server: aio.Server | None = None
-        self._channel: aio.Channel | None = None
-        self._orphans: set[asyncio.Future] = set()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-
-    @property
-    def url(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    # -- lifecycle (the guard runs its own event loop in a thread) ------------------------------
-    def start(self) -> GrpcGuard:
-        self._thread = threading.Thread(target=self._run, name="grpc-guard", daemon=True)
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None:
-            raise RuntimeError(f"gRPC guard could not listen on {self.url}: {self._error}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):       # loop already closed
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join(60)
-
-    def __enter__(self) -> GrpcGuard:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
+def _group_members() -> list[int]:
+    """PIDs in this process group other than the guard itself (stubs, a surviving server)."""
+    me, group = os.getpid(), os.getpgrp()
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
         try:
-            self._loop.run_until_complete(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
-            self._error = exc
-            self._ready.set()
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group:              # fields after "(comm)": state, ppid, pgrp
+            members.append(int(entry))
+    return members
+
+
+def _kill_leftovers() -> None:
+    for pid in _group_members():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:       # reap what was re-parented to us
+        try:
+            if os.waitpid(-1, os.WNOHANG) == (0, 0):
+                time.sleep(0.05)
+        except ChildProcessError:
+            return
+
+
+def _start(command: list[str]) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            os.execvp(command[0], command)
         finally:
-            self._loop.close()
+            os._exit(127)
+    return pid
 
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        limits = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                  ("grpc.max_send_message_length", -1)]
-        self._channel = aio.insecure_channel(self.upstream, options=[
-            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
-        self._server = aio.server(options=limits)
-        self._server.add_generic_rpc_handlers((_Handler(self),))
-        address = f"{self.host}:{self.port}"
-        if self.tls is not None:
-            bound = self._server.add_secure_port(address, self.tls.credentials())
-        else:
-            bound = self._server.add_insecure_port(address)
-        if not bound:
-            raise OSError(f"cannot bind {address}")
-        self.port = bound
-        await self._server.start()
-        self._ready.set()
-        await self._stop.wait()
-        await self._server.stop(grace=5)
-        if self._orphans:
-            await asyncio.wait(self._orphans, timeout=30)
-        await self._channel.close()
 
-    # -- forwarding -------------------------------------------------------------------------------
-    def _metadata(self, context: aio.ServicerContext) -> tuple[tuple[str, str], ...]:
-        return tuple((k, v) for k, v in (context.invocation_metadata() or ())
-                     if not k.lower().startswith(_HOP_HEADERS))
-
-    def _checked(self, name: str, raw: bytes, remaining: float | None) -> bytes:
-        """Validate an inference request; carry the client's deadline as Triton's queue timeout."""
-        if name not in INFER_METHODS:
-            return raw
-        from tritonclient.grpc import service_pb2
-
-        request = service_pb2.ModelInferRequest.FromString(raw)
-        check_infer_request(request)
-        if remaining is not None and "timeout" not in request.parameters:
-            request.parameters["timeout"].int64_param = max(1, int(remaining * 1e6))
-            return request.SerializeToString()
-        return raw
-
-    async def unary(self, method: str, raw: bytes, context: aio.ServicerContext) -> bytes:
-        name = method.rsplit("/", 1)[1]
+def main(argv: list[str]) -> int:
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        print("usage: guard.py -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    command = argv[argv.index("--") + 1:]
+    launcher = os.getppid()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, _request_stop)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != launcher:               # the launcher died before the line above
+        return 1
+    server = _start(command)
+    status, stop_sent = None, None
+    while status is None:
+        if _stop_requested and stop_sent is None:
+            os.kill(server, signal.SIGTERM)
+            stop_sent = time.monotonic()
+        if stop_sent is not None and time.monotonic() - stop_sent > STOP_GRACE_S:
+            os.kill(server, signal.SIGKILL)
         try:
-            raw = self._checked(name, raw, context.time_remaining())
-        except RequestRefused as exc:
-            self.refused += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        call = self._channel.unary_unary(method)(raw, metadata=self._metadata(context))
-        upstream = asyncio.ensure_future(_finish(call))
-        try:
-            code, details, response = await asyncio.shield(upstream)
-        except asyncio.CancelledError:
-            # The client went away: let Triton finish rather than cancel (module docstring).
-            self.orphaned += 1
-            self._orphans.add(upstream)
-            upstream.add_done_callback(self._orphans.discard)
-            raise
-        if code is not None:
-            await context.abort(code, details)
-        return response
-
-    async def stream(self, method: str, requests: AsyncIterator[bytes],
-                     context: aio.ServicerContext) -> AsyncIterator[bytes]:
-        refused: list[str] = []
-
-        async def checked() -> AsyncIterator[bytes]:
-            async for raw in requests:
-                try:
-                    yield self._checked("ModelStreamInfer", raw, None)
-                except RequestRefused as exc:
-                    self.refused += 1
-                    refused.append(str(exc))
-                    return
-
-        call = self._channel.stream_stream(method)(checked(), metadata=self._metadata(context))
-        try:
-            async for response in call:
-                yield response
-        except aio.AioRpcError as exc:
-            await context.abort(exc.code(), exc.details())
-        if refused:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused[0])
+            pid, code = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == server:
+            status = code
+        elif pid == 0:
+            time.sleep(0.1)
+    _kill_leftovers()
+    if status is None:
+        return 1
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)               # exit the way tritonserver did
+        return 128 + sig
+    return os.WEXITSTATUS(status)
 
 
-async def _finish(call) -> tuple[grpc.StatusCode | None, str, bytes]:
-    try:
-        return None, "", await call
-    except aio.AioRpcError as exc:
-        return exc.code(), exc.details() or "", b""
-
-
-class _Handler(grpc.GenericRpcHandler):
-    def __init__(self, guard: GrpcGuard) -> None:
-        self.guard = guard
-
-    def service(self, details: grpc.HandlerCallDetails):
-        method = details.method
-        if not method.startswith(f"/{SERVICE}/"):
-            return None
-        if method.rsplit("/", 1)[1] in STREAM_METHODS:
-            return grpc.stream_stream_rpc_method_handler(
-                functools.partial(self.guard.stream, method))
-        return grpc.unary_unary_rpc_method_handler(functools.partial(self.guard.unary, method))
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

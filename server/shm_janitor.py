@@ -77,3 +77,34 @@ def sweep(client) -> list[StaleRegion]:
                 (SHM_ROOT / region.key.lstrip("/")).unlink()
         swept.append(region)
     return swept
+
+
+class ShmJanitor:
+    """Runs `sweep` every `interval_s` on the supervisor's poll (a duty, never a restart reason)."""
+
+    def __init__(self, interval_s: float = 5.0, say=print) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.interval_s = interval_s
+        self.say = say
+        self._next = 0.0
+        self.swept = 0
+
+    def __call__(self, server) -> None:
+        if self._clock() < self._next or not server.running:
+            return None
+        self._next = self._clock() + self.interval_s
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        try:
+            for region in sweep(client):
+                self.swept += 1
+                self.say(f"msk serve: unregistered stale shared memory {region.name!r} "
+                         f"({region.reason})")
+        except Exception as exc:  # noqa: BLE001 - a failed sweep is retried at the next interval
+            log.debug("shared-memory sweep failed: %s", exc)
+        finally:
+            client.close()
+        return None

@@ -127,7 +127,8 @@ def test_web_and_gateway_clients_over_tls(tls_triton, pki):
 def test_msk_serve_serves_grpc_over_tls(tiny_repository, pki):
     proc = subprocess.Popen(
         [*MSK, "serve", "--repository", str(tiny_repository), "--grpc-port", "0",
-         "--http-port", "0", "--metrics-port", "0", "--tls-cert", str(pki["server.pem"]),
+         "--http-port", "0", "--metrics-port", "0", "--supervisor-metrics-port", "0",
+         "--tls-cert", str(pki["server.pem"]),
          "--tls-key", str(pki["server.key"]), "--tls-ca", str(pki["ca.pem"])],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

@@ -38,7 +38,7 @@ SHAS = {"densenet169_a": "a" * 64, "densenet169_b": "b" * 64, "resnet101_a": "c"
 def dciodvfy(path: Path) -> list[str]:
     """dciodvfy's error lines for `path` (warnings are informative, errors are not allowed)."""
     exe = shutil.which("dciodvfy")
-    assert exe, "dciodvfy (Debian dicom3tools) is required; run scripts/install_system_packages.sh"
+    assert exe, "dciodvfy (Debian dicom3tools) is required; run scripts/install_test_packages.sh"
     proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
     lines = (proc.stdout + proc.stderr).splitlines()
     return [line for line in lines if line.startswith("Error")]

@@ -21,7 +21,8 @@ import psutil
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_READY = re.compile(r"ready\s+grpc=(\S+)\s+http=(\S+)\s+metrics=(\S+)")
+_READY = re.compile(r"ready\s+grpc=(\S+)\s+http=(\S+)\s+metrics=(\S+)"
+                    r"(?:\s+supervisor-metrics=(\S+))?")
 
 
 @dataclass
@@ -31,6 +32,7 @@ class ServeProcess:
     http_url: str
     metrics_url: str
     triton_pid: int
+    supervisor_metrics_url: str | None = None
 
     def tritonserver_pid(self) -> int | None:
         for child in psutil.Process(self.proc.pid).children(recursive=True):
@@ -51,7 +53,8 @@ class ServeProcess:
 def running_msk_serve(repository: Path, *flags: str) -> Iterator[ServeProcess]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "msk.cli", "serve", "--repository", str(repository),
-         "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0", *flags],
+         "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+         "--supervisor-metrics-port", "0", *flags],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
@@ -64,7 +67,8 @@ def running_msk_serve(repository: Path, *flags: str) -> Iterator[ServeProcess]:
         # Keep draining stderr so the server never blocks on a full pipe.
         import threading
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        serve = ServeProcess(proc, match.group(1), match.group(2), match.group(3), 0)
+        serve = ServeProcess(proc, match.group(1), match.group(2), match.group(3), 0,
+                             match.group(4))
         serve.triton_pid = serve.tritonserver_pid()
         assert serve.triton_pid, "msk serve is ready but runs no tritonserver"
         yield serve

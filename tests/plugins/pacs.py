@@ -35,7 +35,7 @@ GATEWAY_AET = "MSKGW"
 def _tool(name: str) -> str:
     exe = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists()
                                  else None)
-    assert exe, f"{name} is required (Debian package; scripts/install_system_packages.sh)"
+    assert exe, f"{name} is required (Debian package; scripts/install_test_packages.sh)"
     return exe
 
 
