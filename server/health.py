@@ -40,21 +40,43 @@ def stub_models(root_pid: int) -> Counter[tuple[str, str]]:
     return found
 
 
+def served_models(grpc_url: str) -> set[tuple[str, str]]:
+    """(model, version) of every READY model that runs in a stub (all but ensembles)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    try:
+        index = client.get_model_repository_index(as_json=True, client_timeout=10)
+        ready = {(m["name"], m.get("version", "")) for m in index.get("models", [])
+                 if m.get("state") == "READY"}
+        return {(name, version) for name, version in ready
+                if client.get_model_config(name, as_json=True, client_timeout=10)["config"]
+                .get("platform") != "ensemble"}
+    finally:
+        client.close()
+
+
 class StubWatch:
-    """Health check: None while every stub seen after the (re)start is alive, else a reason."""
+    """Health check: None while every served model has a live stub, else a reason.
+
+    What must be there is asked from Triton once per (re)start (its READY models), not taken from
+    a snapshot, so a stub that dies just after the server became ready is noticed too."""
 
     def __init__(self) -> None:
         self._pid: int | None = None
-        self._expected: Counter[tuple[str, str]] = Counter()
+        self._expected: set[tuple[str, str]] = set()
 
     def __call__(self, server) -> str | None:
         if server.process is None:
             return None
-        live = stub_models(server.process.pid)
         if server.process.pid != self._pid:           # first look after a (re)start
-            self._pid, self._expected = server.process.pid, live
-            return None
-        dead = sorted(key for key, count in self._expected.items() if live[key] < count)
+            try:
+                self._expected = served_models(f"127.0.0.1:{server.grpc_port}")
+            except Exception:  # noqa: BLE001 - not answering yet: look again at the next poll
+                return None
+            self._pid = server.process.pid
+        live = stub_models(server.process.pid)
+        dead = sorted(key for key in self._expected if live[key] < 1)
         if not dead:
             return None
         self._pid = None                               # the restart takes a fresh baseline
