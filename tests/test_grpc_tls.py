@@ -145,3 +145,19 @@ def test_msk_serve_serves_grpc_over_tls(tiny_repository, pki):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
+
+
+def test_web_and_gateway_commands_take_the_tls_flags(pki, tmp_path):
+    missing = tmp_path / "missing.pem"
+    web = subprocess.run([*MSK, "web", "--port", "0", "--tls-ca", str(missing)],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert web.returncode == 2 and f"--tls-ca {missing}: no such file" in web.stderr
+    gateway = subprocess.run(
+        [*MSK, "gateway", "--triton-url", "127.0.0.1:1", "--destination", "PACS@127.0.0.1:104",
+         "--data-dir", str(tmp_path / "gw"), "--tls-ca", str(pki["ca.pem"]),
+         "--tls-cert", str(pki["client.pem"]), "--tls-key", str(pki["client.key"]),
+         "--print-config"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert gateway.returncode == 0, gateway.stderr
+    settings = json.loads(gateway.stdout)
+    assert settings["triton_tls_ca"] == str(pki["ca.pem"])
+    assert settings["triton_tls_key"] == str(pki["client.key"])
