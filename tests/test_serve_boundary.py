@@ -97,3 +97,26 @@ def test_http_inference_is_opt_in(tiny_repository):
         with urllib.request.urlopen(request, timeout=60) as r:
             outputs = {o["name"]: o for o in json.load(r)["outputs"]}
         assert 0.0 <= outputs["PROBABILITY"]["data"][0] <= 1.0
+
+
+def test_a_client_deadline_becomes_the_queue_timeout_not_a_cancellation():
+    """The guard forwards a deadline as Triton's per-request `timeout` (the queue policy allows
+    overriding it) so expired work is rejected from the queue; an explicit timeout is kept."""
+    from tritonclient.grpc import service_pb2
+
+    from server.grpc_guard import GrpcGuard
+
+    guard = GrpcGuard("127.0.0.1:1", "127.0.0.1", 0)
+    request = service_pb2.ModelInferRequest(model_name=MURA_ENSEMBLE_MODEL)
+    tensor = request.inputs.add(name="IMAGE", datatype="UINT8", shape=[96, 80])
+    assert tensor.name == "IMAGE"
+    forwarded = service_pb2.ModelInferRequest.FromString(
+        guard._checked("ModelInfer", request.SerializeToString(), 2.5))
+    assert forwarded.parameters["timeout"].int64_param == 2_500_000
+    assert list(forwarded.inputs[0].shape) == [96, 80]
+    request.parameters["timeout"].int64_param = 1000
+    kept = service_pb2.ModelInferRequest.FromString(
+        guard._checked("ModelInfer", request.SerializeToString(), 2.5))
+    assert kept.parameters["timeout"].int64_param == 1000
+    untouched = request.SerializeToString()
+    assert guard._checked("ModelInfer", untouched, None) == untouched
