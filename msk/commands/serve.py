@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start the official tritonserver binary on 127.0.0.1 with a model repository, "
         "wait until every model is ready, and keep serving until SIGTERM or Ctrl-C (then shut "
         "down cleanly, leaving no process or /dev/shm region behind). Latency quantiles are "
-        "enabled on the metrics port.",
+        "enabled on the metrics port. gRPC goes through a guard that refuses oversized or "
+        "overflowing tensor shapes and never cancels work inside Triton; HTTP answers health and "
+        "metadata only unless --http-inference. A model whose process died, or a crashed "
+        "server, is restarted (msk_serve_triton_restarts_total).",
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"),
                    help="model repository to serve (default: ./model_repository)")
@@ -53,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--http-inference", action="store_true",
                    help="also accept inference over HTTP (default: HTTP answers health and "
                    "metadata only; inference, model control and shared memory go over gRPC)")
-    tls = p.add_argument_group("gRPC TLS (Triton's --grpc-use-ssl*)")
+    tls = p.add_argument_group("gRPC TLS (terminated by msk serve's gRPC guard)")
     tls.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
                      help="serve gRPC over TLS with this server certificate (PEM); needs "
                      "--tls-key")
