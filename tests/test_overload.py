@@ -100,7 +100,7 @@ def test_excess_requests_are_answered_unavailable_not_queued(tiny_repository):
 
 
 def test_flood_then_killed_clients_leave_a_bounded_backlog(tiny_repository, tmp_path):
-    with running_msk_serve(tiny_repository) as serve:
+    with running_msk_serve("serve", "--repository", str(tiny_repository)) as serve:
         flooders, logs = [], []
         for i in range(FLOODERS):
             log = (tmp_path / f"flooder{i}.log").open("w")

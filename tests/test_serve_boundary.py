@@ -89,7 +89,8 @@ def test_http_serves_health_and_metadata_but_not_inference(tiny_msk_serve):
 def test_http_inference_is_opt_in(tiny_repository):
     from tests.plugins.msk_serve import running_msk_serve
 
-    with running_msk_serve(tiny_repository, "--http-inference") as serve:
+    with running_msk_serve("serve", "--repository", str(tiny_repository),
+                           "--http-inference") as serve:
         body = json.dumps({"inputs": [{"name": "IMAGE", "shape": [2, 2], "datatype": "UINT8",
                                        "data": [1, 2, 3, 4]}]}).encode()
         request = urllib.request.Request(

@@ -76,7 +76,7 @@ def _restarts(metrics_url: str, reason: str) -> float:
 
 
 def test_a_dead_model_process_turns_readiness_false_and_is_healed(tiny_repository):
-    with running_msk_serve(tiny_repository) as serve:
+    with running_msk_serve("serve", "--repository", str(tiny_repository)) as serve:
         assert _infer_ok(serve.grpc_url)
         _stub_of(serve.proc.pid, "mura_preprocess").kill()
         _wait(lambda: not _ready(serve.http_url), 30, "readiness turns false")
@@ -111,7 +111,7 @@ def test_killed_shared_memory_clients_are_unregistered_and_rss_returns(tiny_repo
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             start_new_session=True)
 
-    with running_msk_serve(tiny_repository) as serve:
+    with running_msk_serve("serve", "--repository", str(tiny_repository)) as serve:
         warm = score(*images[:16])
         assert warm.wait(300) == 0
         _wait(lambda: not _registered(serve.grpc_url), 30, "warm-up regions unregistered")

@@ -1,8 +1,9 @@
 """`msk serve` as users run it (a subprocess on free loopback ports), for boundary tests.
 
-`running_msk_serve(repository, *flags)` yields a `ServeProcess` once the command printed its ready
-line; `tritonserver_pid()` finds the tritonserver child so tests can watch its memory and notice
-a crash (a restarted or missing server fails the test: Triton must not crash silently).
+`running_msk_serve("serve", "--repository", DIR, *flags)` (free ports are added) yields a
+`ServeProcess` once the command printed its ready line; `tritonserver_pid()` finds the
+tritonserver child so tests can watch its memory and notice a crash (a restarted or missing
+server fails the test: Triton must not crash silently).
 """
 
 from __future__ import annotations
@@ -50,11 +51,11 @@ class ServeProcess:
 
 
 @contextlib.contextmanager
-def running_msk_serve(repository: Path, *flags: str) -> Iterator[ServeProcess]:
+def running_msk_serve(*args: str) -> Iterator[ServeProcess]:
+    assert args[:1] == ("serve",), "the command line starts with the subcommand"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "msk.cli", "serve", "--repository", str(repository),
-         "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
-         "--supervisor-metrics-port", "0", *flags],
+        [sys.executable, "-m", "msk.cli", *args, "--grpc-port", "0", "--http-port", "0",
+         "--metrics-port", "0", "--supervisor-metrics-port", "0"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
@@ -85,5 +86,5 @@ def running_msk_serve(repository: Path, *flags: str) -> Iterator[ServeProcess]:
 @pytest.fixture(scope="module")
 def tiny_msk_serve(tiny_repository) -> Iterator[ServeProcess]:
     """`msk serve` (default flags) on the tiny repository, one per test module."""
-    with running_msk_serve(tiny_repository) as serve:
+    with running_msk_serve("serve", "--repository", str(tiny_repository)) as serve:
         yield serve
