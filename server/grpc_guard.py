@@ -50,21 +50,25 @@ class RequestRefused(ValueError):
     """The request declares a tensor the service never accepts."""
 
 
-def check_infer_request(request) -> None:
+def check_shape(model: str, name: str, shape: list[int]) -> None:
     """Refuse negative dimensions and tensors with more than MAX_IMAGE_PIXELS elements.
 
-    Python integers do not overflow, so [2**62+4, 4] is seen for what it is."""
+    Python integers do not overflow, so [2**62+4, 4] is seen for what it is. Shared by the gRPC
+    guard and the HTTP guard (server/http_guard.py)."""
+    if any(d < 0 for d in shape):
+        raise RequestRefused(f"input {name!r} of model {model!r} declares a negative dimension "
+                             f"in shape {shape}")
+    elements = math.prod(shape)
+    if elements > MAX_IMAGE_PIXELS:
+        raise RequestRefused(
+            f"input {name!r} of model {model!r} declares shape {shape} = {elements} elements; "
+            f"the most accepted is {MAX_IMAGE_PIXELS} (msk.constants.MAX_IMAGE_PIXELS)")
+
+
+def check_infer_request(request) -> None:
+    """`check_shape` for every input of a gRPC ModelInferRequest."""
     for tensor in request.inputs:
-        shape = [int(d) for d in tensor.shape]
-        if any(d < 0 for d in shape):
-            raise RequestRefused(f"input {tensor.name!r} of model {request.model_name!r} "
-                                 f"declares a negative dimension in shape {shape}")
-        elements = math.prod(shape)
-        if elements > MAX_IMAGE_PIXELS:
-            raise RequestRefused(
-                f"input {tensor.name!r} of model {request.model_name!r} declares shape {shape} "
-                f"= {elements} elements; the most accepted is {MAX_IMAGE_PIXELS} "
-                "(msk.constants.MAX_IMAGE_PIXELS)")
+        check_shape(request.model_name, tensor.name, [int(d) for d in tensor.shape])
 
 
 class GrpcGuard:

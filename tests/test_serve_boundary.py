@@ -5,7 +5,8 @@
   guard and the same tritonserver keeps serving.
 * A shape larger than `MAX_IMAGE_PIXELS` is refused before any allocation on gRPC; HTTP answers
   health and metadata only, so the 90-byte HTTP request that made Triton allocate ~10 GB is
-  refused (403) and the server's memory does not move.
+  refused (403) and the server's memory does not move; with `--http-inference` the HTTP guard
+  refuses it (400) before Triton parses it.
 """
 
 from __future__ import annotations
@@ -86,18 +87,30 @@ def test_http_serves_health_and_metadata_but_not_inference(tiny_msk_serve):
     assert tiny_msk_serve.triton_alive()
 
 
-def test_http_inference_is_opt_in(tiny_repository):
+def test_http_inference_is_opt_in_and_guarded(tiny_repository):
     from tests.plugins.msk_serve import running_msk_serve
 
     with running_msk_serve("serve", "--repository", str(tiny_repository),
                            "--http-inference") as serve:
+        infer = f"{serve.http_url}/v2/models/{MURA_ENSEMBLE_MODEL}/infer"
         body = json.dumps({"inputs": [{"name": "IMAGE", "shape": [2, 2], "datatype": "UINT8",
                                        "data": [1, 2, 3, 4]}]}).encode()
-        request = urllib.request.Request(
-            f"{serve.http_url}/v2/models/{MURA_ENSEMBLE_MODEL}/infer", data=body)
-        with urllib.request.urlopen(request, timeout=60) as r:
+        with urllib.request.urlopen(urllib.request.Request(infer, data=body), timeout=60) as r:
             outputs = {o["name"]: o for o in json.load(r)["outputs"]}
         assert 0.0 <= outputs["PROBABILITY"]["data"][0] <= 1.0
+        rss = serve.triton_rss_bytes()
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(urllib.request.Request(infer, data=ISSUE_BODY), timeout=30)
+        assert caught.value.code == 400
+        assert str(MAX_IMAGE_PIXELS) in json.load(caught.value)["error"]
+        assert serve.triton_rss_bytes() - rss < RSS_JUMP
+        with pytest.raises(urllib.error.HTTPError) as caught:      # still no model control
+            urllib.request.urlopen(urllib.request.Request(
+                f"{serve.http_url}/v2/repository/index", data=b"{}"), timeout=30)
+        assert caught.value.code == 403
+        with urllib.request.urlopen(f"{serve.http_url}/v2/health/ready", timeout=10) as r:
+            assert r.status == 200
+        assert serve.triton_alive()
 
 
 def test_a_client_deadline_becomes_the_queue_timeout_not_a_cancellation():

@@ -8,6 +8,7 @@ whatever signal ends it (`server/guard.py`).
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import threading
@@ -75,11 +76,14 @@ def _models_without_versions(repository: Path) -> list[str]:
     )
 
 
-def _exposure(args: argparse.Namespace):
+def _exposure(args: argparse.Namespace, secret: str):
     """(Triton flags, gRPC TLS or None) for what `msk serve` exposes (server/exposure.py).
 
     Clients reach gRPC through the gRPC guard (server/grpc_guard.py), which terminates TLS;
-    Triton's own gRPC listens on loopback only, on a port of its own. Raises on bad TLS flags."""
+    Triton's own gRPC listens on loopback only, on a port of its own. With --http-inference,
+    HTTP goes through the HTTP guard (server/http_guard.py) the same way, and only the guard
+    holds `secret`, the header value that opens Triton's HTTP inference. Raises on bad TLS
+    flags."""
     from server.exposure import ServerTls, exposure_args
 
     tls = None
@@ -87,14 +91,17 @@ def _exposure(args: argparse.Namespace):
         if not (args.tls_cert and args.tls_key):
             raise ValueError("--tls-cert and --tls-key are both needed to serve gRPC over TLS")
         tls = ServerTls(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
-    flags = (*exposure_args(http_inference=args.http_inference), f"--grpc-address={DEFAULT_HOST}")
-    return flags, tls
+    flags = [*exposure_args(secret=secret), f"--grpc-address={DEFAULT_HOST}"]
+    if args.http_inference:
+        flags.append(f"--http-address={DEFAULT_HOST}")
+    return tuple(flags), tls
 
 
 def run(args: argparse.Namespace) -> int:
     from export.consistency import repository_problems
     from server.grpc_guard import GrpcGuard
     from server.health import StubWatch
+    from server.http_guard import HttpGuard
     from server.launcher import ServerStartError, TritonServer, free_port
     from server.shm_janitor import ShmJanitor
     from server.supervisor import Supervisor, SupervisorMetrics
@@ -115,16 +122,26 @@ def run(args: argparse.Namespace) -> int:
               + "\n  - ".join(problems) + "\n(`msk doctor` checks it in full)", file=sys.stderr)
         return 1
     try:
-        exposure, tls = _exposure(args)
+        secret = secrets.token_hex(16)
+        exposure, tls = _exposure(args, secret)
     except (ValueError, FileNotFoundError) as exc:
         print(f"msk serve: {exc}", file=sys.stderr)
         return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = TritonServer(args.repository, grpc_port=0, http_port=args.http_port,
+    server = TritonServer(args.repository, grpc_port=0,
+                          http_port=0 if args.http_inference else args.http_port,
                           metrics_port=args.metrics_port, host=args.host, foreground=True,
                           startup_timeout=args.startup_timeout, extra_args=exposure)
+    http_guard = None
+    if args.http_inference:
+        try:
+            http_guard = HttpGuard(server.http_port, args.host, args.http_port, secret)
+        except OSError as exc:
+            print(f"msk serve: cannot listen on {args.host}:{args.http_port} ({exc.strerror})",
+                  file=sys.stderr)
+            return 1
     metrics = SupervisorMetrics()
     metrics_note = ""
     if args.supervisor_metrics_port >= 0:
@@ -144,8 +161,11 @@ def run(args: argparse.Namespace) -> int:
     guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", args.host, args.grpc_port, tls=tls)
 
     def ready() -> None:
-        guard.start()     # once: it outlives Triton restarts (same internal port)
-        say(f"msk serve: ready  grpc={guard.url}  http={server.http_url}  "
+        guard.start()     # once: the guards outlive Triton restarts (same internal ports)
+        if http_guard is not None:
+            http_guard.start()
+        http_url = http_guard.url if http_guard is not None else server.http_url
+        say(f"msk serve: ready  grpc={guard.url}  http={http_url}  "
             f"metrics={server.metrics_url}{metrics_note}")
 
     checks = (StubWatch(), ShmJanitor(say=say))
@@ -159,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     finally:
         guard.stop()
+        if http_guard is not None:
+            http_guard.stop()
     if code == 0:
         say("msk serve: stopped")
     return code
