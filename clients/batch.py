@@ -30,10 +30,11 @@ from clients.inputs import ScoreItem
 from clients.metrics import observe_request
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
-from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
+from clients.tls import GrpcTls, client_kwargs
+from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, SCORE_SHM_PREFIX
 from msk.imaging import RadiographError, load_grayscale
 
-SHM_PREFIX = "msk_score_"
+SHM_PREFIX = SCORE_SHM_PREFIX
 """System shared-memory regions of `msk score` are /dev/shm/msk_score_<pid>_<random>_<slot>."""
 
 RETRYABLE_STATUS = frozenset({
@@ -175,7 +176,7 @@ class BatchScorer:
 
     def __init__(self, url: str, concurrency: int = 4, model: str = MURA_ENSEMBLE_MODEL,
                  shared_memory: bool = False, retry: RetryPolicy | None = None,
-                 request_timeout_s: float = 120.0) -> None:
+                 request_timeout_s: float = 120.0, tls: GrpcTls | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.url = url
@@ -184,6 +185,7 @@ class BatchScorer:
         self.shared_memory = shared_memory
         self.retry = retry or RetryPolicy()
         self.request_timeout_s = request_timeout_s
+        self._tls = client_kwargs(tls)
         self.pipeline = MuraClient.pipeline
         self._contract: EnsembleContract | None = None
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}"
@@ -277,7 +279,7 @@ class BatchScorer:
     def _discover(self) -> EnsembleContract:
         import tritonclient.grpc as grpcclient
 
-        sync = grpcclient.InferenceServerClient(self.url)
+        sync = grpcclient.InferenceServerClient(self.url, **self._tls)
         try:
             return discover_contract(sync, self.model)
         finally:
@@ -297,7 +299,7 @@ class BatchScorer:
 
             deadline = time.monotonic() + in_use_wait_s
             try:
-                sync = grpcclient.InferenceServerClient(self.url)
+                sync = grpcclient.InferenceServerClient(self.url, **self._tls)
                 try:
                     while pending:
                         busy = []
@@ -328,7 +330,7 @@ class BatchScorer:
 
         probe = _ShmSlot(f"{self._shm_prefix}_probe", 0)
         probe.ensure(1)
-        sync = grpcclient.InferenceServerClient(self.url)
+        sync = grpcclient.InferenceServerClient(self.url, **self._tls)
         try:
             sync.register_system_shared_memory(probe.name, probe.key, probe.size)
             sync.unregister_system_shared_memory(probe.name)
@@ -347,7 +349,7 @@ class BatchScorer:
 
         deadline = time.monotonic() + timeout_s
         last = "no answer"
-        client = grpc_aio.InferenceServerClient(self.url)
+        client = grpc_aio.InferenceServerClient(self.url, **self._tls)
         try:
             while True:
                 try:
@@ -378,7 +380,7 @@ class BatchScorer:
         queue: asyncio.Queue[ScoreItem] = asyncio.Queue()
         for item in items:
             queue.put_nowait(item)
-        client = grpc_aio.InferenceServerClient(self.url)
+        client = grpc_aio.InferenceServerClient(self.url, **self._tls)
         slots = ([_ShmSlot(self._shm_prefix, i) for i in range(self.concurrency)]
                  if self.shared_memory else [None] * self.concurrency)
 

@@ -24,6 +24,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from clients.metrics import observe_request
+from clients.tls import GrpcTls, client_kwargs
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import DEFAULT_GRPC_URL, MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
 from msk.imaging import RadiographError, load_grayscale
@@ -111,12 +112,13 @@ class MuraClient:
     pipeline = MURA_ENSEMBLE_MODEL
 
     def __init__(self, url: str = DEFAULT_GRPC_URL, model: str = MURA_ENSEMBLE_MODEL,
-                 timeout_s: float = 120.0, concurrency: int = 4) -> None:
+                 timeout_s: float = 120.0, concurrency: int = 4,
+                 tls: GrpcTls | None = None) -> None:
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
         self.concurrency = max(1, concurrency)
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = grpcclient.InferenceServerClient(url, **client_kwargs(tls))
         self._contract: EnsembleContract | None = None
 
     @property

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clients.tls import GrpcTls, client_kwargs
 from msk.constants import DEFAULT_GRPC_URL, IMAGE_TENSOR, WRIST_DETECT_MODEL
 from msk.imaging import RadiographError, load_grayscale
 from msk.wrist_geometry import (
@@ -98,14 +99,14 @@ class WristClient:
     image). `url` is the gRPC "host:port"."""
 
     def __init__(self, url: str = DEFAULT_GRPC_URL, *, model: str = WRIST_DETECT_MODEL,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, tls: GrpcTls | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         self._grpc = grpcclient
         self.url = url
         self.model = model
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url=url)
+        self._client = grpcclient.InferenceServerClient(url=url, **client_kwargs(tls))
 
     def close(self) -> None:
         self._client.close()

@@ -25,7 +25,7 @@ import json
 import shutil
 from pathlib import Path
 
-from export.configs import ensemble_step
+from export.configs import ensemble_step, queue_policy, unbatched_queue
 from export.manifest import artifact_record, sha256_file
 from export.wrist_export import (
     DETECTOR_INPUT,
@@ -109,6 +109,11 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
+            if request.is_cancelled():  # client gone or deadline passed: do not run it
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
+                    "wrist_postprocess: request cancelled; not run",
+                    pb_utils.TritonError.CANCELLED)))
+                continue
             try:
                 responses.append(self._one(request))
             except Exception as exc:  # one bad request must not fail the others
@@ -148,6 +153,7 @@ def preprocess_config(in_h: int, in_w: int, target: str = "cpu") -> str:
         _tensor(PIXELS_OUTPUT, "TYPE_FP32", [1, 3, in_h, in_w]) + ",",
         _tensor(GEOMETRY_OUTPUT, "TYPE_INT64", [len(GEOMETRY_FIELDS)]),
         "]",
+        unbatched_queue().rstrip("\n"),
         _instance(target), "",
     ])
 
@@ -160,7 +166,7 @@ def detector_config(model: str, det: ExportedDetector, target: str = "cpu") -> s
         _VERSION_POLICY,
         "input [", _tensor(DETECTOR_INPUT, "TYPE_FP32", [3, det.in_h, det.in_w]), "]",
         "output [", _tensor(DETECTOR_OUTPUT, "TYPE_FP32", [4 + len(det.names), det.anchors]), "]",
-        "dynamic_batching { }",
+        "dynamic_batching {", queue_policy().rstrip("\n"), "}",
         _instance(target), "",
     ])
 
@@ -177,6 +183,7 @@ def postprocess_config(dets: dict[str, ExportedDetector]) -> str:
         _VERSION_POLICY,
         "input [", ",\n".join(inputs), "]",
         *_detection_outputs(),
+        unbatched_queue().rstrip("\n"),
         _instance("cpu", cpu_only=True), "",
     ])
 

@@ -161,3 +161,8 @@ anything smaller (1x1, 8x8, 1x5000 strips) is an icon or a mistake, never a radi
 MAX_UPLOAD_REQUEST_BYTES = 8 * MAX_IMAGE_BYTES
 """Largest web upload request (512 MiB, several large radiographs), refused from its
 Content-Length before the body is read; each file in it is still held to `MAX_IMAGE_BYTES`."""
+
+SCORE_SHM_PREFIX = "msk_score_"
+"""System shared-memory regions of `msk score --shared-memory` are
+/dev/shm/msk_score_<pid>_<random>_<slot>: the owner's pid in the name lets `msk serve` find and
+unregister the regions of a client that was killed (server/shm_janitor.py)."""

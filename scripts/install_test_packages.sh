@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the TESTS use (`make setup-test`; the demo needs none): the real PACS (Orthanc), dcmtk (storescu), dicom3tools
-# (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a TTF font for Ultralytics plots.
+# (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a TTF font for Ultralytics plots,
+# openssl (certificates made by the gRPC TLS tests).
 # Idempotent: installs only what is missing, so `make setup` stays quick once done.
 set -euo pipefail
-packages=(orthanc dcmtk dicom3tools prometheus chromium fonts-dejavu-core)
+packages=(orthanc dcmtk dicom3tools prometheus chromium fonts-dejavu-core openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

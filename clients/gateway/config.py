@@ -78,6 +78,10 @@ class GatewayConfig:
     log_file: Path | None = None
     log_level: str = "INFO"
     dicom_timeout_s: float = 30.0
+    triton_tls_ca: Path | None = None
+    triton_tls_cert: Path | None = None
+    triton_tls_key: Path | None = None
+    """gRPC TLS to Triton (`--tls-ca/--tls-cert/--tls-key`); none set = plain gRPC."""
 
     def __post_init__(self) -> None:
         self.ae_title = check_ae_title(self.ae_title)
@@ -89,12 +93,23 @@ class GatewayConfig:
         self.rules = Path(self.rules) if self.rules else None
         self.audit_log = Path(self.audit_log) if self.audit_log else self.data_dir / "audit.jsonl"
         self.log_file = Path(self.log_file) if self.log_file else None
+        for name in ("triton_tls_ca", "triton_tls_cert", "triton_tls_key"):
+            value = getattr(self, name)
+            setattr(self, name, Path(value) if value else None)
         if not 0 < int(self.port) < 65536:
             raise ValueError(f"port {self.port} out of range")
         if self.stable_seconds < 0 or self.backoff_base_s <= 0 or self.max_attempts < 1:
             raise ValueError("stable_seconds must be >= 0, backoff_base_s > 0, max_attempts >= 1")
         if self.wrist not in ("auto", "on", "off"):
             raise ValueError(f"wrist must be auto, on or off, not {self.wrist!r}")
+
+    def triton_tls(self):
+        """The gRPC TLS settings for Triton (clients.tls.GrpcTls) or None."""
+        from clients.tls import GrpcTls
+
+        if not (self.triton_tls_ca or self.triton_tls_cert or self.triton_tls_key):
+            return None
+        return GrpcTls(ca=self.triton_tls_ca, cert=self.triton_tls_cert, key=self.triton_tls_key)
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after `attempts` failed attempts (exponential, capped)."""

@@ -21,6 +21,7 @@ from pydicom import Dataset, dcmread
 from clients.gateway.phi import uid_tag
 from clients.routing import Router
 from clients.sr import ImageFinding, ModelProvenance, Structure, StudyResult
+from clients.tls import GrpcTls, client_kwargs
 from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, WRIST_DETECT_MODEL
 from msk.imaging import RadiographError, dataset_to_grayscale
 
@@ -64,7 +65,7 @@ class StudyScorer:
     """Scores studies on one Triton server; discovers `wrist_detect` on every readiness check."""
 
     def __init__(self, triton_url: str, router: Router, wrist: str = "auto",
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0, tls: GrpcTls | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         from clients.mura import MuraClient
@@ -73,8 +74,9 @@ class StudyScorer:
         self.router = router
         self.wrist_mode = wrist
         self.timeout_s = timeout_s
-        self._control = grpcclient.InferenceServerClient(triton_url)
-        self._mura = MuraClient(triton_url, timeout_s=timeout_s)
+        self.tls = tls
+        self._control = grpcclient.InferenceServerClient(triton_url, **client_kwargs(tls))
+        self._mura = MuraClient(triton_url, timeout_s=timeout_s, tls=tls)
         self._wrist = None
         self._wrist_models: dict[str, ModelProvenance] = {}
 
@@ -198,7 +200,7 @@ class StudyScorer:
         from clients.wrist import WristClient
 
         if self._wrist is None:
-            self._wrist = WristClient(self.url)
+            self._wrist = WristClient(self.url, tls=self.tls)
         try:
             outputs = self._wrist.detect([c.image for c in candidates])
         except Exception as exc:

@@ -42,7 +42,8 @@ class Gateway:
         self.queue = StudyQueue(config.data_dir)
         self.audit = AuditLog(config.audit_log)
         self.router = Router.from_file(config.rules)
-        self.scorer = StudyScorer(config.triton_url, self.router, wrist=config.wrist)
+        self.scorer = StudyScorer(config.triton_url, self.router, wrist=config.wrist,
+                                  tls=config.triton_tls())
         self.scp = StoreSCP(config, self.queue)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

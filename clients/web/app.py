@@ -29,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from clients.tls import GrpcTls
 from clients.web.service import WebService
 from clients.web.uploads import decode
 from msk import RESEARCH_USE_NOTICE, __version__
@@ -47,9 +48,9 @@ MAX_FILES_PER_STUDY = 32
 """A MURA study has 1-11 images; the cap keeps one request from tying up the server."""
 
 
-def create_app(triton_url: str) -> FastAPI:
-    """Build the app for one Triton server (gRPC `host:port`)."""
-    service = WebService(triton_url)
+def create_app(triton_url: str, tls: GrpcTls | None = None) -> FastAPI:
+    """Build the app for one Triton server (gRPC `host:port`, over TLS when `tls` is given)."""
+    service = WebService(triton_url, tls=tls)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app = FastAPI(title="msk-triton web", version=__version__, description=RESEARCH_USE_NOTICE,
                   docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")

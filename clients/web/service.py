@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from clients.routing import study_probability
+from clients.tls import GrpcTls, client_kwargs
 from clients.web import rendering
 from clients.web.uploads import DecodedUpload
 from msk.constants import (
@@ -79,8 +80,9 @@ class ServerStatus:
 class WebService:
     """Holds the gRPC clients for one Triton server; safe to share between request threads."""
 
-    def __init__(self, triton_url: str) -> None:
+    def __init__(self, triton_url: str, tls: GrpcTls | None = None) -> None:
         self.url = triton_url
+        self.tls = tls
         self._mura = None
         self._wrist = None
 
@@ -89,14 +91,14 @@ class WebService:
         if self._mura is None:
             from clients.mura import MuraClient
 
-            self._mura = MuraClient(self.url)
+            self._mura = MuraClient(self.url, tls=self.tls)
         return self._mura
 
     def _wrist_client(self):
         if self._wrist is None:
             from clients.wrist import WristClient
 
-            self._wrist = WristClient(self.url)
+            self._wrist = WristClient(self.url, tls=self.tls)
         return self._wrist
 
     # -- status -----------------------------------------------------------------------------
@@ -105,7 +107,7 @@ class WebService:
         import tritonclient.grpc as grpcclient
 
         try:
-            client = grpcclient.InferenceServerClient(self.url)
+            client = grpcclient.InferenceServerClient(self.url, **client_kwargs(self.tls))
             try:
                 index = client.get_model_repository_index(
                     as_json=True, client_timeout=STATUS_TIMEOUT_S)

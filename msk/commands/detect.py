@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from clients.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from msk.constants import DEFAULT_GRPC_URL, IMAGE_SUFFIXES, WRIST_DETECT_MODEL
 
 
@@ -51,8 +52,13 @@ def _run(args: argparse.Namespace) -> int:
     if not inputs:
         print("msk detect: no inputs", file=sys.stderr)
         return 2
+    try:
+        tls = tls_from_args(args)
+    except TlsConfigError as exc:
+        print(f"msk detect: {exc}", file=sys.stderr)
+        return 2
     failed = 0
-    with WristClient(args.url, model=args.model, timeout_s=args.timeout) as client:
+    with WristClient(args.url, model=args.model, timeout_s=args.timeout, tls=tls) as client:
         for n, (source, error) in enumerate(inputs):
             result = (WristResult(source=source, error=error) if error else
                       client.detect([source])[0])
@@ -85,4 +91,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write a PNG with labelled boxes per image into this folder")
     p.add_argument("--timeout", type=float, default=120.0,
                    help="seconds to wait for each inference (default 120)")
+    add_tls_arguments(p)
     p.set_defaults(handler=_run)

@@ -59,13 +59,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="write this file once the gateway accepts associations")
     p.add_argument("--print-config", action="store_true",
                    help="print the effective settings as JSON and exit")
+    tls = p.add_argument_group("TLS to Triton's gRPC endpoint")
+    tls.add_argument("--tls-ca", dest="triton_tls_ca", type=Path, metavar="PEM",
+                     help="connect to Triton with TLS, verifying it against this CA (PEM)")
+    tls.add_argument("--tls-cert", dest="triton_tls_cert", type=Path, metavar="PEM",
+                     help="client certificate (PEM) for mutual TLS to Triton; needs --tls-key")
+    tls.add_argument("--tls-key", dest="triton_tls_key", type=Path, metavar="PEM",
+                     help="client private key (PEM) for mutual TLS to Triton; needs --tls-cert")
     p.set_defaults(handler=run)
 
 
 SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "allowed_calling_aes",
             "require_called_aet", "stable_seconds", "data_dir", "max_attempts",
             "backoff_base_s", "backoff_max_s", "rules", "wrist", "secondary_capture",
-            "metrics_port", "metrics_host", "audit_log", "log_file", "log_level")
+            "metrics_port", "metrics_host", "audit_log", "log_file", "log_level",
+            "triton_tls_ca", "triton_tls_cert", "triton_tls_key")
 
 
 def run(args: argparse.Namespace) -> int:

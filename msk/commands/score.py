@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from clients.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from msk.constants import DEFAULT_GRPC_URL, MURA_ENSEMBLE_MODEL
 
 
@@ -53,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-stdout", action="store_true",
                    help="do not print rows on stdout (with --out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_tls_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -91,6 +93,11 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 print(f"msk score: {exc}", file=sys.stderr)
                 return 2
+    try:
+        tls = tls_from_args(args)
+    except TlsConfigError as exc:
+        print(f"msk score: {exc}", file=sys.stderr)
+        return 2
     if args.metrics_port is not None:
         from clients.metrics import start_metrics_server
 
@@ -111,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = BatchScorer(args.url, concurrency=args.concurrency, model=args.model,
                          shared_memory=args.shared_memory,
                          retry=RetryPolicy(give_up_after_s=args.retry_for),
-                         request_timeout_s=args.timeout)
+                         request_timeout_s=args.timeout, tls=tls)
     printer = None if args.no_stdout else stdout_sink()
     if todo:
         try:

@@ -8,6 +8,7 @@ whatever signal ends it (`server/guard.py`).
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import threading
@@ -28,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Start the official tritonserver binary on 127.0.0.1 with a model repository, "
         "wait until every model is ready, and keep serving until SIGTERM or Ctrl-C (then shut "
         "down cleanly, leaving no process or /dev/shm region behind). Latency quantiles are "
-        "enabled on the metrics port.",
+        "enabled on the metrics port. gRPC goes through a guard that refuses oversized or "
+        "overflowing tensor shapes and never cancels work inside Triton; HTTP answers health and "
+        "metadata only unless --http-inference. A model whose process died, or a crashed "
+        "server, is restarted (msk_serve_triton_restarts_total).",
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"),
                    help="model repository to serve (default: ./model_repository)")
@@ -50,6 +54,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Prometheus endpoint of msk serve itself: msk_serve_triton_restarts_total"
                    f", msk_serve_triton_up (default {DEFAULT_SUPERVISOR_METRICS_PORT}; 0 picks "
                    "a free port; -1 turns it off)")
+    p.add_argument("--http-inference", action="store_true",
+                   help="also accept inference over HTTP (default: HTTP answers health and "
+                   "metadata only; inference, model control and shared memory go over gRPC)")
+    tls = p.add_argument_group("gRPC TLS (terminated by msk serve's gRPC guard)")
+    tls.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
+                     help="serve gRPC over TLS with this server certificate (PEM); needs "
+                     "--tls-key")
+    tls.add_argument("--tls-key", type=Path, default=None, metavar="PEM",
+                     help="private key (PEM) of --tls-cert")
+    tls.add_argument("--tls-ca", type=Path, default=None, metavar="PEM",
+                     help="mutual TLS: accept only clients whose certificate this CA signed")
     p.set_defaults(handler=run)
 
 
@@ -61,9 +76,34 @@ def _models_without_versions(repository: Path) -> list[str]:
     )
 
 
+def _exposure(args: argparse.Namespace, secret: str):
+    """(Triton flags, gRPC TLS or None) for what `msk serve` exposes (server/exposure.py).
+
+    Clients reach gRPC through the gRPC guard (server/grpc_guard.py), which terminates TLS;
+    Triton's own gRPC listens on loopback only, on a port of its own. With --http-inference,
+    HTTP goes through the HTTP guard (server/http_guard.py) the same way, and only the guard
+    holds `secret`, the header value that opens Triton's HTTP inference. Raises on bad TLS
+    flags."""
+    from server.exposure import ServerTls, exposure_args
+
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("--tls-cert and --tls-key are both needed to serve gRPC over TLS")
+        tls = ServerTls(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
+    flags = [*exposure_args(secret=secret), f"--grpc-address={DEFAULT_HOST}"]
+    if args.http_inference:
+        flags.append(f"--http-address={DEFAULT_HOST}")
+    return tuple(flags), tls
+
+
 def run(args: argparse.Namespace) -> int:
     from export.consistency import repository_problems
+    from server.grpc_guard import GrpcGuard
+    from server.health import StubWatch
+    from server.http_guard import HttpGuard
     from server.launcher import ServerStartError, TritonServer, free_port
+    from server.shm_janitor import ShmJanitor
     from server.supervisor import Supervisor, SupervisorMetrics
 
     if not args.repository.is_dir():
@@ -81,12 +121,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"msk serve: {args.repository} is inconsistent, not serving it:\n  - "
               + "\n  - ".join(problems) + "\n(`msk doctor` checks it in full)", file=sys.stderr)
         return 1
+    try:
+        secret = secrets.token_hex(16)
+        exposure, tls = _exposure(args, secret)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"msk serve: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+    server = TritonServer(args.repository, grpc_port=0,
+                          http_port=0 if args.http_inference else args.http_port,
                           metrics_port=args.metrics_port, host=args.host, foreground=True,
-                          startup_timeout=args.startup_timeout)
+                          startup_timeout=args.startup_timeout, extra_args=exposure)
+    http_guard = None
+    if args.http_inference:
+        try:
+            http_guard = HttpGuard(server.http_port, args.host, args.http_port, secret)
+        except OSError as exc:
+            print(f"msk serve: cannot listen on {args.host}:{args.http_port} ({exc.strerror})",
+                  file=sys.stderr)
+            return 1
     metrics = SupervisorMetrics()
     metrics_note = ""
     if args.supervisor_metrics_port >= 0:
@@ -103,16 +158,29 @@ def run(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
+    guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", args.host, args.grpc_port, tls=tls)
+
     def ready() -> None:
-        say(f"msk serve: ready  grpc={server.grpc_url}  http={server.http_url}  "
+        guard.start()     # once: the guards outlive Triton restarts (same internal ports)
+        if http_guard is not None:
+            http_guard.start()
+        http_url = http_guard.url if http_guard is not None else server.http_url
+        say(f"msk serve: ready  grpc={guard.url}  http={http_url}  "
             f"metrics={server.metrics_url}{metrics_note}")
 
-    supervisor = Supervisor(server, restart=not args.no_restart, metrics=metrics, say=say)
+    checks = (StubWatch(), ShmJanitor(say=say))
+    supervisor = Supervisor(server, restart=not args.no_restart, metrics=metrics, say=say,
+                            health_checks=checks)
     try:
         code = supervisor.run(stop, on_ready=ready)
-    except ServerStartError as exc:
+    except (ServerStartError, RuntimeError) as exc:
         say(f"msk serve: {exc}")
+        server.stop()
         return 1
+    finally:
+        guard.stop()
+        if http_guard is not None:
+            http_guard.stop()
     if code == 0:
         say("msk serve: stopped")
     return code

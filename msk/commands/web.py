@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from clients.tls import TlsConfigError, add_tls_arguments, tls_from_args
 from msk.constants import DEFAULT_GRPC_URL, DEFAULT_HOST, DEFAULT_WEB_PORT
 
 """Default port of `msk web` (local to this command; the lead may move it to msk.constants)."""
@@ -32,6 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="log level of the web server (logs go to stderr)")
+    add_tls_arguments(p)
     p.set_defaults(handler=run)
 
 
@@ -42,7 +44,12 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(args.triton_url)
+    try:
+        tls = tls_from_args(args)
+    except TlsConfigError as exc:
+        print(f"msk web: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(args.triton_url, tls=tls)
     print(f"msk web: http://{args.host}:{args.port}/ (Triton gRPC {args.triton_url})",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,

@@ -10,7 +10,10 @@ Behaviour that matters:
     per-request shape are concatenated along the batch axis and run as one ORT call;
   * errors are per request (a bad request never fails the others in the batch) and name the model,
     the tensor and what was wrong;
-  * output dtypes follow the config; STRING outputs are returned as bytes objects.
+  * output dtypes follow the config; STRING outputs are returned as bytes objects;
+  * abandoned work is dropped: a request whose client went away or whose deadline passed
+    (`request.is_cancelled()`, set by Triton on a gRPC cancel or deadline) gets a CANCELLED error
+    without being run, so a flood of killed clients does not hold the model for minutes.
 """
 
 from __future__ import annotations
@@ -84,10 +87,18 @@ class TritonPythonModel:
         return pb_utils.InferenceResponse(
             error=pb_utils.TritonError(f"model {self.name!r}: {message}"))
 
+    def _cancelled(self):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(
+            f"model {self.name!r}: request cancelled (client gone or deadline passed); not run",
+            pb_utils.TritonError.CANCELLED))
+
     def execute(self, requests):
         responses = [None] * len(requests)
         groups: dict[tuple, list[tuple[int, dict]]] = defaultdict(list)
         for index, request in enumerate(requests):
+            if request.is_cancelled():
+                responses[index] = self._cancelled()
+                continue
             try:
                 feeds = self._read_inputs(request)
             except Exception as exc:  # noqa: BLE001 - reported to this request only

@@ -1,0 +1,233 @@
+"""A gRPC guard in front of tritonserver: what `msk serve` exposes on its gRPC port.
+
+Why it exists - three faults of tritonserver 2.51 that no flag of it avoids:
+  * shape overflow: a request for `mura_ensemble` with 16 bytes of data and the shape
+    [2**62+4, 4] passes Triton's byte-size check (the element count wraps around int64 to 4, so
+    4 x 4 bytes "match"); the python-backend stub then builds a numpy array of that shape,
+    fails ("array is too big") and dies, and every later request gets "Stub process ... is not
+    healthy". Fixed upstream by checked element counts (triton-inference-server/core#434,
+    server#8182, backend#112, April-May 2025; common#150, 2026), i.e. not before release 25.05.
+  * declared size: the shape a request declares is trusted for allocation; here every input
+    whose element count exceeds `MAX_IMAGE_PIXELS` is refused (INVALID_ARGUMENT) before the
+    request reaches Triton, and messages longer than the largest legal request are refused by
+    gRPC from their length prefix, before they are read.
+  * cancellation crash: a client that disconnects or hits its deadline mid-request makes 2.51's
+    gRPC frontend segfault (server#7472/#8034, fixed by server#7840 in 24.12 and later). The
+    guard never cancels an upstream call: when its client goes away the call runs to its end
+    and the answer is dropped, and a client's deadline is passed on as Triton's per-request
+    queue `timeout` parameter (the models' queue policy allows overriding it), so expired work
+    is rejected from the queue instead of cancelled. The bounded queues (export/configs.py
+    `queue_policy`) bound the dead work a crowd of killed clients can leave behind.
+
+Everything else passes through byte for byte (metadata, config, statistics, shared memory, the
+repository index). TLS for clients terminates here when `msk serve` is given certificates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import threading
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc import aio
+
+from msk.constants import MAX_IMAGE_PIXELS
+from server.exposure import ServerTls
+
+SERVICE = "inference.GRPCInferenceService"
+STREAM_METHODS = frozenset({"ModelStreamInfer"})
+INFER_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
+MAX_MESSAGE_BYTES = 8 * MAX_IMAGE_PIXELS + 16 * 1024 * 1024
+"""Largest request accepted at all: the largest image in up to 8-byte elements, plus headroom."""
+_HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type")
+
+
+class RequestRefused(ValueError):
+    """The request declares a tensor the service never accepts."""
+
+
+def check_shape(model: str, name: str, shape: list[int]) -> None:
+    """Refuse negative dimensions and tensors with more than MAX_IMAGE_PIXELS elements.
+
+    Python integers do not overflow, so [2**62+4, 4] is seen for what it is. Shared by the gRPC
+    guard and the HTTP guard (server/http_guard.py)."""
+    if any(d < 0 for d in shape):
+        raise RequestRefused(f"input {name!r} of model {model!r} declares a negative dimension "
+                             f"in shape {shape}")
+    elements = math.prod(shape)
+    if elements > MAX_IMAGE_PIXELS:
+        raise RequestRefused(
+            f"input {name!r} of model {model!r} declares shape {shape} = {elements} elements; "
+            f"the most accepted is {MAX_IMAGE_PIXELS} (msk.constants.MAX_IMAGE_PIXELS)")
+
+
+def check_infer_request(request) -> None:
+    """`check_shape` for every input of a gRPC ModelInferRequest."""
+    for tensor in request.inputs:
+        check_shape(request.model_name, tensor.name, [int(d) for d in tensor.shape])
+
+
+class GrpcGuard:
+    """Listens on `host:port`, forwards to tritonserver's gRPC at `upstream` (see module doc)."""
+
+    def __init__(self, upstream: str, host: str, port: int, tls: ServerTls | None = None) -> None:
+        self.upstream = upstream
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.refused = 0
+        self.orphaned = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: aio.Server | None = None
+        self._channel: aio.Channel | None = None
+        self._orphans: set[asyncio.Future] = set()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # -- lifecycle (the guard runs its own event loop in a thread) ------------------------------
+    def start(self) -> GrpcGuard:
+        self._thread = threading.Thread(target=self._run, name="grpc-guard", daemon=True)
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise RuntimeError(f"gRPC guard could not listen on {self.url}: {self._error}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            with contextlib.suppress(RuntimeError):       # loop already closed
+                self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(60)
+
+    def __enter__(self) -> GrpcGuard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._serve())
+        except BaseException as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        limits = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                  ("grpc.max_send_message_length", -1)]
+        self._channel = aio.insecure_channel(self.upstream, options=[
+            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        self._server = aio.server(options=limits)
+        self._server.add_generic_rpc_handlers((_Handler(self),))
+        address = f"{self.host}:{self.port}"
+        if self.tls is not None:
+            bound = self._server.add_secure_port(address, self.tls.credentials())
+        else:
+            bound = self._server.add_insecure_port(address)
+        if not bound:
+            raise OSError(f"cannot bind {address}")
+        self.port = bound
+        await self._server.start()
+        self._ready.set()
+        await self._stop.wait()
+        await self._server.stop(grace=5)
+        if self._orphans:
+            await asyncio.wait(self._orphans, timeout=30)
+        await self._channel.close()
+
+    # -- forwarding -------------------------------------------------------------------------------
+    def _metadata(self, context: aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+        return tuple((k, v) for k, v in (context.invocation_metadata() or ())
+                     if not k.lower().startswith(_HOP_HEADERS))
+
+    def _checked(self, name: str, raw: bytes, remaining: float | None) -> bytes:
+        """Validate an inference request; carry the client's deadline as Triton's queue timeout."""
+        if name not in INFER_METHODS:
+            return raw
+        from tritonclient.grpc import service_pb2
+
+        request = service_pb2.ModelInferRequest.FromString(raw)
+        check_infer_request(request)
+        if remaining is not None and "timeout" not in request.parameters:
+            request.parameters["timeout"].int64_param = max(1, int(remaining * 1e6))
+            return request.SerializeToString()
+        return raw
+
+    async def unary(self, method: str, raw: bytes, context: aio.ServicerContext) -> bytes:
+        name = method.rsplit("/", 1)[1]
+        try:
+            raw = self._checked(name, raw, context.time_remaining())
+        except RequestRefused as exc:
+            self.refused += 1
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        call = self._channel.unary_unary(method)(raw, metadata=self._metadata(context))
+        upstream = asyncio.ensure_future(_finish(call))
+        try:
+            code, details, response = await asyncio.shield(upstream)
+        except asyncio.CancelledError:
+            # The client went away: let Triton finish rather than cancel (module docstring).
+            self.orphaned += 1
+            self._orphans.add(upstream)
+            upstream.add_done_callback(self._orphans.discard)
+            raise
+        if code is not None:
+            await context.abort(code, details)
+        return response
+
+    async def stream(self, method: str, requests: AsyncIterator[bytes],
+                     context: aio.ServicerContext) -> AsyncIterator[bytes]:
+        refused: list[str] = []
+
+        async def checked() -> AsyncIterator[bytes]:
+            async for raw in requests:
+                try:
+                    yield self._checked("ModelStreamInfer", raw, None)
+                except RequestRefused as exc:
+                    self.refused += 1
+                    refused.append(str(exc))
+                    return
+
+        call = self._channel.stream_stream(method)(checked(), metadata=self._metadata(context))
+        try:
+            async for response in call:
+                yield response
+        except aio.AioRpcError as exc:
+            await context.abort(exc.code(), exc.details())
+        if refused:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused[0])
+
+
+async def _finish(call) -> tuple[grpc.StatusCode | None, str, bytes]:
+    try:
+        return None, "", await call
+    except aio.AioRpcError as exc:
+        return exc.code(), exc.details() or "", b""
+
+
+class _Handler(grpc.GenericRpcHandler):
+    def __init__(self, guard: GrpcGuard) -> None:
+        self.guard = guard
+
+    def service(self, details: grpc.HandlerCallDetails):
+        method = details.method
+        if not method.startswith(f"/{SERVICE}/"):
+            return None
+        if method.rsplit("/", 1)[1] in STREAM_METHODS:
+            return grpc.stream_stream_rpc_method_handler(
+                functools.partial(self.guard.stream, method))
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self.guard.unary, method))
