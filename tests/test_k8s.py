@@ -36,7 +36,8 @@ def find(docs: list[dict], kind: str, name: str) -> dict:
     for doc in docs:
         if doc["kind"] == kind and doc["metadata"]["name"].startswith(name):
             return doc
-    raise AssertionError(f"no {kind} {name} in {[(d['kind'], d['metadata']['name']) for d in docs]}")
+    names = [(d["kind"], d["metadata"]["name"]) for d in docs]
+    raise AssertionError(f"no {kind} {name} in {names}")
 
 
 def container(doc: dict) -> dict:
