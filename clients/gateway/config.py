@@ -78,6 +78,8 @@ class GatewayConfig:
     log_file: Path | None = None
     log_level: str = "INFO"
     dicom_timeout_s: float = 30.0
+    shared_queue: bool = False
+    """Several gateway processes share `data_dir` (each batch is claimed by one of them)."""
 
     def __post_init__(self) -> None:
         self.ae_title = check_ae_title(self.ae_title)
