@@ -204,3 +204,38 @@ def test_bad_shard_spec_is_refused_with_reason(spec):
     result = subprocess.run(_msk("score", "x.png", f"--shard={spec}"), capture_output=True,
                             text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 2 and f"--shard {spec!r}" in result.stderr
+
+
+def _bounded_queue_repository(source: Path, target: Path) -> Path:
+    """A copy of the tiny repository whose first ensemble step keeps at most one request
+    waiting and rejects the rest at once (Triton's `default_queue_policy`), as an overloaded
+    server does. (A bound on the backbones instead, behind the ensemble's first step, made
+    tritonserver 2.51 segfault in TRITONBACKEND_ResponseSend on the first burst here.)"""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".complete"))
+    config = target / "mura_preprocess" / "config.pbtxt"
+    text = config.read_text()
+    assert "dynamic_batching" not in text and "instance_group" in text
+    config.write_text(text.replace("instance_group", "dynamic_batching {\n"
+                                   "  default_queue_policy { max_queue_size: 1 }\n}\n"
+                                   "instance_group", 1))
+    return target
+
+
+def test_overload_rejections_are_backed_off_and_retried(tiny_repository, tmp_path):
+    """Issue 11 item 2, client side: a server rejecting from its bounded queue is answered with
+    backoff and retries; every image is still scored once and the summary counts rejections."""
+    images = _images(tmp_path / "in", 200, size=(300, 400))
+    out = tmp_path / "scores.csv"
+    repository = _bounded_queue_repository(tiny_repository, tmp_path / "repository")
+    with TritonServer(repository) as server:
+        proc = _score(str(tmp_path / "in" / "images"), "--url", server.grpc_url,
+                      "--concurrency", "32", "--out", str(out))
+        _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    rows = _assert_each_image_once(out, images)
+    assert not [r for r in rows if r["error"]]
+    summary = _summary(stderr)
+    assert summary["overload_rejections"] > 0, "the bounded queue never rejected: no overload"
+    assert summary["retries"] >= summary["overload_rejections"]
+    assert summary["circuit"]["open"] is False
+    assert "rejected" in stderr and "as overloaded" in stderr
