@@ -1,23 +1,20 @@
 """Scale-out fixtures: a real HAProxy balancing gRPC over Triton replicas, and a real Prometheus
 Pushgateway (both Debian packages, on free loopback ports, stopped after the test).
 
-`start_haproxy(replicas)` -> Balancer: HTTP/2 (gRPC) round-robin over the replicas' gRPC ports,
-each replica actively health-checked on its own `/v2/health/ready` (HTTP port) every 300 ms, so a
+`start_haproxy(replicas)` -> `server.haproxy.Balancer`: HTTP/2 (gRPC) round-robin over the
+replicas' gRPC ports, each replica actively health-checked on its own `/v2/health/ready`, so a
 dead or not-ready replica is taken out and put back by the balancer itself.
 `pushgateway` -> base URL of a running Pushgateway.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import shutil
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -47,93 +44,23 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-@dataclass
-class Balancer:
-    url: str
-    """gRPC address host:port clients use."""
-    stats_url: str
-    process: subprocess.Popen
-
-    def status(self) -> dict[str, str]:
-        """Server name -> HAProxy's state from its CSV stats page: UP (its last health check
-        passed), DOWN, or the transitional states (a server starts UP before any check)."""
-        with urllib.request.urlopen(f"{self.stats_url};csv", timeout=5) as r:
-            text = r.read().decode().lstrip("# ")
-        states = {}
-        for row in csv.DictReader(io.StringIO(text)):
-            if row["pxname"] != "triton" or row["svname"] in ("BACKEND", "FRONTEND"):
-                continue
-            state = row["status"].split()[0]
-            if state == "UP" and not row["check_status"].startswith("L7OK"):
-                state = "UNCHECKED"
-            states[row["svname"]] = state
-        return states
-
-    def wait_status(self, server: str, wanted: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.status().get(server) == wanted:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"haproxy: {server} not {wanted} after {timeout} s: {self.status()}")
-
-
-HAPROXY_CONFIG = """\
-global
-    maxconn 512
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 300s
-    timeout server 300s
-frontend grpc
-    bind 127.0.0.1:{port} proto h2
-    default_backend triton
-backend triton
-    balance roundrobin
-    option httpchk GET /v2/health/ready
-    http-check expect status 200
-    default-server inter 300ms fastinter 200ms fall 2 rise 2
-{servers}
-frontend stats
-    bind 127.0.0.1:{stats_port}
-    stats enable
-    stats uri /stats
-"""
-
-
 @pytest.fixture
 def start_haproxy(tmp_path) -> Iterator:
-    """Factory: start_haproxy([TritonServer, ...]) -> Balancer."""
-    binary = shutil.which("haproxy")
-    if binary is None:
+    """Factory: start_haproxy([TritonServer, ...]) -> server.haproxy.Balancer (started)."""
+    from server.haproxy import Balancer
+
+    if shutil.which("haproxy") is None:
         pytest.skip("the Debian `haproxy` package is not installed (make setup installs it)")
-    started: list[subprocess.Popen] = []
+    started: list[Balancer] = []
 
     def start(replicas) -> Balancer:
-        port, stats_port = free_port(), free_port()
-        servers = "\n".join(
-            f"    server r{i} {r.host}:{r.grpc_port} proto h2 check port {r.http_port} "
-            "check-proto h1"
-            for i, r in enumerate(replicas))
-        config = tmp_path / "haproxy.cfg"
-        config.write_text(HAPROXY_CONFIG.format(port=port, stats_port=stats_port,
-                                                servers=servers))
-        check = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True)
-        assert check.returncode == 0, check.stdout + check.stderr
-        log = tmp_path / "haproxy.log"
-        proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log.open("wb"),
-                                stderr=subprocess.STDOUT)
-        started.append(proc)
-        balancer = Balancer(f"127.0.0.1:{port}", f"http://127.0.0.1:{stats_port}/stats", proc)
-        _wait_http(balancer.stats_url, proc, log)
-        for i in range(len(replicas)):
-            balancer.wait_status(f"r{i}", "UP")
-        return balancer
+        balancer = Balancer(replicas, workdir=tmp_path)
+        started.append(balancer)
+        return balancer.start()
 
     yield start
-    for proc in started:
-        _stop(proc)
+    for balancer in started:
+        balancer.stop()
 
 
 @pytest.fixture
