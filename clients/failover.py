@@ -92,21 +92,28 @@ class CircuitBreaker:
     def open(self) -> bool:
         return self.opened_at is not None
 
+    min_outage_s: float = 1.0
+    """Shorter failure spells (one replica's failed probe among successes) are not outages."""
+
     def success(self, now: float | None = None) -> None:
         if self.outage_started is not None and not self.open:
             now = time.monotonic() if now is None else now
-            self.longest_outage_s = max(self.longest_outage_s, now - self.outage_started)
+            self._close(now - self.outage_started)
             self.outage_started = None
+
+    def _close(self, duration: float) -> None:
+        if duration >= self.min_outage_s:
+            self.outages += 1
+            self.longest_outage_s = max(self.longest_outage_s, duration)
 
     def failure(self, now: float | None = None) -> bool:
         """Record a failed attempt; True when the budget is spent (the circuit is open)."""
         now = time.monotonic() if now is None else now
         if self.outage_started is None:
             self.outage_started = now
-            self.outages += 1
         if not self.open and now - self.outage_started > self.budget_s:
             self.opened_at = now
-            self.longest_outage_s = max(self.longest_outage_s, now - self.outage_started)
+            self._close(now - self.outage_started)
         return self.open
 
     def report(self) -> dict[str, Any]:

@@ -164,20 +164,23 @@ def test_shards_cover_every_image_once_merge_and_push_metrics(tiny_triton, pushg
     images = _images(tmp_path / "in", 60, size=(64, 80))
     folder = str(tmp_path / "in" / "images")
     shards = 3
+    pids = []
     for index in range(shards):
         proc = _score(folder, "--url", tiny_triton.grpc_url, "--shard", f"{index}/{shards}",
                       "--out", str(tmp_path / f"shard-{index}.csv"), "--resume",
                       "--metrics-push", pushgateway)
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
+        pids.append(proc.pid)
     per_shard = [{r["path"] for r in read_rows(tmp_path / f"shard-{i}.csv")}
                  for i in range(shards)]
     assert all(per_shard) and sum(map(len, per_shard)) == len(images)
     assert set.union(*per_shard) == set(images)
     assert per_shard[1] == {p for p in images if Shard(1, shards).holds(p)}
 
-    # Each run pushed its own group; together they counted every image.
-    pushed = _pushed(pushgateway)
+    # Each run pushed its own group (instance <host>:<pid>); together they counted every image.
+    pushed = {instance: n for instance, n in _pushed(pushgateway).items()
+              if int(instance.rsplit(":", 1)[1]) in pids}
     assert len(pushed) == shards and sum(pushed.values()) == len(images)
 
     merged = tmp_path / "scores.csv"
@@ -239,3 +242,34 @@ def test_overload_rejections_are_backed_off_and_retried(tiny_repository, tmp_pat
     assert summary["retries"] >= summary["overload_rejections"]
     assert summary["circuit"]["open"] is False
     assert "rejected" in stderr and "as overloaded" in stderr
+
+
+def test_circuit_counts_one_budget_and_any_success_closes_an_outage():
+    from clients.failover import CircuitBreaker
+
+    breaker = CircuitBreaker(budget_s=10.0)
+    assert not breaker.failure(now=100.0) and not breaker.failure(now=109.0)
+    breaker.success(now=109.5)                       # a 9.5 s outage ends: the budget is whole
+    assert not breaker.failure(now=200.0) and not breaker.failure(now=209.0)
+    assert breaker.failure(now=210.5) and breaker.open
+    breaker.success(now=211.0)                       # once spent, the run's budget stays spent
+    assert breaker.open
+    report = breaker.report()
+    assert report["outages"] == 2 and report["longest_outage_s"] == 10.5
+
+
+def test_endpoint_pool_skips_a_failed_endpoint_until_its_cooldown_ends():
+    from clients.failover import EndpointPool
+
+    pool = EndpointPool(["a:1", "b:2", "a:1"], cooldown_s=1.0)
+    assert [e.url for e in pool.endpoints] == ["a:1", "b:2"]
+    a, b = pool.endpoints
+    assert [pool.pick(now=0.0).url for _ in range(4)] == ["a:1", "b:2", "a:1", "b:2"]
+    pool.failure(a, now=10.0)
+    assert {pool.pick(now=10.1).url for _ in range(3)} == {"b:2"}
+    assert pool.pick(now=11.1).url == "a:1"          # cooled down: tried again
+    pool.failure(a, now=11.1)                          # fails again: a longer cooldown
+    pool.failure(b, now=11.1)
+    assert pool.pick(now=11.2) is b and not pool.any_healthy(now=11.2)
+    pool.success(a)
+    assert pool.any_healthy(now=11.2)

@@ -76,6 +76,8 @@ def pushgateway(tmp_path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_http(f"{url}/-/ready", proc, log)
+        time.sleep(0.3)   # a port taken meanwhile makes ours exit: never talk to another one
+        assert proc.poll() is None, f"pushgateway exited:\n{log.read_text()}"
         yield url
     finally:
         _stop(proc)
