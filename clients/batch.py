@@ -7,8 +7,12 @@ system shared memory, which puts the pixels in a region the server maps instead 
 Decoding uses the one radiograph reader (`msk.imaging`) as every other client, and rows carry the
 same fields as `MuraResult.to_json()` (+ path, study, error reason, attempts).
 
-Guarantees (tested by killing the real server mid-batch): every input ends up in exactly one
-row; a server restart costs retries, never rows; a bad file is one error row.
+Guarantees (tested by killing the real server mid-batch, and one of three replicas behind a
+balancer): every input ends up in exactly one row; a server restart costs retries, never rows; a
+bad file is one error row. Several endpoints are spread over and failed over between
+(`clients.failover.EndpointPool`); the run has one outage budget (`CircuitBreaker`), not one per
+image; an overloaded server's fast rejections (RESOURCE_EXHAUSTED, or UNAVAILABLE from a full
+queue) are backed off and retried like an outage, but any success closes the outage.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from clients.failover import CircuitBreaker, Endpoint, EndpointPool
 from clients.inputs import ScoreItem
 from clients.metrics import observe_request
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
@@ -50,9 +55,16 @@ RETRYABLE_MESSAGES = (
 )
 """Error texts seen while a server (re)loads its models or after it lost our shm regions."""
 
+OVERLOAD_MESSAGES = ("exceeds maximum queue size", "request timeout expired", "queue is full")
+"""Texts of Triton's rejections from a bounded queue (`default_queue_policy`, REJECT)."""
+
 
 class TransientError(Exception):
     """The server could not answer now; the same request may succeed later."""
+
+    def __init__(self, message: str, overloaded: bool = False) -> None:
+        super().__init__(message)
+        self.overloaded = overloaded
 
 
 class SharedMemoryUnavailable(ConnectionError):
@@ -64,7 +76,8 @@ class RetryPolicy:
     """Exponential backoff with jitter, bounded by total time rather than a count.
 
     A restart of a large repository takes tens of seconds: a count of retries would either give
-    up too early or hammer the server; a time budget says what the user means.
+    up too early or hammer the server; a time budget says what the user means. The budget
+    (`give_up_after_s`, `--retry-for`) is the whole run's, not each image's (`CircuitBreaker`).
     """
 
     initial_s: float = 0.2
@@ -85,6 +98,9 @@ class Summary:
     errors_by_reason: Counter[str] = field(default_factory=Counter)
     elapsed_s: float = 0.0
     studies: int = 0
+    overload_rejections: int = 0
+    circuit: dict[str, Any] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         done = self.scored + self.errors
@@ -93,8 +109,20 @@ class Summary:
             "errors": self.errors, "errors_by_reason": dict(self.errors_by_reason),
             "retries": self.retries, "elapsed_s": round(self.elapsed_s, 3),
             "images_per_s": round(done / self.elapsed_s, 3) if self.elapsed_s > 0 else None,
-            "studies": self.studies,
+            "studies": self.studies, "overload_rejections": self.overload_rejections,
+            "circuit": self.circuit, "endpoints": self.endpoints,
         }
+
+    def outage_note(self) -> str | None:
+        """One sentence for the user when the run's outage budget was spent."""
+        if not self.circuit.get("open"):
+            return None
+        return (f"Triton was unavailable for more than {self.circuit['budget_s']:.0f} s "
+                f"(--retry-for): the run gave up; "
+                f"{self.errors_by_reason.get('server_unavailable', 0)} images are "
+                "`server_unavailable` rows ("
+                f"{self.circuit['refused_while_open']} never sent); rerun with --resume "
+                "to score them")
 
 
 def classify(exc: BaseException) -> tuple[bool, str]:
@@ -102,6 +130,8 @@ def classify(exc: BaseException) -> tuple[bool, str]:
     status = getattr(exc, "status", None)
     status = status() if callable(status) else status
     text = str(exc).lower()
+    if status == "StatusCode.RESOURCE_EXHAUSTED" or any(m in text for m in OVERLOAD_MESSAGES):
+        return True, "server_overloaded"
     if status in RETRYABLE_STATUS or any(m in text for m in RETRYABLE_MESSAGES):
         return True, "server_unavailable"
     if status == "StatusCode.INVALID_ARGUMENT":
@@ -137,7 +167,8 @@ class _ShmSlot:
         self.key = f"/{self.name}"
         self.size = 0
         self.handle: Any = None
-        self.registered = False
+        self.registered: set[str] = set()
+        """Endpoints (URLs) this region is registered with."""
 
     def ensure(self, nbytes: int) -> bool:
         """Make the region hold `nbytes`; True when it was (re)created and must be registered."""
@@ -149,7 +180,7 @@ class _ShmSlot:
         size = 1 << max(20, (nbytes - 1).bit_length())  # next power of two, >= 1 MiB
         self.handle = shm.create_shared_memory_region(self.name, self.key, size)
         self.size = size
-        self.registered = False
+        self.registered = set()
         return True
 
     def write(self, image: np.ndarray) -> None:
@@ -164,7 +195,7 @@ class _ShmSlot:
             shm.destroy_shared_memory_region(self.handle)
             self.handle = None
             self.size = 0
-            self.registered = False
+            self.registered = set()
 
 
 class BatchScorer:
@@ -174,12 +205,17 @@ class BatchScorer:
     progress) as each completes; it returns a `Summary`.
     """
 
-    def __init__(self, url: str, concurrency: int = 4, model: str = MURA_ENSEMBLE_MODEL,
-                 shared_memory: bool = False, retry: RetryPolicy | None = None,
-                 request_timeout_s: float = 120.0, tls: GrpcTls | None = None) -> None:
+    def __init__(self, url: str | list[str], concurrency: int = 4,
+                 model: str = MURA_ENSEMBLE_MODEL, shared_memory: bool = False,
+                 retry: RetryPolicy | None = None, request_timeout_s: float = 120.0,
+                 tls: GrpcTls | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(dict.fromkeys(url))
+        if not self.urls:
+            raise ValueError("at least one Triton URL is needed")
+        self.url = self.urls[0]
+        """The endpoint the contract was read from (the first ready one)."""
         self.concurrency = concurrency
         self.model = model
         self.shared_memory = shared_memory
@@ -190,6 +226,8 @@ class BatchScorer:
         self._contract: EnsembleContract | None = None
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self._summary = Summary()
+        self.pool = EndpointPool(self.urls)
+        self.breaker = CircuitBreaker(self.retry.give_up_after_s)
 
     @property
     def contract(self) -> EnsembleContract:
@@ -197,19 +235,20 @@ class BatchScorer:
             raise RuntimeError("call wait_ready() first: the contract comes from the server")
         return self._contract
 
-    async def _infer(self, client: Any, image: np.ndarray, slot: _ShmSlot | None) -> Any:
+    async def _infer(self, endpoint: Endpoint, image: np.ndarray, slot: _ShmSlot | None) -> Any:
         import tritonclient.grpc.aio as grpc_aio
         from tritonclient.utils import InferenceServerException
 
         contract = self.contract
+        client = endpoint.client
         inp = grpc_aio.InferInput(contract.input_name, list(image.shape), "UINT8")
         try:
             if slot is not None:
-                if slot.ensure(image.nbytes) or not slot.registered:
+                if slot.ensure(image.nbytes) or endpoint.url not in slot.registered:
                     with contextlib.suppress(InferenceServerException):
                         await client.unregister_system_shared_memory(slot.name)
                     await client.register_system_shared_memory(slot.name, slot.key, slot.size)
-                    slot.registered = True
+                    slot.registered.add(endpoint.url)
                 slot.write(image)
                 inp.set_shared_memory(slot.name, image.nbytes)
             else:
@@ -222,17 +261,23 @@ class BatchScorer:
         except InferenceServerException as exc:
             retryable, reason = classify(exc)
             if retryable:
-                if slot is not None:
-                    slot.registered = False  # a restarted server has forgotten our regions
-                raise TransientError(str(exc)) from exc
+                if slot is not None:  # a restarted server has forgotten our regions
+                    slot.registered.discard(endpoint.url)
+                raise TransientError(str(exc), reason == "server_overloaded") from exc
             raise RuntimeError(f"{reason}: {exc}") from exc
         except OSError as exc:  # includes TimeoutError
             if slot is not None:
-                slot.registered = False
+                slot.registered.discard(endpoint.url)
             raise TransientError(str(exc)) from exc
 
-    async def _score_one(self, client: Any, item: ScoreItem, slot: _ShmSlot | None
-                         ) -> dict[str, Any]:
+    def _gave_up(self, item: ScoreItem, attempts: int, last: str) -> dict[str, Any]:
+        self.breaker.refused += attempts == 0
+        return error_row(item, f"{item.path}: server unavailable for more than "
+                         f"{self.breaker.budget_s:.0f} s, the run's outage budget (--retry-for); "
+                         f"not scored{f' ({last})' if last else ''}",
+                         "server_unavailable", attempts)
+
+    async def _score_one(self, item: ScoreItem, slot: _ShmSlot | None) -> dict[str, Any]:
         if item.error:
             return error_row(item, item.error, "input_not_found")
         try:
@@ -242,23 +287,29 @@ class BatchScorer:
             return error_row(item, str(exc), exc.reason)
         sent = 0 if slot is not None else image.nbytes
         attempts = 0
-        first_failure: float | None = None
+        failures = 0
+        last = ""
         while True:
+            if self.breaker.open:
+                return self._gave_up(item, attempts, last)
             attempts += 1
+            endpoint = self.pool.pick()
             started = time.perf_counter()
             try:
-                response = await self._infer(client, image, slot)
+                response = await self._infer(endpoint, image, slot)
             except TransientError as exc:
-                now = time.monotonic()
-                first_failure = first_failure or now
-                observe_request(self.pipeline, "unavailable", time.perf_counter() - started,
-                                sent)
-                if now - first_failure > self.retry.give_up_after_s:
-                    return error_row(item, f"{item.path}: server unavailable for "
-                                     f"{now - first_failure:.0f} s ({exc})",
-                                     "server_unavailable", attempts)
+                observe_request(self.pipeline, "overloaded" if exc.overloaded else "unavailable",
+                                time.perf_counter() - started, sent)
+                self._summary.overload_rejections += exc.overloaded
+                self.pool.failure(endpoint)
+                last = str(exc)
+                if self.breaker.failure():
+                    return self._gave_up(item, attempts, last)
                 self._summary.retries += 1
-                await asyncio.sleep(self.retry.delay(attempts - 1))
+                # Another replica may take it now; when none is healthy, back off.
+                if not self.pool.any_healthy():
+                    failures += 1
+                    await asyncio.sleep(self.retry.delay(failures - 1))
                 continue
             except RuntimeError as exc:
                 latency = time.perf_counter() - started
@@ -266,6 +317,8 @@ class BatchScorer:
                 reason, _, message = str(exc).partition(": ")
                 return error_row(item, f"{item.path}: {message}", reason, attempts, latency)
             latency = time.perf_counter() - started
+            self.pool.success(endpoint)
+            self.breaker.success()
             try:
                 result = MuraClient.parse_result(response, item.path, item.body_part, self.contract)
             except Exception as exc:  # noqa: BLE001 - a malformed response is this image's error
@@ -276,10 +329,10 @@ class BatchScorer:
             result.latency_s = latency
             return result_row(item, result, attempts)
 
-    def _discover(self) -> EnsembleContract:
+    def _discover(self, url: str) -> EnsembleContract:
         import tritonclient.grpc as grpcclient
 
-        sync = grpcclient.InferenceServerClient(self.url, **self._tls)
+        sync = grpcclient.InferenceServerClient(url, **self._tls)
         try:
             return discover_contract(sync, self.model)
         finally:
@@ -293,13 +346,19 @@ class BatchScorer:
         regions registered on the server. Triton refuses to unregister a region that a request
         it is still executing uses ("currently in use"), so that is retried for a while.
         """
-        pending = [s for s in slots if s.registered]
+        for url in sorted({u for s in slots for u in s.registered}):
+            self._unregister(url, [s for s in slots if url in s.registered], in_use_wait_s)
+        for slot in slots:
+            slot.destroy()
+
+    def _unregister(self, url: str, pending: list[_ShmSlot], in_use_wait_s: float) -> None:
+        """Unregister `pending` regions from the server at `url`, waiting while in use."""
         if pending:
             import tritonclient.grpc as grpcclient
 
             deadline = time.monotonic() + in_use_wait_s
             try:
-                sync = grpcclient.InferenceServerClient(self.url, **self._tls)
+                sync = grpcclient.InferenceServerClient(url, **self._tls)
                 try:
                     while pending:
                         busy = []
@@ -317,8 +376,6 @@ class BatchScorer:
                     sync.close()
             except Exception:  # noqa: BLE001 - cleanup must not hide the run's own outcome
                 pass
-        for slot in slots:
-            slot.destroy()
 
     def _probe_shared_memory(self) -> None:
         """Fail fast when the server cannot map our regions (it is not on this host).
@@ -344,31 +401,37 @@ class BatchScorer:
             probe.destroy()
 
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
-        """Wait for the server and model to be ready; raise a clear ConnectionError if not."""
+        """Wait until one endpoint has the model ready (the others are tried as the run goes);
+        raise a clear ConnectionError naming every endpoint if none does."""
         import tritonclient.grpc.aio as grpc_aio
 
         deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        client = grpc_aio.InferenceServerClient(self.url, **self._tls)
+        last: dict[str, str] = {u: "no answer" for u in self.urls}
+        clients = {u: grpc_aio.InferenceServerClient(u, **self._tls) for u in self.urls}
         try:
             while True:
-                try:
-                    if await client.is_server_live() and await client.is_model_ready(self.model):
-                        self._contract = await asyncio.to_thread(self._discover)
-                        if self.shared_memory:
-                            await asyncio.to_thread(self._probe_shared_memory)
-                        return
-                    last = f"model {self.model!r} is not ready"
-                except SharedMemoryUnavailable:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
-                    last = str(exc)
+                for url, client in clients.items():
+                    try:
+                        if (await client.is_server_live()
+                                and await client.is_model_ready(self.model)):
+                            self.url = url
+                            self._contract = await asyncio.to_thread(self._discover, url)
+                            if self.shared_memory:
+                                await asyncio.to_thread(self._probe_shared_memory)
+                            return
+                        last[url] = f"model {self.model!r} is not ready"
+                    except SharedMemoryUnavailable:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
+                        last[url] = str(exc)
                 if time.monotonic() >= deadline:
-                    raise ConnectionError(f"Triton at {self.url} not ready after {timeout_s:.0f} s:"
-                                          f" {last}")
+                    detail = "; ".join(f"{u}: {m}" for u, m in last.items())
+                    raise ConnectionError(f"Triton at {', '.join(self.urls)} not ready after "
+                                          f"{timeout_s:.0f} s: {detail}")
                 await asyncio.sleep(0.25)
         finally:
-            await client.close()
+            for client in clients.values():
+                await client.close()
 
     async def run(self, items: list[ScoreItem], sink: Sink | None,
                   on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -376,11 +439,13 @@ class BatchScorer:
         import tritonclient.grpc.aio as grpc_aio
 
         self._summary = Summary(total=len(items) + skipped, skipped=skipped)
+        self.breaker = CircuitBreaker(self.retry.give_up_after_s)
         started = time.perf_counter()
         queue: asyncio.Queue[ScoreItem] = asyncio.Queue()
         for item in items:
             queue.put_nowait(item)
-        client = grpc_aio.InferenceServerClient(self.url, **self._tls)
+        for endpoint in self.pool.endpoints:
+            endpoint.client = grpc_aio.InferenceServerClient(endpoint.url, **self._tls)
         slots = ([_ShmSlot(self._shm_prefix, i) for i in range(self.concurrency)]
                  if self.shared_memory else [None] * self.concurrency)
 
@@ -390,7 +455,7 @@ class BatchScorer:
                     item = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                row = await self._score_one(client, item, slot)
+                row = await self._score_one(item, slot)
                 if row["error"]:
                     self._summary.errors += 1
                     self._summary.errors_by_reason[row["error_reason"]] += 1
@@ -405,9 +470,12 @@ class BatchScorer:
             await asyncio.gather(*(worker(s) for s in slots))
         finally:
             self._release([s for s in slots if s is not None])
-            with contextlib.suppress(Exception):
-                await client.close()
+            for endpoint in self.pool.endpoints:
+                with contextlib.suppress(Exception):
+                    await endpoint.client.close()
         self._summary.elapsed_s = time.perf_counter() - started
+        self._summary.circuit = self.breaker.report()
+        self._summary.endpoints = self.pool.report()
         return self._summary
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the TESTS use (`make setup-test`; the demo needs none): the real PACS (Orthanc), dcmtk (storescu), dicom3tools
-# (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a TTF font for Ultralytics plots,
-# openssl (certificates made by the gRPC TLS tests).
-# Idempotent: installs only what is missing, so `make setup` stays quick once done.
+# Debian packages the TESTS use (`make setup-test`; the demo needs none): the real PACS (Orthanc),
+# dcmtk (storescu), dicom3tools (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a
+# TTF font for Ultralytics plots, openssl (certificates made by the gRPC TLS tests), HAProxy (gRPC
+# balancer in front of Triton replicas) and the Prometheus Pushgateway (batch metrics).
+# Idempotent: installs only what is missing, so `make setup-test` stays quick once done.
 set -euo pipefail
-packages=(orthanc dcmtk dicom3tools prometheus chromium fonts-dejavu-core openssl)
+packages=(orthanc dcmtk dicom3tools prometheus chromium fonts-dejavu-core openssl haproxy
+          prometheus-pushgateway)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,6 +18,6 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 # Debian starts services on install; the project runs its own instances on private ports.
-for svc in orthanc prometheus; do
+for svc in orthanc prometheus haproxy prometheus-pushgateway; do
   $SUDO service "$svc" stop >/dev/null 2>&1 || true
 done

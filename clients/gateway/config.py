@@ -82,6 +82,8 @@ class GatewayConfig:
     triton_tls_cert: Path | None = None
     triton_tls_key: Path | None = None
     """gRPC TLS to Triton (`--tls-ca/--tls-cert/--tls-key`); none set = plain gRPC."""
+    shared_queue: bool = False
+    """Several gateway processes share `data_dir` (each batch is claimed by one of them)."""
 
     def __post_init__(self) -> None:
         self.ae_title = check_ae_title(self.ae_title)

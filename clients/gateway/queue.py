@@ -14,6 +14,13 @@ the study became stable, so instances arriving after that form a new batch inste
 with scoring. A C-STORE is acknowledged only after its file has been renamed into `incoming/`.
 Retries: each failed attempt increments `attempts` and sets `not_before` with exponential
 backoff; after `max_attempts` the batch moves to `dead/`.
+
+Several processes may share one queue (`shared=True`, e.g. gateway replicas on one ReadWriteMany
+volume): each works a batch only while it holds that batch's claim (an flock that dies with its
+process, so a killed worker's batch is simply claimed by another), receiving and promotion are
+serialised by a lock file, and each process writes temporary files in its own `tmp/<owner>/`,
+which recovery removes only once its owner is gone. Without `shared`, one process owns the
+folder (an exclusive lock), as before.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,27 +91,95 @@ def _write_atomic(path: Path, data: bytes, tmp_dir: Path) -> None:
         raise
 
 
-class StudyQueue:
-    """The queue in `root`; one process at a time (an exclusive lock file enforces it)."""
+class _FileLock:
+    """Cross-process mutual exclusion (flock on a file) plus a thread lock for this process."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._thread = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._thread.acquire()
+        self._fh = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fh, fcntl.LOCK_UN)
+        self._fh.close()
+        self._thread.release()
+
+
+class StudyQueue:
+    """The queue in `root`: one process (default) or several with `shared=True`."""
+
+    def __init__(self, root: str | Path, shared: bool = False) -> None:
         self.root = Path(root)
-        self.tmp = self.root / "tmp"
-        for name in (*STATES, "tmp"):
+        self.shared = shared
+        for name in (*STATES, "tmp", "claims"):
             (self.root / name).mkdir(parents=True, exist_ok=True)
         self._lock_fh = open(self.root / ".lock", "w")  # noqa: SIM115 - held for our lifetime
         try:
-            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+                        | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             self._lock_fh.close()
-            raise QueueLockedError(f"{self.root} is in use by another gateway process") from exc
-        self._mutex = threading.Lock()
+            raise QueueLockedError(f"{self.root} is in use by another gateway process"
+                                   + ("" if shared else " (several need --shared-queue)")
+                                   ) from exc
+        self._mutex = _FileLock(self.root / ".incoming.lock")
+        self.tmp = self.root / "tmp"
+        self._owner_fh = None
+        if shared:  # our own scratch folder, held by an flock while we live
+            self.tmp = self.root / "tmp" / f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.tmp.mkdir()
+            self._owner_fh = open(self.tmp / ".owner", "w")  # noqa: SIM115 - held while we live
+            fcntl.flock(self._owner_fh, fcntl.LOCK_EX)
         self.recover()
 
     def close(self) -> None:
+        if self._owner_fh is not None and not self._owner_fh.closed:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self._owner_fh.close()
         if not self._lock_fh.closed:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()
+
+    # ------------------------------------------------------------------ claims (shared queues)
+    @contextlib.contextmanager
+    def claim(self, state: str, batch: str) -> Iterator[bool]:
+        """Hold `batch` for this process while the block runs; yields False when another
+        process holds it or it has left `state`. The flock dies with a killed process."""
+        path = self.root / "claims" / f"{batch}.lock"
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                # The file may have been removed by its previous holder after we opened it.
+                if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                    yield False
+                    return
+            except FileNotFoundError:
+                yield False
+                return
+            try:
+                yield (self.dir(state) / batch).is_dir()
+            finally:
+                if not (self.dir(state) / batch).is_dir():  # moved on: the claim is spent
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+        finally:
+            os.close(fd)
+
+    def claimed(self, state: str, now: float | None = None) -> Iterator[str]:
+        """Due batches of `state`, each yielded while this process holds its claim."""
+        for batch in self.due(state, now):
+            with self.claim(state, batch) as mine:
+                if mine:
+                    yield batch
 
     def dir(self, state: str) -> Path:
         return self.root / state
@@ -236,7 +313,9 @@ class StudyQueue:
     def recover(self) -> None:
         """Undo half-done work of a killed process: leftover temp files, and pending batches
         whose results were already staged (crash between the rename and the removal)."""
-        for leftover in self.tmp.iterdir():
+        for leftover in (self.root / "tmp").iterdir():
+            if leftover == self.tmp or (self.shared and self._owner_alive(leftover)):
+                continue
             if leftover.is_dir():
                 shutil.rmtree(leftover, ignore_errors=True)
             else:
@@ -244,4 +323,21 @@ class StudyQueue:
         outbox = set(self.batches("outbox"))
         for batch in self.batches("pending"):
             if batch in outbox:
-                shutil.rmtree(self.dir("pending") / batch, ignore_errors=True)
+                with self.claim("pending", batch) as mine:
+                    if mine:
+                        shutil.rmtree(self.dir("pending") / batch, ignore_errors=True)
+
+    @staticmethod
+    def _owner_alive(scratch: Path) -> bool:
+        """True while the process that owns `tmp/<owner>/` holds its flock."""
+        try:
+            fd = os.open(scratch / ".owner", os.O_RDWR)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)

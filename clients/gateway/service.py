@@ -39,7 +39,7 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
-        self.queue = StudyQueue(config.data_dir)
+        self.queue = StudyQueue(config.data_dir, shared=config.shared_queue)
         self.audit = AuditLog(config.audit_log)
         self.router = Router.from_file(config.rules)
         self.scorer = StudyScorer(config.triton_url, self.router, wrist=config.wrist,
@@ -92,11 +92,11 @@ class Gateway:
             batch = self.queue.promote(key, now)
             if batch:
                 log.info("study uid:%s stable, queued as batch %s", key[:12], batch[-13:])
-        for batch in self.queue.due("pending", now):
+        for batch in self.queue.claimed("pending", now):  # held by us while processed
             if self._stop.is_set():
                 return
             self._process(batch)
-        for batch in self.queue.due("outbox", now):
+        for batch in self.queue.claimed("outbox", now):
             if self._stop.is_set():
                 return
             self._deliver(batch)

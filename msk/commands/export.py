@@ -22,8 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "artifacts and manifest.json into the repository. Trained checkpoints become a NEW "
         "version of every model; the previous version stays loadable.",
     )
-    p.add_argument("--repository", type=Path, default=Path("model_repository"),
-                   help="output repository (default: ./model_repository)")
+    p.add_argument("--repository", default="model_repository",
+                   help="output repository (default: ./model_repository), or object storage "
+                   "s3://[HOST:PORT/]BUCKET/PREFIX: built locally on top of the current "
+                   "release, then published as a new release (see `msk publish`)")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="folder with one <member>.pt per ensemble member "
                    f"({', '.join(MURA_MEMBERS)}) and optionally ensemble_calibration.json "
@@ -87,11 +89,15 @@ def run(args: argparse.Namespace) -> int:
             print("msk export: --wrist-joints and --wrist-bones go together", file=sys.stderr)
             return 2
         wrist = {"joints": args.wrist_joints, "bones": args.wrist_bones}
+    def build(repository: Path) -> int:
+        return build_repository(repository, checkpoints=checkpoints, tiny=args.tiny,
+                                target=args.target, operating_points=points,
+                                imagenet_weights=imagenet, wrist_weights=wrist, force=args.force)
+
     try:
-        version = build_repository(args.repository, checkpoints=checkpoints, tiny=args.tiny,
-                                   target=args.target, operating_points=points,
-                                   imagenet_weights=imagenet, wrist_weights=wrist,
-                                   force=args.force)
+        if str(args.repository).startswith("s3://"):
+            return _export_to_object_store(str(args.repository), build)
+        version = build(Path(args.repository))
     except ExportAborted as exc:
         print(f"msk export: {exc}", file=sys.stderr)
         return 2
@@ -101,4 +107,23 @@ def run(args: argparse.Namespace) -> int:
               "as it was", file=sys.stderr)
         return 1
     print(json.dumps({"repository": str(args.repository), "version": version}))
+    return 0
+
+
+def _export_to_object_store(url: str, build) -> int:
+    """Build on a local copy of the current release, then publish it as a new release."""
+    import tempfile
+
+    from export.object_store import ObjectStoreError, download_current, publish
+
+    with tempfile.TemporaryDirectory(prefix="msk-export-") as tmp:
+        local = Path(tmp) / "repository"
+        try:
+            base = download_current(url, local)
+            version = build(local)
+            result = publish(local, url)
+        except ObjectStoreError as exc:
+            print(f"msk export: {exc}", file=sys.stderr)
+            return 2
+    print(json.dumps({**result, "version": version, "based_on": base}))
     return 0

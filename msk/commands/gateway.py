@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-file", type=Path, help="also write logs to this file")
     p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="log level (default INFO)")
+    p.add_argument("--shared-queue", action="store_const", const=True,
+                   help="share --data-dir with other gateway processes (replicas on one "
+                   "ReadWriteMany volume): each study is scored and delivered by exactly one")
     p.add_argument("--ready-file", type=Path,
                    help="write this file once the gateway accepts associations")
     p.add_argument("--print-config", action="store_true",
@@ -73,7 +76,8 @@ SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "allowed_ca
             "require_called_aet", "stable_seconds", "data_dir", "max_attempts",
             "backoff_base_s", "backoff_max_s", "rules", "wrist", "secondary_capture",
             "metrics_port", "metrics_host", "audit_log", "log_file", "log_level",
-            "triton_tls_ca", "triton_tls_cert", "triton_tls_key")
+            "triton_tls_ca", "triton_tls_cert", "triton_tls_key",
+            "shared_queue")
 
 
 def run(args: argparse.Namespace) -> int:

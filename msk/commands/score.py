@@ -3,6 +3,10 @@
 Machine output: one JSON line per input on stdout (`error` set instead of a result where it
 failed); with `--out` the same rows also go to a CSV or JSON-lines file, which `--resume` reads
 back to skip what is already there. Progress bar and summary go to stderr.
+
+Scale-out (docs/scale-out.md): several `--url`s are spread over and failed over between;
+`--shard i/n` scores one shard of the inputs (a Kubernetes Indexed Job runs n of them) and
+`--merge` joins the shard outputs; `--metrics-push` sends the client metrics to a Pushgateway.
 """
 
 from __future__ import annotations
@@ -25,9 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="PATH",
                    help="image files, folders (recursive), glob patterns (quote them), CSV "
                    "manifests (`path` column, optional study/body_part/label; or MURA's "
-                   "*_image_paths.csv / *_labeled_studies.csv)")
-    p.add_argument("--url", default=DEFAULT_GRPC_URL,
-                   help=f"Triton gRPC address host:port (default {DEFAULT_GRPC_URL})")
+                   "*_image_paths.csv / *_labeled_studies.csv); with --merge: the shard output "
+                   "files ({index} is replaced by 0..N-1 of --shards N)")
+    p.add_argument("--url", action="append", default=None, metavar="HOST:PORT",
+                   help=f"Triton gRPC address (default {DEFAULT_GRPC_URL}); repeat it for "
+                   "several replicas: requests are spread over them and a failing one is "
+                   "skipped until it answers again")
     p.add_argument("--model", default=MURA_ENSEMBLE_MODEL,
                    help=f"model to call (default {MURA_ENSEMBLE_MODEL})")
     p.add_argument("--out", type=Path, default=None,
@@ -43,14 +50,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--shared-memory", action="store_true",
                    help="pass pixels through Triton system shared memory (server on this host)")
     p.add_argument("--retry-for", type=float, default=300.0, metavar="SECONDS",
-                   help="keep retrying an image while the server is unavailable for this long "
-                   "(default 300)")
+                   help="the run's outage budget: while no request succeeds, keep retrying for "
+                   "this long, then mark every image left as server_unavailable at once "
+                   "(rerun with --resume) (default 300)")
     p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                    help="per-request timeout (default 120)")
     p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                    help="wait this long for the server to be ready before starting (default 30)")
     p.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                    help="expose this client's Prometheus metrics on 127.0.0.1:PORT/metrics")
+    p.add_argument("--metrics-push", default=None, metavar="URL",
+                   help="push this client's metrics to a Prometheus Pushgateway at URL (e.g. "
+                   "http://pushgateway:9091) every 15 s and at the end: for batch jobs that "
+                   "end before a scrape")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="score only shard I of N (0 <= I < N; a stable hash of each image's "
+                   "path): N workers with I = 0..N-1 cover every image exactly once")
+    p.add_argument("--merge", action="store_true",
+                   help="merge shard outputs (the PATH arguments) into --out, each image once, "
+                   "with its studies file; nothing is scored")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="with --merge: the number of shards, for PATHs containing {index}")
     p.add_argument("--no-stdout", action="store_true",
                    help="do not print rows on stdout (with --out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -66,6 +86,42 @@ def _studies_path(args: argparse.Namespace) -> Path | None:
     return args.out.with_name(f"{args.out.stem}.studies{args.out.suffix}")
 
 
+def _write_studies(args: argparse.Namespace, rows: list[dict]) -> tuple[list[dict], Path | None]:
+    from clients.batch import STUDY_COLUMNS, aggregate_studies
+    from clients.outputs import write_rows
+
+    studies_path = _studies_path(args)
+    studies = aggregate_studies(rows) if rows else []
+    if studies and studies_path is not None:
+        write_rows(studies_path, studies, STUDY_COLUMNS)
+    return studies, studies_path
+
+
+def _merge(args: argparse.Namespace) -> int:
+    """`--merge`: shard outputs -> one output (+ studies), each image exactly once."""
+    import json
+
+    from clients.shards import merge_shards, shard_files
+
+    if args.out is None:
+        print("msk score: --merge needs --out (the merged file)", file=sys.stderr)
+        return 2
+    try:
+        files = shard_files(args.inputs, args.shards)
+        rows, counts = merge_shards(files, args.out)
+    except (OSError, ValueError) as exc:
+        print(f"msk score: --merge: {exc}", file=sys.stderr)
+        return 2
+    studies, studies_path = _write_studies(args, rows)
+    counts["studies"] = len(studies)
+    print(f"msk score: merged {counts['shards']} shards into {args.out}: {counts['images']} "
+          f"images ({counts['errors']} error rows), {counts['duplicates_dropped']} duplicates "
+          "dropped" + (f"; {len(studies)} studies -> {studies_path}" if studies else ""),
+          file=sys.stderr)
+    print("msk score: summary " + json.dumps(counts, sort_keys=True), file=sys.stderr)
+    return 1 if counts["errors"] else 0
+
+
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import json
@@ -73,10 +129,21 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from clients.batch import STUDY_COLUMNS, BatchScorer, RetryPolicy, aggregate_studies
+    from clients.batch import BatchScorer, RetryPolicy
     from clients.inputs import expand_inputs
-    from clients.outputs import open_sink, output_format, read_rows, stdout_sink, write_rows
+    from clients.outputs import open_sink, output_format, read_rows, stdout_sink
+    from clients.shards import Shard
 
+    args.url = args.url or [DEFAULT_GRPC_URL]
+    if args.merge:
+        return _merge(args)
+    shard = None
+    if args.shard is not None:
+        try:
+            shard = Shard.parse(args.shard)
+        except ValueError as exc:
+            print(f"msk score: {exc}", file=sys.stderr)
+            return 2
     if args.concurrency < 1:
         print("msk score: --concurrency must be at least 1", file=sys.stderr)
         return 2
@@ -102,8 +169,18 @@ def run(args: argparse.Namespace) -> int:
         from clients.metrics import start_metrics_server
 
         start_metrics_server(args.metrics_port)
+    pusher = None
+    if args.metrics_push is not None:
+        from clients.metrics_push import MetricsPusher
+
+        pusher = MetricsPusher(args.metrics_push).start()
 
     items = expand_inputs(args.inputs)
+    if shard is not None:
+        everything = len(items)
+        items = shard.select(items)
+        print(f"msk score: shard {shard.index}/{shard.count}: {len(items)} of {everything} "
+              "images", file=sys.stderr)
     try:
         sink, kept = open_sink(args.out, resume=args.resume)
     except (OSError, ValueError) as exc:
@@ -156,12 +233,11 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
         if sink is not None:
             sink.close()
+        if pusher is not None:
+            pusher.stop()
 
-    studies_path = _studies_path(args)
     rows = read_rows(args.out) if args.out is not None else collected
-    studies = aggregate_studies(rows) if rows else []
-    if studies and studies_path is not None:
-        write_rows(studies_path, studies, STUDY_COLUMNS)
+    studies, studies_path = _write_studies(args, rows)
     summary.studies = len(studies)  # type: ignore[attr-defined]
     report = summary.to_json()  # type: ignore[attr-defined]
     print(
@@ -173,5 +249,15 @@ def run(args: argparse.Namespace) -> int:
     )
     for reason, count in sorted(report["errors_by_reason"].items()):
         print(f"msk score:   {reason}: {count}", file=sys.stderr)
+    if report["overload_rejections"]:
+        print(f"msk score: the server rejected {report['overload_rejections']} requests as "
+              "overloaded; they were backed off and retried", file=sys.stderr)
+    if len(report["endpoints"]) > 1:
+        spread = ", ".join(f"{u}: {e['ok']} ok, {e['failed_attempts']} failed attempts"
+                           for u, e in report["endpoints"].items())
+        print(f"msk score: endpoints: {spread}", file=sys.stderr)
+    note = summary.outage_note()  # type: ignore[attr-defined]
+    if note:
+        print(f"msk score: {note}", file=sys.stderr)
     print("msk score: summary " + json.dumps(report, sort_keys=True), file=sys.stderr)
     return 1 if report["errors"] else 0
