@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from export.manifest import MANIFEST_NAME, sha256_file, write_json_atomic
+from msk.process import pid_alive
 
 JOURNAL_NAME = ".msk-export-journal.json"
 LOCK_NAME = ".msk-export.lock"
@@ -32,22 +33,13 @@ class ExportAborted(RuntimeError):
     """The export failed; the repository was left (or put back) as it was."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 def remove_stale_staging(repository: Path) -> list[Path]:
     """Remove staging folders left by exports that were killed (their process is gone)."""
     removed = []
     for folder in Path(repository).parent.glob(f".{Path(repository).name}{_STAGING_MARK}*"):
         pid = folder.name.rsplit("-", 2)[-2]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed

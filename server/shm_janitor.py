@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from msk.constants import SCORE_SHM_PREFIX
+from msk.process import pid_alive
 
 SHM_ROOT = Path("/dev/shm")
 _OWNER = re.compile(rf"^/?{re.escape(SCORE_SHM_PREFIX)}(\d+)_")
@@ -30,15 +30,6 @@ class StaleRegion:
     key: str
     reason: str
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def owner_pid(key: str) -> int | None:
@@ -55,7 +46,7 @@ def stale_regions(status: dict) -> list[StaleRegion]:
         pid = owner_pid(key)
         if not (SHM_ROOT / key.lstrip("/")).exists():
             stale.append(StaleRegion(name, key, "region file is gone"))
-        elif pid is not None and not _pid_alive(pid):
+        elif pid is not None and not pid_alive(pid):
             stale.append(StaleRegion(name, key, f"owner pid {pid} is dead"))
     return stale
 

@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -35,17 +36,25 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def _batch_server(tiny_repository):
+    """tritonserver behind the gRPC guard, as `msk serve` runs it (server/grpc_guard.py)."""
+    from server.grpc_guard import GrpcGuard
+
     with TritonServer(tiny_repository) as server:
-        yield server
+        guard = GrpcGuard(server.grpc_url, "127.0.0.1", free_port()).start()
+        try:
+            yield SimpleNamespace(grpc_url=guard.url, server=server)
+        finally:
+            guard.stop()
 
 
 @pytest.fixture()
 def tiny_triton(_batch_server):
     """A server of this module's own (shadows the session-wide `tiny_triton`).
 
-    These tests kill and interrupt clients while their shared-memory requests are in flight and
-    then unregister the regions. tritonserver 2.51's python backend has segfaulted afterwards (in
-    TRITONBACKEND_ResponseSend, Triton's crash); a crash fails the test (tests/conftest.py).
+    These tests kill and interrupt clients while their requests are in flight. A bare
+    tritonserver 2.51 segfaults then (in TRITONBACKEND_ResponseSend: its request-cancellation
+    bugs), so the clients talk to it through the gRPC guard that `msk serve` puts in front, which
+    never passes a cancellation on; a crash still fails the test (tests/conftest.py).
     """
     return _batch_server
 
