@@ -341,12 +341,13 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
     return sr
 
 
-def _private_scheme(report: hd.sr.MeasurementReport) -> list[CodingSchemeIdentificationItem]:
+def _private_scheme(report: hd.sr.MeasurementReport
+                    ) -> list[CodingSchemeIdentificationItem] | None:
     """Declare 99MSK (once) when the report uses one of its codes."""
     used = any(item.CodingSchemeDesignator == PRIVATE_SCHEME
                for item in _code_items(report[0]))
     if not used:
-        return []
+        return None
     return [CodingSchemeIdentificationItem(designator=PRIVATE_SCHEME,
                                            name="msk-triton result codes",
                                            responsible_organization=MANUFACTURER)]
