@@ -215,6 +215,15 @@ def _algorithm(model: ModelProvenance | None, fallback: str) -> hd.sr.AlgorithmI
         parameters=[f"sha256={model.sha256}"] if model.sha256 else None)
 
 
+def _pipeline(models: Sequence[ModelProvenance]) -> hd.sr.AlgorithmIdentification:
+    """The study group's algorithm: msk-triton, every deployed model one parameter
+    (`model=NAME;version=V;sha256=HEX`) - the set the Device UID is derived from."""
+    return hd.sr.AlgorithmIdentification(
+        name="msk-triton", version=__version__, manufacturer=MANUFACTURER,
+        parameters=[f"model={m.name};version={m.version or 'unknown'};sha256={m.sha256}"
+                    for m in models] or None)
+
+
 def _equipment(models: Sequence[ModelProvenance], now: dt.datetime
                ) -> hd.base_content.ContributingEquipment:
     """IHE AIR Contributing Equipment: who made this object (its Device UID is in the General
@@ -285,7 +294,8 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
                                                          identifier=STUDY_GROUP),
-            measurements=measurements, qualitative_evaluations=evaluations,
+            algorithm_id=_pipeline(result.models), measurements=measurements,
+            qualitative_evaluations=evaluations,
             source_images=[hd.sr.SourceImageForMeasurementGroup(
                 i.sop_class_uid, i.sop_instance_uid) for i in scored]))
     for index, image in enumerate(result.images, start=1):
@@ -457,14 +467,16 @@ def _scores_of(group, ensemble: str) -> dict:
     return out
 
 
-def _algorithms(groups) -> list[dict]:
-    found: dict[str, dict] = {}
-    for group in groups:
-        for m in group.get_measurements():
-            a = _algorithm_of(m)
-            if a is not None and a["name"] not in found:
-                found[a["name"]] = {"sha256": None, **a}
-    return list(found.values())
+def _algorithms(study_group) -> list[dict]:
+    """Every deployed model, from the study group's algorithm parameters (see `_pipeline`)."""
+    found = []
+    for item in study_group[0].ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.AlgorithmParameters.value \
+                and str(item.TextValue).startswith("model="):
+            fields = dict(part.split("=", 1) for part in str(item.TextValue).split(";"))
+            found.append({"name": fields["model"], "version": fields.get("version"),
+                          "sha256": fields.get("sha256") or None})
+    return found
 
 
 def summarize(ds: Dataset) -> dict:
@@ -474,7 +486,7 @@ def summarize(ds: Dataset) -> dict:
 
     sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
     report = hd.sr.MeasurementReport.from_sequence(sr.content)
-    out: dict = {"images": [], "not_scored": [], "comments": []}
+    out: dict = {"images": [], "not_scored": [], "comments": [], "algorithms": []}
     (observer,) = report.get_observer_contexts(observer_type=codes.DCM.Device)
     out["device_observer_uid"] = observer.observer_identifying_attributes.uid
     images = report.get_image_measurement_groups()
@@ -485,6 +497,7 @@ def summarize(ds: Dataset) -> dict:
         if group.tracking_identifier == STUDY_GROUP:
             out.update(scores)
             out["images_scored"] = len(group.source_images)
+            out["algorithms"] = _algorithms(group)
             continue
         (source,) = group.source_images
         image = {"source": source.referenced_sop_instance_uid, "structures": [], **scores}
@@ -507,7 +520,6 @@ def summarize(ds: Dataset) -> dict:
             if "ReferencedSOPSequence" in region else
             region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID}
         by_source[structure["selected_from"]]["structures"].append(structure)
-    out["algorithms"] = _algorithms([*images, *rois])
     for item in report[0].ContentSequence:
         if item.ValueType == "CONTAINER" and item.name == QUALITATIVE_EVALUATIONS:
             for note in item.ContentSequence:

@@ -151,6 +151,38 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True
         self._answer(status, {"error": message}, headers)
 
+    def _body(self) -> bytes | None:
+        """The request body, by Content-Length or chunked (dicomweb-client streams), refused
+        (413) as soon as it is known to exceed MAX_BODY_BYTES; None = answered already."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks, total = [], 0
+            while True:
+                try:
+                    size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"x", 16)
+                except ValueError:
+                    self._error(400, "malformed chunked body")
+                    return None
+                if size == 0:
+                    while self.rfile.readline(1024).strip():   # trailers
+                        pass
+                    return b"".join(chunks)
+                total += size
+                if total > MAX_BODY_BYTES:
+                    self._error(413, f"request of more than {MAX_BODY_BYTES} bytes; at most "
+                                f"{MAX_BODY_BYTES}")
+                    return None
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline(16)
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._error(411, "Content-Length or chunked Transfer-Encoding required")
+            return None
+        if length > MAX_BODY_BYTES:
+            self._error(413, f"request of {length} bytes; at most {MAX_BODY_BYTES}")
+            return None
+        return self.rfile.read(length)
+
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
         self._error(405, "this gateway only accepts STOW-RS (POST /dicomweb/studies)")
 
@@ -171,13 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "application/dicom" not in ctype.lower():
             return self._error(415, f"Content-Type {ctype!r}: expected multipart/related; "
                                "type=\"application/dicom\"")
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._error(411, "Content-Length required")
-        if length > MAX_BODY_BYTES:
-            return self._error(413, f"request of {length} bytes; at most {MAX_BODY_BYTES}")
-        body = self.rfile.read(length)
+        body = self._body()
+        if body is None:
+            return None
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
             b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + body)
         parts = [p.get_payload(decode=True) for p in message.iter_parts()] \
