@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the project uses: the real PACS (Orthanc), dcmtk (storescu), dicom3tools
+# Debian packages the project uses: the real PACS (Orthanc, with its DICOMweb plugin for the
+# gateway's STOW-RS tests), dcmtk (storescu), dicom3tools
 # (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a TTF font for Ultralytics plots.
 # Idempotent: installs only what is missing, so `make setup` stays quick once done.
 set -euo pipefail
-packages=(orthanc dcmtk dicom3tools prometheus chromium fonts-dejavu-core)
+packages=(orthanc orthanc-dicomweb dcmtk dicom3tools prometheus chromium fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
