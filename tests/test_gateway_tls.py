@@ -205,3 +205,32 @@ def test_cli_defaults_to_loopback_and_requires_senders(tmp_path: Path) -> None:
     assert anyone.returncode == 0 and json.loads(anyone.stdout)["accept_any_calling_ae"]
     half_tls = _run(*base, "--accept-any-calling-ae", "--tls-cert", "c.pem", "--print-config")
     assert half_tls.returncode == 2 and "tls_key" in half_tls.stderr
+
+
+def test_tls_all_the_way_modality_gateway_orthanc(pki, tiny_triton, start_gateway,
+                                                  tmp_path: Path) -> None:
+    """modality --DICOM TLS--> `msk gateway` --DICOM TLS--> Orthanc (DCMTK's TLS), each side
+    checking the other's certificate against the test CA; the SR arrives."""
+    from tests.plugins.pacs import Orthanc, assert_no_phi
+
+    orthanc = Orthanc(tmp_path / "orthanc-tls", extra={
+        "DicomTlsEnabled": True, "DicomTlsCertificate": str(pki["modality.pem"]),
+        "DicomTlsPrivateKey": str(pki["modality.key"]),
+        "DicomTlsTrustedCertificates": str(pki["ca.pem"]),
+        "DicomTlsRemoteCertificateRequired": True}).start()
+    try:
+        gateway = start_gateway(tiny_triton.grpc_url, orthanc.destination, "--destination-tls",
+                                "--tls-cert", str(pki["gateway.pem"]), "--tls-key",
+                                str(pki["gateway.key"]), "--tls-ca", str(pki["ca.pem"]))
+        patient = SyntheticPatient("Tls^Throughout", "PHI-7731-0301")
+        files = make_study(tmp_path / "study", patient, ["FINGER"])
+        tls = client_context(pki["ca.pem"], pki["modality.pem"], pki["modality.key"])
+        send(files, Destination(GATEWAY_AET, "127.0.0.1", gateway.port), MODALITY_AET, 30.0,
+             tls)
+        (sr,) = orthanc.wait_for_sr(str(dcmread(files[0]).StudyInstanceUID),
+                                    diagnostics=gateway.logs)
+        assert sr.VerificationFlag == "UNVERIFIED"
+        assert "with DICOM TLS" in gateway.logs()
+        assert_no_phi(gateway.log_paths(), [patient])
+    finally:
+        orthanc.stop()

@@ -54,6 +54,8 @@ class Orthanc:
     process: subprocess.Popen | None = None
     dicomweb: bool = False
     """Load the DICOMweb plugin (then REST and DICOMweb need the basic-auth user below)."""
+    extra: dict = field(default_factory=dict)
+    """More Orthanc settings (e.g. DicomTls*)."""
     user: str = "mskgw"
     password: str = field(default_factory=lambda: os.urandom(9).hex())
 
@@ -104,6 +106,7 @@ class Orthanc:
                            "DicomWeb": {"Enable": True, "Root": "/dicom-web/",
                                         "StudiesMetadata": "Full",
                                         "SeriesMetadata": "Full"}})
+        config.update(self.extra)
         path = self.root / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
         return path
