@@ -44,6 +44,9 @@ def session_from_env(env: Mapping[str, str] | None = None, ca: Path | None = Non
         session.auth = (env[USER_ENV], env.get(PASSWORD_ENV, ""))
     if ca is not None:
         session.verify = str(ca)
+        # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify (set on
+        # many hosts, e.g. this project's CI machines): without this the CA would be ignored
+        session.trust_env = False
     return session
 
 
