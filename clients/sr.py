@@ -263,8 +263,11 @@ def _structure_group(image: ImageFinding, index: int, s: Structure,
         source_image=hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid))
     from msk.constants import WRIST_DETECT_MODEL
 
-    detector = next((m for n, m in models.items() if n.startswith("wrist")), None) or \
-        models.get(WRIST_DETECT_MODEL)
+    detector = models.get(WRIST_DETECT_MODEL)
+    if detector is None:   # the server reports the detectors it composes, not the pipeline
+        parts = sorted(f"{m.name}:{m.version}" for n, m in models.items()
+                       if n.startswith("wrist"))
+        detector = ModelProvenance(WRIST_DETECT_MODEL, ",".join(parts)[:64] or "unknown", "")
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier=f"Image {index} {s.class_name}"),
