@@ -302,6 +302,7 @@ def make_dx_image(path: Path, patient: SyntheticPatient, pixels, body_part: str,
     ds.PatientBirthDate, ds.PatientSex = patient.birth_date, "O"
     ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
     ds.StudyDate, ds.StudyTime, ds.Modality = "20240101", "120000", "DX"
+    ds.StudyID = "1"    # as modalities set it (dciodvfy warns for results of a study without)
     ds.BodyPartExamined = body_part
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
