@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         repo = work / "repository"
         repo.mkdir()
-        write_wrist_models(repo, weights)
+        write_wrist_models(repo, weights, version=1)
         images = [make_wrist(500 + i, 0).image for i in range(args.images)]
         local = InProcessWristPipeline(weights)
         local.detect(images[0])                                   # warm-up

@@ -3,12 +3,16 @@
 One record per artifact (model, version, path, sha256, bytes) plus provenance per version (weights
 kind, recipe, dataset fingerprint, metrics, commit). The SHA-256s also travel in every MURA response
 (`PROVENANCE`), so a result can always be traced to the exact files that produced it.
+
+The manifest is written only by `export.staging.RepositoryTransaction` as the last step of an
+export (its commit point), so a manifest always describes complete versions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,17 +22,18 @@ MANIFEST_NAME = "manifest.json"
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as fh:
+    with Path(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
-def artifact_record(repository: Path, model: str, version: int, path: Path) -> dict:
-    """One manifest row; `path` is absolute (inside `repository`) or relative to it."""
-    full = Path(path) if Path(path).is_absolute() else Path(repository) / path
+def artifact_record(root: Path, model: str, version: int, path: Path) -> dict:
+    """One manifest row for the file `path` (a path as given, absolute or relative to the working
+    directory, lying inside `root`); the row stores it relative to `root`."""
+    full = Path(path).resolve()
     return {"model": model, "version": int(version),
-            "path": str(full.relative_to(repository)),
+            "path": full.relative_to(Path(root).resolve()).as_posix(),
             "sha256": sha256_file(full), "bytes": full.stat().st_size}
 
 
@@ -43,21 +48,31 @@ def current_commit() -> str:
 
 
 def load_manifest(repository: Path) -> dict:
-    path = repository / MANIFEST_NAME
+    path = Path(repository) / MANIFEST_NAME
     if path.is_file():
         return json.loads(path.read_text())
     return {"artifacts": [], "versions": {}}
 
 
-def update_manifest(repository: Path, records: list[dict], provenance: dict[str, dict]) -> dict:
-    """Merge new artifact records and per-"model/version" provenance into the manifest."""
-    manifest = load_manifest(repository)
+def merged_manifest(manifest: dict, records: list[dict], provenance: dict[str, dict]) -> dict:
+    """`manifest` with new artifact records and per-"model/version" provenance merged in."""
+    merged = {"artifacts": list(manifest.get("artifacts", [])),
+              "versions": dict(manifest.get("versions", {}))}
     keys = {(r["model"], r["version"], r["path"]) for r in records}
-    manifest["artifacts"] = [
-        r for r in manifest["artifacts"] if (r["model"], r["version"], r["path"]) not in keys
+    merged["artifacts"] = [
+        r for r in merged["artifacts"] if (r["model"], r["version"], r["path"]) not in keys
     ] + records
-    manifest["artifacts"].sort(key=lambda r: (r["model"], r["version"], r["path"]))
-    manifest["versions"].update(provenance)
-    manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-    (repository / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return manifest
+    merged["artifacts"].sort(key=lambda r: (r["model"], r["version"], r["path"]))
+    merged["versions"].update(provenance)
+    merged["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return merged
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON so that a reader (or a kill) never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with tmp.open("rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

@@ -7,18 +7,34 @@
 Every model of the MURA pipeline shares one version number per build, so a response's provenance
 names one coherent set. Promoting checkpoints adds version N+1 next to N (both stay loaded, the
 ensemble uses the newest); rebuilding the demo when the newest version already is the demo is a
-no-op, so `make demo` can run any number of times.
+no-op (the same source fingerprint: same weights, no new version), so `make demo` and `msk
+export` can run any number of times. Every export is atomic (`export.staging`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from export.configs import cam_size, render_mura_configs, write_configs
-from export.manifest import artifact_record, current_commit, load_manifest, update_manifest
+from export.consistency import (
+    MURA_MODELS,
+    WRIST_MODELS,
+    describe_repository,
+    existing_versions,
+    repository_problems,
+)
+from export.manifest import (
+    artifact_record,
+    current_commit,
+    load_manifest,
+    merged_manifest,
+    sha256_file,
+)
+from export.staging import ExportAborted, RepositoryTransaction
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import (
     MURA_ARCHITECTURES,
@@ -32,27 +48,34 @@ from msk.constants import (
     MURA_OVERALL_OPERATING_POINT,
     MURA_PREPROCESS_MODEL,
     MURA_TINY_ARCHITECTURE,
+    WRIST_DETECT_MODEL,
 )
 
 log = logging.getLogger("msk.export")
-MURA_MODELS = (MURA_PREPROCESS_MODEL, *MURA_MEMBERS, MURA_MEAN_MODEL, MURA_ENSEMBLE_MODEL)
 WEIGHTS_DEMO = "untrained-demo"
 WEIGHTS_TINY = "tiny-stand-in"
 WEIGHTS_TRAINED = "trained"
 
 
-def existing_versions(repository: Path, model: str) -> list[int]:
-    folder = repository / model
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def latest_version(repository: Path) -> int:
     """Newest version present for every MURA model (0 when the pipeline is not complete)."""
-    versions = [set(existing_versions(repository, m)) for m in MURA_MODELS]
-    common = set.intersection(*versions) if versions else set()
-    return max(common, default=0)
+    return max(describe_repository(repository)["MURA"], default=0)
+
+
+def _next_version(repository: Path, models: tuple[str, ...]) -> int:
+    return max((v for m in models for v in existing_versions(repository, m)), default=0) + 1
+
+
+def source_fingerprint(kind: str, image_size: int, checkpoints: dict[str, Path] | None,
+                       imagenet_weights: dict[str, Path] | None,
+                       operating_points: dict[str, float] | None) -> str:
+    """What an export is made from; the same fingerprint twice means the same weights, so no
+    new version (`msk export` is idempotent)."""
+    files = {member: sha256_file(Path(path)) for member, path in sorted(
+        (checkpoints or imagenet_weights or {}).items())}
+    source = {"kind": kind, "image_size": image_size, "files": files,
+              "operating_points": operating_points or {}}
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
 
 
 def _member_sources(checkpoints: dict[str, Path] | None, tiny: bool,
@@ -91,6 +114,10 @@ def _check_checkpoint(member: str, meta: dict, image_size: int) -> None:
                     image_size)
 
 
+class RepositoryInconsistent(ExportAborted):
+    """The repository already holds versions that do not belong together; nothing is written."""
+
+
 def build_repository(
     out_dir: Path,
     *,
@@ -103,28 +130,57 @@ def build_repository(
     wrist_weights: dict[str, Path] | None = None,
     force: bool = False,
 ) -> int:
-    """Write the repository into `out_dir`; return the MURA pipeline version now served."""
+    """Write the repository into `out_dir`; return the MURA pipeline version now served.
+
+    All-or-nothing (`export.staging`): every model of the new version is exported, parity-checked
+    and described in the manifest beside the repository, then moved in. Refuses a repository
+    whose versions are already inconsistent (`export.consistency`).
+    """
     import torch
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_configs(out_dir, render_mura_configs(target, image_size))
+    out_dir = Path(out_dir).absolute()
     kind = WEIGHTS_TRAINED if checkpoints else (WEIGHTS_TINY if tiny else WEIGHTS_DEMO)
-    current = latest_version(out_dir)
-    manifest = load_manifest(out_dir)
-    current_kind = manifest["versions"].get(f"{MURA_ENSEMBLE_MODEL}/{current}", {}).get("weights")
-    if current and kind != WEIGHTS_TRAINED and current_kind == kind and not force:
-        log.info("repository already serves %s weights as version %d", kind, current)
+    with RepositoryTransaction(out_dir) as tx:
+        problems = repository_problems(out_dir)
+        if problems:
+            raise RepositoryInconsistent(
+                f"{out_dir} is inconsistent, refusing to export into it:\n  - "
+                + "\n  - ".join(problems)
+                + "\nMove the stray version folders out of the repository (or export into a "
+                "new folder) and run `msk doctor --repository` on it again.")
+        write_configs(tx.stage, render_mura_configs(target, image_size))
+        manifest = load_manifest(out_dir)
+        records: list[dict] = []
+        provenance: dict[str, dict] = {}
+        current = latest_version(out_dir)
+        fingerprint = source_fingerprint(kind, image_size, checkpoints, imagenet_weights,
+                                         operating_points)
+        newest = manifest["versions"].get(f"{MURA_ENSEMBLE_MODEL}/{current}", {})
+        same = newest.get("source_fingerprint") == fingerprint or (
+            "source_fingerprint" not in newest and kind != WEIGHTS_TRAINED
+            and newest.get("weights") == kind)
+        if current and same and not force:
+            log.info("repository already serves these %s weights as version %d", kind, current)
+            version = current
+        else:
+            version = _next_version(out_dir, MURA_MODELS)
+            with torch.no_grad():
+                new, members, biases, temperatures = _export_members(
+                    tx.stage, version, kind, checkpoints, tiny, imagenet_weights, image_size)
+            new, mura_provenance = _finish(tx.stage, version, kind, new, members, biases,
+                                           temperatures, image_size, operating_points)
+            mura_provenance["source_fingerprint"] = fingerprint
+            records += new
+            provenance[f"{MURA_ENSEMBLE_MODEL}/{version}"] = mura_provenance
         if wrist_weights:
-            _add_wrist(out_dir, wrist_weights, target)
-        return current
-    version = max([current, *(v for m in MURA_MODELS for v in existing_versions(out_dir, m))]) + 1
-
-    with torch.no_grad():
-        records, members, biases, temperatures = _export_members(
-            out_dir, version, kind, checkpoints, tiny, imagenet_weights, image_size)
-    return _finish(out_dir, version, kind, records, members, biases, temperatures, image_size,
-                   operating_points, wrist_weights, target)
+            wrist = _add_wrist(out_dir, tx.stage, wrist_weights, target, manifest, force)
+            if wrist:
+                records += wrist[0]
+                provenance.update(wrist[1])
+        tx.write_manifest(merged_manifest(manifest, records, provenance)
+                          if records else manifest)
+        tx.commit()
+    return version
 
 
 def _export_members(out_dir: Path, version: int, kind: str, checkpoints, tiny: bool,
@@ -159,9 +215,9 @@ def _export_members(out_dir: Path, version: int, kind: str, checkpoints, tiny: b
 
 def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members: dict,
             biases: list[float], temperatures: list[float], image_size: int,
-            operating_points: dict[str, float] | None, wrist_weights: dict[str, Path] | None,
-            target: str) -> int:
-    """Write the preprocessing and averaging graphs, the ensemble folder and the manifest."""
+            operating_points: dict[str, float] | None) -> tuple[list[dict], dict]:
+    """Write the preprocessing and averaging graphs and the ensemble folder; return the records
+    and the version's provenance."""
     from export.mean_graph import build_mean_graph
     from export.preprocess_graph import build_preprocess_graph
 
@@ -187,15 +243,25 @@ def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members
     mean_path.write_bytes(mean.SerializeToString())
     records.append(artifact_record(out_dir, MURA_MEAN_MODEL, version, mean_path))
     (out_dir / MURA_ENSEMBLE_MODEL / str(version)).mkdir(parents=True, exist_ok=True)
-
-    update_manifest(out_dir, records, {f"{MURA_ENSEMBLE_MODEL}/{version}": provenance})
-    if wrist_weights:
-        _add_wrist(out_dir, wrist_weights, target)
-    return version
+    return records, provenance
 
 
-def _add_wrist(out_dir: Path, wrist_weights: dict[str, Path], target: str) -> None:
+def _add_wrist(repository: Path, stage: Path, wrist_weights: dict[str, Path], target: str,
+               manifest: dict, force: bool) -> tuple[list[dict], dict] | None:
+    """Stage a new version of every wrist model (one number for all five), unless the newest
+    one was made from these very weights."""
     from export.wrist_repository import write_wrist_models
 
-    records = write_wrist_models(out_dir, wrist_weights, target=target)
-    update_manifest(out_dir, records, {})
+    fingerprint = hashlib.sha256(json.dumps(
+        {k: sha256_file(Path(p)) for k, p in sorted(wrist_weights.items())} | {"target": target},
+        sort_keys=True).encode()).hexdigest()
+    current = max(describe_repository(repository)["wrist"], default=0)
+    newest = manifest["versions"].get(f"{WRIST_DETECT_MODEL}/{current}", {})
+    if current and newest.get("source_fingerprint") == fingerprint and not force:
+        log.info("repository already serves these wrist weights as version %d", current)
+        return None
+    version = _next_version(repository, WRIST_MODELS)
+    records = write_wrist_models(stage, wrist_weights, target=target, version=version)
+    return records, {f"{WRIST_DETECT_MODEL}/{version}": {
+        "pipeline": WRIST_DETECT_MODEL, "version": str(version),
+        "source_fingerprint": fingerprint, "commit": current_commit()}}

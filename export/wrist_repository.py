@@ -118,11 +118,6 @@ class TritonPythonModel:
 '''
 
 
-def _next_version(model_dir: Path) -> int:
-    versions = [int(p.name) for p in model_dir.glob("[0-9]*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
 def _instance(target: str, *, cpu_only: bool = False) -> str:
     """`cpu` target: no `kind`, so Triton places the ONNX models on a GPU when the host has one
     and on the CPU otherwise (KIND_GPU fails to load without a GPU). `gpu`: KIND_GPU explicitly.
@@ -226,12 +221,12 @@ def _as_exported(path: Path) -> ExportedDetector:
     return ExportedDetector(path, names, in_h, in_w, sha256_file(path))
 
 
-def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "cpu",
-                       conf: float = WRIST_CONF_THRESHOLD) -> list[dict]:
+def write_wrist_models(repo: Path, weights: dict[str, Path], *, version: int,
+                       target: str = "cpu", conf: float = WRIST_CONF_THRESHOLD) -> list[dict]:
     """Export both detectors (`.pt`, or an already exported `.onnx`) and write the wrist models
-    and the `wrist_detect` ensemble into `repo`. Returns manifest records
-    `{model, version, path, sha256}` (paths relative to `repo`). `conf` is the served score
-    threshold (Ultralytics' predict default 0.25)."""
+    and the `wrist_detect` ensemble into `repo` (the export's staging folder), all five as
+    `version`. Returns manifest records `{model, version, path, sha256}` (paths relative to
+    `repo`). `conf` is the served score threshold (Ultralytics' predict default 0.25)."""
     if target not in ("cpu", "gpu"):
         raise ValueError(f"target must be 'cpu' or 'gpu', got {target!r}")
     missing = set(DETECTORS) - set(weights)
@@ -245,7 +240,6 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "c
         src = Path(weights[key])
         if not src.exists():
             raise FileNotFoundError(f"{key} detector weights not found: {src}")
-        version = _next_version(repo / model)
         onnx_path = repo / model / str(version) / "model.onnx"
         if src.suffix == ".onnx":
             onnx_path.parent.mkdir(parents=True, exist_ok=True)
@@ -264,14 +258,13 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "c
         raise ValueError(f"both detectors must share one input size, got {sorted(sizes)}")
     in_h, in_w = sizes.pop()
 
-    pre_version = _next_version(repo / WRIST_PREPROCESS_MODEL)
+    pre_version = post_version = ens_version = version
     pre_path = write_preprocess_graph(
         repo / WRIST_PREPROCESS_MODEL / str(pre_version) / "model.onnx", in_h, in_w)
     (repo / WRIST_PREPROCESS_MODEL / "config.pbtxt").write_text(
         preprocess_config(in_h, in_w, target))
     records.append(artifact_record(repo, WRIST_PREPROCESS_MODEL, pre_version, pre_path))
 
-    post_version = _next_version(repo / WRIST_POSTPROCESS_MODEL)
     post_dir = repo / WRIST_POSTPROCESS_MODEL / str(post_version)
     vendored = post_dir / "_vendored" / "msk"
     vendored.mkdir(parents=True, exist_ok=True)
@@ -301,9 +294,6 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, target: str = "c
                                    post_dir / "model.py"))
 
     ens_dir = repo / WRIST_DETECT_MODEL
-    ens_version = _next_version(ens_dir)
     (ens_dir / str(ens_version)).mkdir(parents=True, exist_ok=True)
     (ens_dir / "config.pbtxt").write_text(ensemble_config(dets))
-    records.append(artifact_record(repo, WRIST_DETECT_MODEL, ens_version,
-                                   ens_dir / "config.pbtxt"))
     return records

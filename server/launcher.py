@@ -4,7 +4,12 @@
 free ports are picked once (and kept across restarts, so clients can reconnect), readiness is
 `/v2/health/ready` with strict readiness (every model loaded), and stopping never leaves a process
 or a `/dev/shm` region behind: each server gets its own python-backend shm prefix, removed on exit
-even after SIGKILL.
+even after SIGKILL. tritonserver runs under `server/guard.py`, so it and its stubs die with the
+process that started them, whatever signal that process gets (start it from a thread that lives
+as long as the server: the kernel's parent-death signal follows the starting thread).
+
+A server that exits when nobody asked it to is a crash: `exited_unexpectedly` says so, and leaving
+the `with` block raises `ServerCrashed` with the log tail, so a crash is never silent.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 import uuid
+import weakref
 from pathlib import Path
+from typing import ClassVar
 
 from msk.constants import DEFAULT_HOST
 from server.runtime import TritonRuntime, locate_runtime
@@ -27,10 +35,42 @@ from server.runtime import TritonRuntime, locate_runtime
 SHM_DEFAULT_BYTES = 16 * 1024 * 1024      # FACTS: below 4 MiB the server exits
 SHM_GROWTH_BYTES = 16 * 1024 * 1024
 LATENCY_QUANTILES = "0.5:0.05,0.9:0.01,0.95:0.005,0.99:0.001"
+GUARD = Path(__file__).resolve().parent / "guard.py"
 
 
 class ServerStartError(RuntimeError):
     """tritonserver exited or did not become ready; the message carries its log tail."""
+
+
+class ServerCrashed(RuntimeError):
+    """tritonserver exited while nobody had asked it to stop; the message carries its log tail."""
+
+
+def describe_exit(returncode: int | None) -> str:
+    """"exit code 1" / "signal SIGSEGV" for a Popen return code."""
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def group_processes(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid`, from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != b"Z":    # after "(comm)": state, ppid, pgrp
+            members.append(int(entry.name))
+    return sorted(members)
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -41,6 +81,9 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 
 class TritonServer:
     """One tritonserver process serving `repository` (see module docstring)."""
+
+    instances: ClassVar[weakref.WeakSet[TritonServer]] = weakref.WeakSet()
+    """Every server made in this process: the test suite checks them all for crashes."""
 
     def __init__(
         self,
@@ -72,6 +115,8 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
         self.process: subprocess.Popen | None = None
+        self._stop_requested = False
+        TritonServer.instances.add(self)
 
     # -- addresses -----------------------------------------------------------------------------
     @property
@@ -110,8 +155,10 @@ class TritonServer:
         if self.running:
             return self
         out = None if self.foreground else self.log_path.open("ab")
+        self._stop_requested = False
         self.process = subprocess.Popen(
-            self.command(), env=self.runtime.environment(), stdout=out,
+            [sys.executable, "-S", str(GUARD), "--", *self.command()],
+            env=self.runtime.environment(), stdout=out,
             stderr=subprocess.STDOUT if out else None, start_new_session=True,
         )
         if out:
@@ -122,6 +169,15 @@ class TritonServer:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    @property
+    def exited_unexpectedly(self) -> bool:
+        """True when the server is gone although neither `stop()` nor `kill()` was called."""
+        return (self.process is not None and self.process.poll() is not None
+                and not self._stop_requested)
+
+    def exit_description(self) -> str:
+        return describe_exit(None if self.process is None else self.process.poll())
 
     def is_ready(self) -> bool:
         try:
@@ -135,6 +191,7 @@ class TritonServer:
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
                 code = None if self.process is None else self.process.returncode
+                self._stop_requested = True       # reported by the exception, not a crash
                 self._cleanup_shm()
                 raise ServerStartError(f"tritonserver exited with code {code} before it was "
                                        f"ready:\n{self.log_tail()}")
@@ -148,10 +205,11 @@ class TritonServer:
     def stop(self, timeout: float = 60.0) -> int | None:
         """SIGTERM (Triton drains in-flight requests), SIGKILL if it does not exit in time."""
         code = None
+        self._stop_requested = True
         if self.process is not None:
             if self.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGTERM)
+                    os.kill(self.process.pid, signal.SIGTERM)     # the guard stops the server
                 try:
                     self.process.wait(timeout)
                 except subprocess.TimeoutExpired:
@@ -165,7 +223,8 @@ class TritonServer:
         return code
 
     def kill(self) -> None:
-        """SIGKILL, as in a crash; shm regions are still removed."""
+        """SIGKILL, as in a crash (asked for: not reported as one); shm regions are removed."""
+        self._stop_requested = True
         if self.process is not None and self.process.poll() is None:
             self._killpg()
         self._cleanup_shm()
@@ -193,5 +252,14 @@ class TritonServer:
     def __enter__(self) -> TritonServer:
         return self.start()
 
+    def pids(self) -> list[int]:
+        """Every live process of this server: the guard, tritonserver and its stubs."""
+        return [] if self.process is None else group_processes(self.process.pid)
+
     def __exit__(self, *exc: object) -> None:
+        crashed = self.exited_unexpectedly
+        description = self.exit_description()
         self.stop()
+        if crashed:
+            raise ServerCrashed(f"tritonserver for {self.repository} exited unexpectedly "
+                                f"({description}). Log tail:\n{self.log_tail()}")

@@ -11,7 +11,6 @@ import hashlib
 import os
 import pkgutil
 import shutil
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,27 +60,45 @@ def tiny_repository() -> Path:
     return cached_repository("tiny", tiny=True)
 
 
-def _alive(server):
-    """Hand out a session server; if an earlier test crashed it, say so loudly and restart it.
-
-    tritonserver 2.51's python backend was seen to segfault (in TRITONBACKEND_ResponseSend) after
-    clients were killed mid-request. That is Triton's crash, not the next test's failure: the
-    next test gets a fresh server on the same ports and the crash is reported as a warning with
-    the server's log tail.
-    """
-    if not server.running:
-        warnings.warn(f"tritonserver for {server.repository.name} had exited (code "
-                      f"{server.process.returncode}); restarting it. Log tail:\n"
-                      f"{server.log_tail(25)}", stacklevel=2)
-        server.start()
-    return server
+_SESSION_SERVERS: list = []
 
 
 def _serve(repository: Path) -> Iterator:
+    """A session server. Leaving it raises `ServerCrashed` if it died on its own (teardown)."""
     from server.launcher import TritonServer
 
     with TritonServer(repository) as server:
+        _SESSION_SERVERS.append(server)
         yield server
+
+
+@pytest.fixture(autouse=True)
+def _no_server_crash(request) -> Iterator[None]:
+    """A tritonserver that exits during a test without being asked to fails that test.
+
+    Tests that stop or kill a server on purpose do it through `TritonServer.stop()`/`kill()`,
+    which say so. tritonserver 2.51's python backend was seen to segfault after clients were
+    killed mid-request (Triton's own cancellation bugs of that era); that is a red build, with
+    the server's log tail. A crashed session server is started again only after the failure is
+    recorded, so that the tests after it still say something.
+    """
+    from server.launcher import TritonServer
+
+    yield
+    crashed = [s for s in list(TritonServer.instances)
+               if s.exited_unexpectedly and not getattr(s, "crash_reported", False)]
+    for server in crashed:
+        server.crash_reported = True
+    if crashed:
+        report = "\n\n".join(
+            f"tritonserver for {s.repository.name} exited unexpectedly "
+            f"({s.exit_description()}) during {request.node.nodeid}. Log tail:\n"
+            f"{s.log_tail(40)}" for s in crashed)
+        for server in crashed:
+            if server in _SESSION_SERVERS:
+                server.start()
+                server.crash_reported = False
+        pytest.fail(report, pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +109,7 @@ def _triton_session(demo_repository: Path) -> Iterator:
 @pytest.fixture()
 def triton(_triton_session):
     """The real tritonserver serving the demo repository (one process for the session)."""
-    return _alive(_triton_session)
+    return _triton_session
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +120,7 @@ def _tiny_triton_session(tiny_repository: Path) -> Iterator:
 @pytest.fixture()
 def tiny_triton(_tiny_triton_session):
     """The real tritonserver serving the tiny stand-in repository (fast client tests)."""
-    return _alive(_tiny_triton_session)
+    return _tiny_triton_session
 
 
 @pytest.fixture()

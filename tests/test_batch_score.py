@@ -29,7 +29,6 @@ from clients.mura import MuraClient
 from clients.outputs import read_rows
 from msk.constants import MURA_MEMBERS
 from server.launcher import TritonServer, free_port
-from tests.conftest import _alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,10 +45,9 @@ def tiny_triton(_batch_server):
 
     These tests kill and interrupt clients while their shared-memory requests are in flight and
     then unregister the regions. tritonserver 2.51's python backend has segfaulted afterwards (in
-    TRITONBACKEND_ResponseSend, Triton's crash): a dedicated server keeps that from the other
-    suites, and a crashed one is restarted for the next test with a warning carrying its log.
+    TRITONBACKEND_ResponseSend, Triton's crash); a crash fails the test (tests/conftest.py).
     """
-    return _alive(_batch_server)
+    return _batch_server
 
 
 def _mura_images(root: Path, studies: int, per_study: int, seed: int = 0,

@@ -212,7 +212,7 @@ def test_pydicom_encoded_lossless_syntaxes(uncompressed, tmp_path: Path, syntax)
 
 def _dcmtk(tool: str, args: list[str], src: Path, dst: Path) -> Path:
     exe = shutil.which(tool)
-    assert exe, f"{tool} (Debian dcmtk) is required; run scripts/install_system_packages.sh"
+    assert exe, f"{tool} (Debian dcmtk) is required; run scripts/install_test_packages.sh"
     subprocess.run([exe, *args, str(src), str(dst)], check=True, capture_output=True,
                    timeout=60)
     return dst

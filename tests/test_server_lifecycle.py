@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from server.launcher import ServerStartError, TritonServer, free_port
+from server.launcher import (
+    ServerCrashed,
+    ServerStartError,
+    TritonServer,
+    free_port,
+    group_processes,
+)
+from tests.msk_process import MskProcess, children
 
 ROOT = Path(__file__).resolve().parent.parent
 MSK = Path(sys.executable).parent / "msk"
@@ -25,9 +32,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _group_members(pgid: int) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,pgid="], capture_output=True, text=True).stdout
-    return [int(p) for p, g in (line.split() for line in out.splitlines()) if int(g) == pgid]
+_group_members = group_processes
 
 
 def test_stop_leaves_no_process_and_no_shm_region(tiny_repository):
@@ -71,7 +76,8 @@ def test_msk_serve_runs_until_sigterm(tiny_repository):
     ports = [free_port() for _ in range(3)]
     proc = subprocess.Popen(
         [str(MSK), "serve", "--repository", str(tiny_repository), "--grpc-port", str(ports[0]),
-         "--http-port", str(ports[1]), "--metrics-port", str(ports[2])],
+         "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
+         "--supervisor-metrics-port", "-1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     import urllib.request
@@ -93,3 +99,96 @@ def test_msk_serve_runs_until_sigterm(tiny_repository):
     assert proc.wait(120) == 0
     leftovers = [p for p in before if p.exists() and p.name.startswith(f"msk_{proc.pid}_")]
     assert leftovers == []
+
+
+def _serve(repository: Path, cwd: Path, *extra: str) -> tuple[MskProcess, dict[str, str]]:
+    proc = MskProcess("serve", "--repository", str(repository), "--grpc-port", "0",
+                      "--http-port", "0", "--metrics-port", "0", "--supervisor-metrics-port",
+                      "0", *extra, cwd=cwd)
+    ready = proc.wait_for(r"msk serve: ready  grpc=(\S+)  http=(\S+)  metrics=(\S+)"
+                          r"  supervisor-metrics=(\S+)")
+    return proc, dict(zip(("grpc", "http", "metrics", "supervisor"), ready.groups(), strict=True))
+
+
+def _tritonserver_of(serve_pid: int) -> int:
+    """msk serve -> guard -> tritonserver."""
+    (guard,) = children(serve_pid)
+    (server,) = children(guard)
+    return server
+
+
+def _wait_gone(pids: list[int], timeout: float = 60) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if p in set(group_processes(pids[0])) or _running(p)]
+        if not alive:
+            return []
+        time.sleep(0.2)
+    return alive
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+def test_sigkill_of_msk_serve_takes_tritonserver_and_its_stubs_along(tiny_repository, tmp_path):
+    """kill -9 of the launcher (OOM killer, hard container stop) must not orphan Triton."""
+    proc, urls = _serve(tiny_repository, tmp_path)
+    (guard,) = children(proc.pid)
+    served = group_processes(guard)
+    assert len(served) >= 3, "guard, tritonserver and stub processes expected"
+    proc.stop(signal.SIGKILL)
+    assert _wait_gone(served) == [], "tritonserver or a stub outlived a SIGKILLed msk serve"
+    grpc_port = int(urls["grpc"].rsplit(":", 1)[1])
+    import socket
+    with socket.socket() as sock:          # the port is free again: nothing holds it
+        sock.bind(("127.0.0.1", grpc_port))
+
+
+def _metric(url: str, name: str) -> float:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_msk_serve_restarts_a_crashed_server_and_counts_it(tiny_repository, tmp_path):
+    proc, urls = _serve(tiny_repository, tmp_path)
+    try:
+        offset = len(proc.output())
+        os.kill(_tritonserver_of(proc.pid), signal.SIGSEGV)       # the crash, on purpose
+        proc.wait_for(r"tritonserver exited unexpectedly \(signal SIGSEGV\); restarting",
+                      start=offset)
+        proc.wait_for(r"msk serve: ready again", start=offset)
+        import tritonclient.grpc as grpcclient
+        assert grpcclient.InferenceServerClient(urls["grpc"]).is_server_ready()
+        counter = 'msk_serve_triton_restarts_total{reason="exit"}'
+        assert _metric(urls["supervisor"], counter) == 1.0
+        assert _metric(urls["supervisor"], "msk_serve_triton_up") == 1.0
+    finally:
+        assert proc.stop() == 0, proc.output()[-3000:]
+
+
+def test_msk_serve_no_restart_exits_and_says_why(tiny_repository, tmp_path):
+    proc, _ = _serve(tiny_repository, tmp_path, "--no-restart")
+    os.kill(_tritonserver_of(proc.pid), signal.SIGKILL)
+    assert proc.proc.wait(120) == 1
+    assert "exited unexpectedly (signal SIGKILL); not restarting (--no-restart)" in proc.output()
+
+
+def test_a_server_that_dies_unasked_raises_when_its_block_ends(tiny_repository):
+    with pytest.raises(ServerCrashed, match="exited unexpectedly \\(signal SIGKILL\\)"), \
+            TritonServer(tiny_repository) as server:
+        os.kill([p for p in server.pids() if p != server.process.pid][0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while server.running and time.monotonic() < deadline:
+            time.sleep(0.1)
+        server.crash_reported = True      # this test asked for it: not the suite's crash
+    assert server.shm_regions() == []

@@ -41,7 +41,7 @@ def browser():
 
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium "
-                    "(scripts/install_system_packages.sh)")
+                    "(scripts/install_test_packages.sh)")
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield b

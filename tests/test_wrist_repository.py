@@ -21,8 +21,8 @@ def _onnx(repo: Path, model: str) -> Path:
 def test_new_versions_and_placement(wrist_repository: Path, tmp_path: Path) -> None:
     onnx = {"joints": _onnx(wrist_repository, "wrist_joints"),
             "bones": _onnx(wrist_repository, "wrist_bones")}
-    first = write_wrist_models(tmp_path, onnx)
-    second = write_wrist_models(tmp_path, onnx, target="gpu")
+    first = write_wrist_models(tmp_path, onnx, version=1)
+    second = write_wrist_models(tmp_path, onnx, version=2, target="gpu")
     assert {r["model"]: r["version"] for r in first}["wrist_joints"] == 1
     assert {r["model"]: r["version"] for r in second}["wrist_joints"] == 2
     assert (tmp_path / "wrist_joints" / "1" / "model.onnx").exists()      # old version stays
@@ -44,9 +44,9 @@ def test_detector_classes_are_checked(wrist_repository: Path, tmp_path: Path) ->
     swapped = {"joints": _onnx(wrist_repository, "wrist_bones"),
                "bones": _onnx(wrist_repository, "wrist_joints")}
     with pytest.raises(ValueError, match="joints detector's classes are"):
-        write_wrist_models(tmp_path, swapped)
+        write_wrist_models(tmp_path, swapped, version=1)
     with pytest.raises(FileNotFoundError, match="nothing.pt"):
-        write_wrist_models(tmp_path, {"joints": tmp_path / "nothing.pt",
+        write_wrist_models(tmp_path, version=1, weights={"joints": tmp_path / "nothing.pt",
                                       "bones": swapped["joints"]})
 
 

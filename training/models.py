@@ -5,13 +5,20 @@ pool is a plain spatial mean and the head is linear, the class activation map (t
 map weighted by the head, before pooling) satisfies `mean(CAM) + bias == logit` exactly, so the
 server can return a heatmap from the same forward pass that produces the probability.
 
-Weights are either `"none"` (seeded, deterministic init: the demo and training from scratch) or a
-local ImageNet weights file in torchvision's state-dict format. Nothing is ever downloaded.
+Weights are `"none"` (seeded, deterministic init: the demo and training from scratch), a local
+ImageNet weights file in torchvision's state-dict format, or `"imagenet"`: torchvision's own
+ImageNet weights through torchvision's download and cache (`$TORCH_HOME/hub/checkpoints`), the way
+users of torchvision expect on an online GPU box. Offline (or with `MSK_OFFLINE=1`) and without a
+cached copy, `"imagenet"` fails at once with a message saying where to put the file.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 import torchvision
@@ -75,9 +82,47 @@ class MuraBackbone(nn.Module):
         return logit, cam
 
 
+class WeightsUnavailable(RuntimeError):
+    """ImageNet weights were asked for but cannot be had here (offline, not cached)."""
+
+
+_DENSENET_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def imagenet_weights_file(architecture: str) -> Path:
+    """torchvision's ImageNet weights for `architecture`, from its cache or its download."""
+    weights = torchvision.models.get_model_weights(architecture).IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    if cached.is_file():
+        return cached
+    host = urlparse(weights.url).hostname or ""
+    reason = "MSK_OFFLINE is set" if os.environ.get("MSK_OFFLINE") else None
+    if reason is None:
+        try:
+            socket.create_connection((host, 443), timeout=10).close()
+        except OSError as exc:
+            reason = f"{host} cannot be reached ({exc.strerror or exc})"
+    if reason:
+        raise WeightsUnavailable(
+            f"ImageNet weights for {architecture} are not cached at {cached} and {reason}. "
+            f"Download {weights.url} on a machine with internet access, then either copy it to "
+            f"{cached} or pass it with --weights PATH (a file, or a folder holding "
+            f"{architecture}.pth).")
+    weights.get_state_dict(progress=True, check_hash=True)     # torchvision's own download
+    return cached
+
+
 def load_imagenet_weights(backbone: MuraBackbone, path: Path) -> None:
-    """Load a local torchvision ImageNet state dict into the feature extractor (head ignored)."""
+    """Load a torchvision ImageNet state dict into the feature extractor (head ignored).
+
+    torchvision's DenseNet files use legacy key names ("norm.1"); they are renamed the way
+    torchvision's own loader does."""
     state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in list(state):
+        match = _DENSENET_LEGACY_KEY.match(key)
+        if match:
+            state[match.group(1) + match.group(2)] = state.pop(key)
     source = backbone._source
     missing, unexpected = source.load_state_dict(state, strict=False)
     # torchvision's ImageNet classifier is 1000-way; only the feature layers must match.
@@ -92,10 +137,13 @@ def load_imagenet_weights(backbone: MuraBackbone, path: Path) -> None:
 
 def build_backbone(architecture: str, weights: str | Path = "none", seed: int = 0,
                    dropout: float = 0.2) -> MuraBackbone:
-    """Build a backbone; `weights` is "none" (seeded init) or a local ImageNet weights file."""
+    """Build a backbone; `weights` is "none" (seeded init), "imagenet" (torchvision's download
+    and cache) or a local ImageNet weights file."""
     torch.manual_seed(seed)
     backbone = MuraBackbone(architecture, dropout=dropout)
-    if str(weights) != "none":
+    if str(weights) == "imagenet":
+        load_imagenet_weights(backbone, imagenet_weights_file(architecture))
+    elif str(weights) != "none":
         path = Path(weights)
         if not path.is_file():
             raise FileNotFoundError(f"ImageNet weights file not found: {path} (nothing is "

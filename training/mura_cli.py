@@ -54,9 +54,10 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/mura"),
                    help="output folder (default runs/mura)")
     p.add_argument("--weights", default="none",
-                   help="ImageNet initialisation: a local torchvision state-dict file, or a "
-                   "folder with densenet169.pth/resnet101.pth; 'none' = random init. Never "
-                   "downloaded.")
+                   help="ImageNet initialisation: 'imagenet' = torchvision's ImageNet weights "
+                   "through torchvision's download and cache (online; offline it fails at once "
+                   "unless cached), a local torchvision state-dict file, a folder with "
+                   "densenet169.pth/resnet101.pth, or 'none' = random init (default)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's max epochs")
     p.add_argument("--image-size", type=int, default=None,
                    help="override the recipe's 320 px (smaller for CPU experiments)")
@@ -124,6 +125,12 @@ def _splits(args: argparse.Namespace) -> dict:
 
 
 def _weights_for(weights: str, architecture: str) -> str:
+    """The weights argument for one architecture: a file, "none", or torchvision's ImageNet
+    file (resolved, and downloaded if need be, before any training starts)."""
+    if weights == "imagenet":
+        from training.models import imagenet_weights_file
+
+        return str(imagenet_weights_file(architecture))
     path = Path(weights)
     if weights != "none" and path.is_dir():
         return str(path / f"{architecture}.pth")
@@ -133,10 +140,18 @@ def _weights_for(weights: str, architecture: str) -> str:
 def run_train(args: argparse.Namespace) -> int:
     import shutil
 
+    from training.models import WeightsUnavailable
     from training.mura_data import DatasetError, describe
     from training.train_mura import load_recipe, train_member
 
     _setup(args)
+    recipes = [load_recipe(name) for name in args.recipe or DEFAULT_RECIPES]
+    try:
+        weights = {r["architecture"]: _weights_for(args.weights, r["architecture"])
+                   for r in recipes}
+    except (WeightsUnavailable, ValueError) as exc:
+        print(f"msk train mura: {exc}", file=sys.stderr)
+        return 2
     try:
         splits = _splits(args)
     except (DatasetError, FileNotFoundError) as exc:
@@ -146,8 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
     (args.out / "splits.json").write_text(json.dumps(
         {name: describe(records) for name, records in splits.items()}
         | {"test_fraction": args.test_fraction, "split_seed": args.split_seed}, indent=2) + "\n")
-    for name in args.recipe or DEFAULT_RECIPES:
-        recipe = load_recipe(name)
+    for recipe in recipes:
         overrides = {"epochs": args.epochs, "image_size": args.image_size,
                      "batch_size": args.batch_size, "lr": args.lr, "num_workers": args.workers}
         recipe.update({k: v for k, v in overrides.items() if v is not None})
@@ -159,7 +173,7 @@ def run_train(args: argparse.Namespace) -> int:
         recipe["calibration"] = calib
         result = train_member(
             recipe, splits["train"], splits["valid"], args.out / recipe["member"],
-            weights=_weights_for(args.weights, recipe["architecture"]), device=args.device,
+            weights=weights[recipe["architecture"]], device=args.device,
             resume=not args.no_resume, cache=args.cache, progress=not args.no_progress)
         target = args.out / f"{recipe['member']}.pt"
         shutil.copy2(result.checkpoint, target)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
 from msk.constants import MURA_CALIBRATION_FILE, MURA_MEMBERS
+
+log = logging.getLogger("msk.export")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,15 +56,27 @@ def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None
     return paths, points
 
 
+def _terminate_as_exit(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the export's staging folder is removed on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def run(args: argparse.Namespace) -> int:
     from export.repository import build_repository
+    from export.staging import ExportAborted
     from msk.constants import MURA_ARCHITECTURES
+
+    signal.signal(signal.SIGTERM, _terminate_as_exit)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     checkpoints, points = (None, None)
     if args.checkpoints is not None:
-        checkpoints, points = _checkpoints(args.checkpoints)
+        try:
+            checkpoints, points = _checkpoints(args.checkpoints)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"msk export: {exc}", file=sys.stderr)
+            return 2
     imagenet = None
     if args.imagenet_weights is not None:
         imagenet = {m: args.imagenet_weights / f"{arch}.pth"
@@ -72,8 +87,18 @@ def run(args: argparse.Namespace) -> int:
             print("msk export: --wrist-joints and --wrist-bones go together", file=sys.stderr)
             return 2
         wrist = {"joints": args.wrist_joints, "bones": args.wrist_bones}
-    version = build_repository(args.repository, checkpoints=checkpoints, tiny=args.tiny,
-                               target=args.target, operating_points=points,
-                               imagenet_weights=imagenet, wrist_weights=wrist, force=args.force)
+    try:
+        version = build_repository(args.repository, checkpoints=checkpoints, tiny=args.tiny,
+                                   target=args.target, operating_points=points,
+                                   imagenet_weights=imagenet, wrist_weights=wrist,
+                                   force=args.force)
+    except ExportAborted as exc:
+        print(f"msk export: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - any failure of any exporter: report, repo untouched
+        log.exception("export failed")
+        print(f"msk export: failed ({type(exc).__name__}: {exc}); {args.repository} was left "
+              "as it was", file=sys.stderr)
+        return 1
     print(json.dumps({"repository": str(args.repository), "version": version}))
     return 0

@@ -36,7 +36,7 @@ GATEWAY_AET = "MSKGW"
 def _tool(name: str) -> str:
     exe = shutil.which(name) or (f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists()
                                  else None)
-    assert exe, f"{name} is required (Debian package; scripts/install_system_packages.sh)"
+    assert exe, f"{name} is required (Debian package; scripts/install_test_packages.sh)"
     return exe
 
 
@@ -100,7 +100,7 @@ class Orthanc:
         if self.dicomweb:
             plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
             assert plugin.exists(), ("Orthanc's DICOMweb plugin is required (Debian "
-                                     "orthanc-dicomweb; scripts/install_system_packages.sh)")
+                                     "orthanc-dicomweb; scripts/install_test_packages.sh)")
             config.update({"Plugins": [str(plugin)], "AuthenticationEnabled": True,
                            "RegisteredUsers": {self.user: self.password},
                            "DicomWeb": {"Enable": True, "Root": "/dicom-web/",

@@ -145,7 +145,7 @@ def _write_repository(target: Path, wrist_ci_models: WristCIModels) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    records = write_wrist_models(tmp, wrist_ci_models.weights, conf=WRIST_CI_CONF)
+    records = write_wrist_models(tmp, wrist_ci_models.weights, version=1, conf=WRIST_CI_CONF)
     (tmp / "wrist_records.json").write_text(json.dumps(records, indent=1))
     (tmp / ".complete").touch()
     shutil.rmtree(target, ignore_errors=True)

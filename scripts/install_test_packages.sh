@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Debian packages the project uses: the real PACS (Orthanc, with its DICOMweb plugin for the
-# gateway's STOW-RS tests), dcmtk (storescu), dicom3tools
+# Debian packages the TESTS use (`make setup-test`; the demo needs none): the real PACS
+# (Orthanc, with its DICOMweb plugin for the gateway's STOW-RS tests), dcmtk (storescu), dicom3tools
 # (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a TTF font for Ultralytics plots.
 # Idempotent: installs only what is missing, so `make setup` stays quick once done.
 set -euo pipefail
