@@ -105,8 +105,8 @@ def test_https_with_client_certificates(pki, tmp_path: Path, monkeypatch) -> Non
     monkeypatch.setenv("MSK_GATEWAY_STOW_TOKENS", TOKEN)
     config = GatewayConfig("127.0.0.1:1", "PACS@127.0.0.1:104", data_dir=tmp_path / "q",
                            allowed_calling_aes=["PACS"], dicomweb_port=free_port(),
-                           tls_cert=pki["gateway.pem"], tls_key=pki["gateway.key"],
-                           tls_ca=pki["ca.pem"])
+                           dicom_tls_cert=pki["gateway.pem"], dicom_tls_key=pki["gateway.key"],
+                           dicom_tls_ca=pki["ca.pem"])
     queue = StudyQueue(config.data_dir)
     server = StowServer(config, queue)
     server.start()

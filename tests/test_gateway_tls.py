@@ -108,8 +108,8 @@ def _scp(tmp_path: Path, **settings):
 # ---------------------------------------------------------------------------------------------
 def test_tls_association_stores_and_plain_or_unsigned_peers_are_refused(pki, tmp_path) -> None:
     config, queue, scp = _scp(tmp_path, allowed_calling_aes=[MODALITY_AET],
-                              tls_cert=pki["gateway.pem"], tls_key=pki["gateway.key"],
-                              tls_ca=pki["ca.pem"])
+                              dicom_tls_cert=pki["gateway.pem"], dicom_tls_key=pki["gateway.key"],
+                              dicom_tls_ca=pki["ca.pem"])
     try:
         files = make_study(tmp_path / "s", SyntheticPatient("Tls^Tester", "TLS-0001"),
                            ["WRIST"])
@@ -203,8 +203,8 @@ def test_cli_defaults_to_loopback_and_requires_senders(tmp_path: Path) -> None:
     assert settings["allowed_calling_aes"] == ["PACS@10.1.2.3"]
     anyone = _run(*base, "--accept-any-calling-ae", "--print-config")
     assert anyone.returncode == 0 and json.loads(anyone.stdout)["accept_any_calling_ae"]
-    half_tls = _run(*base, "--accept-any-calling-ae", "--tls-cert", "c.pem", "--print-config")
-    assert half_tls.returncode == 2 and "tls_key" in half_tls.stderr
+    half_tls = _run(*base, "--accept-any-calling-ae", "--dicom-tls-cert", "c.pem", "--print-config")
+    assert half_tls.returncode == 2 and "dicom_tls_key" in half_tls.stderr
 
 
 def test_tls_all_the_way_modality_gateway_orthanc(pki, tiny_triton, start_gateway,
@@ -220,8 +220,8 @@ def test_tls_all_the_way_modality_gateway_orthanc(pki, tiny_triton, start_gatewa
         "DicomTlsRemoteCertificateRequired": True}).start()
     try:
         gateway = start_gateway(tiny_triton.grpc_url, orthanc.destination, "--destination-tls",
-                                "--tls-cert", str(pki["gateway.pem"]), "--tls-key",
-                                str(pki["gateway.key"]), "--tls-ca", str(pki["ca.pem"]))
+                                "--dicom-tls-cert", str(pki["gateway.pem"]), "--dicom-tls-key",
+                                str(pki["gateway.key"]), "--dicom-tls-ca", str(pki["ca.pem"]))
         patient = SyntheticPatient("Tls^Throughout", "PHI-7731-0301")
         files = make_study(tmp_path / "study", patient, ["FINGER"])
         tls = client_context(pki["ca.pem"], pki["modality.pem"], pki["modality.key"])

@@ -83,15 +83,16 @@ class GatewayConfig:
     `accept_any_calling_ae` says otherwise (see `check_senders`)."""
     accept_any_calling_ae: bool = False
     require_called_aet: bool = True
-    tls_cert: Path | None = None
-    """PEM certificate (and `tls_key`) of the gateway: DICOM TLS on the SCP (and STOW-RS), and
-    the client certificate for TLS deliveries."""
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
+    dicom_tls_cert: Path | None = None
+    """PEM certificate (and `dicom_tls_key`) of the gateway: DICOM TLS on the SCP (and STOW-RS),
+    and the client certificate for TLS deliveries. (`--tls-*` on `msk gateway` is gRPC TLS to
+    Triton, issue 11; these are the DICOM side.)"""
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
     """PEM CA bundle: senders must present a certificate it signed (mutual TLS), and a TLS
     destination must too."""
     destination_tls: bool = False
-    """Deliver by C-STORE over DICOM TLS (verifying the destination with `tls_ca`)."""
+    """Deliver by C-STORE over DICOM TLS (verifying the destination with `dicom_tls_ca`)."""
     dicomweb_port: int | None = None
     """Serve STOW-RS (`POST /dicomweb/studies`) on this port, on `host`."""
     dicomweb_allowed_clients: list[str] = field(default_factory=list)
@@ -126,14 +127,14 @@ class GatewayConfig:
                                                       self.destination_dicomweb):
             raise ValueError(f"destination_dicomweb {self.destination_dicomweb!r} is not an "
                              "http(s):// URL")
-        for name in ("tls_cert", "tls_key", "tls_ca"):
+        for name in ("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca"):
             value = getattr(self, name)
             setattr(self, name, Path(value) if value else None)
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ValueError("tls_cert and tls_key go together (the gateway's certificate and "
-                             "its private key, PEM)")
-        if self.destination_tls and not self.tls_ca:
-            raise ValueError("destination_tls needs tls_ca (the CA that signed the "
+        if bool(self.dicom_tls_cert) != bool(self.dicom_tls_key):
+            raise ValueError("dicom_tls_cert and dicom_tls_key go together (the gateway's "
+                             "certificate and its private key, PEM)")
+        if self.destination_tls and not self.dicom_tls_ca:
+            raise ValueError("destination_tls needs dicom_tls_ca (the CA that signed the "
                              "destination's certificate)")
         if self.dicomweb_port is not None and not 0 < int(self.dicomweb_port) < 65536:
             raise ValueError(f"dicomweb_port {self.dicomweb_port} out of range")

@@ -56,11 +56,11 @@ class StoreSCP:
     def start(self) -> None:
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo)]
         ssl_context = None
-        if self.config.tls_cert and self.config.tls_key:
+        if self.config.dicom_tls_cert and self.config.dicom_tls_key:
             from clients.gateway.tls import server_context
 
-            ssl_context = server_context(self.config.tls_cert, self.config.tls_key,
-                                         self.config.tls_ca)
+            ssl_context = server_context(self.config.dicom_tls_cert, self.config.dicom_tls_key,
+                                         self.config.dicom_tls_ca)
         self._server = self.ae.start_server((self.config.host, self.config.port), block=False,
                                             evt_handlers=handlers, ssl_context=ssl_context)
         log.info("listening as %s on %s:%d%s (calling AEs: %s)", self.config.ae_title,

@@ -197,11 +197,12 @@ class Gateway:
                 if config.destination_tls:
                     from clients.gateway.tls import client_context
 
-                    tls = client_context(config.tls_ca, config.tls_cert, config.tls_key)
+                    tls = client_context(config.dicom_tls_ca, config.dicom_tls_cert,
+                                         config.dicom_tls_key)
                 send(paths, config.destination, config.ae_title, config.dicom_timeout_s, tls)
             if config.destination_dicomweb:
                 send_stow(paths, config.destination_dicomweb, config.dicom_timeout_s,
-                          config.tls_ca)
+                          config.dicom_tls_ca)
         except DeliveryError as exc:
             self._retry("outbox", batch, str(exc), exc.outage)
             return

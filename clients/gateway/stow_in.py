@@ -7,9 +7,9 @@ its answer, then the same stability rule, scoring, PHI-free logging and audit.
 Who may send: a client whose address is in `dicomweb_allowed_clients`, or one that presents a
 bearer token listed in the environment variable `MSK_GATEWAY_STOW_TOKENS` (comma-separated;
 never in flags or config files), or anyone with `accept_any_calling_ae`. Nothing configured =
-the receiver refuses to start. With `tls_cert`/`tls_key` it serves HTTPS only (mutual TLS when
-`tls_ca` is given). Answers follow PS3.18 10.5: 200 all stored, 202 some failed, 409 none
-stored, with a DICOM JSON body listing Referenced/Failed SOP Sequence.
+the receiver refuses to start. With `dicom_tls_cert`/`dicom_tls_key` it serves HTTPS only
+(mutual TLS when `dicom_tls_ca` is given). Answers follow PS3.18 10.5: 200 all stored, 202
+some failed, 409 none stored, with a DICOM JSON body listing Referenced/Failed SOP Sequence.
 """
 
 from __future__ import annotations
@@ -73,11 +73,11 @@ class StowServer:
                                           handler)
         self._httpd.daemon_threads = True
         scheme = "http"
-        if self.config.tls_cert and self.config.tls_key:
+        if self.config.dicom_tls_cert and self.config.dicom_tls_key:
             from clients.gateway.tls import server_context
 
-            context = server_context(self.config.tls_cert, self.config.tls_key,
-                                     self.config.tls_ca)
+            context = server_context(self.config.dicom_tls_cert, self.config.dicom_tls_key,
+                                     self.config.dicom_tls_ca)
             self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
             scheme = "https"
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="stow-rs",

@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "https://pacs/dicom-web); auth from MSK_DICOMWEB_TOKEN (bearer) or "
                    "MSK_DICOMWEB_USER/MSK_DICOMWEB_PASSWORD (basic)")
     p.add_argument("--destination-tls", action="store_const", const=True,
-                   help="C-STORE to --destination over DICOM TLS, verified with --tls-ca")
+                   help="C-STORE to --destination over DICOM TLS, verified with --dicom-tls-ca")
     p.add_argument("--allowed-calling-ae", dest="allowed_calling_aes", action="append",
                    metavar="AET[@ADDRESS]",
                    help="accept stores only from this calling AE title, optionally only from "
@@ -41,11 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--accept-any-calling-ae", action="store_const", const=True,
                    help="accept stores from any calling AE and any STOW-RS client (not for "
                    "production)")
-    p.add_argument("--tls-cert", type=Path,
+    p.add_argument("--dicom-tls-cert", type=Path,
                    help="PEM certificate of the gateway: the SCP (and STOW-RS) speak TLS only; "
                    "also the client certificate of TLS deliveries")
-    p.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
-    p.add_argument("--tls-ca", type=Path,
+    p.add_argument("--dicom-tls-key", type=Path, help="PEM private key of --dicom-tls-cert")
+    p.add_argument("--dicom-tls-ca", type=Path,
                    help="PEM CA bundle: senders must present a certificate it signed (mutual "
                    "TLS); TLS destinations are verified with it")
     p.add_argument("--dicomweb-port", type=int,
@@ -91,8 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "destination_dicomweb",
-            "destination_tls", "allowed_calling_aes", "accept_any_calling_ae", "tls_cert",
-            "tls_key", "tls_ca", "dicomweb_port", "dicomweb_allowed_clients",
+            "destination_tls", "allowed_calling_aes", "accept_any_calling_ae", "dicom_tls_cert",
+            "dicom_tls_key", "dicom_tls_ca", "dicomweb_port", "dicomweb_allowed_clients",
             "require_called_aet", "stable_seconds", "data_dir", "max_attempts",
             "backoff_base_s", "backoff_max_s", "rules", "wrist", "heatmaps",
             "metrics_port", "metrics_host", "audit_log", "log_file", "log_level")
