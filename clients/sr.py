@@ -1,22 +1,32 @@
-"""DICOM Comprehensive SR (and optional Secondary Capture overlay) for one scored study.
+"""DICOM results for one scored study, built by highdicom: a TID 1500 Measurement Report SR and,
+opt-in, one Segmentation (FRACTIONAL, probability) per scored image holding its class-activation
+heatmap.
 
-The SR is what goes back to the PACS, so it carries everything a reader or an auditor needs
-without access to msk-triton:
+Why TID 1500 and a Segmentation: the viewers that display AI results (OHIF and the commercial
+ones following IHE AI Results) read TID 1500 measurement groups and overlay Segmentations on
+their source image; other SR templates show as text at best, and a Secondary Capture is a new
+picture, not an overlay. highdicom is the well-kept library that writes both
+the way the standard says, so this module only decides *what* to say:
 
-* study-level ensemble probability (mean over the study's scored images), the normal/abnormal call
-  and the threshold used, each ensemble member's probability;
-* per image: a reference to the source image, body part, probability, members and, for wrists,
-  each detected structure as a closed POLYLINE SCOORD (column/row pixel coordinates) with its
-  confidence;
-* provenance in the way of IHE AI Results (AIR): Contributing Equipment (manufacturer, model
-  name, software and model versions, a Device UID derived from the model artifacts' SHA-256 so
-  that the same weights always give the same UID), a device observer context, one "Algorithm"
-  container per model with name, version and SHA-256;
-* VerificationFlag UNVERIFIED and a series description saying research use, not for diagnosis.
+* observation context: the device observer (Device Observer UID = a UID derived from the model
+  artifacts' SHA-256, so the same weights always give the same UID, name, manufacturer, model);
+* one TID 1501 measurement group for the study (mean over its scored images) and one per scored
+  image (source image referenced): the abnormality `Probability` (DCM 122157) of the ensemble,
+  the call as a qualitative evaluation `Impression` (DCM 121073) = Normal / Abnormal (SNOMED
+  CT) with the body part's operating point as `CAD Operating Point` (DCM 111071), each
+  member's `Probability` with that member as its Algorithm Identification (name, version,
+  SHA-256 parameter), and the body part as Finding Site (SNOMED CT);
+* for wrists one TID 1410 planar ROI group per detected structure: the box as a closed POLYLINE
+  SCOORD on the source image, the structure as finding type (SNOMED CT where it has a code) and
+  the detector's confidence as `Certainty of Finding` (DCM 111012);
+* a root "Qualitative Evaluations" container (TID 1500 row 12) with the research-use `Comment`
+  and one TEXT per instance that was not scored, with the reason: `Failed Analyses` (routed but
+  unreadable) or `Not Attempted` (not an image, not routed).
 
-The SR joins the source study (same Study Instance UID, patient module copied) in a new series.
-Codes from SNOMED CT, LOINC and DCM where one exists; the rest use the private scheme 99MSK,
-declared in the Coding Scheme Identification Sequence.
+What has no standard code (four of the six wrist structures) uses the private
+scheme 99MSK, declared once in the Coding Scheme Identification Sequence. VerificationFlag is
+UNVERIFIED, the series description says research use, and the IHE AIR Contributing Equipment
+item carries manufacturer, model, software versions and the Device UID.
 """
 
 from __future__ import annotations
@@ -26,80 +36,69 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+import highdicom as hd
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
 
 from clients.wrist import Detection
 from msk import RESEARCH_USE_NOTICE, __version__
 
-COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
-SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 MANUFACTURER = "msk-triton project"
 MODEL_NAME = "msk-triton MURA ensemble"
 SR_SERIES_DESCRIPTION = "AI RESULTS - RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
-SC_SERIES_DESCRIPTION = "AI OVERLAY - RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+HEATMAP_SERIES_DESCRIPTION = "AI HEATMAP - RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 SR_SERIES_NUMBER = 9901
-SC_SERIES_NUMBER = 9902
+HEATMAP_SERIES_NUMBER = 9902
 """High series numbers keep AI objects after the acquired series in PACS viewers."""
 
 PRIVATE_SCHEME = "99MSK"
 
-# (value, scheme, meaning)
-Code = tuple[str, str, str]
-REPORT = ("18748-4", "LN", "Diagnostic imaging report")
-LANGUAGE = ("121049", "DCM", "Language of Content Item and Descendants")
-ENGLISH = ("en-US", "RFC5646", "English (United States)")
-OBSERVER_TYPE = ("121005", "DCM", "Observer Type")
-DEVICE = ("121007", "DCM", "Device")
-DEVICE_OBSERVER_UID = ("121012", "DCM", "Device Observer UID")
-DEVICE_OBSERVER_NAME = ("121013", "DCM", "Device Observer Name")
-DEVICE_OBSERVER_MANUFACTURER = ("121014", "DCM", "Device Observer Manufacturer")
-DEVICE_OBSERVER_MODEL = ("121015", "DCM", "Device Observer Model Name")
-COMMENT = ("121106", "DCM", "Comment")
-FINDINGS = ("121070", "DCM", "Findings")
-FINDING = ("121071", "DCM", "Finding")
-SOURCE = ("260753009", "SCT", "Source")
-FINDING_SITE = ("363698007", "SCT", "Finding site")
-ALGORITHM_NAME = ("111001", "DCM", "Algorithm Name")
-ALGORITHM_VERSION = ("111003", "DCM", "Algorithm Version")
-IMAGE_REGION = ("111030", "DCM", "Image Region")
-PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
-NORMAL = ("17621005", "SCT", "Normal")
-ABNORMAL = ("263654008", "SCT", "Abnormal")
-NO_UNITS = ("1", "UCUM", "no units")
-ABNORMALITY_PROBABILITY = ("ABN-PROB", PRIVATE_SCHEME, "Abnormality probability")
-ABNORMALITY_CALL = ("ABN-CALL", PRIVATE_SCHEME, "Abnormality assessment")
-DECISION_THRESHOLD = ("ABN-THRESH", PRIVATE_SCHEME, "Decision threshold")
-IMAGES_SCORED = ("IMG-SCORED", PRIVATE_SCHEME, "Number of images scored")
-ALGORITHM = ("ALGORITHM", PRIVATE_SCHEME, "Algorithm")
-ARTIFACT_SHA256 = ("SHA256", PRIVATE_SCHEME, "Model artifact SHA-256")
-NOT_SCORED = ("NOT-SCORED", PRIVATE_SCHEME, "Instance not scored")
-DETECTED_STRUCTURE = ("STRUCTURE", PRIVATE_SCHEME, "Detected structure")
-DETECTION_CONFIDENCE = ("DET-CONF", PRIVATE_SCHEME, "Detection confidence")
+# Standard codes (SNOMED CT, DCM, UCUM, UMLS as TID 1500 names it)
+PROCEDURE_REPORTED = Code("168537006", "SCT", "Plain radiography")
+PROBABILITY = Code("122157", "DCM", "Probability")
+IMPRESSION = Code("121073", "DCM", "Impression")
+NORMAL = Code("17621005", "SCT", "Normal")
+ABNORMAL = Code("263654008", "SCT", "Abnormal")
+OPERATING_POINT = Code("111071", "DCM", "CAD Operating Point")
+CERTAINTY = Code("111012", "DCM", "Certainty of Finding")
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical structure")
+NO_UNITS = Code("1", "UCUM", "no units")
+COMMENT = Code("121106", "DCM", "Comment")
+QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
+MORPHOLOGICALLY_ABNORMAL = Code("49755003", "SCT", "Morphologically abnormal structure")
+FAILED_ANALYSES = Code("111024", "DCM", "Failed Analyses")
+NOT_ATTEMPTED = Code("111225", "DCM", "Not Attempted")
+
+STUDY_GROUP = "Study result"
+"""Tracking identifier of the study-level measurement group (images: 'Image <n>')."""
 
 BODY_PART_CODES: dict[str, Code] = {
-    "shoulder": ("16982005", "SCT", "Shoulder region structure"),
-    "elbow": ("127949000", "SCT", "Elbow region structure"),
-    "finger": ("7569003", "SCT", "Finger structure"),
-    "hand": ("85562004", "SCT", "Hand structure"),
-    "humerus": ("85050009", "SCT", "Bone structure of humerus"),
-    "wrist": ("74670003", "SCT", "Wrist joint structure"),
-    "forearm": ("14975008", "SCT", "Forearm structure"),
+    "shoulder": Code("16982005", "SCT", "Shoulder region structure"),
+    "elbow": Code("127949000", "SCT", "Elbow region structure"),
+    "finger": Code("7569003", "SCT", "Finger structure"),
+    "hand": Code("85562004", "SCT", "Hand structure"),
+    "humerus": Code("85050009", "SCT", "Bone structure of humerus"),
+    "wrist": Code("74670003", "SCT", "Wrist joint structure"),
+    "forearm": Code("14975008", "SCT", "Forearm structure"),
 }
 
-STRUCTURE_MEANINGS: dict[str, str] = {
-    "radcar": "Radiocarpal joint",
-    "capnlun": "Capitate-lunate (midcarpal) joint",
-    "mna": "Metacarpal-trapezium (CMC) joint",
-    "mul": "Trapezium (os multangulum majus)",
-    "nav": "Scaphoid (os naviculare)",
-    "lunate": "Lunate",
+STRUCTURE_CODES: dict[str, Code] = {
+    "radcar": Code("74670003", "SCT", "Wrist joint structure"),  # the radiocarpal joint
+    "nav": Code("30518006", "SCT", "Bone structure of scaphoid"),
+    "capnlun": Code("capnlun", PRIVATE_SCHEME, "Capitate-lunate (midcarpal) joint"),
+    "mna": Code("mna", PRIVATE_SCHEME, "Metacarpal-trapezium (CMC) joint"),
+    "mul": Code("mul", PRIVATE_SCHEME, "Trapezium (os multangulum majus)"),
+    "lunate": Code("lunate", PRIVATE_SCHEME, "Lunate"),
 }
-"""Readable meanings for the wrist detector classes (msk.constants.WRIST_CLASSES)."""
+"""Wrist detector classes (msk.constants.WRIST_CLASSES) as finding types."""
+CLASS_BY_CODE = {(c.value, c.scheme_designator): name for name, c in STRUCTURE_CODES.items()}
 
 
 Structure = Detection
@@ -119,6 +118,8 @@ class ImageFinding:
     abnormal: bool | None = None
     error: str | None = None
     structures: list[Structure] = field(default_factory=list)
+    threshold: float | None = None
+    """The body part's operating point the call was made against (None: the study's)."""
 
 
 @dataclass(frozen=True)
@@ -172,351 +173,359 @@ def device_uid(sha256s: Iterable[str]) -> str:
     return "2.25." + str(int(digest[:32], 16))
 
 
-def _code(code: Code) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code[0], code[1], code[2][:64]
-    return item
-
-
-def _item(relationship: str | None, value_type: str, concept: Code | None) -> Dataset:
-    item = Dataset()
-    if relationship:
-        item.RelationshipType = relationship
-    item.ValueType = value_type
-    if concept is not None:
-        item.ConceptNameCodeSequence = DicomSequence([_code(concept)])
-    return item
-
-
-def _text(rel: str, concept: Code, value: str) -> Dataset:
-    item = _item(rel, "TEXT", concept)
-    item.TextValue = value
-    return item
-
-
-def _code_item(rel: str, concept: Code, value: Code) -> Dataset:
-    item = _item(rel, "CODE", concept)
-    item.ConceptCodeSequence = DicomSequence([_code(value)])
-    return item
-
-
-def _uidref(rel: str, concept: Code, value: str) -> Dataset:
-    item = _item(rel, "UIDREF", concept)
-    item.UID = value
-    return item
-
-
-def _ds(value: float) -> str:
-    """DS holds at most 16 characters."""
-    text = f"{value:.6g}"
-    return text if len(text) <= 16 else f"{value:.6e}"
-
-
-def _num(rel: str, concept: Code, value: float, units: Code = NO_UNITS) -> Dataset:
-    item = _item(rel, "NUM", concept)
-    measured = Dataset()
-    measured.NumericValue = _ds(float(value))
-    measured.MeasurementUnitsCodeSequence = DicomSequence([_code(units)])
-    item.MeasuredValueSequence = DicomSequence([measured])
-    return item
-
-
-def _container(rel: str | None, concept: Code, children: Sequence[Dataset]) -> Dataset:
-    item = _item(rel, "CONTAINER", concept)
-    item.ContinuityOfContent = "SEPARATE"
-    item.ContentSequence = DicomSequence(list(children))
-    return item
-
-
-def _image_ref(rel: str, concept: Code | None, image: ImageFinding) -> Dataset:
-    item = _item(rel, "IMAGE", concept)
-    ref = Dataset()
-    ref.ReferencedSOPClassUID = image.sop_class_uid
-    ref.ReferencedSOPInstanceUID = image.sop_instance_uid
-    item.ReferencedSOPSequence = DicomSequence([ref])
-    return item
-
-
-def _member_code(member: str) -> Code:
-    return (f"MP-{member}"[:16], PRIVATE_SCHEME, f"Member probability {member}")
-
-
-def _scores(prob: float | None, members: dict[str, float], abnormal: bool | None
-            ) -> list[Dataset]:
-    items: list[Dataset] = []
-    if prob is not None:
-        items.append(_num("CONTAINS", ABNORMALITY_PROBABILITY, prob))
-    if abnormal is not None:
-        items.append(_code_item("CONTAINS", ABNORMALITY_CALL, ABNORMAL if abnormal else NORMAL))
-    items.extend(_num("CONTAINS", _member_code(m), p) for m, p in members.items())
-    return items
-
-
-def _structure(image: ImageFinding, s: Structure) -> Dataset:
-    meaning = STRUCTURE_MEANINGS.get(s.class_name, s.class_name)
-    item = _code_item("CONTAINS", DETECTED_STRUCTURE, (s.class_name[:16], PRIVATE_SCHEME, meaning))
-    region = _item("HAS PROPERTIES", "SCOORD", IMAGE_REGION)
-    region.GraphicType = "POLYLINE"
-    corners = [(s.x1, s.y1), (s.x2, s.y1), (s.x2, s.y2), (s.x1, s.y2), (s.x1, s.y1)]
-    region.GraphicData = [float(v) for xy in corners for v in xy]  # column, row pairs
-    region.ContentSequence = DicomSequence([_image_ref("SELECTED FROM", None, image)])
-    item.ContentSequence = DicomSequence([
-        _num("HAS PROPERTIES", DETECTION_CONFIDENCE, s.score), region])
-    return item
-
-
-def _image_container(image: ImageFinding) -> Dataset:
-    children = [_image_ref("CONTAINS", SOURCE, image)]
-    if image.body_part in BODY_PART_CODES:
-        children.append(_code_item("CONTAINS", FINDING_SITE, BODY_PART_CODES[image.body_part]))
-    if image.error:
-        children.append(_text("CONTAINS", NOT_SCORED, image.error[:1024]))
-    children.extend(_scores(image.probability, image.members, image.abnormal))
-    children.extend(_structure(image, s) for s in image.structures)
-    return _container("CONTAINS", FINDING, children)
-
-
-def _copy(source: Dataset, target: Dataset, keywords: Iterable[str]) -> None:
-    """Copy type-2 attributes, present-but-empty when the source lacks them."""
-    for keyword in keywords:
-        setattr(target, keyword, source.get(keyword, None) if keyword in source else "")
-
-
-PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex")
-STUDY_KEYWORDS = ("StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
-                  "AccessionNumber")
-
-
-def _common(source: Dataset, sop_class: str, series_uid: str, series_number: int,
-            series_description: str, modality: str, now: dt.datetime, software: list[str],
-            models: Sequence[ModelProvenance]) -> Dataset:
-    """Patient/study copied from the source; new series; equipment and SOP common."""
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
-    ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    ds.InstanceCreationTime = now.strftime("%H%M%S")
-    ds.TimezoneOffsetFromUTC = now.strftime("%z") or "+0000"
-    _copy(source, ds, PATIENT_KEYWORDS)
-    ds.StudyInstanceUID = source.StudyInstanceUID
-    _copy(source, ds, STUDY_KEYWORDS)
-    if "StudyDescription" in source:
-        ds.StudyDescription = source.StudyDescription
-    ds.Modality = modality
-    ds.SeriesInstanceUID = series_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = series_description
-    ds.SeriesDate, ds.SeriesTime = ds.InstanceCreationDate, ds.InstanceCreationTime
-    ds.InstanceNumber = 1
-    ds.Manufacturer = MANUFACTURER
-    ds.ManufacturerModelName = MODEL_NAME
-    ds.SoftwareVersions = software
-    ds.DeviceSerialNumber = device_uid(m.sha256 for m in models)[-16:]
-    equipment = Dataset()
-    equipment.Manufacturer = MANUFACTURER
-    equipment.ManufacturerModelName = MODEL_NAME
-    equipment.SoftwareVersions = software
-    equipment.DeviceUID = device_uid(m.sha256 for m in models)
-    equipment.ContributionDateTime = now.strftime("%Y%m%d%H%M%S%z")
-    equipment.ContributionDescription = "AI inference (research use only, not for diagnosis)"
-    equipment.PurposeOfReferenceCodeSequence = DicomSequence([_code(PROCESSING_EQUIPMENT)])
-    ds.ContributingEquipmentSequence = DicomSequence([equipment])
-    return ds
-
-
 def software_versions(models: Sequence[ModelProvenance]) -> list[str]:
     """SoftwareVersions values (LO, 64 chars each): msk-triton, then each model name:version."""
     return [f"msk-triton {__version__}"] + [f"{m.name}:{m.version}"[:64] for m in models]
 
 
-def _evidence(source: Dataset, images: Sequence[tuple[str, str, str]]) -> DicomSequence:
-    """Current Requested Procedure Evidence: every referenced instance, grouped by series."""
-    by_series: dict[str, list[tuple[str, str]]] = {}
-    for series_uid, sop_class, sop_uid in images:
-        by_series.setdefault(series_uid, []).append((sop_class, sop_uid))
-    study = Dataset()
-    study.StudyInstanceUID = source.StudyInstanceUID
-    series_items = []
-    for series_uid, refs in by_series.items():
-        series = Dataset()
-        series.SeriesInstanceUID = series_uid
-        sops = []
-        for sop_class, sop_uid in refs:
-            ref = Dataset()
-            ref.ReferencedSOPClassUID = sop_class
-            ref.ReferencedSOPInstanceUID = sop_uid
-            sops.append(ref)
-        series.ReferencedSOPSequence = DicomSequence(sops)
-        series_items.append(series)
-    study.ReferencedSeriesSequence = DicomSequence(series_items)
-    return DicomSequence([study])
+# --------------------------------------------------------------------------------------------
+# Building
+# --------------------------------------------------------------------------------------------
+PATIENT_STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                          "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+                          "AccessionNumber")
 
 
-def _file_meta(ds: Dataset) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = "1.2.826.0.1.3680043.8.498.1"
-    meta.ImplementationVersionName = f"MSK_TRITON_{__version__}"[:16]
-    ds.file_meta = meta
+def _study_header(source: Dataset) -> Dataset:
+    """The source's patient/study attributes, type-2 ones present-but-empty when missing."""
+    ds = Dataset()
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        setattr(ds, keyword, source.get(keyword, "") if keyword in source else "")
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID",
+                    "StudyDescription", "SpecificCharacterSet"):
+        if keyword in source:
+            setattr(ds, keyword, source.get(keyword))
+    return ds
+
+
+def _reference(study_uid: str, image: ImageFinding) -> Dataset:
+    ref = Dataset()
+    ref.StudyInstanceUID = study_uid
+    ref.SeriesInstanceUID = image.series_instance_uid
+    ref.SOPClassUID = image.sop_class_uid
+    ref.SOPInstanceUID = image.sop_instance_uid
+    return ref
+
+
+def _algorithm(model: ModelProvenance | None, fallback: str) -> hd.sr.AlgorithmIdentification:
+    if model is None:
+        return hd.sr.AlgorithmIdentification(name=fallback, version="unknown")
+    return hd.sr.AlgorithmIdentification(
+        name=model.name, version=model.version or "unknown",
+        parameters=[f"sha256={model.sha256}"] if model.sha256 else None)
+
+
+def _pipeline(models: Sequence[ModelProvenance]) -> hd.sr.AlgorithmIdentification:
+    """The study group's algorithm: msk-triton, every deployed model one parameter
+    (`model=NAME;version=V;sha256=HEX`) - the set the Device UID is derived from."""
+    return hd.sr.AlgorithmIdentification(
+        name="msk-triton", version=__version__, manufacturer=MANUFACTURER,
+        parameters=[f"model={m.name};version={m.version or 'unknown'};sha256={m.sha256}"
+                    for m in models] or None)
+
+
+def _equipment(models: Sequence[ModelProvenance], now: dt.datetime
+               ) -> hd.base_content.ContributingEquipment:
+    """IHE AIR Contributing Equipment: who made this object (its Device UID is in the General
+    Equipment module: dciodvfy does not know Device UID inside this sequence)."""
+    item = hd.base_content.ContributingEquipment(
+        manufacturer=MANUFACTURER, purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=MODEL_NAME, software_versions=software_versions(models),
+        contribution_datetime=now,
+        contribution_description="AI inference (research use only, not for diagnosis)")
+    return item
+
+
+def _scores(probability: float, members: dict[str, float], abnormal: bool, threshold: float,
+            models: dict[str, ModelProvenance], ensemble: str
+            ) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    measurements = [
+        hd.sr.Measurement(name=PROBABILITY, value=float(probability), unit=NO_UNITS,
+                          algorithm_id=_algorithm(models.get(ensemble), ensemble)),
+        hd.sr.Measurement(name=OPERATING_POINT, value=float(threshold), unit=NO_UNITS)]
+    measurements.extend(
+        hd.sr.Measurement(name=PROBABILITY, value=float(p), unit=NO_UNITS,
+                          algorithm_id=_algorithm(models.get(m), m))
+        for m, p in members.items())
+    call = hd.sr.QualitativeEvaluation(IMPRESSION, ABNORMAL if abnormal else NORMAL)
+    return measurements, [call]
+
+
+def _structure_group(image: ImageFinding, index: int, s: Structure,
+                     models: dict[str, ModelProvenance]
+                     ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    code = STRUCTURE_CODES.get(s.class_name, Code(s.class_name[:16], PRIVATE_SCHEME,
+                                                  s.class_name))
+    corners = np.array([(s.x1, s.y1), (s.x2, s.y1), (s.x2, s.y2), (s.x1, s.y2), (s.x1, s.y1)],
+                       dtype=float)                      # column, row: a closed polyline
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
+        source_image=hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid))
+    from msk.constants import WRIST_DETECT_MODEL
+
+    detector = models.get(WRIST_DETECT_MODEL)
+    if detector is None:   # the server reports the detectors it composes, not the pipeline
+        parts = sorted(f"{m.name}:{m.version}" for n, m in models.items()
+                       if n.startswith("wrist"))
+        detector = ModelProvenance(WRIST_DETECT_MODEL, ",".join(parts)[:64] or "unknown", "")
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier=f"Image {index} {s.class_name}"),
+        referenced_region=region, finding_category=ANATOMICAL_STRUCTURE, finding_type=code,
+        measurements=[hd.sr.Measurement(name=CERTAINTY, value=float(s.score), unit=NO_UNITS,
+                                        algorithm_id=_algorithm(detector, WRIST_DETECT_MODEL))])
 
 
 def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = None,
-             series_uid: str | None = None) -> Dataset:
-    """The Comprehensive SR for `result`; `source` is any instance of the study (header only)."""
+             series_uid: str | None = None) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report for `result`; `source` is any instance of the study (header only)."""
+    from msk.constants import MURA_ENSEMBLE_MODEL
+
     now = (now or dt.datetime.now(dt.UTC)).astimezone()
-    software = software_versions(result.models)
+    models = {m.name: m for m in result.models}
     uid = device_uid(m.sha256 for m in result.models)
-    ds = _common(source, COMPREHENSIVE_SR_STORAGE, series_uid or generate_uid(),
-                 SR_SERIES_NUMBER, SR_SERIES_DESCRIPTION, "SR", now, software, result.models)
-    ds.ReferencedPerformedProcedureStepSequence = DicomSequence([])
-    ds.CompletionFlag = "COMPLETE"
-    ds.VerificationFlag = "UNVERIFIED"
-    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.PerformedProcedureCodeSequence = DicomSequence([])
-    referenced = [(i.series_instance_uid, i.sop_class_uid, i.sop_instance_uid)
-                  for i in result.images]
-    if referenced:
-        ds.CurrentRequestedProcedureEvidenceSequence = _evidence(source, referenced)
-    scheme = Dataset()
-    scheme.CodingSchemeDesignator = PRIVATE_SCHEME
-    scheme.CodingSchemeName = "msk-triton result codes"
-    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
-    ds.CodingSchemeIdentificationSequence = DicomSequence([scheme])
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uid, name="msk-triton", manufacturer_name=MANUFACTURER, model_name=MODEL_NAME))
+    groups: list = []
+    scored = result.scored
+    if scored:
+        measurements, evaluations = _scores(
+            result.probability, result.members, bool(result.abnormal), result.threshold,
+            models, MURA_ENSEMBLE_MODEL)
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
+                                                         identifier=STUDY_GROUP),
+            algorithm_id=_pipeline(result.models), measurements=measurements,
+            qualitative_evaluations=evaluations,
+            source_images=[hd.sr.SourceImageForMeasurementGroup(
+                i.sop_class_uid, i.sop_instance_uid) for i in scored]))
+    for index, image in enumerate(result.images, start=1):
+        if image.probability is None:
+            continue
+        threshold = result.threshold if image.threshold is None else image.threshold
+        abnormal = image.abnormal if image.abnormal is not None else \
+            image.probability >= threshold
+        measurements, evaluations = _scores(image.probability, image.members, abnormal,
+                                            threshold, models, MURA_ENSEMBLE_MODEL)
+        site = BODY_PART_CODES.get(image.body_part or "")
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
+                                                         identifier=f"Image {index}"),
+            finding_sites=[hd.sr.FindingSite(site)] if site else None,
+            measurements=measurements, qualitative_evaluations=evaluations,
+            source_images=[hd.sr.SourceImageForMeasurementGroup(image.sop_class_uid,
+                                                                image.sop_instance_uid)]))
+        groups.extend(_structure_group(image, index, s, models) for s in image.structures)
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=PROCEDURE_REPORTED, imaging_measurements=groups or None)
 
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = DicomSequence([_code(REPORT)])
-    ds.ContinuityOfContent = "SEPARATE"
-    content: list[Dataset] = [
-        _code_item("HAS CONCEPT MOD", LANGUAGE, ENGLISH),
-        _code_item("HAS OBS CONTEXT", OBSERVER_TYPE, DEVICE),
-        _uidref("HAS OBS CONTEXT", DEVICE_OBSERVER_UID, uid),
-        _text("HAS OBS CONTEXT", DEVICE_OBSERVER_NAME, "msk-triton"),
-        _text("HAS OBS CONTEXT", DEVICE_OBSERVER_MANUFACTURER, MANUFACTURER),
-        _text("HAS OBS CONTEXT", DEVICE_OBSERVER_MODEL, MODEL_NAME),
-        _text("CONTAINS", COMMENT, RESEARCH_USE_NOTICE),
-    ]
-    study_items: list[Dataset] = _scores(result.probability, result.members, result.abnormal)
-    study_items.append(_num("CONTAINS", DECISION_THRESHOLD, result.threshold))
-    study_items.append(_num("CONTAINS", IMAGES_SCORED, len(result.scored),
-                            ("{images}", "UCUM", "images")))
-    study_items.extend(_image_container(i) for i in result.images)
-    study_items.extend(_text("CONTAINS", NOT_SCORED, f"{sop}: {why}"[:1024])
-                       for sop, why in result.skipped)
-    content.append(_container("CONTAINS", FINDINGS, study_items))
-    for model in result.models:
-        items = [_text("CONTAINS", ALGORITHM_NAME, model.name),
-                 _text("CONTAINS", ALGORITHM_VERSION, model.version or "unknown")]
-        if model.sha256:
-            items.append(_text("CONTAINS", ARTIFACT_SHA256, model.sha256))
-        content.append(_container("CONTAINS", ALGORITHM, items))
-    ds.ContentSequence = DicomSequence(content)
-    _file_meta(ds)
-    return ds
+    notes = [hd.sr.TextContentItem(name=COMMENT, value=RESEARCH_USE_NOTICE,
+                                   relationship_type="CONTAINS")]
+    notes.extend(hd.sr.TextContentItem(name=FAILED_ANALYSES, value=f"{i.sop_instance_uid}: "
+                                       f"{i.error or 'not scored'}"[:1024],
+                                       relationship_type="CONTAINS")
+                 for i in result.images if i.probability is None)
+    notes.extend(hd.sr.TextContentItem(name=NOT_ATTEMPTED, value=f"{sop}: {why}"[:1024],
+                                       relationship_type="CONTAINS")
+                 for sop, why in result.skipped)
+    report[0].ContentSequence.append(hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS"))
+    report[0].ContentSequence[-1].ContentSequence = hd.sr.ContentSequence(notes)
+
+    header = _study_header(source)
+    evidence = [header] + [_reference(source.StudyInstanceUID, i) for i in scored
+                           if i.sop_instance_uid != header.get("SOPInstanceUID")]
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=report[0],
+        series_instance_uid=series_uid or generate_uid(), series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME, software_versions=software_versions(result.models),
+        device_serial_number=uid[-16:], series_description=SR_SERIES_DESCRIPTION,
+        is_complete=True, is_final=False, is_verified=False, record_evidence=True,
+        contributing_equipment=[_equipment(result.models, now)],
+        coding_schemes=_private_scheme(report),
+        specific_character_set="ISO_IR 192")
+    sr.DeviceUID = uid
+    if "StudyDescription" in source:
+        sr.StudyDescription = source.StudyDescription
+    return sr
 
 
-def build_overlay(source: Dataset, image: np.ndarray, heatmap: np.ndarray,
-                  models: Sequence[ModelProvenance], *, series_uid: str | None = None,
-                  alpha: float = 0.4, now: dt.datetime | None = None) -> Dataset:
-    """Secondary Capture (RGB) of the grayscale image with the abnormality heatmap blended in.
+def _private_scheme(report: hd.sr.MeasurementReport
+                    ) -> list[CodingSchemeIdentificationItem] | None:
+    """Declare 99MSK (once) when the report uses one of its codes."""
+    used = any(item.CodingSchemeDesignator == PRIVATE_SCHEME
+               for item in _code_items(report[0]))
+    if not used:
+        return None
+    return [CodingSchemeIdentificationItem(designator=PRIVATE_SCHEME,
+                                           name="msk-triton result codes",
+                                           responsible_organization=MANUFACTURER)]
 
-    `image` is the uint8 scoring image of `source`; `heatmap` is the ensemble's uint8 map
-    (any size, resized here to the image). Red intensity = heatmap; the gray image shows through.
+
+def _code_items(item: Dataset) -> Iterable[Dataset]:
+    for keyword in ("ConceptNameCodeSequence", "ConceptCodeSequence"):
+        yield from item.get(keyword, [])
+    for child in item.get("ContentSequence", []):
+        yield from _code_items(child)
+
+
+def build_heatmap(source: Dataset, heatmap: np.ndarray, models: Sequence[ModelProvenance], *,
+                  series_uid: str | None = None, instance_number: int = 1,
+                  now: dt.datetime | None = None) -> hd.seg.Segmentation:
+    """FRACTIONAL (probability) Segmentation of the ensemble's class activation on `source`.
+
+    `heatmap` is the ensemble's uint8 map (any size), resized here to the source's rows and
+    columns so that a viewer overlays it pixel for pixel on the referenced image (stored as
+    0..255 = activation 0..1). A Parametric Map would be the closer IOD, but highdicom 0.28
+    cannot build one for a projection radiograph (no frame of reference): its constructor fails
+    with "Unexpected mismatch between dimension index values" (checked here).
     """
     from PIL import Image
 
+    from msk.constants import MURA_ENSEMBLE_MODEL
+
     now = (now or dt.datetime.now(dt.UTC)).astimezone()
-    ds = _common(source, SECONDARY_CAPTURE_STORAGE, series_uid or generate_uid(),
-                 SC_SERIES_NUMBER, SC_SERIES_DESCRIPTION, "OT", now,
-                 software_versions(models), models)
-    h, w = image.shape
-    heat = np.asarray(Image.fromarray(heatmap).resize((w, h), Image.BILINEAR), dtype=np.float32)
-    gray = image.astype(np.float32)
-    weight = alpha * heat / 255.0
-    rgb = np.stack([gray * (1 - weight) + 255.0 * weight, gray * (1 - weight),
-                    gray * (1 - weight)], axis=-1)
-    rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    ds.ConversionType = "WSD"
-    ds.BurnedInAnnotation = "NO"
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.DerivationDescription = "Abnormality heatmap overlay; " + RESEARCH_USE_NOTICE[:900]
-    ds.PatientOrientation = source.get("PatientOrientation", "") or ""
-    ds.Laterality = source.get("Laterality", "") or ""
-    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ref = Dataset()
-    ref.ReferencedSOPClassUID = source.SOPClassUID
-    ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    ds.SourceImageSequence = DicomSequence([ref])
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "RGB"
-    ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = h, w
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-    ds.PixelRepresentation = 0
-    ds.PixelData = rgb.tobytes()
-    _file_meta(ds)
-    return ds
+    rows, columns = int(source.Rows), int(source.Columns)
+    pixels = np.asarray(Image.fromarray(np.asarray(heatmap, dtype=np.uint8)).resize(
+        (columns, rows), Image.BILINEAR), dtype=np.float32) / 255.0
+    ensemble = next((m for m in models if m.name == MURA_ENSEMBLE_MODEL), None)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label="Abnormality heatmap (class activation)",
+        segmented_property_category=MORPHOLOGICALLY_ABNORMAL, segmented_property_type=ABNORMAL,
+        algorithm_type="AUTOMATIC", algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name=MURA_ENSEMBLE_MODEL, family=codes.DCM.ArtificialIntelligence,
+            version=(ensemble.version if ensemble else "") or "unknown"))
+    uid = device_uid(m.sha256 for m in models)
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=pixels, segmentation_type="FRACTIONAL",
+        fractional_type="PROBABILITY", max_fractional_value=255,
+        segment_descriptions=[segment], series_instance_uid=series_uid or generate_uid(),
+        series_number=HEATMAP_SERIES_NUMBER, sop_instance_uid=generate_uid(),
+        instance_number=instance_number, manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME, software_versions=software_versions(models),
+        device_serial_number=uid[-16:], content_label="CAM",
+        content_description="Abnormality heatmap; research use only",
+        series_description=HEATMAP_SERIES_DESCRIPTION,
+        contributing_equipment=[_equipment(models, now)])
+    # Type 2C in General Image when there is no frame of reference (a radiograph): copy it
+    seg.PatientOrientation = source.get("PatientOrientation", "") or ""
+    seg.DeviceUID = uid
+    return seg
+
+
+def read_heatmap(ds: Dataset) -> tuple[str, np.ndarray]:
+    """(source SOP Instance UID, activation 0..1 as float32 rows x columns), via highdicom."""
+    seg = hd.seg.Segmentation.from_dataset(ds)
+    ((_, _, source_uid),) = seg.get_source_image_uids()
+    pixels = seg.get_pixels_by_source_instance([source_uid], segment_numbers=[1],
+                                               rescale_fractional=True)
+    return source_uid, np.asarray(pixels[0, :, :, 0], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
-# Reading an SR back (tests, the web app, anyone auditing what was sent)
+# Reading back (tests, anyone auditing what was sent): through highdicom's TID 1500 reader
 # --------------------------------------------------------------------------------------------
-def _concept(item: Dataset) -> str:
-    seq = item.get("ConceptNameCodeSequence")
-    return str(seq[0].CodeMeaning) if seq else ""
+def _algorithm_of(measurement) -> dict | None:
+    """TID 4019 Algorithm Identification under a measurement's NUM item, as a dict."""
+    fields: dict = {}
+    for item in measurement[0].get("ContentSequence", []):
+        code = item.ConceptNameCodeSequence[0].CodeValue
+        if code == codes.DCM.AlgorithmName.value:
+            fields["name"] = str(item.TextValue)
+        elif code == codes.DCM.AlgorithmVersion.value:
+            fields["version"] = str(item.TextValue)
+        elif code == codes.DCM.AlgorithmParameters.value and \
+                str(item.TextValue).startswith("sha256="):
+            fields["sha256"] = str(item.TextValue).split("=", 1)[1]
+    return fields or None
 
 
-def _value(item: Dataset) -> object:
-    kind = item.ValueType
-    if kind == "NUM":
-        return float(item.MeasuredValueSequence[0].NumericValue)
-    if kind == "CODE":
-        return str(item.ConceptCodeSequence[0].CodeMeaning)
-    if kind == "TEXT":
-        return str(item.TextValue)
-    if kind == "UIDREF":
-        return str(item.UID)
-    if kind == "IMAGE":
-        return str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-    if kind == "SCOORD":
-        return [float(v) for v in item.GraphicData]
-    return None
-
-
-def summarize(ds: Dataset) -> dict:
-    """The SR's content as a plain dict: study scores, images, algorithms, observer context."""
-    out: dict = {"images": [], "algorithms": [], "not_scored": [], "context": {}}
-    for item in ds.ContentSequence:
-        name = _concept(item)
-        if item.ValueType == "CONTAINER" and name == FINDINGS[2]:
-            for child in item.ContentSequence:
-                cname = _concept(child)
-                if child.ValueType == "CONTAINER" and cname == FINDING[2]:
-                    out["images"].append(_summarize_image(child))
-                elif cname == NOT_SCORED[2]:
-                    out["not_scored"].append(_value(child))
-                else:
-                    out[cname] = _value(child)
-        elif item.ValueType == "CONTAINER" and name == ALGORITHM[2]:
-            out["algorithms"].append({_concept(c): _value(c) for c in item.ContentSequence})
-        else:
-            out["context"][name] = _value(item)
+def _num(group, name: Code) -> list[tuple[float, str | None]]:
+    """(value, algorithm name) of each NUM `name` in the group."""
+    out = []
+    for m in group.get_measurements(name=name):
+        algorithm = _algorithm_of(m)
+        out.append((float(m.value), algorithm["name"] if algorithm else None))
     return out
 
 
-def _summarize_image(container: Dataset) -> dict:
-    image: dict = {"structures": []}
-    for child in container.ContentSequence:
-        name = _concept(child)
-        if name == DETECTED_STRUCTURE[2]:
-            structure = {"class": str(child.ConceptCodeSequence[0].CodeValue)}
-            for prop in child.ContentSequence:
-                structure[_concept(prop)] = _value(prop)
-                if prop.ValueType == "SCOORD":
-                    structure["selected_from"] = _value(prop.ContentSequence[0])
-            image["structures"].append(structure)
+def _scores_of(group, ensemble: str) -> dict:
+    probabilities = _num(group, PROBABILITY)
+    out: dict = {"members": {}}
+    for value, algorithm in probabilities:
+        if algorithm == ensemble:
+            out["probability"] = value
         else:
-            image[name] = _value(child)
-    return image
+            out["members"][algorithm] = value
+    points = _num(group, OPERATING_POINT)
+    if points:
+        out["operating_point"] = points[0][0]
+    calls = group.get_qualitative_evaluations(name=IMPRESSION)
+    if calls:
+        out["call"] = calls[0].value.meaning
+    return out
+
+
+def _algorithms(study_group) -> list[dict]:
+    """Every deployed model, from the study group's algorithm parameters (see `_pipeline`)."""
+    found = []
+    for item in study_group[0].ContentSequence:
+        if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.AlgorithmParameters.value \
+                and str(item.TextValue).startswith("model="):
+            fields = dict(part.split("=", 1) for part in str(item.TextValue).split(";"))
+            found.append({"name": fields["model"], "version": fields.get("version"),
+                          "sha256": fields.get("sha256") or None})
+    return found
+
+
+def summarize(ds: Dataset) -> dict:
+    """The report's content as a plain dict, read with highdicom (`Comprehensive3DSR`,
+    `MeasurementReport`): study and per-image scores, structures, algorithms, observer."""
+    from msk.constants import MURA_ENSEMBLE_MODEL
+
+    sr = hd.sr.Comprehensive3DSR.from_dataset(ds)
+    report = hd.sr.MeasurementReport.from_sequence(sr.content)
+    out: dict = {"images": [], "not_scored": [], "comments": [], "algorithms": []}
+    (observer,) = report.get_observer_contexts(observer_type=codes.DCM.Device)
+    out["device_observer_uid"] = observer.observer_identifying_attributes.uid
+    images = report.get_image_measurement_groups()
+    rois = report.get_planar_roi_measurement_groups()
+    by_source: dict[str, dict] = {}
+    for group in images:
+        scores = _scores_of(group, MURA_ENSEMBLE_MODEL)
+        if group.tracking_identifier == STUDY_GROUP:
+            out.update(scores)
+            out["images_scored"] = len(group.source_images)
+            out["algorithms"] = _algorithms(group)
+            continue
+        (source,) = group.source_images
+        image = {"source": source.referenced_sop_instance_uid, "structures": [], **scores}
+        sites = group.finding_sites
+        if sites:
+            image["finding_site"] = sites[0].value.meaning
+        out["images"].append(image)
+        by_source[image["source"]] = image
+    for group in rois:
+        finding = group.finding_type
+        region = group.roi
+        (certainty,) = _num(group, CERTAINTY)
+        structure = {
+            "class": CLASS_BY_CODE.get((finding.value, finding.scheme_designator),
+                                       finding.value),
+            "meaning": finding.meaning, "confidence": certainty[0],
+            "region": [float(v) for v in np.asarray(region.value).ravel()],
+            "graphic_type": region.graphic_type.value,
+            "selected_from": region.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+            if "ReferencedSOPSequence" in region else
+            region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID}
+        by_source[structure["selected_from"]]["structures"].append(structure)
+    for item in report[0].ContentSequence:
+        if item.ValueType == "CONTAINER" and item.name == QUALITATIVE_EVALUATIONS:
+            for note in item.ContentSequence:
+                key = "comments" if note.name == COMMENT else "not_scored"
+                out[key].append(str(note.value))
+    return out

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the TESTS use (`make setup-test`; the demo needs none): the real PACS (Orthanc),
-# dcmtk (storescu), dicom3tools (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a
-# TTF font for Ultralytics plots, openssl (certificates made by the gRPC TLS tests), HAProxy (gRPC
-# balancer in front of Triton replicas) and the Prometheus Pushgateway (batch metrics).
+# Debian packages the TESTS use (`make setup-test`; the demo needs none): the real PACS (Orthanc,
+# with its DICOMweb plugin for the gateway's STOW-RS tests), dcmtk (storescu), dicom3tools
+# (dciodvfy), Prometheus (+promtool), Chromium for browser tests, a TTF font for Ultralytics plots,
+# openssl (certificates made by the gRPC TLS tests), HAProxy (gRPC balancer in front of Triton
+# replicas) and the Prometheus Pushgateway (batch metrics).
 # Idempotent: installs only what is missing, so `make setup-test` stays quick once done.
 set -euo pipefail
-packages=(orthanc dcmtk dicom3tools prometheus chromium fonts-dejavu-core openssl haproxy
-          prometheus-pushgateway)
+packages=(orthanc orthanc-dicomweb dcmtk dicom3tools prometheus chromium fonts-dejavu-core
+          openssl haproxy prometheus-pushgateway)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -186,8 +186,11 @@ def test_gateway_settings_in_compose_are_accepted_by_the_gateway(tmp_path):
     settings_file = tmp_path / "gateway.yml"
     settings_file.write_text(compose["configs"]["gateway"]["content"])
     settings = load_file(settings_file)
+    command = " ".join(compose["services"]["gateway"]["command"])
+    assert "--allowed-calling-ae=${PACS_CALLING_AE:?" in command   # never open by default
     config = build_config(settings, {"triton_url": "triton:8001",
-                                     "destination": "PACS@pacs.example:104"})
+                                     "destination": "PACS@pacs.example:104",
+                                     "allowed_calling_aes": ["PACS"]})
     assert config.metrics_host == "0.0.0.0"
     prometheus = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
     clients = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "msk-clients")

@@ -40,6 +40,11 @@ def test_bad_destination_is_refused_naming_it() -> None:
 def test_missing_settings_are_named() -> None:
     proc = _run("--destination", "PACS@h:104")
     assert proc.returncode == 2 and "triton_url" in proc.stderr
+    proc = _run("--triton-url", "127.0.0.1:8001", "--allowed-calling-ae", "PACS")
+    assert proc.returncode == 2 and "--destination-dicomweb" in proc.stderr
+    proc = _run("--triton-url", "127.0.0.1:8001", "--allowed-calling-ae", "PACS",
+                "--destination-dicomweb", "pacs.example/dicom-web")
+    assert proc.returncode == 2 and "pacs.example/dicom-web" in proc.stderr
 
 
 def test_second_gateway_on_same_data_dir_is_refused(tmp_path: Path) -> None:
@@ -47,6 +52,7 @@ def test_second_gateway_on_same_data_dir_is_refused(tmp_path: Path) -> None:
     try:
         proc = _run("--triton-url", "127.0.0.1:1", "--destination", "P@127.0.0.1:104",
                     "--host", "127.0.0.1", "--port", str(free_port()),
+                    "--allowed-calling-ae", "PACS",
                     "--data-dir", str(tmp_path / "q"))
     finally:
         queue.close()

@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from clients.mura import MuraClient
-from clients.sr import SR_SERIES_DESCRIPTION, device_uid, summarize
+from clients.sr import SR_SERIES_DESCRIPTION, device_uid, read_heatmap, summarize
 from msk.imaging import load_grayscale
 from tests.plugins.pacs import (
     GATEWAY_AET,
@@ -65,25 +65,27 @@ def test_study_scored_and_sr_stored_in_pacs(tiny_triton, orthanc, start_gateway,
     # scores: the study result is the mean of the two wrist images, members likewise
     summary = summarize(sr)
     expected = float(np.mean([r.probability for r in direct]))
-    assert summary["Abnormality probability"] == pytest.approx(expected, abs=2e-6)
-    assert summary["Number of images scored"] == 2
+    assert summary["probability"] == pytest.approx(expected, abs=2e-6)
+    assert summary["images_scored"] == 2
     for member in direct[0].members:
         mean = float(np.mean([r.members[member] for r in direct]))
-        assert summary[f"Member probability {member}"] == pytest.approx(mean, abs=2e-6)
-    scored = [i for i in summary["images"] if "Abnormality probability" in i]
-    assert [i["Source"] for i in scored] == [str(dcmread(f).SOPInstanceUID) for f in files[:2]]
+        assert summary["members"][member] == pytest.approx(mean, abs=2e-6)
+    scored = summary["images"]
+    assert [i["source"] for i in scored] == [str(dcmread(f).SOPInstanceUID) for f in files[:2]]
     for image, result in zip(scored, direct, strict=True):
-        assert image["Abnormality probability"] == pytest.approx(result.probability, abs=2e-6)
-        assert image["Finding site"] == "Wrist joint structure"
+        assert image["probability"] == pytest.approx(result.probability, abs=2e-6)
+        assert image["call"] == ("Abnormal" if result.abnormal else "Normal")
+        assert image["operating_point"] == pytest.approx(result.threshold, abs=1e-6)
+        assert image["finding_site"] == "Wrist joint structure"
 
     # the chest image and the non-image object were skipped with reasons, not errors
     reasons = " | ".join(summary["not_scored"])
     assert "not routed" in reasons and "not an image" in reasons
 
     # provenance: Device UID from the artifacts' SHA-256 the server reported
-    equipment = sr.ContributingEquipmentSequence[0]
-    assert equipment.DeviceUID == device_uid(direct[0].artifacts.values())
-    shas = {a["Algorithm Name"]: a.get("Model artifact SHA-256") for a in summary["algorithms"]}
+    assert sr.DeviceUID == device_uid(direct[0].artifacts.values())
+    assert summary["device_observer_uid"] == sr.DeviceUID
+    shas = {a["name"]: a["sha256"] for a in summary["algorithms"]}
     for member, sha in direct[0].artifacts.items():
         assert shas[member] == sha
 
@@ -105,7 +107,7 @@ def test_study_scored_and_sr_stored_in_pacs(tiny_triton, orthanc, start_gateway,
 def test_pacs_forwards_study_and_gets_sr_back(tiny_triton, orthanc, start_gateway,
                                               tmp_path: Path) -> None:
     """The hospital set-up of docs/pacs.md: modality -> PACS -> gateway -> PACS."""
-    gateway = start_gateway(tiny_triton.grpc_url, orthanc.destination, "--secondary-capture")
+    gateway = start_gateway(tiny_triton.grpc_url, orthanc.destination, "--heatmaps")
     orthanc.add_modality("msk", GATEWAY_AET, gateway.port)
     patient = SyntheticPatient("Vantongeren^Philippa", "PHI-7731-0002")
     files = make_study(tmp_path / "study", patient, ["ELBOW"])
@@ -114,12 +116,12 @@ def test_pacs_forwards_study_and_gets_sr_back(tiny_triton, orthanc, start_gatewa
     orthanc.request("POST", "/modalities/msk/store",
                     {"Resources": [orthanc.study_id(study_uid)], "Synchronous": True})
     (sr,) = orthanc.wait_for_sr(study_uid, diagnostics=gateway.logs)
-    assert summarize(sr)["images"][0]["Finding site"] == "Elbow region structure"
-    (overlay,) = orthanc.instances(study_uid, "OT")
-    assert overlay.SourceImageSequence[0].ReferencedSOPInstanceUID == dcmread(
-        files[0]).SOPInstanceUID
-    assert overlay.pixel_array.shape == (overlay.Rows, overlay.Columns, 3)
-    assert dciodvfy_errors(overlay, tmp_path) == [] and dciodvfy_errors(sr, tmp_path) == []
+    assert summarize(sr)["images"][0]["finding_site"] == "Elbow region structure"
+    (heatmap,) = orthanc.instances(study_uid, "SEG")
+    source_uid, activation = read_heatmap(heatmap)
+    assert source_uid == dcmread(files[0]).SOPInstanceUID
+    assert activation.shape == (heatmap.Rows, heatmap.Columns)
+    assert dciodvfy_errors(heatmap, tmp_path) == [] and dciodvfy_errors(sr, tmp_path) == []
     assert_no_phi(gateway.log_paths(), [patient])
 
 
@@ -154,8 +156,8 @@ def test_gateway_killed_mid_study_completes_after_restart(tiny_triton, orthanc, 
     storescu(files[2:], gateway.port, GATEWAY_AET)
     (sr,) = orthanc.wait_for_sr(dcmread(files[0]).StudyInstanceUID, diagnostics=gateway.logs)
     summary = summarize(sr)
-    assert summary["Number of images scored"] == 3
-    assert sorted(i["Source"] for i in summary["images"]) == sorted(
+    assert summary["images_scored"] == 3
+    assert sorted(i["source"] for i in summary["images"]) == sorted(
         str(dcmread(f).SOPInstanceUID) for f in files)
     assert len(gateway.wait_audit("delivered")) == 1
     assert_no_phi(gateway.log_paths(), [patient])

@@ -119,6 +119,7 @@ def _gateway(triton: TritonServer, tmp_path: Path) -> Iterator[int]:
         [sys.executable, "-m", "msk.cli", "gateway", "--triton-url", triton.grpc_url,
          "--destination", f"PACS@127.0.0.1:{free_port()}", "--port", str(free_port()),
          "--host", "127.0.0.1", "--data-dir", str(tmp_path / "gateway"),
+         "--allowed-calling-ae", "PACS",
          "--metrics-port", str(metrics_port), "--ready-file", str(ready)],
         stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=ROOT)
     try:

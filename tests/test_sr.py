@@ -1,47 +1,44 @@
-"""The result SR (and the optional Secondary Capture): content, provenance, and validity.
-
-Validity is checked by dciodvfy (Debian dicom3tools), the reference IOD validator: every object
-we would send to a PACS must produce no "Error" line.
+"""The result objects: a TID 1500 Measurement Report SR and heatmap Segmentations, built by
+highdicom, checked three ways here: dciodvfy (Debian dicom3tools, the reference IOD validator)
+finds no error and no warning of ours; highdicom reads every object back and every probability,
+call, operating point, region and confidence is recovered from it; the header says what a PACS
+needs (study joined, new series, UNVERIFIED, research use, provenance). Orthanc's part is in
+tests/test_gateway_e2e.py and tests/test_gateway_dicomweb.py.
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from clients.sr import (
-    COMPREHENSIVE_SR_STORAGE,
+    COMPREHENSIVE_3D_SR_STORAGE,
+    HEATMAP_SERIES_DESCRIPTION,
+    PRIVATE_SCHEME,
+    SEGMENTATION_STORAGE,
     SR_SERIES_DESCRIPTION,
     ImageFinding,
     ModelProvenance,
     Structure,
     StudyResult,
-    build_overlay,
+    build_heatmap,
     build_sr,
     device_uid,
+    read_heatmap,
     summarize,
 )
 from msk import RESEARCH_USE_NOTICE
+from tests.plugins.pacs import _tool, dciodvfy, real_radiograph
 
-CR = "1.2.840.10008.5.1.4.1.1.1"
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 SHAS = {"densenet169_a": "a" * 64, "densenet169_b": "b" * 64, "resnet101_a": "c" * 64,
         "resnet101_b": "d" * 64}
-
-
-def dciodvfy(path: Path) -> list[str]:
-    """dciodvfy's error lines for `path` (warnings are informative, errors are not allowed)."""
-    exe = shutil.which("dciodvfy")
-    assert exe, "dciodvfy (Debian dicom3tools) is required; run scripts/install_test_packages.sh"
-    proc = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
-    lines = (proc.stdout + proc.stderr).splitlines()
-    return [line for line in lines if line.startswith("Error")]
 
 
 def source_header() -> Dataset:
@@ -62,22 +59,24 @@ def source_header() -> Dataset:
     return ds
 
 
-def study_result(source: Dataset) -> StudyResult:
-    def image(part, p, members, structures=(), error=None):
+def study_result(source: Dataset, structures: bool = True) -> StudyResult:
+    def image(part, p, members, found=(), error=None, threshold=None):
         return ImageFinding(DX, generate_uid(), source.SeriesInstanceUID, part, p,
-                            dict(members), None if p is None else p >= 0.5, error,
-                            list(structures))
+                            dict(members), None if p is None else p >= (threshold or 0.5),
+                            error, list(found), threshold)
     members_1 = {"densenet169_a": 0.8, "densenet169_b": 0.7, "resnet101_a": 0.9,
                  "resnet101_b": 0.6}
     members_2 = {"densenet169_a": 0.2, "densenet169_b": 0.1, "resnet101_a": 0.3,
                  "resnet101_b": 0.2}
     wrist = image("wrist", 0.85, members_1, [
         Structure("radcar", 0.91, 100.0, 200.5, 180.0, 260.0),
-        Structure("lunate", 0.55, 120.0, 150.0, 160.0, 190.0)])
-    second = image("wrist", 0.2, members_2)
+        Structure("lunate", 0.55, 120.0, 150.0, 160.0, 190.0)] if structures else [],
+        threshold=0.45)
+    second = image("elbow", 0.2, members_2, threshold=0.55)
     broken = image("wrist", None, {}, error="cannot decode pixel data (JPEG 2000)")
     models = [ModelProvenance("mura_ensemble", "1", "")] + [
-        ModelProvenance(m, "1", sha) for m, sha in SHAS.items()]
+        ModelProvenance(m, "1", sha) for m, sha in SHAS.items()] + [
+        ModelProvenance("wrist_detect", "2", "e" * 64)]
     return StudyResult([wrist, second, broken], models, 0.5,
                        skipped=[(generate_uid(), "not an image (SOP class Basic Text SR)")])
 
@@ -91,46 +90,71 @@ def sr_file(tmp_path: Path) -> tuple[Dataset, StudyResult, Path]:
     return source, result, path
 
 
-def test_sr_passes_dciodvfy(sr_file) -> None:
+def test_sr_passes_dciodvfy(sr_file, tmp_path: Path) -> None:
     _, _, path = sr_file
     assert dciodvfy(path) == []
+    # without the four privately coded wrist structures: not even the private-scheme warning
+    source = source_header()
+    plain = tmp_path / "plain.dcm"
+    sr = build_sr(source, study_result(source, structures=False))
+    assert "CodingSchemeIdentificationSequence" not in sr
+    sr.save_as(plain, enforce_file_format=True)
+    out = subprocess.run([_tool("dciodvfy"), str(plain)], capture_output=True, text=True,
+                         timeout=60)
+    assert [line for line in out.stderr.splitlines() if line.startswith(("Error", "Warn"))] == []
+
+
+def test_sr_is_a_tid1500_report_highdicom_reads(sr_file) -> None:
+    source, _, path = sr_file
+    sr = hd.sr.srread(path)
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    report = hd.sr.MeasurementReport.from_sequence(sr.content)     # TID 1500 root
+    assert report[0].ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert len(report.get_image_measurement_groups()) == 3          # study + 2 scored images
+    assert len(report.get_planar_roi_measurement_groups()) == 2     # the two structures
 
 
 def test_sr_header_joins_study_in_new_series(sr_file) -> None:
-    source, _, path = sr_file
+    source, result, path = sr_file
     ds = dcmread(path)
-    assert ds.SOPClassUID == COMPREHENSIVE_SR_STORAGE
+    assert ds.SOPClassUID == COMPREHENSIVE_3D_SR_STORAGE
     assert ds.StudyInstanceUID == source.StudyInstanceUID
     assert ds.SeriesInstanceUID != source.SeriesInstanceUID
     assert ds.SOPInstanceUID != source.SOPInstanceUID
     assert ds.PatientName == source.PatientName and ds.PatientID == source.PatientID
     assert ds.AccessionNumber == "ACC123"
-    assert ds.VerificationFlag == "UNVERIFIED"
+    assert ds.VerificationFlag == "UNVERIFIED" and ds.CompletionFlag == "COMPLETE"
     assert ds.SeriesDescription == SR_SERIES_DESCRIPTION
     assert "RESEARCH USE ONLY" in ds.SeriesDescription
     assert "NOT FOR DIAGNOSIS" in ds.SeriesDescription
     evidence = ds.CurrentRequestedProcedureEvidenceSequence[0]
-    refs = evidence.ReferencedSeriesSequence[0].ReferencedSOPSequence
-    assert len(refs) == 3
+    refs = {r.ReferencedSOPInstanceUID for s in evidence.ReferencedSeriesSequence
+            for r in s.ReferencedSOPSequence}
+    assert {i.sop_instance_uid for i in result.scored} <= refs
 
 
 def test_sr_content_scores(sr_file) -> None:
     _, result, path = sr_file
     summary = summarize(dcmread(path))
     # study = mean over the scored images (the broken one is not scored)
-    assert summary["Abnormality probability"] == pytest.approx((0.85 + 0.2) / 2, abs=1e-6)
-    assert summary["Abnormality assessment"] == "Abnormal"
-    assert summary["Decision threshold"] == pytest.approx(0.5)
-    assert summary["Number of images scored"] == 2
-    assert summary["Member probability resnet101_a"] == pytest.approx(0.6, abs=1e-6)
-    assert summary["context"]["Comment"] == RESEARCH_USE_NOTICE
-    assert summary["context"]["Observer Type"] == "Device"
+    assert summary["probability"] == pytest.approx((0.85 + 0.2) / 2, abs=1e-6)
+    assert summary["call"] == "Abnormal"
+    assert summary["operating_point"] == pytest.approx(0.5)
+    assert summary["images_scored"] == 2
+    assert summary["members"]["resnet101_a"] == pytest.approx(0.6, abs=1e-6)
+    assert summary["comments"] == [RESEARCH_USE_NOTICE]
     images = summary["images"]
-    assert [i.get("Abnormality probability") for i in images] == [0.85, 0.2, None]
-    assert images[0]["Finding site"] == "Wrist joint structure"
-    assert images[0]["Source"] == result.images[0].sop_instance_uid
-    assert images[2]["Instance not scored"].startswith("cannot decode")
-    assert len(summary["not_scored"]) == 1 and "Basic Text SR" in summary["not_scored"][0]
+    assert [i["source"] for i in images] == [i.sop_instance_uid for i in result.scored]
+    assert [i["probability"] for i in images] == [0.85, 0.2]
+    assert [i["call"] for i in images] == ["Abnormal", "Normal"]
+    # each image's call is stated with its body part's operating point
+    assert [i["operating_point"] for i in images] == [0.45, 0.55]
+    assert [i["finding_site"] for i in images] == ["Wrist joint structure",
+                                                   "Elbow region structure"]
+    assert images[0]["members"] == result.images[0].members
+    not_scored = " | ".join(summary["not_scored"])
+    assert "cannot decode" in not_scored and "Basic Text SR" in not_scored
+    assert result.images[2].sop_instance_uid in not_scored
 
 
 def test_sr_wrist_structures_as_scoord(sr_file) -> None:
@@ -138,26 +162,38 @@ def test_sr_wrist_structures_as_scoord(sr_file) -> None:
     structures = summarize(dcmread(path))["images"][0]["structures"]
     assert [s["class"] for s in structures] == ["radcar", "lunate"]
     radcar = structures[0]
-    assert radcar["Detection confidence"] == pytest.approx(0.91)
+    assert radcar["confidence"] == pytest.approx(0.91)
+    assert radcar["meaning"] == "Wrist joint structure"        # SNOMED CT where it has one
     # closed polyline, column/row pairs: (x1,y1) (x2,y1) (x2,y2) (x1,y2) (x1,y1)
-    assert radcar["Image Region"] == [100.0, 200.5, 180.0, 200.5, 180.0, 260.0, 100.0, 260.0,
-                                      100.0, 200.5]
+    assert radcar["graphic_type"] == "POLYLINE"
+    assert radcar["region"] == [100.0, 200.5, 180.0, 200.5, 180.0, 260.0, 100.0, 260.0,
+                                100.0, 200.5]
     assert radcar["selected_from"] == result.images[0].sop_instance_uid
+
+
+def test_private_codes_are_declared_once(sr_file) -> None:
+    _, _, path = sr_file
+    ds = dcmread(path)
+    (scheme,) = ds.CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == PRIVATE_SCHEME
 
 
 def test_sr_provenance(sr_file) -> None:
     _, _, path = sr_file
     ds = dcmread(path)
-    equipment = ds.ContributingEquipmentSequence[0]
-    assert equipment.Manufacturer and equipment.ManufacturerModelName
+    ours = [e for e in ds.ContributingEquipmentSequence if e.Manufacturer == "msk-triton project"]
+    (equipment,) = ours
+    assert equipment.ManufacturerModelName
     assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
-    assert equipment.DeviceUID == device_uid(SHAS.values())
     assert "densenet169_a:1" in list(equipment.SoftwareVersions)
-    algorithms = summarize(ds)["algorithms"]
-    by_name = {a["Algorithm Name"]: a for a in algorithms}
-    assert by_name["resnet101_b"]["Model artifact SHA-256"] == "d" * 64
-    assert by_name["resnet101_b"]["Algorithm Version"] == "1"
-    assert summarize(ds)["context"]["Device Observer UID"] == equipment.DeviceUID
+    assert ds.DeviceUID == device_uid([*SHAS.values(), "e" * 64])
+    summary = summarize(ds)
+    assert summary["device_observer_uid"] == ds.DeviceUID
+    by_name = {a["name"]: a for a in summary["algorithms"]}
+    assert by_name["resnet101_b"]["sha256"] == "d" * 64
+    assert by_name["resnet101_b"]["version"] == "1"
+    assert by_name["wrist_detect"]["sha256"] == "e" * 64
+    assert set(by_name) == {"mura_ensemble", *SHAS, "wrist_detect"}
 
 
 def test_device_uid_is_tied_to_artifacts() -> None:
@@ -167,38 +203,42 @@ def test_device_uid_is_tied_to_artifacts() -> None:
     assert device_uid(["e" * 64, *list(SHAS.values())[1:]]) != uid    # new weights, new UID
 
 
-def test_sr_without_scores_or_structures_is_valid(tmp_path: Path) -> None:
+def test_sr_with_missing_type2_source_attributes(tmp_path: Path) -> None:
     source = source_header()
     del source.AccessionNumber      # type-2 attributes missing in the source stay present
-    result = StudyResult([ImageFinding(CR, generate_uid(), source.SeriesInstanceUID, "elbow",
+    result = StudyResult([ImageFinding(DX, generate_uid(), source.SeriesInstanceUID, "elbow",
                                        0.4, {"densenet169_a": 0.4}, False)],
                          [ModelProvenance("densenet169_a", "3", "f" * 64)], 0.55)
     path = tmp_path / "sr.dcm"
     build_sr(source, result).save_as(path, enforce_file_format=True)
     assert dciodvfy(path) == []
     summary = summarize(dcmread(path))
-    assert summary["Abnormality assessment"] == "Normal"
+    assert summary["call"] == "Normal" and summary["operating_point"] == pytest.approx(0.55)
     assert dcmread(path).AccessionNumber == ""
 
 
-def test_secondary_capture_overlay(tmp_path: Path) -> None:
-    source = source_header()
-    gray = np.tile(np.arange(0, 200, 2, dtype=np.uint8), (60, 1))      # 60 x 100
+def test_heatmap_segmentation_on_a_real_radiograph(tmp_path: Path) -> None:
+    source = dcmread(real_radiograph())               # CR, 1760 x 1760, no frame of reference
     heat = np.zeros((10, 10), np.uint8)
     heat[:, 5:] = 255
-    models = [ModelProvenance("densenet169_a", "1", "a" * 64)]
-    sc = build_overlay(source, gray, heat, models)
-    path = tmp_path / "sc.dcm"
-    sc.save_as(path, enforce_file_format=True)
+    heat[0, 0] = 128
+    models = [ModelProvenance("mura_ensemble", "1", ""), ModelProvenance("densenet169_a", "1",
+                                                                        "a" * 64)]
+    seg = build_heatmap(source, heat, models)
+    path = tmp_path / "seg.dcm"
+    seg.save_as(path, enforce_file_format=True)
     assert dciodvfy(path) == []
     back = dcmread(path)
-    rgb = back.pixel_array
-    assert rgb.shape == (60, 100, 3)
+    assert back.SOPClassUID == SEGMENTATION_STORAGE
+    assert back.SegmentationType == "FRACTIONAL" and back.SegmentationFractionalType == \
+        "PROBABILITY"
     assert back.StudyInstanceUID == source.StudyInstanceUID
-    assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
-    # where the heatmap is 0 the image shows through unchanged (gray in all channels)
-    np.testing.assert_array_equal(rgb[:, :20, 0], gray[:, :20])
-    np.testing.assert_array_equal(rgb[:, :20, 1], gray[:, :20])
-    # where it is 255 the red channel is lifted and green/blue dimmed by alpha
-    assert (rgb[:, 80:, 0].astype(int) >= gray[:, 80:]).all()
-    np.testing.assert_array_equal(rgb[:, 80:, 1], np.rint(gray[:, 80:] * 0.6).astype(np.uint8))
+    assert back.SeriesDescription == HEATMAP_SERIES_DESCRIPTION
+    assert back.DeviceUID == device_uid(["a" * 64])
+    source_uid, activation = read_heatmap(back)                 # highdicom reads it back
+    assert source_uid == source.SOPInstanceUID
+    assert activation.shape == (source.Rows, source.Columns)
+    # the left half is 0, the right half 1 (bilinear resize keeps the plateaus)
+    assert activation[900, :700].max() == 0.0
+    assert activation[900, 1000:].min() == pytest.approx(1.0)
+    assert activation[0, 0] == pytest.approx(128 / 255, abs=1 / 255)

@@ -50,18 +50,53 @@ class Destination:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+@dataclass(frozen=True)
+class CallingPeer:
+    """One allowed sender: an AE title, optionally bound to an address (`AET@ADDRESS`)."""
+
+    ae_title: str
+    address: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> CallingPeer:
+        aet, _, address = text.strip().partition("@")
+        return cls(check_ae_title(aet, "allowed calling AE title"), address.strip("[]") or None)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.address}" if self.address else self.ae_title
+
+
 @dataclass
 class GatewayConfig:
     """All gateway settings (see docs/pacs.md for what each one means in a hospital)."""
 
     triton_url: str
-    destination: Destination
+    destination: Destination | None = None
+    """C-STORE destination (AET@HOST:PORT); this and/or `destination_dicomweb`."""
+    destination_dicomweb: str | None = None
+    """STOW-RS destination (the DICOMweb base URL); auth from MSK_DICOMWEB_* variables."""
     ae_title: str = DEFAULT_AE_TITLE
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = DEFAULT_DICOM_PORT
     allowed_calling_aes: list[str] = field(default_factory=list)
-    """Empty = accept any calling AE (restrict this in production)."""
+    """Senders allowed to store: `AET` or `AET@ADDRESS`. Empty = nobody, unless
+    `accept_any_calling_ae` says otherwise (see `check_senders`)."""
+    accept_any_calling_ae: bool = False
     require_called_aet: bool = True
+    dicom_tls_cert: Path | None = None
+    """PEM certificate (and `dicom_tls_key`) of the gateway: DICOM TLS on the SCP (and STOW-RS),
+    and the client certificate for TLS deliveries. (`--tls-*` on `msk gateway` is gRPC TLS to
+    Triton, issue 11; these are the DICOM side.)"""
+    dicom_tls_key: Path | None = None
+    dicom_tls_ca: Path | None = None
+    """PEM CA bundle: senders must present a certificate it signed (mutual TLS), and a TLS
+    destination must too."""
+    destination_tls: bool = False
+    """Deliver by C-STORE over DICOM TLS (verifying the destination with `dicom_tls_ca`)."""
+    dicomweb_port: int | None = None
+    """Serve STOW-RS (`POST /dicomweb/studies`) on this port, on `host`."""
+    dicomweb_allowed_clients: list[str] = field(default_factory=list)
+    """Client addresses allowed to STOW without a token (tokens: MSK_GATEWAY_STOW_TOKENS)."""
     stable_seconds: float = 30.0
     data_dir: Path = Path(".cache/gateway")
     max_attempts: int = 20
@@ -71,7 +106,8 @@ class GatewayConfig:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     rules: Path | None = None
-    secondary_capture: bool = False
+    heatmaps: bool = False
+    """Also send each scored image's class-activation heatmap (a Segmentation)."""
     wrist: str = "auto"
     """'auto' = run wrist_detect for wrists when the server has it; 'off' never; 'on' require."""
     audit_log: Path | None = None
@@ -87,10 +123,27 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         self.ae_title = check_ae_title(self.ae_title)
-        self.allowed_calling_aes = [check_ae_title(a, "allowed calling AE title")
-                                    for a in self.allowed_calling_aes]
+        self.allowed_calling_aes = [str(CallingPeer.parse(a)) for a in self.allowed_calling_aes]
         if isinstance(self.destination, str):
             self.destination = Destination.parse(self.destination)
+        if self.destination is None and not self.destination_dicomweb:
+            raise ValueError("no destination: give --destination AET@HOST:PORT and/or "
+                             "--destination-dicomweb URL")
+        if self.destination_dicomweb and not re.match(r"^https?://[^/\s]+",
+                                                      self.destination_dicomweb):
+            raise ValueError(f"destination_dicomweb {self.destination_dicomweb!r} is not an "
+                             "http(s):// URL")
+        for name in ("dicom_tls_cert", "dicom_tls_key", "dicom_tls_ca"):
+            value = getattr(self, name)
+            setattr(self, name, Path(value) if value else None)
+        if bool(self.dicom_tls_cert) != bool(self.dicom_tls_key):
+            raise ValueError("dicom_tls_cert and dicom_tls_key go together (the gateway's "
+                             "certificate and its private key, PEM)")
+        if self.destination_tls and not self.dicom_tls_ca:
+            raise ValueError("destination_tls needs dicom_tls_ca (the CA that signed the "
+                             "destination's certificate)")
+        if self.dicomweb_port is not None and not 0 < int(self.dicomweb_port) < 65536:
+            raise ValueError(f"dicomweb_port {self.dicomweb_port} out of range")
         self.data_dir = Path(self.data_dir)
         self.rules = Path(self.rules) if self.rules else None
         self.audit_log = Path(self.audit_log) if self.audit_log else self.data_dir / "audit.jsonl"
@@ -113,17 +166,28 @@ class GatewayConfig:
             return None
         return GrpcTls(ca=self.triton_tls_ca, cert=self.triton_tls_cert, key=self.triton_tls_key)
 
+    @property
+    def calling_peers(self) -> list[CallingPeer]:
+        return [CallingPeer.parse(a) for a in self.allowed_calling_aes]
+
+    def check_senders(self) -> None:
+        """Storing needs an allow-list or an explicit opt-out: the gateway is never open by
+        default (it would score and answer anything anyone sends)."""
+        if not self.allowed_calling_aes and not self.accept_any_calling_ae:
+            raise ValueError("no allowed senders: give --allowed-calling-ae AET (or AET@ADDRESS, "
+                             "repeatable) or, knowingly, --accept-any-calling-ae")
+
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after `attempts` failed attempts (exponential, capped)."""
         return min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, attempts - 1))
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        out["destination"] = str(self.destination)
+        out["destination"] = str(self.destination) if self.destination else None
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
 
-FIELD_NAMES = {f.name for f in fields(GatewayConfig)}
+FIELD_NAMES = {f.name for f in fields(GatewayConfig)} | {"secondary_capture"}
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -152,8 +216,13 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def build_config(file_settings: dict[str, Any], overrides: dict[str, Any]) -> GatewayConfig:
     """Defaults < file < overrides (None in overrides = not given)."""
     merged = {**file_settings, **{k: v for k, v in overrides.items() if v is not None}}
-    missing = [k for k in ("triton_url", "destination") if not merged.get(k)]
+    if "secondary_capture" in merged:      # the setting's old name (a Secondary Capture then)
+        merged["heatmaps"] = bool(merged.pop("secondary_capture")) or merged.get("heatmaps",
+                                                                              False)
+    missing = [k for k in ("triton_url",) if not merged.get(k)]
     if missing:
         raise ValueError(f"gateway settings missing: {missing} (give them as flags or in the "
                          "config file)")
-    return GatewayConfig(**merged)
+    config = GatewayConfig(**merged)
+    config.check_senders()
+    return config

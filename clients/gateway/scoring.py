@@ -173,6 +173,7 @@ class StudyScorer:
                 finding.members = dict(res.members)
                 finding.abnormal = res.abnormal
                 thresholds.append(float(res.threshold))
+                finding.threshold = float(res.threshold)
                 for name, version in res.versions.items():
                     model = MURA_ENSEMBLE_MODEL if name == "pipeline" else name
                     models.setdefault(model, ModelProvenance(

@@ -1,4 +1,4 @@
-"""Result delivery: C-STORE SCU to the destination AE (the PACS).
+"""Result delivery: C-STORE SCU to the destination AE (the PACS), optionally over DICOM TLS.
 
 Delivery either succeeds for every object of a batch or raises `DeliveryError`, and the queue
 retries the whole batch: objects keep their SOP Instance UIDs across retries, so a PACS that
@@ -8,6 +8,7 @@ already stored some of them just replaces them.
 from __future__ import annotations
 
 import logging
+import ssl
 from pathlib import Path
 
 from pydicom import dcmread
@@ -33,14 +34,16 @@ class DeliveryError(RuntimeError):
 
 
 def send(paths: list[Path], destination: Destination, calling_ae: str,
-         timeout_s: float = 30.0) -> list[str]:
-    """C-STORE every file to `destination`; returns the SOP Instance UIDs delivered."""
+         timeout_s: float = 30.0, tls: ssl.SSLContext | None = None) -> list[str]:
+    """C-STORE every file to `destination`; returns the SOP Instance UIDs delivered.
+    `tls`: a client context (clients.gateway.tls) = DICOM TLS, the host name verified."""
     datasets = [dcmread(p) for p in paths]
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
         ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title,
+                         tls_args=(tls, destination.host) if tls is not None else None)
     if not assoc.is_established:
         if assoc.is_rejected:
             raise DeliveryError(f"association with {destination} rejected")

@@ -1,4 +1,5 @@
-"""The gateway loop: receive -> wait for stability -> score -> build SR -> deliver.
+"""The gateway loop: receive (C-STORE, STOW-RS) -> wait for stability -> score -> build SR
+(and heatmaps) -> deliver (C-STORE and/or STOW-RS).
 
 One worker thread walks the queue; the SCP threads only write files. Keeping the work in one
 thread makes ordering and retries easy to reason about, and scoring is bound by Triton anyway.
@@ -22,8 +23,10 @@ from clients.gateway.queue import StudyQueue
 from clients.gateway.scoring import PermanentError, ScoredStudy, StudyScorer, TransientError
 from clients.gateway.scp import StoreSCP
 from clients.gateway.scu import DeliveryError, send
+from clients.gateway.stow_in import StowServer
+from clients.gateway.stow_out import send_stow
 from clients.routing import Router
-from clients.sr import build_overlay, build_sr
+from clients.sr import build_heatmap, build_sr
 
 log = logging.getLogger("msk.gateway")
 
@@ -45,6 +48,7 @@ class Gateway:
         self.scorer = StudyScorer(config.triton_url, self.router, wrist=config.wrist,
                                   tls=config.triton_tls())
         self.scp = StoreSCP(config, self.queue)
+        self.stow = StowServer(config, self.queue) if config.dicomweb_port is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -55,16 +59,27 @@ class Gateway:
 
             start_metrics_server(self.config.metrics_port, self.config.metrics_host)
         self.scp.start()
+        if self.stow is not None:
+            self.stow.start()
         self._thread = threading.Thread(target=self._run, name="gateway-worker", daemon=True)
         self._thread.start()
         depth = self.queue.depth()
         log.info("gateway up: destination %s, Triton %s, stable after %.1fs, queue %s",
-                 self.config.destination, self.config.triton_url, self.config.stable_seconds,
-                 depth)
+                 self.destinations, self.config.triton_url, self.config.stable_seconds, depth)
+
+    @property
+    def destinations(self) -> str:
+        """Where results go, for logs and the audit: C-STORE and/or STOW-RS."""
+        parts = [str(self.config.destination)] if self.config.destination else []
+        if self.config.destination_dicomweb:
+            parts.append(self.config.destination_dicomweb)
+        return " + ".join(parts)
 
     def stop(self) -> None:
         self._stop.set()
         self.scp.stop()
+        if self.stow is not None:
+            self.stow.stop()
         if self._thread is not None:
             self._thread.join(timeout=60)
         self.scorer.close()
@@ -150,15 +165,14 @@ class Gateway:
     def _results(self, scored: ScoredStudy, batch: str) -> tuple[dict[str, bytes], dict]:
         sr = build_sr(scored.source, scored.result)
         results = {"sr.dcm": _encode(sr)}
-        overlays: list[str] = []
-        if self.config.secondary_capture:
+        heatmaps: list[str] = []
+        if self.config.heatmaps:
             series = generate_uid()
             for index, (sop, heatmap) in enumerate(sorted(scored.heatmaps.items())):
-                sc = build_overlay(scored.sources[sop], scored.images[sop], heatmap,
-                                   scored.result.models, series_uid=series)
-                sc.InstanceNumber = index + 1
-                results[f"sc-{index:03d}.dcm"] = _encode(sc)
-                overlays.append(str(sc.SOPInstanceUID))
+                seg = build_heatmap(scored.sources[sop], heatmap, scored.result.models,
+                                    series_uid=series, instance_number=index + 1)
+                results[f"seg-{index:03d}.dcm"] = _encode(seg)
+                heatmaps.append(str(seg.SOPInstanceUID))
         res = scored.result
         summary = {
             "batch": batch, "study": uid_tag(scored.source.StudyInstanceUID),
@@ -170,27 +184,37 @@ class Gateway:
                        for m in res.models],
             "result_uids": {"sr_sop_instance_uid": str(sr.SOPInstanceUID),
                             "sr_series_instance_uid": str(sr.SeriesInstanceUID),
-                            "sc_sop_instance_uids": overlays},
-            "destination": str(self.config.destination),
+                            "heatmap_sop_instance_uids": heatmaps},
+            "destination": self.destinations,
         }
         return results, summary
 
     def _deliver(self, batch: str) -> None:
         paths = sorted(Path(p) for p in (self.queue.dir("outbox") / batch).glob("*.dcm"))
+        config = self.config
         try:
-            send(paths, self.config.destination, self.config.ae_title,
-                 self.config.dicom_timeout_s)
+            if config.destination is not None:
+                tls = None
+                if config.destination_tls:
+                    from clients.gateway.tls import client_context
+
+                    tls = client_context(config.dicom_tls_ca, config.dicom_tls_cert,
+                                         config.dicom_tls_key)
+                send(paths, config.destination, config.ae_title, config.dicom_timeout_s, tls)
+            if config.destination_dicomweb:
+                send_stow(paths, config.destination_dicomweb, config.dicom_timeout_s,
+                          config.dicom_tls_ca)
         except DeliveryError as exc:
             self._retry("outbox", batch, str(exc), exc.outage)
             return
         except OSError as exc:   # network errors below pynetdicom: the PACS is unreachable
-            self._retry("outbox", batch, f"cannot reach {self.config.destination}: {exc}", True)
+            self._retry("outbox", batch, f"cannot reach {self.destinations}: {exc}", True)
             return
         summary = self.queue.summary(batch)
         attempts = self.queue.state("outbox", batch).attempts + 1
         self.audit.record("delivered", **{**summary, "delivery_attempts": attempts})
         self.queue.done("outbox", batch)
-        log.info("batch %s delivered to %s", batch[-13:], self.config.destination)
+        log.info("batch %s delivered to %s", batch[-13:], self.destinations)
 
 
 def run_gateway(config: GatewayConfig, ready_file: Path | None = None) -> int:

@@ -10,23 +10,50 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "gateway", help="run the DICOM gateway (C-STORE in, Triton, SR out by C-STORE)",
-        description="Receive radiographs from a PACS or modality (C-STORE SCP, C-ECHO), score "
-        "each study on Triton once no new instance arrived for --stable-seconds, and send a "
-        "Comprehensive SR (optionally Secondary Capture overlays) back to --destination. "
+        "gateway", help="run the DICOM gateway (C-STORE/STOW-RS in, Triton, TID 1500 SR out)",
+        description="Receive radiographs from a PACS or modality (C-STORE SCP, C-ECHO, and "
+        "STOW-RS with --dicomweb-port), score each study on Triton once no new instance "
+        "arrived for --stable-seconds, and send a TID 1500 Measurement Report SR (optionally "
+        "heatmap Segmentations) back by C-STORE to --destination and/or by STOW-RS to "
+        "--destination-dicomweb. Only listed senders may store (--allowed-calling-ae), "
+        "unless --accept-any-calling-ae. "
         "Studies wait in a durable on-disk queue: restarts and Triton/PACS outages only delay "
         "them. Settings come from flags, else from --config (YAML/JSON with the same names, "
         "dashes or underscores), else defaults. Research use only, not for diagnosis.",
     )
     p.add_argument("--config", type=Path, help="YAML or JSON file with gateway settings")
     p.add_argument("--ae-title", help="this gateway's AE title (default MSKTRITON)")
-    p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--host", help="address to listen on, DICOM and STOW-RS (default 127.0.0.1; "
+                   "0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, help="DICOM port to listen on (default 11112)")
     p.add_argument("--triton-url", help="Triton gRPC endpoint HOST:PORT")
-    p.add_argument("--destination", help="where results go: AET@HOST:PORT (the PACS)")
+    p.add_argument("--destination", help="where results go by C-STORE: AET@HOST:PORT (the PACS)")
+    p.add_argument("--destination-dicomweb", metavar="URL",
+                   help="where results go by STOW-RS: the DICOMweb base URL (e.g. "
+                   "https://pacs/dicom-web); auth from MSK_DICOMWEB_TOKEN (bearer) or "
+                   "MSK_DICOMWEB_USER/MSK_DICOMWEB_PASSWORD (basic)")
+    p.add_argument("--destination-tls", action="store_const", const=True,
+                   help="C-STORE to --destination over DICOM TLS, verified with --dicom-tls-ca")
     p.add_argument("--allowed-calling-ae", dest="allowed_calling_aes", action="append",
-                   help="accept associations only from this calling AE title (repeatable; "
-                   "default: any)")
+                   metavar="AET[@ADDRESS]",
+                   help="accept stores only from this calling AE title, optionally only from "
+                   "this address (repeatable; required unless --accept-any-calling-ae)")
+    p.add_argument("--accept-any-calling-ae", action="store_const", const=True,
+                   help="accept stores from any calling AE and any STOW-RS client (not for "
+                   "production)")
+    p.add_argument("--dicom-tls-cert", type=Path,
+                   help="PEM certificate of the gateway: the SCP (and STOW-RS) speak TLS only; "
+                   "also the client certificate of TLS deliveries")
+    p.add_argument("--dicom-tls-key", type=Path, help="PEM private key of --dicom-tls-cert")
+    p.add_argument("--dicom-tls-ca", type=Path,
+                   help="PEM CA bundle: senders must present a certificate it signed (mutual "
+                   "TLS); TLS destinations are verified with it")
+    p.add_argument("--dicomweb-port", type=int,
+                   help="also accept STOW-RS (POST /dicomweb/studies) on this port (default off)")
+    p.add_argument("--dicomweb-allowed-client", dest="dicomweb_allowed_clients",
+                   action="append", metavar="ADDRESS",
+                   help="client address allowed to STOW-RS without a token (repeatable; "
+                   "tokens: MSK_GATEWAY_STOW_TOKENS, comma-separated)")
     p.add_argument("--no-require-called-aet", dest="require_called_aet", action="store_const",
                    const=False, help="accept associations addressed to any called AE title")
     p.add_argument("--stable-seconds", type=float,
@@ -44,8 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="routing rule table (JSON/YAML) put in front of the default rules")
     p.add_argument("--wrist", choices=("auto", "on", "off"),
                    help="run wrist_detect on wrists: auto = when the server has it (default)")
-    p.add_argument("--secondary-capture", action="store_const", const=True,
-                   help="also send a Secondary Capture heatmap overlay per scored image")
+    p.add_argument("--heatmaps", "--secondary-capture", dest="heatmaps", action="store_const",
+                   const=True, help="also send each scored image's heatmap as a Segmentation "
+                   "a viewer overlays (--secondary-capture: the old name)")
     p.add_argument("--metrics-port", type=int,
                    help="serve Prometheus metrics on this port (default off)")
     p.add_argument("--metrics-host",
@@ -72,9 +100,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "allowed_calling_aes",
+SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "destination_dicomweb",
+            "destination_tls", "allowed_calling_aes", "accept_any_calling_ae", "dicom_tls_cert",
+            "dicom_tls_key", "dicom_tls_ca", "dicomweb_port", "dicomweb_allowed_clients",
             "require_called_aet", "stable_seconds", "data_dir", "max_attempts",
-            "backoff_base_s", "backoff_max_s", "rules", "wrist", "secondary_capture",
+            "backoff_base_s", "backoff_max_s", "rules", "wrist", "heatmaps",
             "metrics_port", "metrics_host", "audit_log", "log_file", "log_level",
             "triton_tls_ca", "triton_tls_cert", "triton_tls_key",
             "shared_queue")
@@ -101,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     except QueueLockedError as exc:
         print(f"msk gateway: {exc}", file=sys.stderr)
         return 3
+    except ValueError as exc:    # settings only checkable at start (STOW-RS senders from env)
+        print(f"msk gateway: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"msk gateway: cannot start ({exc})", file=sys.stderr)
         return 1
