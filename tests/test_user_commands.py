@@ -14,6 +14,7 @@ import json
 import shutil
 import signal
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +148,7 @@ def test_score_files_folder_glob_and_resumable_csv(home: Path, served: dict) -> 
     with (home / "x.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == 3           # nothing scored twice
     summary = json.loads(again.stderr.split("msk score: summary ", 1)[1].splitlines()[0])
-    assert summary["skipped"] == 3 and summary["scored"] == 0, summary
+    assert summary["skipped_resume"] == 3 and summary["scored"] == 0, summary
 
 
 def test_detect_wrist_structures(home: Path, served: dict) -> None:
@@ -193,7 +194,11 @@ def test_gateway_answers_an_echo(home: Path, served: dict) -> None:
                     served["grpc"], "--destination", "PACS@127.0.0.1:1", "--data-dir",
                     "gateway-data", "--allowed-calling-ae", "MODALITY",
                     "--ready-file", "gateway.ready", cwd=home) as gateway:
-        gateway.wait_for(r"listening|ready", timeout=120)
+        deadline = time.monotonic() + 120
+        while not (home / "gateway.ready").exists():
+            assert gateway.proc.poll() is None, gateway.output()[-3000:]
+            assert time.monotonic() < deadline, "the gateway wrote no ready file"
+            time.sleep(0.2)
         ae = AE(ae_title="MODALITY")
         ae.add_requested_context(Verification)
         assoc = ae.associate("127.0.0.1", port, ae_title="MSKTRITON")
