@@ -22,7 +22,8 @@ FAMILY_COMMANDS = {"train", "evaluate"}
 
 
 def _commands_in(text: str) -> list[str]:
-    snippets = [line for block in _FENCE.findall(text) for line in block.splitlines()]
+    snippets = [line for block in _FENCE.findall(text)
+                for line in re.sub(r"\\\n\s*", " ", block).splitlines()]   # join `\` lines
     snippets += _INLINE.findall(text)
     out = []
     for snippet in snippets:

@@ -87,7 +87,7 @@ class WeightsUnavailable(RuntimeError):
 
 
 _DENSENET_LEGACY_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 
 
 def imagenet_weights_file(architecture: str) -> Path:
@@ -127,8 +127,10 @@ def load_imagenet_weights(backbone: MuraBackbone, path: Path) -> None:
     missing, unexpected = source.load_state_dict(state, strict=False)
     # torchvision's ImageNet classifier is 1000-way; only the feature layers must match.
     ignored = {k for k in unexpected if k.startswith(("fc.", "classifier."))}
+    # torchvision's published files predate BatchNorm's `num_batches_tracked` buffers.
     bad = sorted(set(unexpected) - ignored) + sorted(
-        k for k in missing if not k.startswith(("fc.", "classifier."))
+        k for k in missing
+        if not k.startswith(("fc.", "classifier.")) and not k.endswith("num_batches_tracked")
     )
     if bad:
         raise ValueError(f"{path}: not {backbone.architecture} ImageNet weights "
