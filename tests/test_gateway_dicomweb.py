@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from clients.dicom_pixels import load_dicom_grayscale
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
@@ -28,6 +27,7 @@ from clients.sr import (
     read_heatmap,
     summarize,
 )
+from msk.imaging import load_grayscale
 from server.launcher import free_port
 from tests.plugins.pacs import (
     GATEWAY_AET,
@@ -113,7 +113,7 @@ def test_stow_in_stow_out_qido_wado_back(tiny_triton, orthanc_dicomweb, start_ga
     sr = client.retrieve_instance(study_uid, series_uid, sop_uid)
     assert dciodvfy_errors(sr, tmp_path) == []
     summary = summarize(sr)
-    images = [load_dicom_grayscale(f) for f in files]
+    images = [load_grayscale(f) for f in files]
     with MuraClient(tiny_triton.grpc_url) as mura:
         direct = mura.score(images, body_parts=["wrist"] * len(images))
     expected = float(np.mean([r.probability for r in direct]))
