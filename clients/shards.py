@@ -83,11 +83,15 @@ def merge_shards(files: list[Path], out: Path) -> tuple[list[dict[str, Any]], di
     sink, _ = open_sink(tmp, resume=False)
     assert sink is not None
     try:
-        for row in merged.values():
-            sink.write(row)
-    finally:
-        sink.close()
-    os.replace(tmp, out)
+        try:
+            for row in merged.values():
+                sink.write(row)
+        finally:
+            sink.close()
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)          # a failed merge leaves no half-written file
+        raise
     rows = list(merged.values())
     counts = {"shards": len(files), "images": len(rows), "duplicates_dropped": duplicates,
               "errors": sum(bool(r.get("error")) for r in rows)}

@@ -60,7 +60,11 @@ class Gateway:
             start_metrics_server(self.config.metrics_port, self.config.metrics_host)
         self.scp.start()
         if self.stow is not None:
-            self.stow.start()
+            try:
+                self.stow.start()
+            except BaseException:
+                self.scp.stop()           # never left half-started (DIMSE up, STOW-RS not)
+                raise
         self._thread = threading.Thread(target=self._run, name="gateway-worker", daemon=True)
         self._thread.start()
         depth = self.queue.depth()

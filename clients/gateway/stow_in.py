@@ -29,13 +29,15 @@ from pydicom import Dataset, dcmread
 from clients.gateway.config import GatewayConfig
 from clients.gateway.phi import uid_tag
 from clients.gateway.queue import StudyQueue
+from msk.constants import MAX_UPLOAD_REQUEST_BYTES
 
 log = logging.getLogger("msk.gateway.stow")
 
 TOKENS_ENV = "MSK_GATEWAY_STOW_TOKENS"
 PATH_PREFIX = "/dicomweb/studies"
-MAX_BODY_BYTES = 2 * 1024**3
-"""Largest STOW-RS request accepted (checked from Content-Length before reading)."""
+MAX_BODY_BYTES = MAX_UPLOAD_REQUEST_BYTES
+"""Largest STOW-RS request accepted (checked from Content-Length before reading): the same
+request limit as the web app's uploads; each instance is then held to the reader's limits."""
 FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_STUDY_MISMATCH = 0xA900

@@ -185,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
         sink, kept = open_sink(args.out, resume=args.resume)
     except (OSError, ValueError) as exc:
         print(f"msk score: cannot use {args.out}: {exc}", file=sys.stderr)
+        if pusher is not None:
+            pusher.stop()               # a batch pod that fails fast still reports
         return 2
     todo = [item for item in items if item.path not in kept]
     skipped = len(items) - len(todo)
@@ -204,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"msk score: {exc}", file=sys.stderr)
             if sink is not None:
                 sink.close()
+            if pusher is not None:
+                pusher.stop()
             return 3
     bar = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True,
                disable=args.no_progress or not todo, desc="scoring")
