@@ -157,7 +157,8 @@ def test_web_and_gateway_commands_take_the_tls_flags(pki, tmp_path):
         [*MSK, "gateway", "--triton-url", "127.0.0.1:1", "--destination", "PACS@127.0.0.1:104",
          "--data-dir", str(tmp_path / "gw"), "--tls-ca", str(pki["ca.pem"]),
          "--tls-cert", str(pki["client.pem"]), "--tls-key", str(pki["client.key"]),
-         "--print-config"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+         "--accept-any-calling-ae", "--print-config"], capture_output=True, text=True,
+        timeout=120, cwd=ROOT)
     assert gateway.returncode == 0, gateway.stderr
     settings = json.loads(gateway.stdout)
     assert settings["triton_tls_ca"] == str(pki["ca.pem"])

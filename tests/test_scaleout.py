@@ -6,6 +6,7 @@ Pushgateway. Replicas serve the tiny stand-in repository so three fit in two cor
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import subprocess
 import urllib.request
@@ -161,7 +162,7 @@ def _pushed(url: str, job: str = "msk_score") -> dict[str, float]:
 
 
 def test_shards_cover_every_image_once_merge_and_push_metrics(tiny_triton, pushgateway, tmp_path):
-    images = _images(tmp_path / "in", 60, size=(64, 80))
+    images = _images(tmp_path / "in", 60, size=(96, 160))
     folder = str(tmp_path / "in" / "images")
     shards = 3
     pids = []
@@ -217,10 +218,9 @@ def _bounded_queue_repository(source: Path, target: Path) -> Path:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(".complete"))
     config = target / "mura_preprocess" / "config.pbtxt"
     text = config.read_text()
-    assert "dynamic_batching" not in text and "instance_group" in text
-    config.write_text(text.replace("instance_group", "dynamic_batching {\n"
-                                   "  default_queue_policy { max_queue_size: 1 }\n}\n"
-                                   "instance_group", 1))
+    bounded = re.sub(r"max_queue_size: \d+", "max_queue_size: 1", text)
+    assert bounded != text, "the generated config has no bounded queue policy to tighten"
+    config.write_text(bounded)
     return target
 
 

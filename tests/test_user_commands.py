@@ -160,16 +160,14 @@ def test_detect_wrist_structures(home: Path, served: dict) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     (row,) = _json_lines(res.stdout)
     assert row["source"] == "wrist.png" and row.get("error") is None
-    assert isinstance(row["detections"], list)
+    assert isinstance(row["boxes"], list) and row["width"] > 0 and row["versions"]
     assert (home / "overlays").is_dir() and list((home / "overlays").iterdir())
 
 
 def test_web_answers_a_score_request(home: Path, served: dict) -> None:
     import requests
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     with MskProcess("web", "--port", str(port), "--triton-url", served["grpc"],
                     cwd=home) as web:
         web.wait_for(r"Uvicorn running on|Application startup complete", timeout=120)
@@ -179,21 +177,22 @@ def test_web_answers_a_score_request(home: Path, served: dict) -> None:
                                   data={"body_part": "elbow"}, timeout=120)
         assert reply.status_code == 200, reply.text
         body = reply.json()
-        assert body["notice"] == RESEARCH_USE_NOTICE and 0.0 <= body["probability"] <= 1.0
+        assert body["notice"] == RESEARCH_USE_NOTICE and body["study"]["n_scored"] == 1
+        assert 0.0 <= body["study"]["probability"] <= 1.0
         assert web.stop() == 0
 
 
 def test_gateway_answers_an_echo(home: Path, served: dict) -> None:
+    import requests
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port, stow_port = _free_port(), _free_port()
     with MskProcess("gateway", "--ae-title", "MSKTRITON", "--port", str(port), "--triton-url",
                     served["grpc"], "--destination", "PACS@127.0.0.1:1", "--data-dir",
-                    "gateway-data", "--allowed-calling-ae", "MODALITY",
-                    "--ready-file", "gateway.ready", cwd=home) as gateway:
+                    "gateway-data", "--allowed-calling-ae", "MODALITY", "--dicomweb-port",
+                    str(stow_port), "--dicomweb-allowed-client", "127.0.0.1", "--heatmaps",
+                    "--shared-queue", "--ready-file", "gateway.ready", cwd=home) as gateway:
         deadline = time.monotonic() + 120
         while not (home / "gateway.ready").exists():
             assert gateway.proc.poll() is None, gateway.output()[-3000:]
@@ -206,7 +205,18 @@ def test_gateway_answers_an_echo(home: Path, served: dict) -> None:
         status = assoc.send_c_echo()
         assoc.release()
         assert status.Status == 0x0000
+        # The STOW-RS door answers too: an empty multipart body is refused with a reason.
+        reply = requests.post(f"http://127.0.0.1:{stow_port}/dicomweb/studies", data=b"",
+                              headers={"Content-Type": "multipart/related; type="
+                                       '"application/dicom"; boundary=x'}, timeout=30)
+        assert 400 <= reply.status_code < 500, reply.text
         assert gateway.stop() == 0, gateway.output()[-3000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -228,11 +238,13 @@ def mura_run(home: Path) -> dict:
         recipe.write_text(json.dumps(spec))                  # JSON is valid YAML
         recipes += ["--recipe", f"recipes/{member}.yaml"]
     train = run_msk("train", "mura", "--data", "data", *recipes, "--out", "runs/mura",
-                    "--image-size", "64", "--device", "cpu", "--test-fraction", "0.25",
+                    "--image-size", "64", "--device", "cpu", "--threads", "2", "--workers",
+                    "0", "--test-fraction", "0.25",
                     "--no-progress", cwd=home)
     evaluate = run_msk("evaluate", "mura", "--data", "data", "--checkpoints", "runs/mura",
                        "--out", "runs/mura/report", "--test-fraction", "0.25", "--bootstrap",
-                       "20", "--fit-operating-points", cwd=home)
+                       "20", "--fit-operating-points", "--operating-point", "sensitivity",
+                       "--target-sensitivity", "0.9", cwd=home)
     return {"train": train, "evaluate": evaluate}
 
 
@@ -245,7 +257,8 @@ def test_train_and_evaluate_mura(home: Path, mura_run: dict) -> None:
         assert (home / "runs" / "mura" / f"{member}.pt").is_file()
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     report = home / "runs" / "mura" / "report" / "report.md"
-    assert report.is_file() and "AUROC" in report.read_text()
+    assert report.is_file() and "| auroc |" in report.read_text()
+    assert "| ensemble | study |" in report.read_text()
     calibration = json.loads((home / "runs" / "mura" / "ensemble_calibration.json").read_text())
     assert set(calibration["operating_points"]) >= {"default"}
     promoted = run_msk("export", "--checkpoints", "runs/mura", "--repository", "trained",
@@ -273,7 +286,7 @@ def test_train_mura_imagenet_offline_fails_at_once_with_the_way_out(home: Path,
 
 
 def test_train_and_evaluate_wrist(home: Path) -> None:
-    train = run_msk("train", "wrist", "--synthetic", "16", "--targets", "joints", "--recipe",
+    train = run_msk("train", "wrist", "--synthetic", "40", "--targets", "joints", "--recipe",
                     "ci", "--epochs", "1", "--out", "runs/wrist", cwd=home)
     assert train.returncode == 0, train.stderr[-3000:]
     (result,) = _json_lines(train.stdout)
@@ -292,5 +305,5 @@ def test_demo_prints_one_result_per_sample(home: Path, exported) -> None:
     samples = sorted(p.name for p in (home / "samples").iterdir())
     assert len(rows) == len(samples) >= 1
     for row in rows:
-        assert row["error"] is None and 0.0 <= row["probability"] <= 1.0
+        assert row.get("error") is None and 0.0 <= row["probability"] <= 1.0
         assert row["weights"] == "untrained-demo" and row["notice"] == RESEARCH_USE_NOTICE

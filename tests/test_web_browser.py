@@ -151,7 +151,7 @@ def test_corrupt_upload_shows_a_readable_error(page, web_app, web_artifacts):
 def test_unsupported_format_shows_a_readable_error(page, web_app, web_artifacts):
     upload(page, web_app.url, [("scan.gif", b"GIF89a" + b"\x00" * 64)])
     assert "unsupported format (GIF)" in page.inner_text("#message")
-    assert "PNG, JPEG or DICOM" in page.inner_text("#message")
+    assert "unsupported format (GIF); expected PNG, JPEG" in page.inner_text("#message")
     assert_no_traceback(page)
     page.screenshot(path=str(web_artifacts / "unsupported-format.png"), full_page=True)
 
