@@ -120,7 +120,7 @@ def _tritonserver_of(serve_pid: int) -> int:
 def _wait_gone(pids: list[int], timeout: float = 60) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [p for p in pids if p in set(group_processes(pids[0])) or _running(p)]
+        alive = [p for p in pids if _running(p)]
         if not alive:
             return []
         time.sleep(0.2)
