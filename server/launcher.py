@@ -74,9 +74,19 @@ def group_processes(pgid: int) -> list[int]:
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
+
+
+def free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
+    """`count` distinct free ports. All sockets are held open together while the ports are
+    picked: one after another, the kernel can hand the same port out twice (seen here as
+    "cannot listen to GRPC requests and metrics requests at the same address and port")."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                   for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 class TritonServer:
@@ -104,9 +114,10 @@ class TritonServer:
             raise FileNotFoundError(f"model repository not found: {self.repository} "
                                     "(build one with `msk export` or `make demo`)")
         self.host = host
-        self.grpc_port = grpc_port or free_port(host)
-        self.http_port = http_port or free_port(host)
-        self.metrics_port = metrics_port or free_port(host)
+        picked = iter(free_ports(3, host))
+        self.grpc_port = grpc_port or next(picked)
+        self.http_port = http_port or next(picked)
+        self.metrics_port = metrics_port or next(picked)
         self.foreground = foreground
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
