@@ -39,8 +39,8 @@ def bench_torch(images, repository: Path) -> float:
     import torch
 
     from msk.constants import MURA_ARCHITECTURES, MURA_DEMO_SEED
-    from training.models import build_backbone
-    from training.preprocess import preprocess_mura
+    from training.mura_models import build_backbone
+    from training.mura_preprocess import preprocess_mura
 
     models = [build_backbone(arch, seed=MURA_DEMO_SEED + i).eval()
               for i, arch in enumerate(MURA_ARCHITECTURES.values())]
@@ -61,7 +61,7 @@ def bench_onnxruntime(images, repository: Path) -> float:
 
     from export.repository import latest_version
     from msk.constants import MURA_MEMBERS
-    from training.preprocess import preprocess_mura
+    from training.mura_preprocess import preprocess_mura
 
     version = latest_version(repository)
     sessions = [ort.InferenceSession(str(repository / m / str(version) / "model.onnx"),

@@ -4,7 +4,7 @@ Generates a synthetic MURA-v1.1 set (abnormal = a fracture-like discontinuity wi
 line and a displaced fragment), trains the four real ensemble members (DenseNet-169 and
 ResNet-101, variants A and B) with their recipes at a small image size, fits the ensemble's
 operating points on the validation split and evaluates everything on a held-out, patient-level
-test split with `training.evaluate_mura` (the same report `msk evaluate mura` writes).
+test split with `training.mura_evaluate` (the same report `msk evaluate mura` writes).
 
 Baseline measured in the same run: the same architectures with their untrained (seeded) weights
 on the same test split; the ratio trained/untrained AUROC is printed next to each result.
@@ -62,21 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
 
-    from training.evaluate_mura import (
+    from training.mura_data import MuraImageDataset, load_splits
+    from training.mura_evaluate import (
         ensemble_predictions,
         evaluate,
         fit_ensemble_points,
         member_predictions,
         write_calibration,
     )
-    from training.metrics import aggregate_studies, auroc
-    from training.models import build_backbone
-    from training.mura_data import MuraImageDataset, load_splits
-    from training.synthetic_mura import SyntheticSpec, generate
-    from training.train_mura import load_recipe, predict_logits, train_member
+    from training.mura_metrics import auroc, labelled_study_means
+    from training.mura_models import build_backbone
+    from training.mura_synthetic import SyntheticSpec, generate
+    from training.mura_train import load_recipe, predict_logits, train_member
 
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)  # see training.train_mura._device: 20-30x on fresh networks
+    torch.set_flush_denormal(True)  # see training.mura_train._device: 20-30x on fresh networks
     started = time.perf_counter()
     load_start = os.getloadavg()[0]
     if args.out.exists():
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     studies = [r.study for r in test]
 
     def study_auroc(probabilities) -> float:
-        _, labels, probs = aggregate_studies(studies, y_test, probabilities)
+        _, labels, probs = labelled_study_means(studies, y_test, probabilities)
         return auroc(labels, probs)
 
     baseline: dict[str, float] = {}

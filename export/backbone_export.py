@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from msk.constants import CAM_TENSOR, PIXELS_TENSOR, PROBABILITY_TENSOR
-from training.models import MuraBackbone
+from training.mura_models import MuraBackbone
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4

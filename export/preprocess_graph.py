@@ -5,7 +5,7 @@ any-size grayscale UINT8 [H, W]  ->  FP32 [1, 3, S, S]
 
 Why a graph and not Python: in a GPU deployment the graph runs next to the backbones on the GPU
 (ONNX Runtime / TensorRT), so the only thing crossing the network is the small uint8 image. Training
-runs the very same graph through onnxruntime (`training.preprocess`), so there is nothing to keep in
+runs the same graph through onnxruntime (`training.mura_preprocess`), so there is nothing to keep in
 sync. The leading 1 lets this non-batching model feed the dynamically batched backbones inside the
 ensemble (their per-request shape is [1, 3, S, S]).
 """

@@ -81,7 +81,7 @@ def source_fingerprint(kind: str, image_size: int, checkpoints: dict[str, Path] 
 def _member_sources(checkpoints: dict[str, Path] | None, tiny: bool,
                     imagenet_weights: dict[str, Path] | None) -> dict[str, Callable]:
     """member -> zero-argument loader returning (backbone, checkpoint metadata)."""
-    from training.models import build_backbone, load_checkpoint
+    from training.mura_models import build_backbone, load_checkpoint
 
     sources: dict[str, Callable] = {}
     for index, member in enumerate(MURA_MEMBERS):

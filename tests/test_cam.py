@@ -139,7 +139,7 @@ def cam_server(tiny_checkpoints, tmp_path_factory):
 
 
 def test_cam_and_heatmap_from_checkpoints(cam_server, tiny_checkpoints):
-    from training.models import load_checkpoint
+    from training.mura_models import load_checkpoint
 
     loaded = {m: load_checkpoint(p) for m, p in tiny_checkpoints.items()}
     models = {m: model for m, (model, _) in loaded.items()}
@@ -167,7 +167,7 @@ def test_cam_and_heatmap_from_checkpoints(cam_server, tiny_checkpoints):
 # -- the demo repository: the real DenseNet-169 / ResNet-101 members --------------------------
 def test_real_backbones_cam_and_heatmap(triton):
     """Demo members are the seeded untrained backbones (`build_repository`'s demo weights)."""
-    from training.models import build_backbone
+    from training.mura_models import build_backbone
 
     torch.set_num_threads(2)
     models = {m: build_backbone(MURA_ARCHITECTURES[m], weights="none",

@@ -18,7 +18,7 @@ from export.repository import build_repository, existing_versions, latest_versio
 from msk.constants import MURA_MEMBERS, MURA_TINY_ARCHITECTURE
 from msk.samples import radiograph
 from server.launcher import TritonServer
-from training.models import build_backbone
+from training.mura_models import build_backbone
 
 
 def test_preprocess_graph_matches_an_independent_numpy_reference():
@@ -101,7 +101,7 @@ def test_promotion_adds_a_version_and_keeps_the_old_one_loadable(tmp_path, repos
         for member in MURA_MEMBERS:
             assert raw.is_model_ready(member, "1") and raw.is_model_ready(member, "2")
         # The served probability is the checkpoints' calibrated probability (T = 1.5).
-        from training.preprocess import preprocess_mura
+        from training.mura_preprocess import preprocess_mura
         pixels = torch.from_numpy(preprocess_mura(image))[None]
         expected = []
         for member in MURA_MEMBERS:

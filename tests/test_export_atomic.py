@@ -21,7 +21,7 @@ import torch
 from msk.constants import MURA_MEMBERS, MURA_TINY_ARCHITECTURE
 from server.launcher import TritonServer
 from tests.msk_process import MskProcess, run_msk
-from training.models import build_backbone
+from training.mura_models import build_backbone
 
 
 def _digest(folder: Path) -> dict[str, str]:

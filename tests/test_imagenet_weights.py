@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchvision
 
-from training.models import WeightsUnavailable, build_backbone, imagenet_weights_file
+from training.mura_models import WeightsUnavailable, build_backbone, imagenet_weights_file
 
 
 def _legacy_densenet_keys(state: dict) -> dict:

@@ -11,7 +11,7 @@ from PIL import Image
 
 from msk.constants import MURA_BODY_PARTS
 from training import mura_data
-from training.synthetic_mura import SyntheticSpec, generate, render_image
+from training.mura_synthetic import SyntheticSpec, generate, render_image
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,7 @@ def test_load_splits_and_fingerprint(mura_root: Path) -> None:
 
 
 def test_duplicated_abnormal_and_class_weights(mura_root: Path) -> None:
-    from training.train_mura import class_weights
+    from training.mura_train import class_weights
 
     records = mura_data.read_mura(mura_root, "train")
     n_neg, n_pos = mura_data.class_counts(records)
@@ -177,7 +177,7 @@ def test_duplicated_abnormal_and_class_weights(mura_root: Path) -> None:
 
 def test_dataset_uses_the_server_preprocessing(mura_root: Path) -> None:
     from msk.imaging import load_grayscale
-    from training.preprocess import preprocess_mura
+    from training.mura_preprocess import preprocess_mura
 
     records = mura_data.read_mura(mura_root, "valid")[:3]
     ds = mura_data.MuraImageDataset(records, image_size=64, cache=True)
@@ -196,7 +196,7 @@ def test_dataset_uses_the_server_preprocessing(mura_root: Path) -> None:
 def test_augmentation_is_seeded_and_within_the_study_ranges() -> None:
     import torch
 
-    from training.augment import AugmentSpec, augment_batch
+    from training.mura_augment import AugmentSpec, augment_batch
 
     x = torch.zeros(6, 3, 32, 32)
     x[:, :, 12:20, 4:12] = 1.0  # a bright square left of centre

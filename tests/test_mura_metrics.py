@@ -7,7 +7,8 @@ import pytest
 from sklearn import metrics as skm
 
 from msk.constants import MURA_BODY_PARTS
-from training import calibration, metrics
+from training import mura_calibration as calibration
+from training import mura_metrics as metrics
 
 
 def _cases():
@@ -77,13 +78,13 @@ def test_per_sample_thresholds() -> None:
 
 
 def test_study_aggregation_is_the_mean_and_checks_labels() -> None:
-    ids, labels, probs = metrics.aggregate_studies(["b", "a", "b", "a"], [1, 0, 1, 0],
+    ids, labels, probs = metrics.labelled_study_means(["b", "a", "b", "a"], [1, 0, 1, 0],
                                                    [0.2, 0.5, 0.6, 0.1])
     assert ids == ["a", "b"]
     assert labels.tolist() == [0, 1]
     np.testing.assert_allclose(probs, [0.3, 0.4])
     with pytest.raises(ValueError, match="different labels"):
-        metrics.aggregate_studies(["a", "a"], [0, 1], [0.1, 0.2])
+        metrics.labelled_study_means(["a", "a"], [0, 1], [0.1, 0.2])
 
 
 def test_temperature_recovers_known_scale_and_lowers_ece() -> None:

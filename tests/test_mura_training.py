@@ -21,8 +21,8 @@ import torch
 
 from msk.constants import MURA_BODY_PARTS, MURA_MEMBERS, MURA_TINY_ARCHITECTURE
 from training.mura_data import load_splits
-from training.synthetic_mura import SyntheticSpec, generate
-from training.train_mura import load_recipe, train_member
+from training.mura_synthetic import SyntheticSpec, generate
+from training.mura_train import load_recipe, train_member
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64
@@ -126,7 +126,7 @@ def cli_run(tmp_path_factory, splits: dict) -> dict:
 
 
 def test_cli_trains_calibrates_and_reports(cli_run: dict, capsys) -> None:
-    from training.evaluate_mura import CALIBRATION_FILE
+    from training.mura_evaluate import CALIBRATION_FILE
 
     assert cli_run["train_rc"] == 0 and cli_run["eval_rc"] == 0
     out, report = cli_run["out"], cli_run["report"]
@@ -160,9 +160,9 @@ def test_trained_checkpoints_served_by_triton_match_pytorch(cli_run: dict, split
     from export.repository import build_repository
     from msk.imaging import load_grayscale
     from server.launcher import TritonServer
-    from training.evaluate_mura import CALIBRATION_FILE
-    from training.models import load_checkpoint
-    from training.preprocess import preprocess_mura
+    from training.mura_evaluate import CALIBRATION_FILE
+    from training.mura_models import load_checkpoint
+    from training.mura_preprocess import preprocess_mura
 
     out = cli_run["out"]
     checkpoints = {m: out / f"{m}.pt" for m in MURA_MEMBERS}

@@ -56,7 +56,7 @@ def test_response_names_model_versions_and_artifacts(triton, demo_repository):
 
 
 def test_served_preprocessing_is_the_training_preprocessing(triton):
-    from training.preprocess import preprocess_mura
+    from training.mura_preprocess import preprocess_mura
 
     image = _image(333, 251, 7)
     client = grpcclient.InferenceServerClient(triton.grpc_url)

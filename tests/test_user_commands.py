@@ -224,7 +224,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def mura_run(home: Path) -> dict:
     """`msk train mura` then `msk evaluate mura` on a tiny synthetic MURA, tiny backbones."""
-    from training.synthetic_mura import SyntheticSpec, generate
+    from training.mura_synthetic import SyntheticSpec, generate
 
     generate(home / "data", SyntheticSpec(train_patients=16, valid_patients=8, min_side=96,
                                           max_side=128, seed=3))
@@ -232,7 +232,7 @@ def mura_run(home: Path) -> dict:
     for member in MURA_MEMBERS:
         recipe = home / "recipes" / f"{member}.yaml"
         recipe.parent.mkdir(exist_ok=True)
-        from training.train_mura import load_recipe
+        from training.mura_train import load_recipe
 
         spec = load_recipe(f"mura_{member}") | {
             "architecture": MURA_TINY_ARCHITECTURE, "image_size": 64, "epochs": 1,

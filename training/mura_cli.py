@@ -128,7 +128,7 @@ def _weights_for(weights: str, architecture: str) -> str:
     """The weights argument for one architecture: a file, "none", or torchvision's ImageNet
     file (resolved, and downloaded if need be, before any training starts)."""
     if weights == "imagenet":
-        from training.models import imagenet_weights_file
+        from training.mura_models import imagenet_weights_file
 
         return str(imagenet_weights_file(architecture))
     path = Path(weights)
@@ -140,9 +140,9 @@ def _weights_for(weights: str, architecture: str) -> str:
 def run_train(args: argparse.Namespace) -> int:
     import shutil
 
-    from training.models import WeightsUnavailable
     from training.mura_data import DatasetError, describe
-    from training.train_mura import load_recipe, train_member
+    from training.mura_models import WeightsUnavailable
+    from training.mura_train import load_recipe, train_member
 
     _setup(args)
     recipes = [load_recipe(name) for name in args.recipe or DEFAULT_RECIPES]
@@ -188,7 +188,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _fit_points(checkpoint_dir: Path, valid: list, method: str, target: float, device: str,
                 cache: bool) -> Path:
-    from training.evaluate_mura import (
+    from training.mura_evaluate import (
         ensemble_predictions,
         fit_ensemble_points,
         member_predictions,
@@ -204,14 +204,14 @@ def _fit_points(checkpoint_dir: Path, valid: list, method: str, target: float, d
 
 
 def _device(requested: str) -> str:
-    from training.train_mura import _device as resolve
+    from training.mura_train import _device as resolve
 
     return str(resolve(requested))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate_mura import CALIBRATION_FILE, evaluate
     from training.mura_data import DatasetError
+    from training.mura_evaluate import CALIBRATION_FILE, evaluate
 
     _setup(args)
     checkpoints: dict[str, Path] = {}

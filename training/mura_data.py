@@ -294,8 +294,8 @@ def load_image(path: Path) -> np.ndarray:
 class MuraImageDataset:
     """Images -> server-identical preprocessed tensors [3, S, S] (+ label, index).
 
-    Preprocessing is `training.preprocess.preprocess_mura`, i.e. the server's ONNX graph.
-    Augmentation is applied afterwards on batches of these tensors (`training.augment`), so the
+    Preprocessing is `training.mura_preprocess.preprocess_mura`, i.e. the server's ONNX graph.
+    Augmentation is applied afterwards on batches of these tensors (`training.mura_augment`), so the
     geometry the network sees at inference time is exactly the server's.
     `cache=True` keeps preprocessed tensors in memory (small sets, e.g. synthetic proofs).
     """
@@ -309,7 +309,7 @@ class MuraImageDataset:
         return len(self.records)
 
     def pixels(self, index: int) -> np.ndarray:
-        from training.preprocess import preprocess_mura
+        from training.mura_preprocess import preprocess_mura
 
         if self._cache is not None and index in self._cache:
             return self._cache[index]

@@ -131,8 +131,8 @@ def write_tiny_checkpoints(folder: Path, *, logits: tuple[float, ...],
     import torch
 
     from msk.constants import MURA_IMAGE_SIZE, MURA_MEMBERS, MURA_TINY_ARCHITECTURE
-    from training.models import build_backbone
-    from training.preprocess import preprocess_mura
+    from training.mura_models import build_backbone
+    from training.mura_preprocess import preprocess_mura
 
     folder.mkdir(parents=True, exist_ok=True)
     x = torch.from_numpy(preprocess_mura(synthetic_radiograph(seed)))[None]

@@ -150,15 +150,15 @@ def train_member(
     from tqdm import tqdm
 
     from export.manifest import current_commit
-    from training.augment import AugmentSpec, augment_batch
-    from training.calibration import (
+    from training.mura_augment import AugmentSpec, augment_batch
+    from training.mura_calibration import (
         apply_temperature,
         expected_calibration_error,
         fit_temperature,
         operating_points,
     )
-    from training.metrics import aggregate_studies, auroc
-    from training.models import build_backbone
+    from training.mura_metrics import auroc, labelled_study_means
+    from training.mura_models import build_backbone
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +283,7 @@ def train_member(
     points = operating_points(y_val, p_after, [r.body_part for r in valid_records],
                               method=calib.get("operating_point", "youden"),
                               target_sensitivity=float(calib.get("target_sensitivity", 0.9)))
-    _, s_lab, s_prob = aggregate_studies([r.study for r in valid_records], y_val, p_after)
+    _, s_lab, s_prob = labelled_study_means([r.study for r in valid_records], y_val, p_after)
     metrics = {
         "best_epoch": best_epoch, "val_loss": best_loss,
         "val_image_auroc": auroc(y_val, val_logits), "val_study_auroc": auroc(s_lab, s_prob),

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from msk.constants import MURA_BODY_PARTS, MURA_DEFAULT_THRESHOLD, MURA_OVERALL_OPERATING_POINT
-from training.metrics import roc_curve
+from training.mura_metrics import roc_curve
 
 OPERATING_POINT_METHODS = ("youden", "sensitivity")
 MIN_POSITIVES_FOR_POINT = 5

@@ -21,15 +21,20 @@ from pathlib import Path
 import numpy as np
 
 from msk.constants import MURA_CALIBRATION_FILE, MURA_DEFAULT_THRESHOLD, MURA_MEMBERS
-from training.calibration import (
+from training.mura_calibration import (
     OVERALL_KEY,
     apply_temperature,
     expected_calibration_error,
     operating_points,
     reliability_curve,
 )
-from training.metrics import METRIC_NAMES, aggregate_studies, metrics_with_intervals, roc_curve
 from training.mura_data import Record, fingerprint
+from training.mura_metrics import (
+    METRIC_NAMES,
+    labelled_study_means,
+    metrics_with_intervals,
+    roc_curve,
+)
 
 log = logging.getLogger("msk.evaluate.mura")
 ENSEMBLE = "ensemble"
@@ -52,9 +57,9 @@ def member_predictions(checkpoint_path: Path, records: Sequence[Record], device:
                        batch_size: int = 16, cache: bool = False,
                        progress: bool = False) -> Predictions:
     """Run one checkpoint over the records at the image size it was trained at."""
-    from training.models import load_checkpoint
     from training.mura_data import MuraImageDataset
-    from training.train_mura import _device, predict_logits
+    from training.mura_models import load_checkpoint
+    from training.mura_train import _device, predict_logits
 
     _device(device)  # also flushes denormals on CPU
     model, meta = load_checkpoint(Path(checkpoint_path))
@@ -103,7 +108,7 @@ def score_model(pred: Predictions, records: Sequence[Record], n_bootstrap: int =
     labels = np.array([r.label for r in records])
     parts = [r.body_part for r in records]
     thresholds = _thresholds(pred.points, parts)
-    study_ids, study_labels, study_probs = aggregate_studies(
+    study_ids, study_labels, study_probs = labelled_study_means(
         [r.study for r in records], labels, pred.probabilities)
     study_part = {r.study: r.body_part for r in records}
     study_parts = [study_part[s] for s in study_ids]

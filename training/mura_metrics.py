@@ -163,7 +163,7 @@ def metrics_with_intervals(y_true: np.ndarray, scores: np.ndarray, threshold: fl
     return out
 
 
-def aggregate_studies(study_ids: Sequence[str], labels: Sequence[int],
+def labelled_study_means(study_ids: Sequence[str], labels: Sequence[int],
                       probabilities: Sequence[float],
                       reduce: Callable[[np.ndarray], float] = np.mean,
                       ) -> tuple[list[str], np.ndarray, np.ndarray]:
