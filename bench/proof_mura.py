@@ -15,6 +15,7 @@ Last stdout line: `proof-mura: auroc=<ensemble study-level AUROC>`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -106,10 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     timings: dict[str, float] = {}
     for member in MURA_MEMBERS:
         recipe = load_recipe(f"mura_{member}")
-        epochs = (args.epochs_densenet if recipe["architecture"] == "densenet169"
+        epochs = (args.epochs_densenet if recipe.architecture == "densenet169"
                   else args.epochs_resnet)
-        recipe.update(image_size=args.image_size, epochs=epochs, lr=args.lr,
-                      num_workers=0, seed=args.seed)
+        recipe = dataclasses.replace(recipe, image_size=args.image_size, epochs=epochs,
+                                     lr=args.lr, num_workers=0, seed=args.seed)
         t0 = time.perf_counter()
         result = train_member(recipe, splits["train"], splits["valid"], args.out / member,
                               device="cpu", resume=False, cache=True, progress=False)

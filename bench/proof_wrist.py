@@ -13,6 +13,7 @@ Last stdout line: `proof-wrist: map50=<joints mAP50 on the test split>`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["time"] = args.hours
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
-    recipe.update(overrides)
+    recipe = dataclasses.replace(recipe, **overrides)
     result = train_detector(data["joints"], args.out / "runs", recipe, target="joints")
     t_train = time.perf_counter() - start - t_data
     print(f"proof-wrist: trained {len(result.losses)} epochs in {t_train:.0f} s; "
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                "per_class": report["per_class"], "epochs": len(result.losses),
                "losses": result.losses, "seconds": {"data": t_data, "train": t_train,
                                                     "total": total},
-               "images": args.images, "recipe": recipe.get("name"), "imgsz": recipe["imgsz"]}
+               "images": args.images, "recipe": recipe.name, "imgsz": recipe.imgsz}
     (args.out / "result.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps({k: v for k, v in summary.items() if k != "losses"}))
     print(f"proof-wrist: map50={report['map50']:.3f}")

@@ -62,7 +62,10 @@ MURA_TINY_ARCHITECTURE = "tiny"
 """A small CNN with the same head and tensor contract: the fast stand-in for client tests."""
 
 
-MURA_BACKBONE_MAX_BATCH = 8
+MURA_TRAIN_BATCH_SIZE = 8
+"""The MURA study's training batch (the recipes' `batch_size` default)."""
+
+MURA_BACKBONE_MAX_BATCH = MURA_TRAIN_BATCH_SIZE
 """Backbones batch up to the study's training batch size; dynamic batching fills it."""
 
 MURA_DEFAULT_THRESHOLD = 0.5
@@ -81,8 +84,14 @@ MURA_DEMO_SEED = 0
 # --------------------------------------------------------------------------------------------
 # Wrist structure detectors (YOLO study)
 # --------------------------------------------------------------------------------------------
-WRIST_CROP_TOP_FRACTION = 3 / 7
-"""The study removes the top 3/7 of every wrist radiograph before detection."""
+WRIST_CROP_TOP_NUMERATOR = 3
+WRIST_CROP_TOP_DENOMINATOR = 7
+"""The study removes the top 3/7 of every wrist radiograph before detection. Kept as an integer
+ratio because the cut row is computed with integers, `(3 * H) // 7`, by numpy
+(`msk.wrist_geometry.crop_top_rows`) and by the int64 ops of the ONNX preprocessing graph alike."""
+
+WRIST_CROP_TOP_FRACTION = WRIST_CROP_TOP_NUMERATOR / WRIST_CROP_TOP_DENOMINATOR
+"""The same ratio as a float, for prose and plots; pixel arithmetic uses the integer pair."""
 
 WRIST_HEIGHT = 1400
 WRIST_WIDTH = 760
@@ -104,6 +113,10 @@ WRIST_DETECT_MODEL = "wrist_detect"
 # pipeline reproduces the in-process predictor.
 DETECTOR_PAD_VALUE = 114
 WRIST_CONF_THRESHOLD = 0.25
+"""Score threshold of a served detection, and the default of `msk evaluate wrist --conf`."""
+DETECTOR_DEFAULT_IMGSZ = 640
+"""Ultralytics' own `imgsz` default: the training size of a checkpoint whose `train_args` lack one
+(read by training's evaluation and by export alike)."""
 WRIST_NMS_IOU = 0.7
 WRIST_MAX_DETECTIONS = 300
 

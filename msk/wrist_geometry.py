@@ -7,8 +7,9 @@ postprocessing model copies it next to its `model.py` and clients import it.
 
 Two stages, both exactly invertible:
 
-1. **Study letterbox** (the YOLO wrist study): drop the top `WRIST_CROP_TOP_FRACTION` (3/7) of the
-   rows (`crop_top = (3 * H) // 7`, integer so that numpy and the ONNX graph agree), resize keeping
+1. **Study letterbox** (the YOLO wrist study): drop the top 3/7 of the rows (`crop_top_rows`:
+   `(WRIST_CROP_TOP_NUMERATOR * H) // WRIST_CROP_TOP_DENOMINATOR`, integer so that numpy and the
+   ONNX graph agree), resize keeping
    the aspect ratio to fit `WRIST_HEIGHT x WRIST_WIDTH` (1400 x 760), centre on a black canvas.
    All sizes are computed with integers (round half up), so the ONNX graph reproduces them exactly.
    A box edge at x maps to `x * new_w / w + pad_left` (edges, not pixel centres, so the transform
@@ -36,7 +37,8 @@ from msk.constants import (  # noqa: F401 - the wrist names are re-exported for 
     SCORES_TENSOR,
     WRIST_BONES_MODEL,
     WRIST_CONF_THRESHOLD,
-    WRIST_CROP_TOP_FRACTION,
+    WRIST_CROP_TOP_DENOMINATOR,
+    WRIST_CROP_TOP_NUMERATOR,
     WRIST_HEIGHT,
     WRIST_JOINTS_MODEL,
     WRIST_MAX_DETECTIONS,
@@ -49,9 +51,12 @@ from msk.constants import (  # noqa: F401 - the wrist names are re-exported for 
 
 _NMS_MAX_WH = 7680  # Ultralytics' class offset for class-aware NMS in one pass
 
-_CROP_NUM = round(WRIST_CROP_TOP_FRACTION * 7)
-_CROP_DEN = 7
-assert abs(_CROP_NUM / _CROP_DEN - WRIST_CROP_TOP_FRACTION) < 1e-12, "crop fraction must be k/7"
+
+def crop_top_rows(orig_h: int) -> int:
+    """Rows the study crops off the top of an `orig_h`-row radiograph: the top 3/7, rounded down
+    with integer arithmetic (the ONNX preprocessing graph does the same with int64 ops)."""
+    return (WRIST_CROP_TOP_NUMERATOR * orig_h) // WRIST_CROP_TOP_DENOMINATOR
+
 
 GEOMETRY_FIELDS = ("orig_h", "orig_w", "crop_top", "new_h", "new_w", "pad_top", "pad_left")
 """Order of the INT64 geometry vector the preprocessing model hands to the postprocessing model."""
@@ -122,7 +127,7 @@ def study_letterbox(orig_h: int, orig_w: int, out_h: int = WRIST_HEIGHT,
     """
     if orig_h < 2 or orig_w < 1:
         raise ValueError(f"image of {orig_h}x{orig_w} pixels is too small for the wrist crop")
-    crop_top = (_CROP_NUM * orig_h) // _CROP_DEN
+    crop_top = crop_top_rows(orig_h)
     ch = orig_h - crop_top
     if out_h * orig_w <= out_w * ch:      # height-limited
         new_h = out_h

@@ -197,6 +197,7 @@ def test_augmentation_is_seeded_and_within_the_study_ranges() -> None:
     import torch
 
     from training.mura_augment import AugmentSpec, augment_batch
+    from training.recipe_schema import RecipeError, parse_recipe
 
     x = torch.zeros(6, 3, 32, 32)
     x[:, :, 12:20, 4:12] = 1.0  # a bright square left of centre
@@ -214,6 +215,8 @@ def test_augmentation_is_seeded_and_within_the_study_ranges() -> None:
     cols = torch.arange(32).float()
     centre = (flipped[:, 0].sum(1) * cols).sum(1) / flipped[:, 0].sum(dim=(1, 2))
     assert set(np.round(centre.numpy(), 1).tolist()) <= {7.5, 23.5}
-    assert AugmentSpec.from_dict({"enabled": False}) is None
-    with pytest.raises(ValueError, match="unknown augmentation"):
-        AugmentSpec.from_dict({"rotate": 5})
+    assert parse_recipe("mura", {"name": "n", "member": "m", "architecture": "tiny",
+                                 "augment": {"enabled": False}}, "test").augment.enabled is False
+    with pytest.raises(RecipeError, match=r"test: unknown key 'augment\.rotate'"):
+        parse_recipe("mura", {"name": "n", "member": "m", "architecture": "tiny",
+                              "augment": {"rotate": 5}}, "test")

@@ -10,6 +10,7 @@ real DenseNet-169 / ResNet-101 members to a study-level AUROC >= 0.90.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from msk.constants import MURA_BODY_PARTS, MURA_MEMBERS, MURA_TINY_ARCHITECTURE
 from training.mura_data import load_splits
 from training.mura_synthetic import SyntheticSpec, generate
 from training.mura_train import load_recipe, train_member
+from training.recipe_schema import AugmentSpec, MuraRecipe
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = 64
@@ -36,22 +38,20 @@ def splits(tmp_path_factory) -> dict:
     return load_splits(root, test_fraction=0.25, split_seed=0)
 
 
-def _recipe(member: str, **overrides) -> dict:
-    recipe = load_recipe(f"mura_{member}")
-    recipe.update(architecture=MURA_TINY_ARCHITECTURE, image_size=IMAGE_SIZE, lr=3e-3,
-                  num_workers=0, epochs=4)
-    recipe.update(overrides)
-    return recipe
+def _recipe(member: str, **overrides) -> MuraRecipe:
+    fast = {"architecture": MURA_TINY_ARCHITECTURE, "image_size": IMAGE_SIZE, "lr": 3e-3,
+            "num_workers": 0, "epochs": 4}
+    return dataclasses.replace(load_recipe(f"mura_{member}"), **(fast | overrides))
 
 
 def test_recipes_carry_the_study_settings() -> None:
     for member in MURA_MEMBERS:
         r = load_recipe(f"mura_{member}")
-        assert (r["member"], r["image_size"], r["batch_size"], r["lr"]) == (member, 320, 8, 1e-4)
-        assert r["epochs"] <= 20 and r["optimizer"] == "adam"
-        assert r["augment"] == {"rotate_deg": 20, "shift": 0.2, "zoom": 0.2, "hflip": True}
-        assert r["duplicate_abnormal"] is member.endswith("_b")
-        assert r["reduce_lr_on_plateau"]["factor"] == 0.1 and r["early_stopping"]["patience"] > 0
+        assert (r.member, r.image_size, r.batch_size, r.lr) == (member, 320, 8, 1e-4)
+        assert r.epochs <= 20 and r.optimizer == "adam"
+        assert r.augment == AugmentSpec(rotate_deg=20, shift=0.2, zoom=0.2, hflip=True)
+        assert r.duplicate_abnormal is member.endswith("_b")
+        assert r.reduce_lr_on_plateau.factor == 0.1 and r.early_stopping.patience > 0
 
 
 def test_loss_falls_and_checkpoint_has_the_export_format(tmp_path: Path, splits: dict) -> None:
@@ -113,7 +113,7 @@ def cli_run(tmp_path_factory, splits: dict) -> dict:
     recipes = []
     for member in MURA_MEMBERS:
         path = work / f"{member}.yaml"
-        path.write_text(json.dumps(_recipe(member, epochs=1)))  # JSON is valid YAML
+        path.write_text(json.dumps(_recipe(member, epochs=1).to_dict()))  # JSON is valid YAML
         recipes += ["--recipe", str(path)]
     out = work / "run"
     common = ["--data", str(data), "--test-fraction", "0.25", "--device", "cpu"]

@@ -234,7 +234,7 @@ def mura_run(home: Path) -> dict:
         recipe.parent.mkdir(exist_ok=True)
         from training.mura_train import load_recipe
 
-        spec = load_recipe(f"mura_{member}") | {
+        spec = load_recipe(f"mura_{member}").to_dict() | {
             "architecture": MURA_TINY_ARCHITECTURE, "image_size": 64, "epochs": 1,
             "num_workers": 0}
         recipe.write_text(json.dumps(spec))                  # JSON is valid YAML

@@ -9,32 +9,11 @@ PIL transforms, and a `torch.Generator` makes every draw reproducible (resume in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    """Ranges from the study: rotate ±20°, shift 20 % of the side, zoom ±20 %, horizontal flip."""
-
-    rotate_deg: float = 20.0
-    shift: float = 0.2
-    zoom: float = 0.2
-    hflip: bool = True
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> AugmentSpec | None:
-        """None / {} / {"enabled": False} -> no augmentation."""
-        if not d or not d.get("enabled", True):
-            return None
-        keys = {"rotate_deg", "shift", "zoom", "hflip"}
-        unknown = set(d) - keys - {"enabled"}
-        if unknown:
-            raise ValueError(f"unknown augmentation option(s) {sorted(unknown)}; "
-                             f"expected {sorted(keys)}")
-        return cls(**{k: d[k] for k in keys if k in d})
+from training.recipe_schema import AugmentSpec
 
 
 def augment_batch(x: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:

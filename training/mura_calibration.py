@@ -19,8 +19,12 @@ import numpy as np
 
 from msk.constants import MURA_BODY_PARTS, MURA_DEFAULT_THRESHOLD, MURA_OVERALL_OPERATING_POINT
 from training.mura_metrics import roc_curve
+from training.recipe_schema import (
+    DEFAULT_OPERATING_POINT,
+    DEFAULT_TARGET_SENSITIVITY,
+    OPERATING_POINT_METHODS,
+)
 
-OPERATING_POINT_METHODS = ("youden", "sensitivity")
 MIN_POSITIVES_FOR_POINT = 5
 """Fewer abnormal (or normal) validation cases than this in a body part: use the overall point."""
 
@@ -95,8 +99,9 @@ def reliability_curve(probabilities: np.ndarray, labels: np.ndarray, n_bins: int
     return np.array(mean_p), np.array(frac), np.array(count)
 
 
-def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str = "youden",
-                     target_sensitivity: float = 0.9) -> float:
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray,
+                     method: str = DEFAULT_OPERATING_POINT,
+                     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY) -> float:
     """One operating point. Degenerate input (one class) -> MURA_DEFAULT_THRESHOLD."""
     if method not in OPERATING_POINT_METHODS:
         raise ValueError(f"operating point method must be one of {OPERATING_POINT_METHODS}, "
@@ -116,8 +121,9 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, method: str 
 
 
 def operating_points(labels: Sequence[int], probabilities: Sequence[float],
-                     body_parts: Sequence[str], method: str = "youden",
-                     target_sensitivity: float = 0.9) -> dict[str, float]:
+                     body_parts: Sequence[str], method: str = DEFAULT_OPERATING_POINT,
+                     target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
+                     ) -> dict[str, float]:
     """{body_part: threshold} for every MURA body part, plus "default" (the overall threshold).
     Parts with too few cases of either class (or absent) fall back to the overall threshold
     rather than overfit a handful of studies."""

@@ -8,12 +8,20 @@ Machine output is one JSON line on stdout; progress bars and logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from msk.constants import MURA_BODY_PARTS, MURA_MEMBERS
+from msk.constants import MURA_BODY_PARTS, MURA_IMAGE_SIZE, MURA_MEMBERS, MURA_TRAIN_BATCH_SIZE
+from training.recipe_schema import (
+    DEFAULT_OPERATING_POINT,
+    DEFAULT_TARGET_SENSITIVITY,
+    OPERATING_POINT_METHODS,
+    MuraRecipe,
+    RecipeError,
+)
 
 DEFAULT_RECIPES = tuple(f"mura_{m}" for m in MURA_MEMBERS)
 
@@ -42,8 +50,9 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 def register_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "mura", help="train MURA ensemble members (DenseNet-169 / ResNet-101, variants A/B)",
-        description="Train one or more ensemble members with the study's recipe (320x320, "
-        "batch 8, Adam 1e-4, <=20 epochs, LR x0.1 on plateau, early stopping, class weights). "
+        description="Train one or more ensemble members with the study's recipe "
+        f"({MURA_IMAGE_SIZE}x{MURA_IMAGE_SIZE}, batch {MURA_TRAIN_BATCH_SIZE}, Adam 1e-4, "
+        "<=20 epochs, LR x0.1 on plateau, early stopping, class weights). "
         "Resumes from OUT/<member>/last.pt; writes OUT/<member>.pt (the checkpoint `msk export "
         "--checkpoints OUT` promotes) and, once all four exist, OUT/ensemble_calibration.json.",
     )
@@ -60,7 +69,8 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                    "densenet169.pth/resnet101.pth, or 'none' = random init (default)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's max epochs")
     p.add_argument("--image-size", type=int, default=None,
-                   help="override the recipe's 320 px (smaller for CPU experiments)")
+                   help=f"override the recipe's image size ({MURA_IMAGE_SIZE} px in the study "
+                   "recipes; smaller for CPU experiments)")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     p.add_argument("--workers", type=int, default=None,
@@ -69,7 +79,7 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
                    help="keep preprocessed images in memory (small data sets only)")
     p.add_argument("--no-resume", action="store_true",
                    help="start from scratch even if OUT/<member>/last.pt exists")
-    p.add_argument("--operating-point", choices=("youden", "sensitivity"), default=None,
+    p.add_argument("--operating-point", choices=OPERATING_POINT_METHODS, default=None,
                    help="how to choose per-body-part thresholds (default: the recipe's)")
     p.add_argument("--target-sensitivity", type=float, default=None,
                    help="sensitivity to reach with --operating-point sensitivity")
@@ -98,9 +108,10 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fit-operating-points", action="store_true",
                    help="first fit the ensemble's per-body-part thresholds on the valid split "
                    "and write CHECKPOINTS/ensemble_calibration.json (read by msk export)")
-    p.add_argument("--operating-point", choices=("youden", "sensitivity"), default="youden",
+    p.add_argument("--operating-point", choices=OPERATING_POINT_METHODS,
+                   default=DEFAULT_OPERATING_POINT,
                    help="threshold rule for --fit-operating-points")
-    p.add_argument("--target-sensitivity", type=float, default=0.9,
+    p.add_argument("--target-sensitivity", type=float, default=DEFAULT_TARGET_SENSITIVITY,
                    help="sensitivity to reach with --operating-point sensitivity")
     p.add_argument("--batch-size", type=int, default=16, help="inference batch size")
     p.set_defaults(handler=run_evaluate)
@@ -137,6 +148,20 @@ def _weights_for(weights: str, architecture: str) -> str:
     return weights
 
 
+def _with_overrides(recipe: MuraRecipe, args: argparse.Namespace) -> MuraRecipe:
+    """The recipe with the command line's overrides applied (validated like the recipe)."""
+    overrides = {"epochs": args.epochs, "image_size": args.image_size,
+                 "batch_size": args.batch_size, "lr": args.lr, "num_workers": args.workers}
+    calibration = recipe.calibration
+    if args.operating_point:
+        calibration = dataclasses.replace(calibration, operating_point=args.operating_point)
+    if args.target_sensitivity is not None:
+        calibration = dataclasses.replace(calibration,
+                                          target_sensitivity=args.target_sensitivity)
+    return dataclasses.replace(recipe, calibration=calibration,
+                               **{k: v for k, v in overrides.items() if v is not None})
+
+
 def run_train(args: argparse.Namespace) -> int:
     import shutil
 
@@ -145,10 +170,14 @@ def run_train(args: argparse.Namespace) -> int:
     from training.mura_train import load_recipe, train_member
 
     _setup(args)
-    recipes = [load_recipe(name) for name in args.recipe or DEFAULT_RECIPES]
     try:
-        weights = {r["architecture"]: _weights_for(args.weights, r["architecture"])
-                   for r in recipes}
+        recipes = [_with_overrides(load_recipe(name), args)
+                   for name in args.recipe or DEFAULT_RECIPES]
+    except RecipeError as exc:
+        print(f"msk train mura: {exc}", file=sys.stderr)
+        return 2
+    try:
+        weights = {r.architecture: _weights_for(args.weights, r.architecture) for r in recipes}
     except (WeightsUnavailable, ValueError) as exc:
         print(f"msk train mura: {exc}", file=sys.stderr)
         return 2
@@ -162,27 +191,19 @@ def run_train(args: argparse.Namespace) -> int:
         {name: describe(records) for name, records in splits.items()}
         | {"test_fraction": args.test_fraction, "split_seed": args.split_seed}, indent=2) + "\n")
     for recipe in recipes:
-        overrides = {"epochs": args.epochs, "image_size": args.image_size,
-                     "batch_size": args.batch_size, "lr": args.lr, "num_workers": args.workers}
-        recipe.update({k: v for k, v in overrides.items() if v is not None})
-        calib = dict(recipe.get("calibration") or {})
-        if args.operating_point:
-            calib["operating_point"] = args.operating_point
-        if args.target_sensitivity is not None:
-            calib["target_sensitivity"] = args.target_sensitivity
-        recipe["calibration"] = calib
         result = train_member(
-            recipe, splits["train"], splits["valid"], args.out / recipe["member"],
-            weights=weights[recipe["architecture"]], device=args.device,
+            recipe, splits["train"], splits["valid"], args.out / recipe.member,
+            weights=weights[recipe.architecture], device=args.device,
             resume=not args.no_resume, cache=args.cache, progress=not args.no_progress)
-        target = args.out / f"{recipe['member']}.pt"
+        target = args.out / f"{recipe.member}.pt"
         shutil.copy2(result.checkpoint, target)
-        print(json.dumps({"member": recipe["member"], "checkpoint": str(target),
+        print(json.dumps({"member": recipe.member, "checkpoint": str(target),
                           "best_epoch": result.best_epoch, "temperature": result.temperature,
-                          "history": str(args.out / recipe["member"] / "metrics.csv")}),
+                          "history": str(args.out / recipe.member / "metrics.csv")}),
               flush=True)
     if all((args.out / f"{m}.pt").is_file() for m in MURA_MEMBERS):
-        _fit_points(args.out, splits["valid"], "youden", 0.9, args.device, args.cache)
+        _fit_points(args.out, splits["valid"], DEFAULT_OPERATING_POINT,
+                    DEFAULT_TARGET_SENSITIVITY, args.device, args.cache)
     return 0
 
 

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from msk.constants import MURA_CALIBRATION_FILE, MURA_DEFAULT_THRESHOLD, MURA_MEMBERS
+from msk.constants import (
+    MURA_CALIBRATION_FILE,
+    MURA_DEFAULT_THRESHOLD,
+    MURA_IMAGE_SIZE,
+    MURA_MEMBERS,
+)
 from training.mura_calibration import (
     OVERALL_KEY,
     apply_temperature,
@@ -35,6 +40,7 @@ from training.mura_metrics import (
     metrics_with_intervals,
     roc_curve,
 )
+from training.recipe_schema import DEFAULT_OPERATING_POINT, DEFAULT_TARGET_SENSITIVITY
 
 log = logging.getLogger("msk.evaluate.mura")
 ENSEMBLE = "ensemble"
@@ -64,7 +70,7 @@ def member_predictions(checkpoint_path: Path, records: Sequence[Record], device:
     _device(device)  # also flushes denormals on CPU
     model, meta = load_checkpoint(Path(checkpoint_path))
     model = model.to(device)
-    dataset = MuraImageDataset(records, int(meta.get("image_size", 320)), cache=cache)
+    dataset = MuraImageDataset(records, int(meta.get("image_size", MURA_IMAGE_SIZE)), cache=cache)
     logits = predict_logits(model, dataset, batch_size, device, progress=progress)
     temperature = float(meta.get("temperature") or 1.0)
     return Predictions(name=meta.get("member", Path(checkpoint_path).stem),
@@ -79,8 +85,10 @@ def ensemble_predictions(members: Sequence[Predictions],
     return Predictions(name=ENSEMBLE, probabilities=probs, points=dict(points or {}))
 
 
-def fit_ensemble_points(ensemble: Predictions, records: Sequence[Record], method: str = "youden",
-                        target_sensitivity: float = 0.9) -> dict[str, float]:
+def fit_ensemble_points(ensemble: Predictions, records: Sequence[Record],
+                        method: str = DEFAULT_OPERATING_POINT,
+                        target_sensitivity: float = DEFAULT_TARGET_SENSITIVITY,
+                        ) -> dict[str, float]:
     """Per-body-part operating points of the ensemble probability, fitted on these records."""
     return operating_points([r.label for r in records], ensemble.probabilities,
                             [r.body_part for r in records], method, target_sensitivity)

@@ -28,29 +28,25 @@ from training.mura_data import (
     fingerprint,
     with_duplicated_abnormal,
 )
+from training.recipe_schema import MuraRecipe, RecipeError, parse_recipe, read_recipe
 
 log = logging.getLogger("msk.train.mura")
-RECIPES_DIR = Path(__file__).parent / "recipes"
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_auroc", "lr", "seconds")
 
 
-def load_recipe(path_or_name: str | Path) -> dict:
-    """A recipe file, or the name of one in training/recipes/ (e.g. `mura_densenet169_a`)."""
-    import yaml
+def load_recipe(path_or_name: str | Path) -> MuraRecipe:
+    """A recipe file, or the name of one in training/recipes/ (e.g. `mura_densenet169_a`),
+    validated against the MURA schema (`training.recipe_schema`)."""
+    return read_recipe("mura", path_or_name)
 
-    path = Path(path_or_name)
-    if not path.is_file():
-        candidate = RECIPES_DIR / f"{path_or_name}.yaml"
-        if not candidate.is_file():
-            raise FileNotFoundError(f"recipe {path_or_name!r} not found (neither a file nor "
-                                    f"{candidate})")
-        path = candidate
-    recipe = yaml.safe_load(path.read_text())
-    required = {"name", "member", "architecture", "image_size", "batch_size", "lr", "epochs"}
-    missing = sorted(required - set(recipe))
-    if missing:
-        raise ValueError(f"{path}: recipe lacks {missing}")
-    return recipe
+
+def _same_recipe(stored: object, recipe: MuraRecipe, source: Path) -> bool:
+    """Whether a resumed run's stored recipe is `recipe` (older runs stored the raw YAML: it is
+    read through the schema, so defaults it left out still compare equal)."""
+    try:
+        return parse_recipe("mura", stored, str(source)) == recipe
+    except RecipeError:
+        return False
 
 
 def class_weights(records: Sequence[Record]) -> tuple[float, float]:
@@ -128,7 +124,7 @@ def _write_history(path: Path, history: list[dict]) -> None:
 
 
 def train_member(
-    recipe: dict,
+    recipe: MuraRecipe,
     train_records: Sequence[Record],
     valid_records: Sequence[Record],
     out_dir: Path,
@@ -150,7 +146,7 @@ def train_member(
     from tqdm import tqdm
 
     from export.manifest import current_commit
-    from training.mura_augment import AugmentSpec, augment_batch
+    from training.mura_augment import augment_batch
     from training.mura_calibration import (
         apply_temperature,
         expected_calibration_error,
@@ -162,46 +158,45 @@ def train_member(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    member = recipe["member"]
-    seed = int(recipe.get("seed", 0))
+    member = recipe.member
+    seed = recipe.seed
     dev = _device(device)
     on_gpu = dev.type == "cuda"
-    image_size = int(recipe["image_size"])
-    batch_size = int(recipe["batch_size"])
-    num_workers = 0 if cache else int(recipe.get("num_workers", 0))
+    image_size = recipe.image_size
+    batch_size = recipe.batch_size
+    num_workers = 0 if cache else recipe.num_workers
 
     w_neg, w_pos = class_weights(train_records)
     epoch_records = (with_duplicated_abnormal(train_records)
-                     if recipe.get("duplicate_abnormal") else list(train_records))
+                     if recipe.duplicate_abnormal else list(train_records))
     train_set = MuraImageDataset(epoch_records, image_size, cache=cache)
     valid_set = MuraImageDataset(valid_records, image_size, cache=cache)
-    spec = AugmentSpec.from_dict(recipe.get("augment"))
+    spec = recipe.augment if recipe.augment.enabled else None
     log.info("%s: %d training samples (%d abnormal), %d validation images, class weights "
              "normal=%.3f abnormal=%.3f, device %s", member, len(epoch_records),
              sum(r.label for r in epoch_records), len(valid_records), w_neg, w_pos, dev)
 
-    model = build_backbone(recipe["architecture"], weights=weights, seed=seed,
-                           dropout=float(recipe.get("dropout", 0.2))).to(dev)
-    if on_gpu and recipe.get("channels_last", True):
+    model = build_backbone(recipe.architecture, weights=weights, seed=seed,
+                           dropout=recipe.dropout).to(dev)
+    if on_gpu and recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(recipe["lr"]),
-                                 weight_decay=float(recipe.get("weight_decay", 0.0)))
-    plateau = recipe.get("reduce_lr_on_plateau") or {}
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr,
+                                 weight_decay=recipe.weight_decay)
+    plateau = recipe.reduce_lr_on_plateau
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=float(plateau.get("factor", 0.1)),
-        patience=int(plateau.get("patience", 1)), min_lr=float(plateau.get("min_lr", 0.0)))
-    use_amp = on_gpu and bool(recipe.get("amp", True))
+        optimizer, mode="min", factor=plateau.factor, patience=plateau.patience,
+        min_lr=plateau.min_lr)
+    use_amp = on_gpu and recipe.amp
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    stopping = recipe.get("early_stopping") or {}
-    patience = int(stopping.get("patience", 3))
-    min_delta = float(stopping.get("min_delta", 0.0))
+    patience = recipe.early_stopping.patience
+    min_delta = recipe.early_stopping.min_delta
 
     history: list[dict] = []
     best_loss, best_epoch, start_epoch = math.inf, 0, 1
     last_path, best_state_path = out_dir / "last.pt", out_dir / "best_state.pt"
     if resume and last_path.is_file():
         state = torch.load(last_path, map_location=dev, weights_only=False)
-        if state["recipe"] != recipe:
+        if not _same_recipe(state["recipe"], recipe, last_path):
             raise ValueError(f"{last_path} was written by a different recipe; use a new output "
                              "folder or --no-resume")
         model.load_state_dict(state["model"])
@@ -214,7 +209,7 @@ def train_member(
 
     w = torch.tensor([w_neg, w_pos], device=dev)
     step = sum(int(h.get("steps", 0)) for h in history)
-    for epoch in range(start_epoch, int(recipe["epochs"]) + 1):
+    for epoch in range(start_epoch, recipe.epochs + 1):
         if best_epoch and epoch - best_epoch > patience:
             break
         started = time.perf_counter()
@@ -234,7 +229,7 @@ def train_member(
             if spec is not None:
                 x = augment_batch(x, spec, aug_gen)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if on_gpu and recipe.get("channels_last", True):
+            if on_gpu and recipe.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, enabled=use_amp):
                 logit = model(x)[:, 0].float()
@@ -268,7 +263,7 @@ def train_member(
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                     "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
-                    "epoch": epoch, "recipe": recipe}, last_path)
+                    "epoch": epoch, "recipe": recipe.to_dict()}, last_path)
         _write_history(out_dir / "metrics.csv", history)
 
     # Calibrate the best epoch on the validation split.
@@ -276,13 +271,13 @@ def train_member(
     model = model.to(memory_format=torch.contiguous_format)
     val_logits = predict_logits(model, valid_set, batch_size * 2, str(dev))
     y_val = np.array([r.label for r in valid_records])
-    calib = recipe.get("calibration") or {}
-    temperature = fit_temperature(val_logits, y_val) if calib.get("temperature", True) else 1.0
+    calib = recipe.calibration
+    temperature = fit_temperature(val_logits, y_val) if calib.temperature else 1.0
     p_before, p_after = apply_temperature(val_logits, 1.0), apply_temperature(val_logits,
                                                                               temperature)
     points = operating_points(y_val, p_after, [r.body_part for r in valid_records],
-                              method=calib.get("operating_point", "youden"),
-                              target_sensitivity=float(calib.get("target_sensitivity", 0.9)))
+                              method=calib.operating_point,
+                              target_sensitivity=calib.target_sensitivity)
     _, s_lab, s_prob = labelled_study_means([r.study for r in valid_records], y_val, p_after)
     metrics = {
         "best_epoch": best_epoch, "val_loss": best_loss,
@@ -293,9 +288,9 @@ def train_member(
         "epochs_run": len(history),
     }
     checkpoint = {
-        "member": member, "architecture": recipe["architecture"],
+        "member": member, "architecture": recipe.architecture,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "image_size": image_size, "recipe": recipe,
+        "image_size": image_size, "recipe": recipe.to_dict(),
         "dataset_fingerprint": fingerprint(list(train_records) + list(valid_records)),
         "metrics": metrics, "temperature": float(temperature), "operating_points": points,
         "commit": current_commit(),

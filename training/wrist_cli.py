@@ -8,8 +8,19 @@ import json
 import sys
 from pathlib import Path
 
-TARGET_HELP = "comma-separated: joints, bones and/or single structures (radcar, capnlun, mna, " \
-    "mul, nav, lunate)"
+from msk.constants import (
+    WRIST_CLASSES,
+    WRIST_CONF_THRESHOLD,
+    WRIST_CROP_TOP_DENOMINATOR,
+    WRIST_CROP_TOP_NUMERATOR,
+    WRIST_DETECTED_IOU,
+    WRIST_HEIGHT,
+    WRIST_WIDTH,
+)
+from training.recipe_schema import RecipeError
+
+TARGET_HELP = ("comma-separated: joints, bones and/or single structures "
+               f"({', '.join(WRIST_CLASSES)})")
 
 
 def _datasets(args: argparse.Namespace, targets: list[str]) -> dict[str, Path]:
@@ -36,7 +47,11 @@ def _train(args: argparse.Namespace) -> int:
     from training.wrist_train import load_recipe, train_detector
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    recipe = load_recipe(args.recipe)
+    try:
+        recipe = load_recipe(args.recipe)
+    except RecipeError as exc:
+        print(f"msk train wrist: {exc}", file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in (("epochs", args.epochs), ("imgsz", args.imgsz),
                                    ("batch", args.batch), ("device", args.device))
                  if v is not None}
@@ -53,7 +68,9 @@ def register_train(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "wrist", help="train wrist structure detectors (Ultralytics YOLO, offline)",
         description="Import labels (YOLO txt or Pascal VOC XML), preprocess like the study (crop "
-        "3/7, letterbox 1400x760, CLAHE), split by patient and train one detector per target. "
+        f"the top {WRIST_CROP_TOP_NUMERATOR}/{WRIST_CROP_TOP_DENOMINATOR}, letterbox "
+        f"{WRIST_HEIGHT}x{WRIST_WIDTH}, CLAHE), split by patient and train one detector per "
+        "target. "
         "Prints one JSON line per trained detector.")
     p.add_argument("--labels", help="folder with the radiographs (and their label files)")
     p.add_argument("--label-dir", help="folder with the label files if not next to the images")
@@ -89,7 +106,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "wrist", help="evaluate a wrist detector (P, R, F1, AP50, AP50-95, IoU>=0.65 rate)",
+        "wrist", help="evaluate a wrist detector (P, R, F1, AP50, AP50-95, "
+        f"IoU>={WRIST_DETECTED_IOU:g} rate)",
         description="Run a trained detector on a dataset split and write metrics.json, "
         "report.md, the confusion matrix and PR/F1 curves.")
     p.add_argument("--weights", required=True, help="trained detector (.pt)")
@@ -99,6 +117,7 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                    help="split to evaluate (default test)")
     p.add_argument("--out", default="runs/wrist/eval", help="report folder")
     p.add_argument("--imgsz", type=int, help="image size (default: the training size)")
-    p.add_argument("--conf", type=float, default=0.25,
-                   help="score threshold for the IoU>=0.65 detection rate (default 0.25)")
+    p.add_argument("--conf", type=float, default=WRIST_CONF_THRESHOLD,
+                   help=f"score threshold for the IoU>={WRIST_DETECTED_IOU:g} detection rate "
+                   f"(default {WRIST_CONF_THRESHOLD:g}, the served threshold)")
     p.set_defaults(handler=_evaluate)

@@ -66,7 +66,7 @@ def detection_rate(model, files: list[Path], names: dict[int, str], imgsz: tuple
 
 def evaluate_detector(weights: Path, data_yaml: Path, out_dir: Path, *, split: str = "val",
                       imgsz: int | None = None, conf: float = WRIST_CONF_THRESHOLD) -> dict:
-    from training.wrist_train import ultralytics_offline
+    from training.wrist_train import trained_imgsz, ultralytics_offline
 
     ultralytics_offline()
     from ultralytics import YOLO
@@ -75,7 +75,7 @@ def evaluate_detector(weights: Path, data_yaml: Path, out_dir: Path, *, split: s
     out_dir.mkdir(parents=True, exist_ok=True)
     model = YOLO(str(weights))
     if imgsz is None:
-        imgsz = int((getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz", 640))
+        imgsz = trained_imgsz(model)
     names = dict(model.names)
     val = model.val(data=str(Path(data_yaml).resolve()), split=split, imgsz=imgsz, batch=8,
                     rect=True, plots=True, device="cpu", project=str(out_dir), name="ultralytics",
@@ -134,7 +134,7 @@ class InProcessWristPipeline:
 
     def __init__(self, weights: dict[str, Path], conf: float = WRIST_CONF_THRESHOLD,
                  iou: float | None = None) -> None:
-        from training.wrist_train import ultralytics_offline
+        from training.wrist_train import trained_imgsz, ultralytics_offline
 
         ultralytics_offline()
         from ultralytics import YOLO
@@ -145,9 +145,7 @@ class InProcessWristPipeline:
         self.models = {}
         for key in ("joints", "bones"):
             model = YOLO(str(weights[key]))
-            imgsz = int((getattr(model, "ckpt", None) or {}).get("train_args", {})
-                        .get("imgsz", 640))
-            self.models[key] = (model, export_size(imgsz))
+            self.models[key] = (model, export_size(trained_imgsz(model)))
 
     def detect(self, image: np.ndarray) -> list[tuple[str, float, float, float, float, float]]:
         from training.wrist_preprocess import preprocess_wrist_uint8

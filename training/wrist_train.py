@@ -2,8 +2,8 @@
 
 `ultralytics_offline()` is the one place that makes Ultralytics safe on a machine without internet
 (and in CI): it must run before `ultralytics` is imported, and every wrist module that touches
-Ultralytics calls it first. What it sets (each item was seen reaching for the network otherwise,
-see the project's FACTS):
+Ultralytics calls it first. What it sets (each item was seen reaching for the network otherwise
+with Ultralytics 8.4):
   YOLO_OFFLINE=1, YOLO_AUTOINSTALL=0 (no run-time pip installs), YOLO_CONFIG_DIR (writable),
   MPLBACKEND=Agg + MPLCONFIGDIR, Arial.ttf / Arial.Unicode.ttf in the config dir (copied from
   matplotlib's bundled DejaVuSans: the font check downloads otherwise), settings sync=False,
@@ -14,21 +14,16 @@ see the project's FACTS):
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from msk.constants import DETECTOR_DEFAULT_IMGSZ
+from training.recipe_schema import WristRecipe, read_recipe
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RECIPES = Path(__file__).resolve().parent / "recipes"
-_TRAIN_KEYS = {
-    "epochs", "batch", "imgsz", "rect", "device", "workers", "cache", "seed", "optimizer", "lr0",
-    "lrf", "warmup_epochs", "patience", "mosaic", "fliplr", "flipud", "hsv_h", "hsv_s", "hsv_v",
-    "scale", "translate", "degrees", "time", "close_mosaic", "momentum", "weight_decay", "cos_lr",
-    "val", "nbs", "box", "cls", "dfl", "deterministic",
-}
 
 
 def cache_dir() -> Path:
@@ -64,18 +59,20 @@ def ultralytics_offline(config_dir: Path | None = None) -> Path:
     return config_dir
 
 
-def load_recipe(recipe: str | Path) -> dict:
+def load_recipe(recipe: str | Path) -> WristRecipe:
     """A recipe by name (`training/recipes/wrist_<name>.yaml`, e.g. 'study', 'cpu_proof', 'ci')
-    or by path."""
-    path = Path(recipe)
-    if not path.exists():
-        path = RECIPES / f"wrist_{recipe}.yaml"
-    if not path.exists():
-        names = sorted(p.stem.removeprefix("wrist_") for p in RECIPES.glob("wrist_*.yaml"))
-        raise FileNotFoundError(f"no wrist recipe {recipe!r}; available: {', '.join(names)}")
-    data = yaml.safe_load(path.read_text())
-    data.setdefault("name", path.stem)
-    return data
+    or by path, validated against the wrist schema (`training.recipe_schema`)."""
+    return read_recipe("wrist", recipe)
+
+
+def trained_imgsz(model) -> int:
+    """The `imgsz` a loaded Ultralytics model was trained at (the long side when a pair), or
+    Ultralytics' own default when its checkpoint does not say."""
+    imgsz = ((getattr(model, "ckpt", None) or {}).get("train_args", {})
+             .get("imgsz", DETECTOR_DEFAULT_IMGSZ))
+    if isinstance(imgsz, list | tuple):
+        imgsz = max(imgsz)
+    return int(imgsz)
 
 
 @dataclass
@@ -106,23 +103,24 @@ def read_losses(results_csv: Path) -> list[float]:
     return out
 
 
-def train_detector(data_yaml: Path, out_dir: Path, recipe: dict | str = "ci", *,
+def train_detector(data_yaml: Path, out_dir: Path, recipe: WristRecipe | str | Path = "ci", *,
                    target: str = "joints", weights: Path | None = None,
                    overrides: dict | None = None) -> TrainResult:
-    """Train one detector (joints, bones or a single structure) on an Ultralytics data.yaml."""
+    """Train one detector (joints, bones or a single structure) on an Ultralytics data.yaml.
+    `overrides` replace recipe fields (the command line's --epochs, --imgsz, ...)."""
     ultralytics_offline()
     import torch
     from ultralytics import YOLO
 
-    cfg = load_recipe(recipe) if isinstance(recipe, str | Path) else dict(recipe)
-    cfg.update(overrides or {})
+    cfg = recipe if isinstance(recipe, WristRecipe) else load_recipe(recipe)
+    cfg = dataclasses.replace(cfg, **(overrides or {}))
     if torch.get_num_threads() > (os.cpu_count() or 2):
         torch.set_num_threads(os.cpu_count() or 2)
-    source = str(weights) if weights else cfg.get("model", "yolo11n.yaml")
+    source = str(weights) if weights else cfg.model
     if source.endswith(".pt") and not Path(source).exists():
         raise FileNotFoundError(f"weights file {source} not found (nothing is downloaded)")
     model = YOLO(source)
-    args = {k: v for k, v in cfg.items() if k in _TRAIN_KEYS}
+    args = cfg.train_args()
     device = str(args.get("device", "cpu"))
     if device != "cpu" and not torch.cuda.is_available():
         args["device"] = "cpu"
@@ -141,4 +139,5 @@ def train_detector(data_yaml: Path, out_dir: Path, recipe: dict | str = "ci", *,
     best = run_dir / "weights" / "best.pt"
     last = run_dir / "weights" / "last.pt"
     return TrainResult(target, best if best.exists() else last, last, run_dir,
-                       int(args.get("imgsz", 640)), read_losses(run_dir / "results.csv"), metrics)
+                       cfg.imgsz or DETECTOR_DEFAULT_IMGSZ, read_losses(run_dir / "results.csv"),
+                       metrics)
