@@ -228,7 +228,8 @@ def _build(cls: type[R], data: Mapping, prefix: str = "") -> R:
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = [k for k in data if k not in hints]
     if unknown:
-        raise RecipeError(f"unknown key {prefix}{unknown[0]!r} (allowed: {', '.join(names)})")
+        raise RecipeError(f"unknown key {prefix + str(unknown[0])!r} (allowed: "
+                          f"{', '.join(names)})")
     values = {k: _check_value(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

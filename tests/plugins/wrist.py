@@ -58,6 +58,7 @@ def _wrist_key() -> str:
     digest.update(f"{CI_IMAGES}:{CI_SEED}".encode() + _wrist_constants())
     for pattern in ("training/wrist_synthetic.py", "training/wrist_labels.py",
                     "training/wrist_preprocess.py", "training/wrist_train.py",
+                    "training/recipe_schema.py",
                     "training/recipes/wrist_ci.yaml", "msk/wrist_geometry.py"):
         for path in sorted(ROOT.glob(pattern)):
             digest.update(path.name.encode() + path.read_bytes())
