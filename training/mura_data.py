@@ -316,7 +316,7 @@ class MuraImageDataset:
         record = self.records[index]
         try:
             pixels = preprocess_mura(load_image(record.path), size=self.image_size)
-        except Exception as exc:  # name the image: one bad file must be findable among 40k
+        except Exception as exc:  # why: any decode/preprocess failure must name its file
             raise DatasetError(f"{record.path}: cannot be read/preprocessed: {exc}") from exc
         if self._cache is not None:
             self._cache[index] = pixels

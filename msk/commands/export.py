@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     except ExportAborted as exc:
         print(f"msk export: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # noqa: BLE001 - any failure of any exporter: report, repo untouched
+    except Exception as exc:  # why: any exporter's failure is reported; the repo is untouched
         log.exception("export failed")
         print(f"msk export: failed ({type(exc).__name__}: {exc}); {args.repository} was left "
               "as it was", file=sys.stderr)
