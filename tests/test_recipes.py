@@ -107,6 +107,15 @@ def test_bad_recipes_are_refused_naming_source_and_key(family: str, change: dict
         parse_recipe(family, base | change, "my.yaml")
 
 
+def test_exponents_without_a_dot_are_numbers(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML) reads `1e-4` as a string; a recipe author means the number."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: r\nmember: m\narchitecture: tiny\nlr: 1e-4\n"
+                    "reduce_lr_on_plateau: {min_lr: 1e-07}\n")
+    recipe = read_recipe("mura", path)
+    assert (recipe.lr, recipe.reduce_lr_on_plateau.min_lr) == (1e-4, 1e-7)
+
+
 def test_missing_keys_and_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=r"x\.yaml: missing key\(s\) member, architecture"):
         parse_recipe("mura", {"name": "x"}, "x.yaml")

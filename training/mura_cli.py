@@ -19,6 +19,7 @@ from training.recipe_schema import (
     DEFAULT_OPERATING_POINT,
     DEFAULT_TARGET_SENSITIVITY,
     OPERATING_POINT_METHODS,
+    PREDICT_BATCH_SIZE,
     MuraRecipe,
     RecipeError,
 )
@@ -113,7 +114,8 @@ def register_evaluate(subparsers: argparse._SubParsersAction) -> None:
                    help="threshold rule for --fit-operating-points")
     p.add_argument("--target-sensitivity", type=float, default=DEFAULT_TARGET_SENSITIVITY,
                    help="sensitivity to reach with --operating-point sensitivity")
-    p.add_argument("--batch-size", type=int, default=16, help="inference batch size")
+    p.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE,
+                   help=f"inference batch size (default {PREDICT_BATCH_SIZE})")
     p.set_defaults(handler=run_evaluate)
 
 

@@ -40,7 +40,11 @@ from training.mura_metrics import (
     metrics_with_intervals,
     roc_curve,
 )
-from training.recipe_schema import DEFAULT_OPERATING_POINT, DEFAULT_TARGET_SENSITIVITY
+from training.recipe_schema import (
+    DEFAULT_OPERATING_POINT,
+    DEFAULT_TARGET_SENSITIVITY,
+    PREDICT_BATCH_SIZE,
+)
 
 log = logging.getLogger("msk.evaluate.mura")
 ENSEMBLE = "ensemble"
@@ -60,7 +64,7 @@ class Predictions:
 
 
 def member_predictions(checkpoint_path: Path, records: Sequence[Record], device: str = "cpu",
-                       batch_size: int = 16, cache: bool = False,
+                       batch_size: int = PREDICT_BATCH_SIZE, cache: bool = False,
                        progress: bool = False) -> Predictions:
     """Run one checkpoint over the records at the image size it was trained at."""
     from training.mura_data import MuraImageDataset
@@ -223,7 +227,7 @@ def _markdown(results: dict[str, dict], meta: dict, plots: dict[str, str]) -> st
 
 def evaluate(checkpoints: dict[str, Path], records: Sequence[Record], out_dir: Path, *,
              split_name: str = "test", ensemble_points: dict[str, float] | None = None,
-             device: str = "cpu", batch_size: int = 16, n_bootstrap: int = 1000,
+             device: str = "cpu", batch_size: int = PREDICT_BATCH_SIZE, n_bootstrap: int = 1000,
              seed: int = 0, cache: bool = False, progress: bool = False) -> dict:
     """Score every checkpoint (and their mean when there are several); write the report."""
     out_dir = Path(out_dir)

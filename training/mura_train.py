@@ -28,7 +28,13 @@ from training.mura_data import (
     fingerprint,
     with_duplicated_abnormal,
 )
-from training.recipe_schema import MuraRecipe, RecipeError, parse_recipe, read_recipe
+from training.recipe_schema import (
+    PREDICT_BATCH_SIZE,
+    MuraRecipe,
+    RecipeError,
+    parse_recipe,
+    read_recipe,
+)
 
 log = logging.getLogger("msk.train.mura")
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_auroc", "lr", "seconds")
@@ -99,8 +105,8 @@ def _batches(dataset: MuraImageDataset, order: Sequence[int], batch_size: int, n
         yield torch.stack([it[0] for it in items]), torch.stack([it[1] for it in items])
 
 
-def predict_logits(model, dataset: MuraImageDataset, batch_size: int = 16, device: str = "cpu",
-                   num_workers: int = 0, progress: bool = False) -> np.ndarray:
+def predict_logits(model, dataset: MuraImageDataset, batch_size: int = PREDICT_BATCH_SIZE,
+                   device: str = "cpu", num_workers: int = 0, progress: bool = False) -> np.ndarray:
     """Eval-mode logits for every record of `dataset`, in order."""
     import torch
     from tqdm import tqdm

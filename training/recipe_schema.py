@@ -14,6 +14,7 @@ Import-light (yaml + `msk.constants`): `msk train --help` and the tests read rec
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -37,6 +38,9 @@ DEFAULT_OPERATING_POINT = "youden"
 DEFAULT_TARGET_SENSITIVITY = 0.9
 """The study recipes' calibration, also the defaults of `msk evaluate mura --fit-operating-points`
 and of the calibration after `msk train mura` trained all four members."""
+PREDICT_BATCH_SIZE = 16
+"""Inference batch when a trained member is calibrated or evaluated (`msk evaluate mura
+--batch-size`); without gradients twice the training batch fits where training did."""
 
 MURA_RECIPE_ARCHITECTURES = (*sorted(set(MURA_ARCHITECTURES.values())), MURA_TINY_ARCHITECTURE)
 """Architectures a MURA recipe may name (`training.mura_models.build_backbone` builds them)."""
@@ -195,6 +199,9 @@ FAMILIES: dict[str, type] = {"mura": MuraRecipe, "wrist": WristRecipe}
 R = TypeVar("R")
 
 
+_FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check_value(value: Any, hint: Any, where: str) -> Any:
     """`value` converted to `hint` (int -> float is the only widening), else a RecipeError."""
     if dataclasses.is_dataclass(hint):
@@ -215,6 +222,9 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
         names = " or ".join("null" if o is type(None) else o.__name__ for o in options)
         raise RecipeError(f"{where}: expected {names}, got {value!r}")
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        # PyYAML reads YAML 1.1, where `1e-4` (no dot) is a string, not a float
         return float(value)
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
