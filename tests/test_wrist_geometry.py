@@ -9,6 +9,7 @@ from msk.constants import WRIST_HEIGHT, WRIST_WIDTH
 from msk.imaging import to_uint8
 from msk.wrist_geometry import (
     StudyLetterbox,
+    crop_top_rows,
     decode_detections,
     detector_letterbox,
     export_size,
@@ -17,6 +18,13 @@ from msk.wrist_geometry import (
 from training.wrist_preprocess import letterbox_canvas, preprocess_wrist
 
 SIZES = [(2000, 1500), (1200, 300), (701, 2400), (3000, 3000), (15, 9), (1400, 760)]
+
+
+def test_the_crop_is_the_studys_top_three_sevenths() -> None:
+    """The one crop rule (msk.constants' ratio, integer arithmetic) is what the letterbox uses."""
+    for h in (2, 6, 7, 8, 700, 701, 2048, 4999):
+        assert crop_top_rows(h) == (3 * h) // 7
+        assert study_letterbox(h, 500).crop_top == crop_top_rows(h)
 
 
 @pytest.mark.parametrize("size", SIZES)
