@@ -1,4 +1,4 @@
-"""Benchmark: MURA ensemble throughput, Triton over gRPC vs in-process baselines (issue #2).
+"""Benchmark: MURA ensemble throughput, Triton over gRPC vs in-process baselines.
 
 Measured in one run on the same images:
   a) the four backbones in PyTorch eager, one process, batches of 8 (the researcher's script);

@@ -32,7 +32,7 @@ from typing import ClassVar
 from msk.constants import DEFAULT_HOST
 from server.runtime import TritonRuntime, locate_runtime
 
-SHM_DEFAULT_BYTES = 16 * 1024 * 1024      # FACTS: below 4 MiB the server exits
+SHM_DEFAULT_BYTES = 16 * 1024 * 1024      # tritonserver exits with a smaller pool (< 4 MiB)
 SHM_GROWTH_BYTES = 16 * 1024 * 1024
 LATENCY_QUANTILES = "0.5:0.05,0.9:0.01,0.95:0.005,0.99:0.001"
 GUARD = Path(__file__).resolve().parent / "guard.py"
