@@ -17,10 +17,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from msk.constants import CAM_TENSOR, PIXELS_TENSOR, PROBABILITY_TENSOR
+from msk.constants import CAM_TENSOR, ONNX_OPSET, PIXELS_TENSOR, PROBABILITY_TENSOR
 from training.models import MuraBackbone
 
-OPSET = 18
 PARITY_TOLERANCE = 1e-4
 
 
@@ -50,7 +49,7 @@ def export_backbone(backbone: MuraBackbone, out_path: Path, image_size: int,
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")   # legacy-exporter deprecation chatter
         torch.onnx.export(
-            module, (example,), buffer, dynamo=False, opset_version=OPSET,
+            module, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
             input_names=[PIXELS_TENSOR], output_names=[PROBABILITY_TENSOR, CAM_TENSOR],
             dynamic_axes={PIXELS_TENSOR: {0: "batch"}, PROBABILITY_TENSOR: {0: "batch"},
                           CAM_TENSOR: {0: "batch"}},

@@ -33,6 +33,7 @@ from msk.constants import (  # noqa: F401 - the wrist names are re-exported for 
     BOXES_TENSOR,
     CLASSES_TENSOR,
     DETECTOR_PAD_VALUE,
+    GEOMETRY_FIELDS,
     SCORES_TENSOR,
     WRIST_BONES_MODEL,
     WRIST_CONF_THRESHOLD,
@@ -53,8 +54,6 @@ _CROP_NUM = round(WRIST_CROP_TOP_FRACTION * 7)
 _CROP_DEN = 7
 assert abs(_CROP_NUM / _CROP_DEN - WRIST_CROP_TOP_FRACTION) < 1e-12, "crop fraction must be k/7"
 
-GEOMETRY_FIELDS = ("orig_h", "orig_w", "crop_top", "new_h", "new_w", "pad_top", "pad_left")
-"""Order of the INT64 geometry vector the preprocessing model hands to the postprocessing model."""
 
 
 @dataclass(frozen=True)

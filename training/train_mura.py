@@ -149,7 +149,7 @@ def train_member(
     import torch
     from tqdm import tqdm
 
-    from export.manifest import current_commit
+    from msk.provenance import current_commit
     from training.augment import AugmentSpec, augment_batch
     from training.calibration import (
         apply_temperature,
