@@ -85,8 +85,17 @@ def test_gpu_repository_from_both_families(tiny_repository: Path, wrist_reposito
     expected = render_mura_configs("gpu") | render_wrist_configs("gpu", params["in_h"],
                                                                  params["in_w"])
     assert configs == expected
+    # The compose `engines` command, run without numpy (the TensorRT container need not have it).
+    no_numpy = ("import sys; sys.modules['numpy'] = None; from export.gpu_repository import main; "
+                "sys.exit(main(sys.argv[1:]))")
+    res = subprocess.run([sys.executable, "-c", no_numpy, "--source", str(source),
+                          "--out", str(tmp_path / "gpu2")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"{len(expected)} models" in res.stderr
     for name, text in expected.items():
-        assert (tmp_path / "gpu" / name / "config.pbtxt").read_text() == text
+        assert (tmp_path / "gpu2" / name / "config.pbtxt").read_text() == text
+    assert (tmp_path / "gpu2" / "wrist_joints" / "1" / "model.onnx").is_file()
 
 
 def test_one_policy_for_both_families() -> None:
