@@ -1,8 +1,9 @@
 """Export one ensemble member to ONNX: PIXELS [B,3,S,S] -> PROBABILITY [B,1], CAM [B,h,w].
 
-Legacy TorchScript-based exporter (`dynamo=False`), opset 18, dynamic batch axis. Every export is
-verified twice before it is used: `onnx.checker` and a numerical parity check against PyTorch on
-random inputs (max abs difference <= 1e-4), so a broken artifact never reaches the repository.
+Legacy TorchScript-based exporter (`dynamo=False`), opset `msk.constants.ONNX_OPSET`, dynamic
+batch axis. Every export is verified twice before it is used: `onnx.checker` and a numerical
+parity check against PyTorch on random inputs (max abs difference <= 1e-4), so a broken artifact
+never reaches the repository.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def read_onnx_metadata(path: Path) -> tuple[tuple[str, ...], int, int]:
 
 def export_detector(weights: Path, out_path: Path, *, size: tuple[int, int] | None = None,
                     ) -> ExportedDetector:
-    """`.pt` -> ONNX (opset 18, dynamic batch, raw head) at `size` (default: the training size)."""
+    """`.pt` -> ONNX (opset `ONNX_OPSET`, dynamic batch, raw head) at `size` (default: the
+    training size)."""
     from training.wrist_train import ultralytics_offline
 
     ultralytics_offline()

@@ -36,6 +36,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from msk.constants import (
+    DETECTOR_PAD_VALUE,
+    GEOMETRY_FIELDS,
     GEOMETRY_TENSOR,
     IMAGE_TENSOR,
     PIXELS_TENSOR,
@@ -47,7 +49,7 @@ from msk.constants import (
     WRIST_WIDTH,
 )
 from msk.graphs import onnx_model
-from msk.wrist_geometry import DETECTOR_PAD_VALUE, GEOMETRY_FIELDS, detector_letterbox
+from msk.wrist_geometry import detector_letterbox
 
 
 class _Graph:
