@@ -18,7 +18,7 @@ detectors' input size does: it is the size they were exported at, see `wrist_spe
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from msk.constants import (
     BOXES_TENSOR,
@@ -122,7 +122,7 @@ class ModelSpec:
     cpu_only: bool = False                     # numpy python models: KIND_CPU on every target
     gpu_platform: str | None = None            # engine replacing the ONNX on the gpu target
     steps: tuple[Step, ...] = ()
-    parameters: tuple[tuple[str, str], ...] = field(default=())
+    parameters: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_ensemble(self) -> bool:

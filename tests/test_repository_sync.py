@@ -104,10 +104,10 @@ def test_one_policy_for_both_families() -> None:
     batched = [s for s in specs if s.max_batch_size]
     assert {s.name for s in batched} >= {"densenet169_a", "wrist_joints", "wrist_bones"}
     assert all(s.batching == BATCHED for s in batched)
-    cpu = committed_configs()
+    committed = committed_configs()
     for target in ("cpu", "gpu"):
         for spec in specs:
-            text = cpu[Path("export/generated") / target / spec.name / "config.pbtxt"]
+            text = committed[Path("export/generated") / target / spec.name / "config.pbtxt"]
             if spec.is_ensemble:
                 assert "instance_group" not in text and "version_policy" not in text
                 assert text.count("model_version: -1") == len(spec.steps)
