@@ -18,14 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from clients.tls import GrpcTls, client_kwargs
-from msk.constants import DEFAULT_GRPC_URL, IMAGE_TENSOR, WRIST_DETECT_MODEL
-from msk.imaging import RadiographError, load_grayscale
-from msk.wrist_geometry import (
+from msk.constants import (
     BOXES_TENSOR,
     CLASSES_TENSOR,
+    DEFAULT_GRPC_URL,
+    IMAGE_TENSOR,
     SCORES_TENSOR,
+    WRIST_DETECT_MODEL,
     WRIST_PROVENANCE_TENSOR,
 )
+from msk.imaging import RadiographError, load_grayscale
 
 ImageSource = np.ndarray | str | Path | bytes
 

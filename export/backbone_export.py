@@ -1,8 +1,9 @@
 """Export one ensemble member to ONNX: PIXELS [B,3,S,S] -> PROBABILITY [B,1], CAM [B,h,w].
 
-Legacy TorchScript-based exporter (`dynamo=False`), opset 18, dynamic batch axis. Every export is
-verified twice before it is used: `onnx.checker` and a numerical parity check against PyTorch on
-random inputs (max abs difference <= 1e-4), so a broken artifact never reaches the repository.
+Legacy TorchScript-based exporter (`dynamo=False`), opset `msk.constants.ONNX_OPSET`, dynamic
+batch axis. Every export is verified twice before it is used: `onnx.checker` and a numerical
+parity check against PyTorch on random inputs (max abs difference <= 1e-4), so a broken artifact
+never reaches the repository.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from msk.constants import CAM_TENSOR, PIXELS_TENSOR, PROBABILITY_TENSOR
+from msk.constants import CAM_TENSOR, ONNX_OPSET, PIXELS_TENSOR, PROBABILITY_TENSOR
 from training.mura_models import MuraBackbone
 
-OPSET = 18
 PARITY_TOLERANCE = 1e-4
 
 
@@ -50,7 +50,7 @@ def export_backbone(backbone: MuraBackbone, out_path: Path, image_size: int,
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")   # legacy-exporter deprecation chatter
         torch.onnx.export(
-            module, (example,), buffer, dynamo=False, opset_version=OPSET,
+            module, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
             input_names=[PIXELS_TENSOR], output_names=[PROBABILITY_TENSOR, CAM_TENSOR],
             dynamic_axes={PIXELS_TENSOR: {0: "batch"}, PROBABILITY_TENSOR: {0: "batch"},
                           CAM_TENSOR: {0: "batch"}},

@@ -1,14 +1,15 @@
-"""Assemble the GPU variant of a model repository from the CPU one `msk export` builds.
+"""Write the GPU variant of a model repository that `msk export` built for the CPU.
 
-Same source of truth, different target: configs come from `export.configs.render_mura_configs(
-"gpu")` (backbones as `tensorrt_plan`, every model `KIND_GPU`, backbone warm-up at batch 1 and the
-max batch size); artifacts are the very ONNX files of the CPU repository, version by version.
+Not a second description: the configs are `export.configs.render(spec, "gpu")` of the very specs
+`msk export --target gpu` renders (`export.model_specs`), for every pipeline the source holds -
+MURA, and wrist at the input size its detectors were exported at (read from the postprocessing
+model's params.json). Artifacts are the very files of the CPU repository, version by version.
 Backbone versions keep `model.onnx` beside the `model.plan` that `export.tensorrt` then builds on
-the target GPU (Triton's TensorRT backend reads only `model.plan`). Models outside the MURA
-pipeline (e.g. the wrist detector) are copied unchanged.
+the target GPU (Triton's TensorRT backend reads only `model.plan`).
 
-Runs inside NVIDIA's TensorRT container (compose `engines` service): standard library and
-`msk.constants`/`export.configs` only.
+Why this entry point exists beside `msk export --target gpu`: it runs inside NVIDIA's TensorRT
+container (compose `engines` service), which has neither torch nor the `msk` console script, on
+a repository already exported elsewhere. Standard library and `msk.constants`/`export.configs`:
 
     python3 -m export.gpu_repository --source model_repository --out /models
 """
@@ -16,13 +17,15 @@ Runs inside NVIDIA's TensorRT container (compose `engines` service): standard li
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from export.configs import render_mura_configs
-from msk.constants import MURA_IMAGE_SIZE
+from export.configs import render
+from export.model_specs import ModelSpec, mura_specs, wrist_specs
+from msk.constants import MURA_IMAGE_SIZE, WRIST_POSTPROCESS_MODEL
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -46,14 +49,32 @@ def _copy_tree(src: Path, dst: Path) -> None:
             _copy_file(path, dst / path.relative_to(src))
 
 
+def _wrist_input_size(source: Path) -> tuple[int, int] | None:
+    """The detectors' input size of the newest wrist version in `source` (None: no wrist)."""
+    folder = source / WRIST_POSTPROCESS_MODEL
+    versions = sorted((p for p in folder.glob("[0-9]*") if p.name.isdigit()),
+                      key=lambda p: int(p.name)) if folder.is_dir() else []
+    if not versions:
+        return None
+    params = json.loads((versions[-1] / "params.json").read_text())
+    return int(params["in_h"]), int(params["in_w"])
+
+
+def source_specs(source: Path, image_size: int = MURA_IMAGE_SIZE) -> tuple[ModelSpec, ...]:
+    """The specs of every pipeline `source` holds (MURA always; wrist when it was exported)."""
+    wrist = _wrist_input_size(source)
+    return mura_specs(image_size) + (wrist_specs(*wrist) if wrist else ())
+
+
 def assemble_gpu_repository(source: Path, out: Path, image_size: int = MURA_IMAGE_SIZE
                             ) -> dict[str, str]:
     """Write the GPU repository under `out`; return model name -> GPU config text.
 
-    Fails with a clear message when the source lacks a MURA model or any version of it, since a
-    GPU repository with a hole would only fail later inside the container.
+    Fails with a clear message when the source lacks a model or any version of it, since a GPU
+    repository with a hole would only fail later inside the container.
     """
-    configs = render_mura_configs("gpu", image_size=image_size)
+    specs = source_specs(source, image_size)
+    configs = {spec.name: render(spec, "gpu") for spec in specs}
     out.mkdir(parents=True, exist_ok=True)
     for loose in sorted(p for p in source.iterdir() if p.is_file()):
         if not loose.name.startswith("."):
@@ -61,19 +82,19 @@ def assemble_gpu_repository(source: Path, out: Path, image_size: int = MURA_IMAG
     for model_dir in sorted(p for p in source.iterdir() if p.is_dir()):
         if model_dir.name in configs or not (model_dir / "config.pbtxt").is_file():
             continue
-        _copy_tree(model_dir, out / model_dir.name)  # non-MURA models: unchanged
-    for name, text in configs.items():
-        src_dir = source / name
+        _copy_tree(model_dir, out / model_dir.name)  # models of no known pipeline: unchanged
+    for spec in specs:
+        src_dir = source / spec.name
         if not (src_dir / "config.pbtxt").is_file():
             raise FileNotFoundError(f"{src_dir}: missing from the source repository "
                                     "(run `msk export` first)")
         versions = sorted(p for p in src_dir.iterdir() if p.is_dir() and p.name.isdigit())
-        if not versions and "ensemble" not in text:
+        if not versions and not spec.is_ensemble:
             raise FileNotFoundError(f"{src_dir}: no version folder (run `msk export` first)")
         for version in versions:
-            (out / name / version.name).mkdir(parents=True, exist_ok=True)  # ensembles: empty
-            _copy_tree(version, out / name / version.name)
-        (out / name / "config.pbtxt").write_text(text)
+            (out / spec.name / version.name).mkdir(parents=True, exist_ok=True)  # ensembles
+            _copy_tree(version, out / spec.name / version.name)
+        (out / spec.name / "config.pbtxt").write_text(configs[spec.name])
     return configs
 
 
@@ -90,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"export.gpu_repository: {exc}", file=sys.stderr)
         return 1
-    print(f"export.gpu_repository: {len(configs)} MURA models -> {args.out}", file=sys.stderr)
+    print(f"export.gpu_repository: {len(configs)} models -> {args.out}", file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,16 +34,6 @@ def artifact_record(root: Path, model: str, version: int, path: Path) -> dict:
     return {"model": model, "version": int(version),
             "path": full.relative_to(Path(root).resolve()).as_posix(),
             "sha256": sha256_file(full), "bytes": full.stat().st_size}
-
-
-def current_commit() -> str:
-    """The source commit, or "unknown" outside a git checkout (recorded, never required)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10, check=False)
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def load_manifest(repository: Path) -> dict:

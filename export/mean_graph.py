@@ -25,8 +25,7 @@ from msk.constants import (
     member_cam_tensor,
     member_probability_tensor,
 )
-
-OPSET = 18
+from msk.graphs import onnx_model
 
 
 def build_mean_graph(members: list[str], biases: list[float], temperatures: list[float],
@@ -81,8 +80,6 @@ def build_mean_graph(members: list[str], biases: list[float], temperatures: list
         helper.make_tensor_value_info(PROVENANCE_TENSOR, TensorProto.STRING, [1]),
     ]
     graph = helper.make_graph(nodes, "mura_mean", inputs, outputs, initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="msk-triton")
-    model.ir_version = 8
+    model = onnx_model(graph)
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -29,7 +29,6 @@ from export.consistency import (
 )
 from export.manifest import (
     artifact_record,
-    current_commit,
     load_manifest,
     merged_manifest,
     sha256_file,
@@ -50,6 +49,7 @@ from msk.constants import (
     MURA_TINY_ARCHITECTURE,
     WRIST_DETECT_MODEL,
 )
+from msk.provenance import current_commit
 
 log = logging.getLogger("msk.export")
 WEIGHTS_DEMO = "untrained-demo"
@@ -219,7 +219,7 @@ def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members
     """Write the preprocessing and averaging graphs and the ensemble folder; return the records
     and the version's provenance."""
     from export.mean_graph import build_mean_graph
-    from export.preprocess_graph import build_preprocess_graph
+    from msk.graphs.mura_preprocess import build_preprocess_graph
 
     pre_path = out_dir / MURA_PREPROCESS_MODEL / str(version) / "model.onnx"
     pre_path.parent.mkdir(parents=True, exist_ok=True)

@@ -155,7 +155,7 @@ class RepositoryTransaction:
             for rel in moved + replaced:
                 (self.repository / rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.stage / rel, self.repository / rel)
-        except BaseException:
+        except BaseException:  # why: even Ctrl-C / SIGTERM mid-move must roll back, re-raised
             _undo(self.repository, journal)
             (self.repository / JOURNAL_NAME).unlink()
             raise

@@ -38,8 +38,9 @@ DEFAULT_WORKSPACE_MIB = 4096
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """What engine building needs from a `config.pbtxt`."""
+class EngineSpec:
+    """What engine building needs from a `config.pbtxt` (read back from the repository it
+    builds for, which may have been exported by another version of `export.model_specs`)."""
 
     name: str
     platform: str
@@ -61,7 +62,7 @@ _TENSOR = re.compile(r'name:\s*"([^"]+)"[^}]*?dims:\s*\[([^\]]*)\]', re.DOTALL)
 _PREFERRED = re.compile(r"preferred_batch_size:\s*\[([^\]]*)\]")
 
 
-def parse_config(text: str) -> ModelSpec:
+def parse_config(text: str) -> EngineSpec:
     """Read name, platform, batch limits and input dims from `config.pbtxt` text."""
     name = _NAME.search(text)
     if name is None:
@@ -74,7 +75,7 @@ def parse_config(text: str) -> ModelSpec:
         for m in _TENSOR.finditer(block.group(1) if block else "")
     )
     preferred = _PREFERRED.search(text)
-    return ModelSpec(
+    return EngineSpec(
         name=name.group(1),
         platform=platform.group(1) if platform else "",
         max_batch_size=int(max_batch.group(1)) if max_batch else 0,
@@ -84,7 +85,7 @@ def parse_config(text: str) -> ModelSpec:
     )
 
 
-def profile_shapes(spec: ModelSpec) -> dict[str, tuple[str, str, str]]:
+def profile_shapes(spec: EngineSpec) -> dict[str, tuple[str, str, str]]:
     """input name -> (min, opt, max) shape strings for trtexec (`1x3x320x320` style)."""
     if any(d < 0 for _, dims in spec.inputs for d in dims):
         raise ValueError(f"{spec.name}: TensorRT profiles need fixed non-batch dims")
@@ -98,7 +99,7 @@ def profile_shapes(spec: ModelSpec) -> dict[str, tuple[str, str, str]]:
     return shapes
 
 
-def trtexec_command(trtexec: str, onnx: Path, plan: Path, spec: ModelSpec,
+def trtexec_command(trtexec: str, onnx: Path, plan: Path, spec: EngineSpec,
                     timing_cache: Path | None, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
                     fp16: bool = True) -> list[str]:
     shapes = profile_shapes(spec)

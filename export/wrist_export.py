@@ -4,7 +4,7 @@ The detector input is the study canvas (1400 x 760) letterboxed the way Ultralyt
 does it to `export_size(imgsz)`: a multiple of the 32-pixel stride, so 1400 x 760 -> 1408 x 768
 (scale 1408/1400, 2 grey columns each side). Training at `imgsz` already saw the canvas at that
 scale, so exporting at the training size keeps train and serve identical; the preprocessing graph
-(`export/wrist_preprocess_graph.py`) is built for the same size, read back from the ONNX metadata.
+(`msk/graphs/wrist_preprocess.py`) is built for the same size, read back from the ONNX metadata.
 
 The ONNX has a dynamic batch axis (Triton's dynamic batcher groups concurrent requests) and emits
 the raw head `[B, 4 + nc, anchors]`; NMS runs in the postprocessing model, as in Ultralytics.
@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.manifest import sha256_file
+from export.model_specs import detector_anchors
+from msk.constants import ONNX_OPSET
 from msk.wrist_geometry import export_size
-
-ONNX_OPSET = 18
-DETECTOR_INPUT = "images"     # Ultralytics' ONNX tensor names
-DETECTOR_OUTPUT = "output0"
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class ExportedDetector:
 
     @property
     def anchors(self) -> int:
-        return sum((self.in_h // s) * (self.in_w // s) for s in (8, 16, 32))
+        return detector_anchors(self.in_h, self.in_w)
 
 
 def checkpoint_info(weights: Path) -> tuple[tuple[str, ...], int]:
@@ -66,7 +64,8 @@ def read_onnx_metadata(path: Path) -> tuple[tuple[str, ...], int, int]:
 
 def export_detector(weights: Path, out_path: Path, *, size: tuple[int, int] | None = None,
                     ) -> ExportedDetector:
-    """`.pt` -> ONNX (opset 18, dynamic batch, raw head) at `size` (default: the training size)."""
+    """`.pt` -> ONNX (opset `ONNX_OPSET`, dynamic batch, raw head) at `size` (default: the
+    training size)."""
     from training.wrist_train import ultralytics_offline
 
     ultralytics_offline()

@@ -129,6 +129,36 @@ BOXES_TENSOR = "BOXES"            # FP32 [N, 4] x1, y1, x2, y2 in original pixel
 CLASSES_TENSOR = "CLASSES"        # BYTES [N] class names (WRIST_CLASSES)
 SCORES_TENSOR = "SCORES"          # FP32 [N]
 WRIST_PROVENANCE_TENSOR = "PROVENANCE"  # BYTES [1] JSON: detector versions, sha256, sizes
+GEOMETRY_TENSOR = "GEOMETRY"      # INT64 [7] study letterbox, GEOMETRY_FIELDS order
+GEOMETRY_FIELDS = ("orig_h", "orig_w", "crop_top", "new_h", "new_w", "pad_top", "pad_left")
+"""Order of the INT64 geometry vector the preprocessing model hands to the postprocessing model
+(`msk.wrist_geometry.StudyLetterbox`)."""
+WRIST_CANVAS_TENSOR = "CANVAS"    # UINT8 [1400, 760] CLAHE canvas (debug graphs only, parity tests)
+# The wrist preprocessing model reads IMAGE_TENSOR and writes PIXELS_TENSOR like mura_preprocess.
+DETECTOR_INPUT_TENSOR = "images"  # Ultralytics' ONNX tensor names (set by its exporter)
+DETECTOR_OUTPUT_TENSOR = "output0"
+WRIST_DETECTORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "joints": (WRIST_JOINTS_MODEL, WRIST_JOINT_CLASSES),
+    "bones": (WRIST_BONES_MODEL, WRIST_BONE_CLASSES),
+}
+"""Detector key (`--wrist-joints`, `--wrist-bones`) -> (Triton model, class names)."""
+
+
+def detector_raw_tensor(key: str) -> str:
+    """Name of the ensemble-internal tensor carrying one detector's raw head (e.g. JOINTS_RAW)."""
+    return f"{key.upper()}_RAW"
+
+
+# --------------------------------------------------------------------------------------------
+# ONNX artifacts (every graph written by msk.graphs and export, and the detector export)
+# --------------------------------------------------------------------------------------------
+ONNX_OPSET = 18
+"""Opset of every ONNX file we write: torch 2.14's exporter honours 18 (not 17), Ultralytics
+exports it, and Triton 2.51's ONNX Runtime and TensorRT 10 read it."""
+
+ONNX_IR_VERSION = 8
+"""IR version of the graphs built with `onnx.helper`: pinned rather than the onnx package's
+newest, so upgrading onnx does not change the files (and SHA-256s) an export writes."""
 
 
 # --------------------------------------------------------------------------------------------

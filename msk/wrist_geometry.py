@@ -34,6 +34,7 @@ from msk.constants import (  # noqa: F401 - the wrist names are re-exported for 
     BOXES_TENSOR,
     CLASSES_TENSOR,
     DETECTOR_PAD_VALUE,
+    GEOMETRY_FIELDS,
     SCORES_TENSOR,
     WRIST_BONES_MODEL,
     WRIST_CONF_THRESHOLD,
@@ -58,8 +59,6 @@ def crop_top_rows(orig_h: int) -> int:
     return (WRIST_CROP_TOP_NUMERATOR * orig_h) // WRIST_CROP_TOP_DENOMINATOR
 
 
-GEOMETRY_FIELDS = ("orig_h", "orig_w", "crop_top", "new_h", "new_w", "pad_top", "pad_left")
-"""Order of the INT64 geometry vector the preprocessing model hands to the postprocessing model."""
 
 
 @dataclass(frozen=True)

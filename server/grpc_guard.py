@@ -120,7 +120,7 @@ class GrpcGuard:
         self._loop = asyncio.new_event_loop()
         try:
             self._loop.run_until_complete(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:  # noqa: BLE001 - why: any failure is reported to start()
             self._error = exc
             self._ready.set()
         finally:

@@ -72,7 +72,7 @@ class StubWatch:
         if server.process.pid != self._pid:           # first look after a (re)start
             try:
                 self._expected = served_models(f"127.0.0.1:{server.grpc_port}")
-            except Exception:  # noqa: BLE001 - not answering yet: look again at the next poll
+            except Exception:  # noqa: BLE001 - why: not answering yet, look again next poll
                 return None
             self._pid = server.process.pid
         live = stub_models(server.process.pid)

@@ -94,7 +94,7 @@ class ShmJanitor:
                 self.swept += 1
                 self.say(f"msk serve: unregistered stale shared memory {region.name!r} "
                          f"({region.reason})")
-        except Exception as exc:  # noqa: BLE001 - a failed sweep is retried at the next interval
+        except Exception as exc:  # noqa: BLE001 - why: a failed sweep is retried next interval
             log.debug("shared-memory sweep failed: %s", exc)
         finally:
             client.close()

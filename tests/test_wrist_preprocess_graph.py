@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.wrist_preprocess_graph import build_preprocess_graph
+from msk.graphs.wrist_preprocess import build_preprocess_graph
 from msk.imaging import to_uint8
 from msk.wrist_geometry import detector_letterbox, study_letterbox
 from training.wrist_preprocess import detector_input, preprocess_wrist_uint8

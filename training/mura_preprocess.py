@@ -1,6 +1,6 @@
 """MURA preprocessing for training: runs the server's own ONNX graph through onnxruntime.
 
-Training and serving therefore share one definition (`export.preprocess_graph`); a test also
+Training and serving therefore share one definition (`msk.graphs.mura_preprocess`); a test also
 checks the served result against this function.
 """
 
@@ -11,8 +11,8 @@ from functools import lru_cache
 import numpy as np
 import onnxruntime as ort
 
-from export.preprocess_graph import build_preprocess_graph
 from msk.constants import IMAGE_TENSOR, MURA_IMAGE_SIZE
+from msk.graphs.mura_preprocess import build_preprocess_graph
 
 
 @lru_cache(maxsize=8)

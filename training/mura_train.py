@@ -151,7 +151,7 @@ def train_member(
     import torch
     from tqdm import tqdm
 
-    from export.manifest import current_commit
+    from msk.provenance import current_commit
     from training.mura_augment import augment_batch
     from training.mura_calibration import (
         apply_temperature,

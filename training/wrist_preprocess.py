@@ -1,7 +1,7 @@
 """Reference (OpenCV) implementation of the wrist study's preprocessing.
 
 Training data are written through this function, and the Triton preprocessing graph
-(`export/wrist_preprocess_graph.py`) is tested against it (CLAHE parity within one grey level), so
+(`msk/graphs/wrist_preprocess.py`) is tested against it (CLAHE parity within one grey level), so
 the detector sees the same pixels in training and in serving. Geometry comes from
 `msk.wrist_geometry`; this module adds only the pixel operations:
 

@@ -131,7 +131,8 @@ def _load_models(target: Path) -> WristCIModels:
 def wrist_repository(wrist_ci_models: WristCIModels) -> Path:
     key = hashlib.sha256()
     key.update(str(WRIST_CI_CONF).encode() + _wrist_constants())
-    for pattern in ("export/wrist_*.py", "msk/wrist_geometry.py"):
+    for pattern in ("export/wrist_*.py", "msk/wrist_geometry.py", "export/configs.py",
+                    "export/model_specs.py", "export/python_models/*.py", "msk/graphs/*.py"):
         for path in sorted(ROOT.glob(pattern)):
             key.update(path.name.encode() + path.read_bytes())
     target = wrist_ci_models.root / f"repository-{key.hexdigest()[:12]}"

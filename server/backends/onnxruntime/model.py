@@ -101,7 +101,7 @@ class TritonPythonModel:
                 continue
             try:
                 feeds = self._read_inputs(request)
-            except Exception as exc:  # noqa: BLE001 - reported to this request only
+            except Exception as exc:  # noqa: BLE001 - why: any bad input fails this request only
                 responses[index] = self._error(str(exc))
                 continue
             if not self.batching:
@@ -116,7 +116,7 @@ class TritonPythonModel:
     def _safe_single(self, feeds: dict[str, np.ndarray]):
         try:
             return self._response(self._run(feeds))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - why: any ORT error answers this request only
             return self._error(str(exc))
 
     def _run_group(self, members: list[tuple[int, dict]], responses: list) -> None:
@@ -129,7 +129,7 @@ class TritonPythonModel:
                    for name in self.input_names}
         try:
             outputs = self._run(stacked)
-        except Exception:  # noqa: BLE001 - fall back so one bad request cannot fail the rest
+        except Exception:  # noqa: BLE001 - why: rerun one by one, one bad request cannot fail all
             for index, feeds in members:
                 responses[index] = self._safe_single(feeds)
             return

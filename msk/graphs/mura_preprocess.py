@@ -16,8 +16,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from msk.constants import IMAGE_TENSOR, MURA_CHANNELS, MURA_IMAGE_SIZE, PIXELS_TENSOR
-
-OPSET = 18
+from msk.graphs import onnx_model
 
 
 def build_preprocess_graph(image_size: int = MURA_IMAGE_SIZE) -> onnx.ModelProto:
@@ -51,8 +50,6 @@ def build_preprocess_graph(image_size: int = MURA_IMAGE_SIZE) -> onnx.ModelProto
             PIXELS_TENSOR, TensorProto.FLOAT, [1, MURA_CHANNELS, image_size, image_size])],
         initializer=consts,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="msk-triton")
-    model.ir_version = 8
+    model = onnx_model(graph)
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -36,19 +36,20 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from msk.constants import (
+    DETECTOR_PAD_VALUE,
+    GEOMETRY_FIELDS,
+    GEOMETRY_TENSOR,
+    IMAGE_TENSOR,
+    PIXELS_TENSOR,
+    WRIST_CANVAS_TENSOR,
     WRIST_CLAHE_CLIP_LIMIT,
     WRIST_CLAHE_GRID,
     WRIST_CROP_TOP_FRACTION,
     WRIST_HEIGHT,
     WRIST_WIDTH,
 )
-from msk.wrist_geometry import DETECTOR_PAD_VALUE, GEOMETRY_FIELDS, detector_letterbox
-
-OPSET = 18
-IMAGE_INPUT = "IMAGE"
-PIXELS_OUTPUT = "PIXELS"
-GEOMETRY_OUTPUT = "GEOMETRY"
-CANVAS_OUTPUT = "CANVAS"
+from msk.graphs import onnx_model
+from msk.wrist_geometry import detector_letterbox
 
 
 class _Graph:
@@ -243,7 +244,7 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     out_h, out_w = WRIST_HEIGHT, WRIST_WIDTH
     num, den = round(WRIST_CROP_TOP_FRACTION * 7), 7
     g = _Graph()
-    shape = g.op("Shape", IMAGE_INPUT)
+    shape = g.op("Shape", IMAGE_TENSOR)
     h = g.op("Gather", shape, g.i64(0), axis=0)
     w = g.op("Gather", shape, g.i64(1), axis=0)
     crop_top = g.op("Div", g.op("Mul", h, g.i64(num)), g.i64(den))
@@ -267,10 +268,10 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
 
     geometry = vec(h, w, crop_top, new_h, new_w, pad_top, pad_left)
     assert len(GEOMETRY_FIELDS) == 7
-    g.nodes.append(helper.make_node("Identity", [geometry], [GEOMETRY_OUTPUT]))
+    g.nodes.append(helper.make_node("Identity", [geometry], [GEOMETRY_TENSOR]))
 
     big = np.iinfo(np.int64).max
-    cropped = g.op("Slice", IMAGE_INPUT, vec(crop_top, g.i64(0)), g.i64([big, big]), g.i64([0, 1]))
+    cropped = g.op("Slice", IMAGE_TENSOR, vec(crop_top, g.i64(0)), g.i64([big, big]), g.i64([0, 1]))
     cropped_f = g.op("Cast", cropped, to=TensorProto.FLOAT)
     resized = _resize_levels(g, cropped_f, new_h, new_w)
     canvas = g.op("Pad", resized, vec(pad_top, pad_left, pad_bottom, pad_right), g.f32(0.0),
@@ -278,7 +279,8 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     canvas = g.op("Reshape", canvas, g.i64([out_h, out_w]))
     enhanced = _clahe(g, canvas, out_h, out_w)
     if debug:
-        g.nodes.append(helper.make_node("Cast", [enhanced], [CANVAS_OUTPUT], to=TensorProto.UINT8))
+        g.nodes.append(helper.make_node("Cast", [enhanced], [WRIST_CANVAS_TENSOR],
+                                        to=TensorProto.UINT8))
 
     box = detector_letterbox(in_h, in_w)
     x = enhanced
@@ -290,23 +292,21 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
              mode="constant")
     x = g.op("Div", x, g.f32(255.0))
     x = g.op("Reshape", x, g.i64([1, 1, in_h, in_w]))
-    g.nodes.append(helper.make_node("Expand", [x, g.i64([1, 3, in_h, in_w])], [PIXELS_OUTPUT]))
+    g.nodes.append(helper.make_node("Expand", [x, g.i64([1, 3, in_h, in_w])], [PIXELS_TENSOR]))
 
     outputs = [
-        helper.make_tensor_value_info(PIXELS_OUTPUT, TensorProto.FLOAT, [1, 3, in_h, in_w]),
-        helper.make_tensor_value_info(GEOMETRY_OUTPUT, TensorProto.INT64, [len(GEOMETRY_FIELDS)]),
+        helper.make_tensor_value_info(PIXELS_TENSOR, TensorProto.FLOAT, [1, 3, in_h, in_w]),
+        helper.make_tensor_value_info(GEOMETRY_TENSOR, TensorProto.INT64, [len(GEOMETRY_FIELDS)]),
     ]
     if debug:
-        outputs.append(helper.make_tensor_value_info(CANVAS_OUTPUT, TensorProto.UINT8,
+        outputs.append(helper.make_tensor_value_info(WRIST_CANVAS_TENSOR, TensorProto.UINT8,
                                                      [out_h, out_w]))
     graph = helper.make_graph(
         g.nodes, "wrist_preprocess",
-        [helper.make_tensor_value_info(IMAGE_INPUT, TensorProto.UINT8, ["height", "width"])],
+        [helper.make_tensor_value_info(IMAGE_TENSOR, TensorProto.UINT8, ["height", "width"])],
         outputs, initializer=g.inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="msk-triton")
-    model.ir_version = 8
+    model = onnx_model(graph)
     helper.set_model_props(model, {"detector_input": f"{in_h}x{in_w}",
                                    "canvas": f"{out_h}x{out_w}"})
     onnx.checker.check_model(model)

@@ -1,0 +1,237 @@
+"""Every Triton model of both families, described once as data (rendered by `export.configs`).
+
+Why data: a newcomer changing how a model is batched, placed or warmed up changes one field here,
+and every `config.pbtxt` of every target follows - the MURA ensemble and the wrist detectors no
+longer keep two policies. What differs per target is decided by ONE rule each, in the renderer:
+
+  engine     `backend: "onnxruntime"` everywhere, except a model with `gpu_platform` (the MURA
+             backbones: `tensorrt_plan`) on the gpu target;
+  placement  cpu target KIND_CPU, gpu target KIND_GPU; `cpu_only` models (numpy python) KIND_CPU;
+  warm-up    on the gpu target every batched model is warmed at batch 1 and at its max batch;
+  queue      every non-ensemble model has the bounded queue (`QUEUE_MAX_SIZE`, `QUEUE_TIMEOUT_US`);
+  batching   every batched model uses `BATCHED` (max batch, preferred size, queue delay);
+  versions   every non-ensemble model keeps its `VERSIONS_KEPT` newest versions loaded;
+             ensembles call version -1 (the newest) of each step.
+Tensors are built from `msk.constants` only. Configs do not depend on the weights (the wrist
+detectors' input size does: it is the size they were exported at, see `wrist_specs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from msk.constants import (
+    BOXES_TENSOR,
+    CAM_TENSOR,
+    CLASSES_TENSOR,
+    DETECTOR_INPUT_TENSOR,
+    DETECTOR_OUTPUT_TENSOR,
+    GEOMETRY_FIELDS,
+    GEOMETRY_TENSOR,
+    HEATMAP_TENSOR,
+    IMAGE_TENSOR,
+    MEMBER_PROBABILITIES_TENSOR,
+    MURA_BACKBONE_MAX_BATCH,
+    MURA_CAM_STRIDE,
+    MURA_CHANNELS,
+    MURA_ENSEMBLE_MODEL,
+    MURA_IMAGE_SIZE,
+    MURA_MEAN_MODEL,
+    MURA_MEMBERS,
+    MURA_PREPROCESS_MODEL,
+    PIXELS_TENSOR,
+    PROBABILITY_TENSOR,
+    PROVENANCE_TENSOR,
+    SCORES_TENSOR,
+    WRIST_DETECT_MODEL,
+    WRIST_DETECTORS,
+    WRIST_HEIGHT,
+    WRIST_POSTPROCESS_MODEL,
+    WRIST_PREPROCESS_MODEL,
+    WRIST_PROVENANCE_TENSOR,
+    detector_raw_tensor,
+    member_cam_tensor,
+    member_probability_tensor,
+)
+
+TARGETS = ("cpu", "gpu")
+
+BACKBONE_QUEUE_DELAY_US = 2000
+"""Short enough to be invisible next to a ~100 ms backbone or detector pass, long enough to
+gather a batch."""
+QUEUE_MAX_SIZE = 64
+"""Requests one model instance may hold waiting. Sized from measured throughput on the 2-core
+reference CPU (docs/gpu-deployment.md for GPUs): the slowest step, a ResNet-101 backbone, runs
+~155 ms per image at batch 8, so 64 waiting images are ~10 s of work - past that, a new request
+is answered UNAVAILABLE ("Exceeds maximum queue size") at once instead of waiting minutes."""
+QUEUE_TIMEOUT_US = 30_000_000
+"""A request still waiting in a model's queue after 30 s is rejected (timeout_action REJECT);
+clients may ask for a shorter wait per request (allow_timeout_override, e.g. gRPC `timeout`)."""
+VERSIONS_KEPT = 2
+"""The newest version serves; the previous one stays loaded after a promotion."""
+
+
+DETECTOR_STRIDES = (8, 16, 32)
+"""Ultralytics' detection head strides: one anchor per cell of each of the three grids."""
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One input or output of a model: name (from msk.constants), Triton dtype, dims."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching; the bounded queue policy is added to every one (`queue_policy`)."""
+
+    max_batch_size: int = 0
+    preferred: tuple[int, ...] = ()
+    queue_delay_us: int | None = None
+
+
+UNBATCHED = Batching()
+"""max_batch_size 0 models: one request per execution, the queue still bounded."""
+BATCHED = Batching(MURA_BACKBONE_MAX_BATCH, preferred=(MURA_BACKBONE_MAX_BATCH,),
+                   queue_delay_us=BACKBONE_QUEUE_DELAY_US)
+"""Every batched model (backbones and detectors): batches of up to 8 (the training batch),
+filled by waiting at most 2 ms."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One ensemble step: the newest version of `model`; maps are (model's name, ensemble's)."""
+
+    model: str
+    inputs: tuple[tuple[str, str], ...]
+    outputs: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One Triton model. `backend` is "onnxruntime", "python" or "ensemble"."""
+
+    name: str
+    backend: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+    batching: Batching | None = UNBATCHED      # None only for ensembles
+    cpu_only: bool = False                     # numpy python models: KIND_CPU on every target
+    gpu_platform: str | None = None            # engine replacing the ONNX on the gpu target
+    steps: tuple[Step, ...] = ()
+    parameters: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.backend == "ensemble"
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batching.max_batch_size if self.batching else 0
+
+
+def _same(*names: str) -> tuple[tuple[str, str], ...]:
+    return tuple((n, n) for n in names)
+
+
+def cam_size(image_size: int = MURA_IMAGE_SIZE) -> int:
+    return image_size // MURA_CAM_STRIDE
+
+
+def _mura_outputs(image_size: int) -> tuple[Tensor, ...]:
+    return (
+        Tensor(PROBABILITY_TENSOR, "TYPE_FP32", (1,)),
+        Tensor(MEMBER_PROBABILITIES_TENSOR, "TYPE_FP32", (len(MURA_MEMBERS),)),
+        Tensor(HEATMAP_TENSOR, "TYPE_UINT8", (image_size, image_size)),
+        Tensor(PROVENANCE_TENSOR, "TYPE_STRING", (1,)),
+    )
+
+
+def mura_specs(image_size: int = MURA_IMAGE_SIZE) -> tuple[ModelSpec, ...]:
+    """mura_preprocess -> four backbones -> mura_mean, and the mura_ensemble that chains them."""
+    c = cam_size(image_size)
+    image = Tensor(IMAGE_TENSOR, "TYPE_UINT8", (-1, -1))
+    specs = [ModelSpec(
+        MURA_PREPROCESS_MODEL, "onnxruntime", (image,),
+        (Tensor(PIXELS_TENSOR, "TYPE_FP32", (1, MURA_CHANNELS, image_size, image_size)),))]
+    steps = [Step(MURA_PREPROCESS_MODEL, _same(IMAGE_TENSOR), _same(PIXELS_TENSOR))]
+    mean_inputs: list[Tensor] = []
+    for member in MURA_MEMBERS:
+        prob, cam = member_probability_tensor(member), member_cam_tensor(member)
+        specs.append(ModelSpec(
+            member, "onnxruntime",
+            (Tensor(PIXELS_TENSOR, "TYPE_FP32", (MURA_CHANNELS, image_size, image_size)),),
+            (Tensor(PROBABILITY_TENSOR, "TYPE_FP32", (1,)),
+             Tensor(CAM_TENSOR, "TYPE_FP32", (c, c))),
+            batching=BATCHED, gpu_platform="tensorrt_plan"))
+        steps.append(Step(member, _same(PIXELS_TENSOR),
+                          ((PROBABILITY_TENSOR, prob), (CAM_TENSOR, cam))))
+        mean_inputs += [Tensor(prob, "TYPE_FP32", (1, 1)), Tensor(cam, "TYPE_FP32", (1, c, c))]
+    outputs = _mura_outputs(image_size)
+    specs.append(ModelSpec(MURA_MEAN_MODEL, "onnxruntime", tuple(mean_inputs), outputs))
+    steps.append(Step(MURA_MEAN_MODEL, _same(*(t.name for t in mean_inputs)),
+                      _same(*(t.name for t in outputs))))
+    specs.append(ModelSpec(MURA_ENSEMBLE_MODEL, "ensemble", (image,), outputs, batching=None,
+                           steps=tuple(steps),
+                           parameters=(("members", ",".join(MURA_MEMBERS)),)))
+    return tuple(specs)
+
+
+def detector_anchors(in_h: int, in_w: int) -> int:
+    """Anchors of an Ultralytics detection head at input size in_h x in_w."""
+    return sum((in_h // s) * (in_w // s) for s in DETECTOR_STRIDES)
+
+
+def wrist_specs(in_h: int, in_w: int) -> tuple[ModelSpec, ...]:
+    """wrist_preprocess -> wrist_joints, wrist_bones -> wrist_postprocess, and wrist_detect.
+
+    `in_h x in_w` is the detectors' input size (both share it; the exporter checks)."""
+    anchors = detector_anchors(in_h, in_w)
+    image = Tensor(IMAGE_TENSOR, "TYPE_UINT8", (-1, -1))
+    geometry = Tensor(GEOMETRY_TENSOR, "TYPE_INT64", (len(GEOMETRY_FIELDS),))
+    detections = (
+        Tensor(BOXES_TENSOR, "TYPE_FP32", (-1, 4)),
+        Tensor(CLASSES_TENSOR, "TYPE_STRING", (-1,)),
+        Tensor(SCORES_TENSOR, "TYPE_FP32", (-1,)),
+        Tensor(WRIST_PROVENANCE_TENSOR, "TYPE_STRING", (1,)),
+    )
+    pixels, geo = "WRIST_PIXELS", "WRIST_GEOMETRY"      # ensemble-internal names
+    specs = [ModelSpec(WRIST_PREPROCESS_MODEL, "onnxruntime", (image,),
+                       (Tensor(PIXELS_TENSOR, "TYPE_FP32", (1, 3, in_h, in_w)), geometry))]
+    steps = [Step(WRIST_PREPROCESS_MODEL, _same(IMAGE_TENSOR),
+                  ((PIXELS_TENSOR, pixels), (GEOMETRY_TENSOR, geo)))]
+    raw_inputs: list[Tensor] = []
+    for key, (model, classes) in WRIST_DETECTORS.items():
+        raw = detector_raw_tensor(key)
+        specs.append(ModelSpec(
+            model, "onnxruntime", (Tensor(DETECTOR_INPUT_TENSOR, "TYPE_FP32", (3, in_h, in_w)),),
+            (Tensor(DETECTOR_OUTPUT_TENSOR, "TYPE_FP32", (4 + len(classes), anchors)),),
+            batching=BATCHED))
+        steps.append(Step(model, ((DETECTOR_INPUT_TENSOR, pixels),),
+                          ((DETECTOR_OUTPUT_TENSOR, raw),)))
+        raw_inputs.append(Tensor(raw, "TYPE_FP32", (1, 4 + len(classes), anchors)))
+    specs.append(ModelSpec(WRIST_POSTPROCESS_MODEL, "python", (geometry, *raw_inputs),
+                           detections, cpu_only=True))
+    steps.append(Step(WRIST_POSTPROCESS_MODEL,
+                      ((GEOMETRY_TENSOR, geo), *_same(*(t.name for t in raw_inputs))),
+                      _same(*(t.name for t in detections))))
+    specs.append(ModelSpec(WRIST_DETECT_MODEL, "ensemble", (image,), detections, batching=None,
+                           steps=tuple(steps)))
+    return tuple(specs)
+
+
+def study_detector_input() -> tuple[int, int]:
+    """Detector input (1408 x 768) of detectors trained at the study size: the size of the
+    committed wrist configs; detectors exported at another size get configs for theirs.
+    (Imported here, not at module level: the GPU assembler runs where numpy may be missing.)"""
+    from msk.wrist_geometry import export_size
+
+    return export_size(WRIST_HEIGHT)
+
+
+def all_specs(image_size: int = MURA_IMAGE_SIZE) -> tuple[ModelSpec, ...]:
+    """Both families at their default sizes: what the committed configs are rendered from."""
+    return mura_specs(image_size) + wrist_specs(*study_detector_input())
