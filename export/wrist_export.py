@@ -38,17 +38,14 @@ class ExportedDetector:
 
 def checkpoint_info(weights: Path) -> tuple[tuple[str, ...], int]:
     """(class names, training imgsz) stored in an Ultralytics checkpoint."""
-    from training.wrist_train import ultralytics_offline
+    from training.wrist_train import trained_imgsz, ultralytics_offline
 
     ultralytics_offline()
     from ultralytics import YOLO
 
     model = YOLO(str(weights))
     names = tuple(model.names[i] for i in sorted(model.names))
-    imgsz = (getattr(model, "ckpt", None) or {}).get("train_args", {}).get("imgsz", 640)
-    if isinstance(imgsz, list | tuple):
-        imgsz = max(imgsz)
-    return names, int(imgsz)
+    return names, trained_imgsz(model)
 
 
 def read_onnx_metadata(path: Path) -> tuple[tuple[str, ...], int, int]:

@@ -90,9 +90,6 @@ WRIST_CROP_TOP_DENOMINATOR = 7
 ratio because the cut row is computed with integers, `(3 * H) // 7`, by numpy
 (`msk.wrist_geometry.crop_top_rows`) and by the int64 ops of the ONNX preprocessing graph alike."""
 
-WRIST_CROP_TOP_FRACTION = WRIST_CROP_TOP_NUMERATOR / WRIST_CROP_TOP_DENOMINATOR
-"""The same ratio as a float, for prose and plots; pixel arithmetic uses the integer pair."""
-
 WRIST_HEIGHT = 1400
 WRIST_WIDTH = 760
 """Letterbox target (height x width), black padding, image centred."""

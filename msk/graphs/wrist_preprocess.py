@@ -44,7 +44,8 @@ from msk.constants import (
     WRIST_CANVAS_TENSOR,
     WRIST_CLAHE_CLIP_LIMIT,
     WRIST_CLAHE_GRID,
-    WRIST_CROP_TOP_FRACTION,
+    WRIST_CROP_TOP_DENOMINATOR,
+    WRIST_CROP_TOP_NUMERATOR,
     WRIST_HEIGHT,
     WRIST_WIDTH,
 )
@@ -242,7 +243,7 @@ def _resize_like_ultralytics(g: _Graph, levels: str, src: tuple[int, int],
 def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx.ModelProto:
     """The preprocessing model for detectors exported at `in_h x in_w`."""
     out_h, out_w = WRIST_HEIGHT, WRIST_WIDTH
-    num, den = round(WRIST_CROP_TOP_FRACTION * 7), 7
+    num, den = WRIST_CROP_TOP_NUMERATOR, WRIST_CROP_TOP_DENOMINATOR
     g = _Graph()
     shape = g.op("Shape", IMAGE_TENSOR)
     h = g.op("Gather", shape, g.i64(0), axis=0)
