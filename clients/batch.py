@@ -32,7 +32,7 @@ import numpy as np
 
 from clients.failover import CircuitBreaker, Endpoint, EndpointPool
 from clients.inputs import ScoreItem
-from clients.metrics import observe_request
+from clients.telemetry import observe_request
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
 from clients.tls import GrpcTls, client_kwargs

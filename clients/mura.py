@@ -23,7 +23,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from clients.metrics import observe_request
+from clients.telemetry import observe_request
 from clients.tls import GrpcTls, client_kwargs
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import DEFAULT_GRPC_URL, MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL

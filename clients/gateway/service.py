@@ -55,7 +55,7 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         if self.config.metrics_port is not None:
-            from clients.metrics import start_metrics_server
+            from clients.telemetry import start_metrics_server
 
             start_metrics_server(self.config.metrics_port, self.config.metrics_host)
         self.scp.start()
@@ -122,7 +122,7 @@ class Gateway:
         self._update_metrics()
 
     def _update_metrics(self) -> None:
-        from clients.metrics import GATEWAY_QUEUE_DEPTH
+        from clients.telemetry import GATEWAY_QUEUE_DEPTH
 
         for state, depth in self.queue.depth().items():
             GATEWAY_QUEUE_DEPTH.labels(state).set(depth)

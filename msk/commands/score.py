@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"msk score: {exc}", file=sys.stderr)
         return 2
     if args.metrics_port is not None:
-        from clients.metrics import start_metrics_server
+        from clients.telemetry import start_metrics_server
 
         start_metrics_server(args.metrics_port)
     pusher = None
