@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from clients.errors import Reason, error_text, is_retryable, request_reason
-from clients.failover import CircuitBreaker, Endpoint, EndpointPool
+from clients.failover import CircuitBreaker, Endpoint, EndpointPool, url_list
 from clients.inputs import ScoreItem
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
@@ -191,9 +191,7 @@ class BatchScorer:
                  tls: GrpcTls | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.urls = [url] if isinstance(url, str) else list(dict.fromkeys(url))
-        if not self.urls:
-            raise ValueError("at least one Triton URL is needed")
+        self.urls = url_list(url)
         self.url = self.urls[0]
         """The endpoint the contract was read from (the first ready one)."""
         self.concurrency = concurrency

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,8 +168,3 @@ def _text(header: Mapping[str, object] | object, name: str) -> str:
         return ""
     return str(value).replace("_", " ").replace("^", " ").strip()
 
-
-def study_probability(probabilities: Iterable[float | None]) -> float | None:
-    """Study-level result = mean over the study's scored images (None if none was scored)."""
-    values = [float(p) for p in probabilities if p is not None]
-    return sum(values) / len(values) if values else None
