@@ -307,7 +307,7 @@ class BatchScorer:
             self.breaker.success()
             try:
                 result = MuraClient.parse_result(response, item.path, item.body_part, self.contract)
-            except Exception as exc:  # noqa: BLE001 - a malformed response is this image's error
+            except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
                 observe_request(self.pipeline, "bad_response", latency, sent)
                 return error_row(item, f"{item.path}: unexpected response ({exc})",
                                  "bad_response", attempts, latency)
@@ -352,7 +352,7 @@ class BatchScorer:
                         for slot in pending:
                             try:
                                 sync.unregister_system_shared_memory(slot.name, client_timeout=5)
-                            except Exception as exc:  # noqa: BLE001 - server may be gone
+                            except Exception as exc:  # noqa: BLE001  # why: cleanup; the server may be gone
                                 if "in use" in str(exc):
                                     busy.append(slot)
                         pending = busy
@@ -361,7 +361,7 @@ class BatchScorer:
                         time.sleep(0.1)
                 finally:
                     sync.close()
-            except Exception:  # noqa: BLE001 - cleanup must not hide the run's own outcome
+            except Exception:  # noqa: BLE001  # why: cleanup must not hide the run's outcome
                 pass
 
     def _probe_shared_memory(self) -> None:
@@ -409,7 +409,7 @@ class BatchScorer:
                         last[url] = f"model {self.model!r} is not ready"
                     except SharedMemoryUnavailable:
                         raise
-                    except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
+                    except Exception as exc:  # noqa: BLE001  # why: any failure means "not yet"
                         last[url] = str(exc)
                 if time.monotonic() >= deadline:
                     detail = "; ".join(f"{u}: {m}" for u, m in last.items())

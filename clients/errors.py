@@ -34,6 +34,10 @@ class Reason(StrEnum):
     """An answer the client cannot parse (wrong outputs, malformed provenance)."""
     INPUT_NOT_FOUND = "input_not_found"
     """The input could not even be located (a path or pattern matching nothing)."""
+    DESTINATION_UNREACHABLE = "destination_unreachable"
+    """The gateway could not reach the PACS / DICOMweb destination to deliver a result."""
+    DELIVERY_REFUSED = "delivery_refused"
+    """The destination answered but did not accept every result object."""
 
 
 RETRYABLE: frozenset[str] = frozenset({

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from msk.constants import MURA_BODY_PARTS, MURA_ENSEMBLE_MODEL, WRIST_DETECT_MODEL
 
 FIELDS: tuple[str, ...] = (
@@ -132,12 +134,11 @@ class Router:
         text = path.read_text(encoding="utf-8")
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
 
                 data = yaml.safe_load(text)
             else:
                 data = json.loads(text)
-        except Exception as exc:
+        except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
             raise ValueError(f"routing rules {path}: cannot parse ({exc})") from exc
         return cls.from_mapping(data, wrist_detect_available, source=str(path))
 

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from clients.failover import url_list
 from msk.constants import DEFAULT_AE_TITLE, DEFAULT_DICOM_PORT
 
@@ -200,12 +202,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
 
             data = yaml.safe_load(text) or {}
         else:
             data = json.loads(text)
-    except Exception as exc:
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"gateway config {path}: cannot parse ({exc})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"gateway config {path}: expected a mapping of settings")

@@ -60,7 +60,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"msk detect: {exc}", file=sys.stderr)
         return 2
     failed = 0
-    with WristClient(args.url or [DEFAULT_GRPC_URL], model=args.model, timeout_s=args.timeout, tls=tls) as client:
+    with WristClient(args.url or [DEFAULT_GRPC_URL], model=args.model, timeout_s=args.timeout,
+                     tls=tls) as client:
         for n, (source, error) in enumerate(inputs):
             result = (WristResult(source=source, error=error,
                                   error_reason=Reason.INPUT_NOT_FOUND) if error else
