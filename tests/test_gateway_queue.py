@@ -67,9 +67,9 @@ def test_retries_back_off_then_dead_letter(queue: StudyQueue) -> None:
     queue.failed("pending", batch, "Triton down", 3, config.backoff(2), now=102.0)
     assert queue.failed("pending", batch, "still down", 3, config.backoff(3), now=110.0) is True
     reason = json.loads((queue.dir("dead") / batch / "reason.json").read_text())
-    assert "gave up after 3 failed attempts: still down" in reason["error"]
+    assert "gave up after 3 failed attempts: still down" in reason["reason"]
     assert reason["stage"] == "pending" and reason["attempts"] == 3
-    assert "still down" in reason["error"]
+    assert "still down" in reason["reason"]
     assert list((queue.dir("dead") / batch).glob("*.dcm"))
     assert queue.depth() == {"incoming": 0, "pending": 0, "outbox": 0, "dead": 1}
 
