@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
-
 import csv
 import json
+
+import pytest
 
 from clients.outputs import csv_columns, open_sink, read_rows
 from clients.rows import SHARED_FIELDS, common_fields

@@ -19,7 +19,7 @@ from PIL import Image
 from clients.mura import MuraClient
 from clients.web.rendering import colormap, stretch
 from msk import RESEARCH_USE_NOTICE
-from msk.constants import MURA_ENSEMBLE_MODEL, MURA_MEMBERS, WRIST_CLASSES
+from msk.constants import DEFAULT_GRPC_URL, MURA_ENSEMBLE_MODEL, MURA_MEMBERS, WRIST_CLASSES
 from msk.imaging import load_grayscale
 from tests.plugins.web import REPO_ROOT, encode, synthetic_radiograph
 
@@ -219,7 +219,10 @@ def test_web_binds_loopback_by_default():
 
     args = build_parser().parse_args(["web"])
     assert args.host == "127.0.0.1"
-    assert args.triton_url.startswith("127.0.0.1:")
+    assert args.triton_url is None          # not given: the loopback default below
+    assert DEFAULT_GRPC_URL.startswith("127.0.0.1:")
+    several = build_parser().parse_args(["web", "--triton-url", "a:1", "--triton-url", "b:2"])
+    assert several.triton_url == ["a:1", "b:2"]
 
 
 def test_wrist_images_get_the_detectors_boxes(web_app_wrist, wrist_upload):
