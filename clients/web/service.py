@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.errors import Reason, error_text
+from clients.errors import Reason, error_text, request_reason
 from clients.failover import url_list
 from clients.rows import common_fields
 from clients.study import ScoredImage, study_call
@@ -35,16 +35,8 @@ log = logging.getLogger("msk.web")
 STATUS_TIMEOUT_S = 3.0
 """How long the page waits for Triton's model index before saying the server is unreachable."""
 
-_UNREACHABLE_MARKERS = (
-    "unavailable", "failed to connect", "connection refused", "deadline exceeded",
-    "socket closed", "connect failed", "dns resolution failed", "name resolution",
-)
-
-
-def is_unreachable(message: str) -> bool:
-    """True when a gRPC error text means the server could not be reached at all."""
-    text = message.lower()
-    return any(marker in text for marker in _UNREACHABLE_MARKERS)
+_UNREACHABLE = frozenset({Reason.SERVER_UNAVAILABLE, Reason.TIMEOUT})
+"""Reasons (`clients.errors`) that mean the server could not be reached at all."""
 
 
 def unreachable_message(url: str) -> str:
@@ -52,9 +44,10 @@ def unreachable_message(url: str) -> str:
             f"(`msk serve`) and that --triton-url points at its gRPC port.")
 
 
-def humanize(url: str, message: str) -> str:
-    """A client error as one readable line (no traceback, no gRPC boilerplate)."""
-    if is_unreachable(message):
+def humanize(url: str, message: str, reason: str | None = None) -> str:
+    """A client error as one readable line (no traceback, no gRPC boilerplate); `reason` (a
+    `clients.errors.Reason`) decides whether it is "the server is not reachable"."""
+    if reason in _UNREACHABLE:
         return unreachable_message(url)
     first = (message.strip().splitlines() or ["unknown error"])[0]
     return first if len(first) <= 300 else first[:299] + "…"
@@ -118,7 +111,7 @@ class WebService:
         import tritonclient.grpc as grpcclient
         from tritonclient.utils import InferenceServerException
 
-        errors: list[str] = []
+        errors: list[tuple[str, str | None]] = []
         index: dict[str, Any] | None = None
         for url in self.urls:
             try:
@@ -130,11 +123,11 @@ class WebService:
                     client.close()
                 break
             except InferenceServerException as exc:
-                errors.append(error_text(exc))
+                errors.append((error_text(exc), request_reason(exc)))
             except (OSError, ValueError) as exc:  # a malformed address, a refused TLS setup
-                errors.append(str(exc))
+                errors.append((str(exc), None))
         if index is None:
-            return ServerStatus(self.url, False, error=humanize(self.url, errors[-1]))
+            return ServerStatus(self.url, False, error=humanize(self.url, *errors[-1]))
         models: dict[str, list[str]] = {}
         for entry in index.get("models", []):
             if entry.get("state") == "READY":
@@ -156,13 +149,14 @@ class WebService:
         decoded = [u for u in uploads if isinstance(u, DecodedUpload)]
         parts = [u.body_part or body_part for u in decoded]
         results: list[Any] = []
-        global_error: str | None = None
+        global_error: tuple[str, str] | None = None      # (message, reason) for every image
         if decoded:
             if not status.reachable:
-                global_error = status.error
+                global_error = (status.error or unreachable_message(self.url),
+                                Reason.SERVER_UNAVAILABLE)
             elif not status.mura_available:
                 global_error = (f"The inference server at {self.url} has no ready "
-                                f"{MURA_ENSEMBLE_MODEL} model.")
+                                f"{MURA_ENSEMBLE_MODEL} model.", Reason.MODEL_NOT_FOUND)
             else:
                 results = self._mura_client().score(
                     [u.image for u in decoded], body_parts=parts,
@@ -184,20 +178,24 @@ class WebService:
                 "status": status.to_json()}
 
     def _image_payload(self, upload: DecodedUpload, part: str | None, result: Any,
-                       global_error: str | None, status: ServerStatus) -> dict[str, Any]:
+                       global_error: tuple[str, str] | None, status: ServerStatus
+                       ) -> dict[str, Any]:
         h, w = upload.image.shape
         payload: dict[str, Any] = {
             "filename": upload.filename, "format": upload.kind, "body_part": part,
             "width": int(w), "height": int(h),
             "image": rendering.png_data_url(rendering.display_image(upload.image)),
         }
-        error = global_error or (result.error if result is not None else "no result")
+        if global_error is None and result is not None and result.error is None:
+            error = None
+        elif global_error is not None:
+            error, reason = global_error
+        else:
+            error, reason = result.error, result.error_reason
         if error:
-            reason = (Reason.SERVER_UNAVAILABLE if global_error or result is None
-                      else result.error_reason)
-            message = f"{upload.filename}: {humanize(self.url, error)}"
-            if error.startswith(f"{upload.filename}:"):
-                message = humanize(self.url, error)
+            message = humanize(self.url, error, reason)
+            if not message.startswith(f"{upload.filename}:"):
+                message = f"{upload.filename}: {message}"
             return {**common_fields(upload.filename, error=message, error_reason=reason,
                                     latency_s=getattr(result, "latency_s", None)), **payload}
         payload.update({
@@ -221,7 +219,8 @@ class WebService:
         except Exception as exc:  # noqa: BLE001  # why: shown next to the score, not instead
             return {"boxes": [], "boxes_error": humanize(self.url, str(exc))}
         if detection.error:
-            return {"boxes": [], "boxes_error": humanize(self.url, detection.error)}
+            return {"boxes": [], "boxes_error": humanize(self.url, detection.error,
+                                                         detection.error_reason)}
         return {"boxes": [box_json(b) for b in detection.boxes],
                 "wrist_versions": dict(detection.versions)}
 
