@@ -28,6 +28,8 @@ from clients.batch import SHM_PREFIX, BatchScorer
 from clients.inputs import expand_inputs
 from clients.mura import MuraClient
 from clients.outputs import read_rows
+from clients.rows import SHARED_FIELDS
+from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_MEMBERS
 from server.launcher import TritonServer, free_port
 
@@ -166,12 +168,18 @@ def test_score_cli_rows_errors_studies_and_resume(tiny_triton, tmp_path):
 
     file_rows = read_rows(out)
     assert sorted(r["input"] for r in file_rows) == sorted(by_path)
+    # One row schema: the shared fields, same names, on stdout (JSON) and in the CSV header.
+    assert set(SHARED_FIELDS) <= set(out.read_text().splitlines()[0].split(","))
+    for row in lines:
+        assert set(SHARED_FIELDS) <= set(row) and row["notice"] == RESEARCH_USE_NOTICE, row
     studies = read_rows(out.with_name("scores.studies.csv"))
     assert len(studies) == 3
     for study in studies:
         probs = [r["probability"] for r in lines if r["study"] == study["study"]
                  and r["probability"] is not None]
         assert float(study["probability"]) == pytest.approx(np.mean(probs), abs=1e-6)
+        members = [r for r in lines if r["study"] == study["study"] and r["threshold"]]
+        assert float(study["threshold"]) == members[0]["threshold"]   # the body part's point
     summary = _summary(proc.stderr)
     assert summary["scored"] == len(images)
     assert summary["errors_by_reason"] == {"unreadable_image": 1, "input_not_found": 1}
