@@ -32,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "*_image_paths.csv / *_labeled_studies.csv); with --merge: the shard output "
                    "files ({index} is replaced by 0..N-1 of --shards N)")
     p.add_argument("--url", action="append", default=None, metavar="HOST:PORT",
-                   help=f"Triton gRPC address (default {DEFAULT_GRPC_URL}); repeat it for "
-                   "several replicas: requests are spread over them and a failing one is "
-                   "skipped until it answers again")
+                   help=f"Triton gRPC address (default {DEFAULT_GRPC_URL}); repeat it (or give "
+                   "a comma-separated list) for several replicas: requests are spread over "
+                   "them and a failing one is skipped until it answers again")
     p.add_argument("--model", default=MURA_ENSEMBLE_MODEL,
                    help=f"model to call (default {MURA_ENSEMBLE_MODEL})")
     p.add_argument("--out", type=Path, default=None,
