@@ -87,7 +87,7 @@ def batch(url: str, paths: list[Path], concurrency: int, shared: bool) -> tuple[
         return time.perf_counter() - started
 
     seconds = asyncio.run(go())
-    return seconds, statistics.median(r["latency_ms"] for r in rows) / 1000
+    return seconds, statistics.median(r["latency_s"] for r in rows)
 
 
 def _median_runs(runs: list[tuple[float, float]]) -> tuple[float, float]:

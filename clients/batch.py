@@ -30,11 +30,14 @@ from typing import Any
 
 import numpy as np
 
-from clients.failover import CircuitBreaker, Endpoint, EndpointPool
+from clients.errors import Reason, error_text, is_retryable, request_reason
+from clients.failover import CircuitBreaker, Endpoint, EndpointPool, url_list
 from clients.inputs import ScoreItem
-from clients.metrics import observe_request
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
+from clients.rows import common_fields
+from clients.study import ScoredImage, study_call
+from clients.telemetry import observe_request
 from clients.tls import GrpcTls, client_kwargs
 from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, SCORE_SHM_PREFIX
 from msk.imaging import RadiographError, load_grayscale
@@ -42,29 +45,14 @@ from msk.imaging import RadiographError, load_grayscale
 SHM_PREFIX = SCORE_SHM_PREFIX
 """System shared-memory regions of `msk score` are /dev/shm/msk_score_<pid>_<random>_<slot>."""
 
-RETRYABLE_STATUS = frozenset({
-    "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED", "StatusCode.CANCELLED",
-    "StatusCode.ABORTED", "StatusCode.RESOURCE_EXHAUSTED", "StatusCode.UNKNOWN",
-})
-"""gRPC codes a restarting or overloaded server answers with: the request is sent again."""
-
-RETRYABLE_MESSAGES = (
-    "unknown model", "is not ready", "not found", "unavailable", "socket closed",
-    "connection reset", "failed to connect", "shared memory", "stub", "unhealthy",
-    "server is not ready", "connect failed",
-)
-"""Error texts seen while a server (re)loads its models or after it lost our shm regions."""
-
-OVERLOAD_MESSAGES = ("exceeds maximum queue size", "request timeout expired", "queue is full")
-"""Texts of Triton's rejections from a bounded queue (`default_queue_policy`, REJECT)."""
-
-
 class TransientError(Exception):
     """The server could not answer now; the same request may succeed later."""
 
-    def __init__(self, message: str, overloaded: bool = False) -> None:
+    def __init__(self, message: str, overloaded: bool = False, region: bool = False) -> None:
         super().__init__(message)
         self.overloaded = overloaded
+        self.region = region
+        """The server refused our shared-memory region: re-registered, retried once."""
 
 
 class SharedMemoryUnavailable(ConnectionError):
@@ -125,38 +113,30 @@ class Summary:
                 "to score them")
 
 
-def classify(exc: BaseException) -> tuple[bool, str]:
-    """(retryable, reason) for an exception raised by a tritonclient call."""
-    status = getattr(exc, "status", None)
-    status = status() if callable(status) else status
-    text = str(exc).lower()
-    if status == "StatusCode.RESOURCE_EXHAUSTED" or any(m in text for m in OVERLOAD_MESSAGES):
-        return True, "server_overloaded"
-    if status in RETRYABLE_STATUS or any(m in text for m in RETRYABLE_MESSAGES):
-        return True, "server_unavailable"
-    if status == "StatusCode.INVALID_ARGUMENT":
-        return False, "rejected_by_server"
-    return False, "inference_failed"
-
-
 def result_row(item: ScoreItem, result: MuraResult, attempts: int) -> dict[str, Any]:
-    """A scored image as one output row: `MuraResult.to_json()` plus the batch's own keys."""
-    row = {"path": item.path, "study": item.study, "label": item.label}
-    row |= result.to_json()
-    row |= {"attempts": attempts, "error": None, "error_reason": None}
-    return row
+    """A scored image as one output row: the shared fields (`clients.rows`), then the scores
+    (`MuraResult.to_json()`) and the batch's own keys (study, label, attempts)."""
+    row: dict[str, Any] = {**result.to_json(), "input": item.path}
+    return {**row, "study": item.study, "label": item.label, "attempts": attempts}
 
 
 def error_row(item: ScoreItem, error: str, reason: str, attempts: int = 0,
               latency_s: float | None = None) -> dict[str, Any]:
     """One failed image: same keys as a result row, scores empty, `error` says what and why."""
     return {
-        "path": item.path, "study": item.study, "label": item.label, "input": item.path,
+        **common_fields(item.path, error=error, error_reason=reason, latency_s=latency_s),
         "probability": None, "abnormal": None, "threshold": None, "body_part": item.body_part,
-        "members": None, "versions": None, "weights": None,
-        "latency_ms": None if latency_s is None else round(1000 * latency_s, 2),
-        "attempts": attempts, "error": error, "error_reason": reason,
+        "members": None, "weights": None,
+        "study": item.study, "label": item.label, "attempts": attempts,
     }
+
+
+class RequestFailed(RuntimeError):
+    """The server answered this request with an error that retrying cannot fix."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class _ShmSlot:
@@ -211,9 +191,7 @@ class BatchScorer:
                  tls: GrpcTls | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self.urls = [url] if isinstance(url, str) else list(dict.fromkeys(url))
-        if not self.urls:
-            raise ValueError("at least one Triton URL is needed")
+        self.urls = url_list(url)
         self.url = self.urls[0]
         """The endpoint the contract was read from (the first ready one)."""
         self.concurrency = concurrency
@@ -227,6 +205,8 @@ class BatchScorer:
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self._summary = Summary()
         self.pool = EndpointPool(self.urls)
+        self.default_threshold: float | None = None
+        """The served model's default operating point, once a response has said it."""
         self.breaker = CircuitBreaker(self.retry.give_up_after_s)
 
     @property
@@ -235,7 +215,8 @@ class BatchScorer:
             raise RuntimeError("call wait_ready() first: the contract comes from the server")
         return self._contract
 
-    async def _infer(self, endpoint: Endpoint, image: np.ndarray, slot: _ShmSlot | None) -> Any:
+    async def _infer(self, endpoint: Endpoint, image: np.ndarray, slot: _ShmSlot | None,
+                     region_retried: bool = False) -> Any:
         import tritonclient.grpc.aio as grpc_aio
         from tritonclient.utils import InferenceServerException
 
@@ -258,17 +239,18 @@ class BatchScorer:
             outputs = [grpc_aio.InferRequestedOutput(n) for n in wanted]
             return await client.infer(self.model, [inp], outputs=outputs,
                                       client_timeout=self.request_timeout_s)
-        except InferenceServerException as exc:
-            retryable, reason = classify(exc)
-            if retryable:
+        except (InferenceServerException, OSError) as exc:  # OSError includes TimeoutError
+            reason = request_reason(exc)
+            if is_retryable(reason):
                 if slot is not None:  # a restarted server has forgotten our regions
                     slot.registered.discard(endpoint.url)
-                raise TransientError(str(exc), reason == "server_overloaded") from exc
-            raise RuntimeError(f"{reason}: {exc}") from exc
-        except OSError as exc:  # includes TimeoutError
-            if slot is not None:
+                raise TransientError(str(exc), reason == Reason.SERVER_OVERLOADED) from exc
+            if slot is not None and not region_retried:
+                # A server restarted between two requests answers a request naming a region
+                # it no longer has as a bad request: register again once, then believe it.
                 slot.registered.discard(endpoint.url)
-            raise TransientError(str(exc)) from exc
+                raise TransientError(str(exc), region=True) from exc
+            raise RequestFailed(reason, error_text(exc)) from exc
 
     def _gave_up(self, item: ScoreItem, attempts: int, last: str) -> dict[str, Any]:
         self.breaker.refused += attempts == 0
@@ -289,6 +271,7 @@ class BatchScorer:
         attempts = 0
         failures = 0
         last = ""
+        region_retried = False
         while True:
             if self.breaker.open:
                 return self._gave_up(item, attempts, last)
@@ -296,8 +279,12 @@ class BatchScorer:
             endpoint = self.pool.pick()
             started = time.perf_counter()
             try:
-                response = await self._infer(endpoint, image, slot)
+                response = await self._infer(endpoint, image, slot, region_retried)
             except TransientError as exc:
+                if exc.region:
+                    region_retried = True
+                    self._summary.retries += 1
+                    continue
                 observe_request(self.pipeline, "overloaded" if exc.overloaded else "unavailable",
                                 time.perf_counter() - started, sent)
                 self._summary.overload_rejections += exc.overloaded
@@ -311,22 +298,22 @@ class BatchScorer:
                     failures += 1
                     await asyncio.sleep(self.retry.delay(failures - 1))
                 continue
-            except RuntimeError as exc:
+            except RequestFailed as exc:
                 latency = time.perf_counter() - started
                 observe_request(self.pipeline, "server_error", latency, sent)
-                reason, _, message = str(exc).partition(": ")
-                return error_row(item, f"{item.path}: {message}", reason, attempts, latency)
+                return error_row(item, f"{item.path}: {exc}", exc.reason, attempts, latency)
             latency = time.perf_counter() - started
             self.pool.success(endpoint)
             self.breaker.success()
             try:
                 result = MuraClient.parse_result(response, item.path, item.body_part, self.contract)
-            except Exception as exc:  # noqa: BLE001 - a malformed response is this image's error
+            except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
                 observe_request(self.pipeline, "bad_response", latency, sent)
                 return error_row(item, f"{item.path}: unexpected response ({exc})",
                                  "bad_response", attempts, latency)
             observe_request(self.pipeline, "ok", latency, sent)
             result.latency_s = latency
+            self.default_threshold = result.default_threshold
             return result_row(item, result, attempts)
 
     def _discover(self, url: str) -> EnsembleContract:
@@ -365,7 +352,7 @@ class BatchScorer:
                         for slot in pending:
                             try:
                                 sync.unregister_system_shared_memory(slot.name, client_timeout=5)
-                            except Exception as exc:  # noqa: BLE001 - server may be gone
+                            except Exception as exc:  # noqa: BLE001  # why: cleanup; the server may be gone
                                 if "in use" in str(exc):
                                     busy.append(slot)
                         pending = busy
@@ -374,7 +361,7 @@ class BatchScorer:
                         time.sleep(0.1)
                 finally:
                     sync.close()
-            except Exception:  # noqa: BLE001 - cleanup must not hide the run's own outcome
+            except Exception:  # noqa: BLE001  # why: cleanup must not hide the run's outcome
                 pass
 
     def _probe_shared_memory(self) -> None:
@@ -422,7 +409,7 @@ class BatchScorer:
                         last[url] = f"model {self.model!r} is not ready"
                     except SharedMemoryUnavailable:
                         raise
-                    except Exception as exc:  # noqa: BLE001 - any failure here means "not yet"
+                    except Exception as exc:  # noqa: BLE001  # why: any failure means "not yet"
                         last[url] = str(exc)
                 if time.monotonic() >= deadline:
                     detail = "; ".join(f"{u}: {m}" for u, m in last.items())
@@ -479,11 +466,11 @@ class BatchScorer:
         return self._summary
 
 
-def aggregate_studies(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Study-level results: mean of the images' probabilities (as in the MURA study).
+def study_rows(rows: list[dict[str, Any]],
+               default_threshold: float = MURA_DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
+    """One row per study of the image rows, by the one study rule (`clients.study`).
 
-    A study's call uses its body part's operating point (the images' threshold). Images that
-    failed are counted but do not vote; a study with no scored image gets an error.
+    `default_threshold` is the model's default operating point (used for mixed body parts).
     """
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -491,24 +478,14 @@ def aggregate_studies(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault(row["study"], []).append(row)
     studies = []
     for study, members in sorted(groups.items()):
-        ok = [r for r in members if not r.get("error") and r.get("probability") is not None]
+        call = study_call(
+            (ScoredImage(None if r.get("error") else r.get("probability"), r.get("body_part"),
+                         r.get("threshold")) for r in members), default_threshold)
         labels = {r.get("label") for r in members if r.get("label") is not None}
-        entry: dict[str, Any] = {
-            "study": study, "body_part": members[0].get("body_part"),
-            "label": labels.pop() if len(labels) == 1 else None,
-            "images": len(members), "scored": len(ok), "probability": None,
-            "threshold": None, "abnormal": None, "error": None,
-        }
-        if ok:
-            probability = float(np.mean([r["probability"] for r in ok]))
-            threshold = float(ok[0].get("threshold") or MURA_DEFAULT_THRESHOLD)
-            entry |= {"probability": probability, "threshold": threshold,
-                      "abnormal": probability >= threshold}
-        else:
-            entry["error"] = "no image of this study could be scored"
-        studies.append(entry)
+        studies.append({"study": study, "label": labels.pop() if len(labels) == 1 else None,
+                        **call.to_json()})
     return studies
 
 
 STUDY_COLUMNS = ["study", "body_part", "label", "images", "scored", "probability", "threshold",
-                 "abnormal", "error"]
+                 "abnormal", "mixed_body_parts", "error"]

@@ -16,6 +16,7 @@ some requests never opens it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,3 +123,16 @@ class CircuitBreaker:
             "longest_outage_s": round(self.longest_outage_s, 1), "open": self.open,
             "refused_while_open": self.refused,
         }
+
+
+def url_list(urls: str | Sequence[str]) -> list[str]:
+    """One Triton address, or several (a list, or one string with commas): distinct, in order.
+
+    Every client (`msk score/detect/web/gateway`, and a gateway config file's `triton_url`)
+    accepts both forms, so one replica or many is the same code path.
+    """
+    items = [urls] if isinstance(urls, str) else list(urls)
+    found = [u.strip() for item in items for u in str(item).split(",") if u.strip()]
+    if not found:
+        raise ValueError("at least one Triton URL is needed")
+    return list(dict.fromkeys(found))

@@ -23,9 +23,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from clients.metrics import observe_request
+from clients.errors import Reason, error_text, is_retryable, request_reason
+from clients.failover import Endpoint, EndpointPool, url_list
+from clients.rows import common_fields
+from clients.telemetry import observe_request
 from clients.tls import GrpcTls, client_kwargs
-from msk import RESEARCH_USE_NOTICE
 from msk.constants import DEFAULT_GRPC_URL, MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
 from msk.imaging import RadiographError, load_grayscale
 
@@ -48,22 +50,26 @@ class MuraResult:
     heatmap: np.ndarray | None = None
     latency_s: float | None = None
     error: str | None = None
+    error_reason: str | None = None
+    """A `clients.errors.Reason` or `msk.imaging` reason code when `error` is set."""
+    default_threshold: float = MURA_DEFAULT_THRESHOLD
+    """The model's default operating point (provenance), for studies of mixed body parts."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_json(self) -> dict:
-        """The JSON-lines record (`msk score`): everything but the heatmap pixels."""
-        if self.error is not None:
-            return {"input": self.source, "error": self.error}
+        """The JSON-lines record (`msk score`): the shared row fields (`clients.rows`), then
+        the scores; everything but the heatmap pixels."""
+        scored = self.error is None and self.probability is not None
         return {
-            "input": self.source, "probability": round(self.probability, 6),
+            **common_fields(self.source, error=self.error, error_reason=self.error_reason,
+                            versions=self.versions, latency_s=self.latency_s),
+            "probability": round(self.probability, 6) if scored else None,
             "abnormal": self.abnormal, "threshold": self.threshold, "body_part": self.body_part,
-            "members": {k: round(v, 6) for k, v in self.members.items()},
-            "versions": self.versions, "weights": self.weights,
-            "latency_ms": round(1000 * (self.latency_s or 0.0), 2),
-            "notice": RESEARCH_USE_NOTICE,
+            "members": {k: round(v, 6) for k, v in self.members.items()} if scored else None,
+            "weights": self.weights,
         }
 
 
@@ -107,28 +113,57 @@ def discover_contract(client: grpcclient.InferenceServerClient, model: str) -> E
 
 
 class MuraClient:
-    """Thin gRPC client for `mura_ensemble`; `score` never raises for a bad image."""
+    """Thin gRPC client for `mura_ensemble`; `score` never raises for a bad image.
+
+    `url` is one Triton address or several: requests go round-robin over the endpoints
+    (`clients.failover.EndpointPool`), and a request that fails for a reason that says nothing
+    about the image (`clients.errors.is_retryable`) is sent once to each other endpoint before
+    it becomes that image's error.
+    """
 
     pipeline = MURA_ENSEMBLE_MODEL
 
-    def __init__(self, url: str = DEFAULT_GRPC_URL, model: str = MURA_ENSEMBLE_MODEL,
-                 timeout_s: float = 120.0, concurrency: int = 4,
-                 tls: GrpcTls | None = None) -> None:
-        self.url = url
+    def __init__(self, url: str | Sequence[str] = DEFAULT_GRPC_URL,
+                 model: str = MURA_ENSEMBLE_MODEL, timeout_s: float = 120.0,
+                 concurrency: int = 4, tls: GrpcTls | None = None) -> None:
+        self.urls = url_list(url)
+        self.url = ", ".join(self.urls)
         self.model = model
         self.timeout_s = timeout_s
         self.concurrency = max(1, concurrency)
-        self.client = grpcclient.InferenceServerClient(url, **client_kwargs(tls))
+        self.pool = EndpointPool(self.urls)
+        for endpoint in self.pool.endpoints:
+            endpoint.client = grpcclient.InferenceServerClient(endpoint.url, **client_kwargs(tls))
+        self.client = self.pool.endpoints[0].client
+        """The first endpoint's client (kept for callers that ask one server directly)."""
         self._contract: EnsembleContract | None = None
+        self._lock = threading.Lock()
 
     @property
     def contract(self) -> EnsembleContract:
+        """The ensemble's contract, read from the first endpoint that answers."""
         if self._contract is None:
-            self._contract = discover_contract(self.client, self.model)
+            last: InferenceServerException | None = None
+            for _ in self.pool.endpoints:
+                endpoint = self._pick()
+                try:
+                    self._contract = discover_contract(endpoint.client, self.model)
+                    break
+                except InferenceServerException as exc:
+                    self.pool.failure(endpoint)
+                    last = exc
+            else:
+                assert last is not None
+                raise last
         return self._contract
 
+    def _pick(self) -> Endpoint:
+        with self._lock:
+            return self.pool.pick()
+
     def close(self) -> None:
-        self.client.close()
+        for endpoint in self.pool.endpoints:
+            endpoint.client.close()
 
     def __enter__(self) -> MuraClient:
         return self
@@ -171,21 +206,21 @@ class MuraClient:
 
     def _submit(self, index, image, label, body_part, heatmaps, finish) -> None:
         start = time.perf_counter()
+
+        def failed(reason: str, error: str, elapsed: float | None = None) -> MuraResult:
+            return MuraResult(source=label, body_part=body_part, latency_s=elapsed,
+                              error=error, error_reason=reason)
+
         try:
             pixels = load_grayscale(image, name=label)
-            contract = self.contract
         except RadiographError as exc:
             observe_request(self.pipeline, "invalid_input", 0.0, 0)
-            finish(index, MuraResult(source=label, body_part=body_part, error=str(exc)))
+            finish(index, failed(exc.reason, str(exc)))
             return
+        try:
+            contract = self.contract
         except InferenceServerException as exc:
-            finish(index, MuraResult(source=label, body_part=body_part,
-                                     error=f"server: {exc.message()}"))
-            return
-        except Exception as exc:  # noqa: BLE001 - one unreadable input never ends the batch
-            observe_request(self.pipeline, "invalid_input", 0.0, 0)
-            finish(index, MuraResult(source=label, body_part=body_part,
-                                     error=f"{label}: cannot read ({type(exc).__name__}: {exc})"))
+            finish(index, failed(request_reason(exc), f"{label}: server: {error_text(exc)}"))
             return
         infer_input = grpcclient.InferInput(contract.input_name, list(pixels.shape), "UINT8")
         infer_input.set_data_from_numpy(pixels)
@@ -194,32 +229,49 @@ class MuraClient:
         if heatmaps and contract.heatmap:
             wanted.append(contract.heatmap)
         outputs = [grpcclient.InferRequestedOutput(n) for n in wanted]
+        tries = [0]
 
-        def callback(result, error) -> None:
-            elapsed = time.perf_counter() - start
-            if error is not None:
-                observe_request(self.pipeline, "server_error", elapsed, pixels.nbytes)
-                finish(index, MuraResult(source=label, body_part=body_part, latency_s=elapsed,
-                                         error=f"server: {error.message()}"))
-                return
+        def send() -> None:
+            endpoint = self._pick()
+            tries[0] += 1
+
+            def callback(result, error) -> None:
+                elapsed = time.perf_counter() - start
+                if error is not None:
+                    retry(endpoint, error, elapsed)
+                    return
+                with self._lock:
+                    self.pool.success(endpoint)
+                try:
+                    parsed = self.parse_result(result, label, body_part, contract)
+                except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                    observe_request(self.pipeline, "bad_response", elapsed, pixels.nbytes)
+                    finish(index, failed(Reason.BAD_RESPONSE, f"{label}: bad response: {exc}",
+                                         elapsed))
+                    return
+                parsed.latency_s = elapsed
+                observe_request(self.pipeline, "ok", elapsed, pixels.nbytes)
+                finish(index, parsed)
+
             try:
-                parsed = self.parse_result(result, label, body_part, contract)
-            except Exception as exc:  # noqa: BLE001 - a malformed response is this image's error
-                finish(index, MuraResult(source=label, body_part=body_part,
-                                         error=f"bad response: {exc}"))
-                return
-            parsed.latency_s = elapsed
-            observe_request(self.pipeline, "ok", elapsed, pixels.nbytes)
-            finish(index, parsed)
+                endpoint.client.async_infer(self.model, [infer_input], callback,
+                                            outputs=outputs, client_timeout=self.timeout_s)
+            except InferenceServerException as exc:
+                retry(endpoint, exc, time.perf_counter() - start)
 
-        try:
-            self.client.async_infer(self.model, [infer_input], callback, outputs=outputs,
-                                    client_timeout=self.timeout_s)
-        except InferenceServerException as exc:
-            observe_request(self.pipeline, "unavailable", time.perf_counter() - start,
-                            pixels.nbytes)
-            finish(index, MuraResult(source=label, body_part=body_part,
-                                     error=f"server: {exc.message()}"))
+        def retry(endpoint: Endpoint, exc: InferenceServerException, elapsed: float) -> None:
+            reason = request_reason(exc)
+            if is_retryable(reason):
+                with self._lock:
+                    self.pool.failure(endpoint)
+                if tries[0] < len(self.pool.endpoints):  # each other endpoint once
+                    observe_request(self.pipeline, "unavailable", elapsed, pixels.nbytes)
+                    send()
+                    return
+            observe_request(self.pipeline, "server_error", elapsed, pixels.nbytes)
+            finish(index, failed(reason, f"{label}: server: {error_text(exc)}", elapsed))
+
+        send()
 
     @staticmethod
     def parse_result(result, label: str, body_part: str | None,
@@ -244,6 +296,8 @@ class MuraClient:
             artifacts={m: info.get("sha256", "") for m, info in member_info.items()},
             threshold=threshold, abnormal=probability >= threshold, body_part=body_part,
             weights=provenance.get("weights"), heatmap=heatmap,
+            default_threshold=float(provenance.get("default_threshold",
+                                                   MURA_DEFAULT_THRESHOLD)),
         )
 
 

@@ -3,7 +3,10 @@
 Why append-and-flush per row: a run killed at any point keeps every row already scored, and
 `--resume` reads the file back to skip them. A kill can leave half a line at the end; `open_sink`
 cuts the file back to its last complete line before appending, so the file stays parseable.
-Rows are written in completion order (concurrent requests finish out of order); `path` is the key.
+Rows are written in completion order (concurrent requests finish out of order); `input` is the
+key. Rows start with the shared row fields (`clients.rows`). Files written before the shared
+schema (key `path`, `latency_ms`) are still read, for `--resume` and `--merge`: `read_rows`
+upgrades their rows, and a resumed old file is rewritten in the new form before appending.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from clients.errors import RETRYABLE
+from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_MEMBERS
 
-TRANSIENT_REASONS = frozenset({"server_unavailable", "timeout"})
+TRANSIENT_REASONS = RETRYABLE
 """Error reasons that say nothing about the image: `--resume` scores these rows again."""
 
-BASE_COLUMNS = ("path", "study", "body_part", "label", "probability", "threshold", "abnormal")
-TAIL_COLUMNS = ("versions", "weights", "latency_ms", "attempts", "error", "error_reason")
+BASE_COLUMNS = ("input", "study", "body_part", "label", "probability", "threshold", "abnormal")
+TAIL_COLUMNS = ("versions", "weights", "latency_s", "attempts", "error", "error_reason", "notice")
 
 
 def member_column(member: str) -> str:
@@ -60,7 +65,7 @@ def _unflatten(flat: dict[str, str]) -> dict[str, Any]:
         return float(value) if value not in (None, "") else None
 
     row: dict[str, Any] = {
-        "path": flat.get("path", ""),
+        "input": flat.get("input") or flat.get("path", ""),
         "study": flat.get("study") or None,
         "body_part": flat.get("body_part") or None,
         "label": int(float(flat["label"])) if flat.get("label") else None,
@@ -70,12 +75,35 @@ def _unflatten(flat: dict[str, str]) -> dict[str, Any]:
         "members": {k[2:]: num(v) for k, v in flat.items() if k.startswith("p_") and v},
         "versions": json.loads(flat["versions"]) if flat.get("versions") else None,
         "weights": flat.get("weights") or None,
-        "latency_ms": num(flat.get("latency_ms")),
+        "latency_s": num(flat.get("latency_s")),
         "attempts": int(flat["attempts"]) if flat.get("attempts") else None,
         "error": flat.get("error") or None,
         "error_reason": flat.get("error_reason") or None,
+        "notice": flat.get("notice") or None,
     }
+    if flat.get("latency_ms") and row["latency_s"] is None:
+        row["latency_s"] = round(float(flat["latency_ms"]) / 1000, 4)
+    return upgrade(row)
+
+
+def upgrade(row: dict[str, Any]) -> dict[str, Any]:
+    """A row of a file written before the shared schema, in the current form (same values):
+    `path` -> `input`, `latency_ms` -> `latency_s`, the notice added. Current rows unchanged."""
+    if "path" in row:
+        path = row.pop("path")
+        row["input"] = row.get("input") or path
+    if "latency_ms" in row:
+        ms = row.pop("latency_ms")
+        if row.get("latency_s") is None:
+            row["latency_s"] = None if ms is None else round(float(ms) / 1000, 4)
+    row.setdefault("latency_s", None)
+    row["notice"] = row.get("notice") or RESEARCH_USE_NOTICE
     return row
+
+
+def row_key(row: dict[str, Any]) -> str:
+    """The key of a row: its input as `msk score` expanded it."""
+    return str(row["input"])
 
 
 class JsonlSink:
@@ -138,7 +166,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         rows = []
         for line in complete.splitlines():
             if line.strip():
-                rows.append(json.loads(line))
+                rows.append(upgrade(json.loads(line)))
         return rows
     return [_unflatten(r) for r in csv.DictReader(io.StringIO(complete))]
 
@@ -158,8 +186,8 @@ def open_sink(path: Path | None, resume: bool) -> tuple[Sink | None, dict[str, d
         rows = read_rows(path)
         for row in rows:
             if is_final(row):
-                kept[row["path"]] = row
-        if len(kept) != len(rows):
+                kept[row_key(row)] = row
+        if len(kept) != len(rows) or _old_schema(path, fmt):
             _rewrite(path, fmt, list(kept.values()))
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -169,6 +197,17 @@ def open_sink(path: Path | None, resume: bool) -> tuple[Sink | None, dict[str, d
     if fmt == "jsonl":
         return JsonlSink(handle), kept
     return CsvSink(handle, write_header=fresh, columns=csv_columns()), kept
+
+
+def _old_schema(path: Path, fmt: str) -> bool:
+    """True for a file written before the shared row schema (its first row names `path`)."""
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline()
+    if not first.strip():
+        return False
+    if fmt == "csv":
+        return next(csv.reader([first])) != csv_columns()
+    return "input" not in json.loads(first) or "path" in json.loads(first)
 
 
 def _rewrite(path: Path, fmt: str, rows: list[dict[str, Any]]) -> None:

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import yaml
 
 from msk.constants import MURA_BODY_PARTS, MURA_ENSEMBLE_MODEL, WRIST_DETECT_MODEL
 
@@ -132,12 +134,11 @@ class Router:
         text = path.read_text(encoding="utf-8")
         try:
             if path.suffix.lower() in (".yaml", ".yml"):
-                import yaml
 
                 data = yaml.safe_load(text)
             else:
                 data = json.loads(text)
-        except Exception as exc:
+        except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
             raise ValueError(f"routing rules {path}: cannot parse ({exc})") from exc
         return cls.from_mapping(data, wrist_detect_available, source=str(path))
 
@@ -168,8 +169,3 @@ def _text(header: Mapping[str, object] | object, name: str) -> str:
         return ""
     return str(value).replace("_", " ").replace("^", " ").strip()
 
-
-def study_probability(probabilities: Iterable[float | None]) -> float | None:
-    """Study-level result = mean over the study's scored images (None if none was scored)."""
-    values = [float(p) for p in probabilities if p is not None]
-    return sum(values) / len(values) if values else None

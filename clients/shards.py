@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clients.inputs import ScoreItem
-from clients.outputs import is_final, open_sink, output_format, read_rows
+from clients.outputs import is_final, open_sink, output_format, read_rows, row_key
 
 INDEX_PLACEHOLDER = "{index}"
 """In a merge input, replaced by each shard index 0..n-1 (`shard-{index}.csv`)."""
@@ -73,7 +73,7 @@ def merge_shards(files: list[Path], out: Path) -> tuple[list[dict[str, Any]], di
     duplicates = 0
     for path in files:
         for row in read_rows(path):
-            key = row["path"]
+            key = row_key(row)
             if key in merged:
                 duplicates += 1
                 if is_final(merged[key]) or not is_final(row):

@@ -44,6 +44,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from clients.study import ScoredImage, StudyCall, study_call
 from clients.wrist import Detection
 from msk import RESEARCH_USE_NOTICE, __version__
 
@@ -140,16 +141,24 @@ class StudyResult:
     threshold: float
     skipped: list[tuple[str, str]] = field(default_factory=list)
     """(SOP Instance UID, reason) for received instances that were not scored."""
+    default_threshold: float | None = None
+    """The model's default operating point (provenance), used for mixed body parts; None =
+    `threshold`."""
 
     @property
     def scored(self) -> list[ImageFinding]:
         return [i for i in self.images if i.probability is not None]
 
     @property
-    def probability(self) -> float | None:
-        from clients.routing import study_probability
+    def call(self) -> StudyCall:
+        """The study's probability and call by the one study rule (`clients.study`)."""
+        default = self.threshold if self.default_threshold is None else self.default_threshold
+        return study_call((ScoredImage(i.probability, i.body_part, i.threshold)
+                           for i in self.images), default)
 
-        return study_probability(i.probability for i in self.images)
+    @property
+    def probability(self) -> float | None:
+        return self.call.probability
 
     @property
     def abnormal(self) -> bool | None:

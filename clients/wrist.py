@@ -17,6 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clients.errors import Reason, error_text, is_retryable, request_reason
+from clients.failover import EndpointPool, url_list
+from clients.rows import common_fields
 from clients.tls import GrpcTls, client_kwargs
 from msk.constants import (
     BOXES_TENSOR,
@@ -56,6 +59,8 @@ class WristResult:
     height: int | None = None
     error: str | None = None
     latency_s: float | None = None
+    error_reason: str | None = None
+    """A `clients.errors.Reason` or `msk.imaging` reason code when `error` is set."""
 
     @property
     def boxes(self) -> list[Detection]:
@@ -72,10 +77,12 @@ class WristResult:
         return found
 
     def to_json(self) -> dict:
-        return {"source": self.source, "width": self.width, "height": self.height,
-                "boxes": [d.to_json() for d in self.detections], "versions": self.versions,
-                "error": self.error,
-                "latency_s": None if self.latency_s is None else round(self.latency_s, 4)}
+        """One `msk detect` row: the shared row fields (`clients.rows`), then the boxes."""
+        return {**common_fields(self.source or "image", error=self.error,
+                                error_reason=self.error_reason, versions=self.versions,
+                                latency_s=self.latency_s),
+                "width": self.width, "height": self.height,
+                "boxes": [d.to_json() for d in self.detections]}
 
 
 def parse_outputs(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
@@ -98,20 +105,28 @@ def parse_outputs(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
 
 class WristClient:
     """`WristClient(url).detect(images) -> list[WristResult]` (same order, never raises for a bad
-    image). `url` is the gRPC "host:port"."""
+    image). `url` is one gRPC "host:port" or several: requests go round-robin over them and a
+    request refused for a reason that says nothing about the image is sent once to each other
+    endpoint (`clients.failover.EndpointPool`, as `msk score`)."""
 
-    def __init__(self, url: str = DEFAULT_GRPC_URL, *, model: str = WRIST_DETECT_MODEL,
-                 timeout_s: float = 120.0, tls: GrpcTls | None = None) -> None:
+    def __init__(self, url: str | Sequence[str] = DEFAULT_GRPC_URL, *,
+                 model: str = WRIST_DETECT_MODEL, timeout_s: float = 120.0,
+                 tls: GrpcTls | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         self._grpc = grpcclient
-        self.url = url
+        self.urls = url_list(url)
+        self.url = ", ".join(self.urls)
         self.model = model
         self.timeout_s = timeout_s
-        self._client = grpcclient.InferenceServerClient(url=url, **client_kwargs(tls))
+        self.pool = EndpointPool(self.urls)
+        for endpoint in self.pool.endpoints:
+            endpoint.client = grpcclient.InferenceServerClient(url=endpoint.url,
+                                                               **client_kwargs(tls))
 
     def close(self) -> None:
-        self._client.close()
+        for endpoint in self.pool.endpoints:
+            endpoint.client.close()
 
     def __enter__(self) -> WristClient:
         return self
@@ -120,18 +135,36 @@ class WristClient:
         self.close()
 
     def infer_array(self, img: np.ndarray) -> tuple[list[Detection], dict, dict]:
-        """One uint8 HxW image through the ensemble (raises on server errors)."""
+        """One uint8 HxW image through the ensemble, failing over between the endpoints;
+        raises the last InferenceServerException when none could answer."""
+        from tritonclient.utils import InferenceServerException
+
         g = self._grpc
         inp = g.InferInput(IMAGE_TENSOR, list(img.shape), "UINT8")
         inp.set_data_from_numpy(img)
         outs = [g.InferRequestedOutput(n) for n in (BOXES_TENSOR, CLASSES_TENSOR, SCORES_TENSOR,
                                                     WRIST_PROVENANCE_TENSOR)]
-        res = self._client.infer(self.model, [inp], outputs=outs,
-                                 client_timeout=self.timeout_s)
-        return parse_outputs(res.as_numpy(BOXES_TENSOR), res.as_numpy(CLASSES_TENSOR),
-                             res.as_numpy(SCORES_TENSOR), res.as_numpy(WRIST_PROVENANCE_TENSOR))
+        for attempt in range(len(self.pool.endpoints)):
+            endpoint = self.pool.pick()
+            try:
+                res = endpoint.client.infer(self.model, [inp], outputs=outs,
+                                            client_timeout=self.timeout_s)
+            except InferenceServerException as exc:
+                if not is_retryable(request_reason(exc)):
+                    raise
+                self.pool.failure(endpoint)
+                if attempt == len(self.pool.endpoints) - 1:
+                    raise
+                continue
+            self.pool.success(endpoint)
+            return parse_outputs(res.as_numpy(BOXES_TENSOR), res.as_numpy(CLASSES_TENSOR),
+                                 res.as_numpy(SCORES_TENSOR),
+                                 res.as_numpy(WRIST_PROVENANCE_TENSOR))
+        raise AssertionError("unreachable: the pool has at least one endpoint")
 
     def detect(self, images: Sequence[ImageSource]) -> list[WristResult]:
+        from tritonclient.utils import InferenceServerException
+
         results = []
         for item in images:
             source = str(item) if isinstance(item, str | Path) else None
@@ -142,11 +175,13 @@ class WristClient:
                 result.height, result.width = img.shape
                 result.detections, result.versions, result.provenance = self.infer_array(img)
             except RadiographError as exc:
-                result.error = str(exc)
-            except Exception as exc:  # server/transport errors: report, continue the batch
-                msg = getattr(exc, "message", None)
-                text = msg() if callable(msg) else str(exc)
-                result.error = f"{source or 'image'}: inference failed: {text}"
+                result.error, result.error_reason = str(exc), exc.reason
+            except InferenceServerException as exc:  # report, continue the batch
+                result.error = f"{source or 'image'}: inference failed: {error_text(exc)}"
+                result.error_reason = request_reason(exc)
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:
+                result.error = f"{source or 'image'}: bad response: {exc}"
+                result.error_reason = Reason.BAD_RESPONSE
             result.latency_s = time.perf_counter() - start
             results.append(result)
         return results

@@ -28,6 +28,8 @@ from clients.batch import SHM_PREFIX, BatchScorer
 from clients.inputs import expand_inputs
 from clients.mura import MuraClient
 from clients.outputs import read_rows
+from clients.rows import SHARED_FIELDS
+from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_MEMBERS
 from server.launcher import TritonServer, free_port
 
@@ -145,9 +147,9 @@ def test_score_cli_rows_errors_studies_and_resume(tiny_triton, tmp_path):
                       "--out", str(out), "--concurrency", "4", "--no-progress")
     assert proc.returncode == 1, proc.stderr          # finished, with error rows
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
-    assert sorted(r["path"] for r in lines) == sorted(
+    assert sorted(r["input"] for r in lines) == sorted(
         [str(p) for p in images] + [str(corrupt), str(missing)])
-    by_path = {r["path"]: r for r in lines}
+    by_path = {r["input"]: r for r in lines}
     assert by_path[str(corrupt)]["error_reason"] == "unreadable_image"
     assert str(corrupt) in by_path[str(corrupt)]["error"]
     assert by_path[str(missing)]["error_reason"] == "input_not_found"
@@ -165,13 +167,19 @@ def test_score_cli_rows_errors_studies_and_resume(tiny_triton, tmp_path):
         assert row["study"] == str(path.parent)
 
     file_rows = read_rows(out)
-    assert sorted(r["path"] for r in file_rows) == sorted(by_path)
+    assert sorted(r["input"] for r in file_rows) == sorted(by_path)
+    # One row schema: the shared fields, same names, on stdout (JSON) and in the CSV header.
+    assert set(SHARED_FIELDS) <= set(out.read_text().splitlines()[0].split(","))
+    for row in lines:
+        assert set(SHARED_FIELDS) <= set(row) and row["notice"] == RESEARCH_USE_NOTICE, row
     studies = read_rows(out.with_name("scores.studies.csv"))
     assert len(studies) == 3
     for study in studies:
         probs = [r["probability"] for r in lines if r["study"] == study["study"]
                  and r["probability"] is not None]
         assert float(study["probability"]) == pytest.approx(np.mean(probs), abs=1e-6)
+        members = [r for r in lines if r["study"] == study["study"] and r["threshold"]]
+        assert float(study["threshold"]) == members[0]["threshold"]   # the body part's point
     summary = _summary(proc.stderr)
     assert summary["scored"] == len(images)
     assert summary["errors_by_reason"] == {"unreadable_image": 1, "input_not_found": 1}
@@ -202,7 +210,7 @@ def test_shared_memory_gives_the_same_results_and_cleans_up(tiny_triton, tmp_pat
             await scorer.run(items, None, on_row=rows.append)
 
         asyncio.run(go())
-        return {r["path"]: r for r in rows}
+        return {r["input"]: r for r in rows}
 
     plain, shared = score(False), score(True)
     assert sorted(plain) == sorted(shared) == sorted(i.path for i in items)
@@ -236,7 +244,7 @@ def test_server_killed_and_restarted_mid_batch_every_image_exactly_once(tiny_rep
     assert proc.returncode == 0, stderr
     assert done_at_kill < len(images)
     rows = read_rows(out)
-    paths = [r["path"] for r in rows]
+    paths = [r["input"] for r in rows]
     assert sorted(paths) == sorted(str(p) for p in images)     # each exactly once
     assert not [r for r in rows if r["error"]]
     summary = _summary(stderr)
@@ -275,7 +283,7 @@ def test_client_killed_mid_batch_then_resumed_with_shared_memory(tiny_triton, tm
     assert summary["skipped_resume"] == first
     assert summary["scored"] == len(images) - first
     rows = read_rows(out)
-    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in images)
+    assert sorted(r["input"] for r in rows) == sorted(str(p) for p in images)
     assert not [r for r in rows if r["error"]]
 
 
@@ -294,7 +302,7 @@ def test_sigterm_ends_the_run_cleanly_with_shared_memory(tiny_triton, tmp_path):
     assert not list(Path("/dev/shm").glob(f"{SHM_PREFIX}{proc.pid}_*"))
     assert not _registered(tiny_triton.grpc_url, f"{SHM_PREFIX}{proc.pid}_")
     rows = read_rows(out)
-    assert rows and len({r["path"] for r in rows}) == len(rows)
+    assert rows and len({r["input"] for r in rows}) == len(rows)
 
 
 def _private_shm_works() -> bool:

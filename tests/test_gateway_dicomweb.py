@@ -158,7 +158,7 @@ def test_dicomweb_destination_outage_only_delays(tiny_triton, orthanc_dicomweb, 
     storescu(files, gateway.port, GATEWAY_AET)                  # C-STORE in, STOW-RS out
     retry = gateway.wait_audit("retry")[0]
     assert retry["stage"] == "outbox" and retry["outage"] is True
-    assert "STOW-RS" in retry["reason"]
+    assert "STOW-RS" in retry["error"]
     orthanc.start()
     _wait_series(orthanc, str(dcmread(files[0]).StudyInstanceUID), "SR", gateway.logs)
     (delivered,) = gateway.wait_audit("delivered")
@@ -176,6 +176,6 @@ def test_wrong_credentials_for_the_destination_are_a_failure_not_an_outage(
     files = make_study(tmp_path / "study", patient, ["HAND"])
     storescu(files, gateway.port, GATEWAY_AET)
     dead = gateway.wait_audit("dead")[0]
-    assert dead["stage"] == "outbox" and "HTTP 401" in dead["reason"]
+    assert dead["stage"] == "outbox" and "HTTP 401" in dead["error"]
     assert orthanc.instances(str(dcmread(files[0]).StudyInstanceUID)) == []
     assert_no_phi(gateway.log_paths(), [patient])

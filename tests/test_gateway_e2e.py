@@ -133,7 +133,7 @@ def test_pacs_outage_only_delays_delivery(tiny_triton, orthanc, start_gateway,
     files = make_study(tmp_path / "study", patient, ["HAND"])
     storescu(files, gateway.port, GATEWAY_AET)
     retry = gateway.wait_audit("retry")[0]
-    assert retry["stage"] == "outbox" and "association" in retry["reason"]
+    assert retry["stage"] == "outbox" and "association" in retry["error"]
     assert retry["outage"] is True         # an outage never dead-letters, it only delays
     orthanc.start()
     (sr,) = orthanc.wait_for_sr(dcmread(files[0]).StudyInstanceUID, diagnostics=gateway.logs)
@@ -193,12 +193,12 @@ def test_permanent_failures_land_in_dead_letter(tiny_triton, orthanc, start_gate
     ds.save_as(multi)
     storescu([multi], gateway.port, GATEWAY_AET)
     dead = gateway.wait_audit("dead")[0]
-    assert "multi-frame" in dead["reason"]
+    assert "multi-frame" in dead["error"]
     # a PACS that keeps rejecting the association (wrong AE title): dead after max attempts
     files = make_study(tmp_path / "ok", patient, ["WRIST"], study_uid=generate_uid())
     storescu(files, gateway.port, GATEWAY_AET)
     second = gateway.wait_audit("dead", count=2)[1]
-    assert second["stage"] == "outbox" and "rejected" in second["reason"]
+    assert second["stage"] == "outbox" and "rejected" in second["error"]
     reasons = sorted((gateway.data_dir / "dead").glob("*/reason.json"))
     assert len(reasons) == 2
     assert orthanc.instances(dcmread(files[0]).StudyInstanceUID) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from clients.routing import Router, study_probability
+from clients.routing import Router
 from msk.constants import MURA_BODY_PARTS, MURA_ENSEMBLE_MODEL, WRIST_DETECT_MODEL
 
 
@@ -91,8 +91,3 @@ def test_bad_rule_tables_are_refused_with_reason(rules, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Router.from_mapping(rules)
 
-
-def test_study_probability_is_the_mean_of_scored_images() -> None:
-    assert study_probability([0.2, 0.6, None, 0.7]) == pytest.approx(0.5)
-    assert study_probability([None]) is None
-    assert study_probability([]) is None

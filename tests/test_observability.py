@@ -26,7 +26,7 @@ import yaml
 
 from clients.batch import BatchScorer
 from clients.inputs import expand_inputs
-from clients.metrics import start_metrics_server
+from clients.telemetry import start_metrics_server
 from server.launcher import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -145,7 +145,7 @@ def score_rows(_tiny_triton_session, radiograph_cases) -> dict[str, dict]:
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 1, proc.stderr                  # finished, with error rows
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    return {Path(r["path"]).name: r for r in rows}
+    return {Path(r["input"]).name: r for r in rows}
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
@@ -171,7 +171,7 @@ def detect_rows(wrist_triton, radiograph_cases, tmp_path_factory) -> dict[str, d
     assert proc.returncode == 1, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == len(paths), proc.stdout
-    return {Path(r["source"]).name: r for r in rows} | {"<empty>": rows[-1]}
+    return {Path(r["input"]).name: r for r in rows} | {"<empty>": rows[-1]}
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids(CASES))
@@ -202,7 +202,7 @@ def upload_results(web_app, radiograph_cases) -> dict[str, dict]:
 def test_web_upload_matrix(case: Case, upload_results) -> None:
     image = upload_results[case.name]
     if case.reason is None:
-        assert "error" not in image and 0.0 <= image["probability"] <= 1.0, image
+        assert image["error"] is None and 0.0 <= image["probability"] <= 1.0, image
         return
     _check_message(image["error"], case.name, case)
 

@@ -58,7 +58,7 @@ def _ensemble_successes(server: TritonServer) -> float:
 
 def _assert_each_image_once(out: Path, images: list[str]) -> list[dict]:
     rows = read_rows(out)
-    paths = [r["path"] for r in rows]
+    paths = [r["input"] for r in rows]
     assert len(paths) == len(set(paths)), "an image is in the output twice"
     assert sorted(paths) == sorted(images)
     return rows
@@ -173,7 +173,7 @@ def test_shards_cover_every_image_once_merge_and_push_metrics(tiny_triton, pushg
         _, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
         pids.append(proc.pid)
-    per_shard = [{r["path"] for r in read_rows(tmp_path / f"shard-{i}.csv")}
+    per_shard = [{r["input"] for r in read_rows(tmp_path / f"shard-{i}.csv")}
                  for i in range(shards)]
     assert all(per_shard) and sum(map(len, per_shard)) == len(images)
     assert set.union(*per_shard) == set(images)

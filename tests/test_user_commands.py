@@ -141,7 +141,7 @@ def test_score_files_folder_glob_and_resumable_csv(home: Path, served: dict) -> 
     assert first.returncode == 0, first.stderr[-3000:]
     with (home / "x.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert sorted(r["path"] for r in rows) == sorted(
+    assert sorted(r["input"] for r in rows) == sorted(
         ["images/elbow.png", "images/hand.png", "images/more/wrist.png"])
     again = run_msk("score", "images", "--out", "x.csv", "--resume", *url, cwd=home)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -159,7 +159,7 @@ def test_detect_wrist_structures(home: Path, served: dict) -> None:
                   cwd=home)
     assert res.returncode == 0, res.stderr[-3000:]
     (row,) = _json_lines(res.stdout)
-    assert row["source"] == "wrist.png" and row.get("error") is None
+    assert row["input"] == "wrist.png" and row.get("error") is None
     assert isinstance(row["boxes"], list) and row["width"] > 0 and row["versions"]
     assert (home / "overlays").is_dir() and list((home / "overlays").iterdir())
 

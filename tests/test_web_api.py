@@ -19,7 +19,7 @@ from PIL import Image
 from clients.mura import MuraClient
 from clients.web.rendering import colormap, stretch
 from msk import RESEARCH_USE_NOTICE
-from msk.constants import MURA_ENSEMBLE_MODEL, MURA_MEMBERS, WRIST_CLASSES
+from msk.constants import DEFAULT_GRPC_URL, MURA_ENSEMBLE_MODEL, MURA_MEMBERS, WRIST_CLASSES
 from msk.imaging import load_grayscale
 from tests.plugins.web import REPO_ROOT, encode, synthetic_radiograph
 
@@ -70,7 +70,7 @@ def test_scores_equal_the_python_client(web_app, web_triton, study_files):
                                 body_parts=["forearm"] * len(study_files))
     assert [im["filename"] for im in body["images"]] == [name for name, _ in study_files]
     for image, ref, (_, data) in zip(body["images"], expected, study_files, strict=True):
-        assert "error" not in image, image.get("error")
+        assert image["error"] is None, image["error"]
         assert ref.ok, ref.error
         assert image["probability"] == pytest.approx(ref.probability, abs=1e-6)
         assert set(image["members"]) == set(MURA_MEMBERS)
@@ -113,7 +113,7 @@ def test_dicom_upload_is_scored_like_its_pixels(web_app, web_triton, tmp_path):
     data = path.read_bytes()
     body = post(web_app, [("IMG0001", data)]).json()     # no extension: sniffed from the bytes
     (image,) = body["images"]
-    assert "error" not in image, image.get("error")
+    assert image["error"] is None, image["error"]
     assert image["format"] == "DICOM"
     assert image["body_part"] == "wrist"                  # from BodyPartExamined
     with MuraClient(web_triton.grpc_url) as client:
@@ -159,7 +159,7 @@ def test_bad_files_are_named_and_the_rest_is_scored(web_app):
     assert response.status_code == 200
     assert not TRACEBACK.search(response.text)
     images = {im["filename"]: im for im in response.json()["images"]}
-    assert "error" not in images["good.png"] and 0 <= images["good.png"]["probability"] <= 1
+    assert images["good.png"]["error"] is None and 0 <= images["good.png"]["probability"] <= 1
     expectations = {
         "truncated.png": "corrupt PNG", "garbage.jpg": "corrupt JPEG",
         "notes.txt": "unsupported format", "animation.gif": "unsupported format (GIF)",
@@ -219,7 +219,10 @@ def test_web_binds_loopback_by_default():
 
     args = build_parser().parse_args(["web"])
     assert args.host == "127.0.0.1"
-    assert args.triton_url.startswith("127.0.0.1:")
+    assert args.triton_url is None          # not given: the loopback default below
+    assert DEFAULT_GRPC_URL.startswith("127.0.0.1:")
+    several = build_parser().parse_args(["web", "--triton-url", "a:1", "--triton-url", "b:2"])
+    assert several.triton_url == ["a:1", "b:2"]
 
 
 def test_wrist_images_get_the_detectors_boxes(web_app_wrist, wrist_upload):
@@ -229,7 +232,7 @@ def test_wrist_images_get_the_detectors_boxes(web_app_wrist, wrist_upload):
     body = post(web_app_wrist, [(name, data)], body_part="wrist").json()
     assert body["status"]["wrist_detect"] is True
     (image,) = body["images"]
-    assert "error" not in image and image["body_part"] == "wrist", image.get("error")
+    assert image["error"] is None and image["body_part"] == "wrist", image["error"]
     with WristClient(web_app_wrist.triton_url) as client:
         (ref,) = client.detect([pixels])
     assert ref.error is None and ref.detections

@@ -120,7 +120,7 @@ def test_msk_detect_cli(wrist_triton, tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 1, res.stderr        # some inputs failed
     lines = [json.loads(line) for line in res.stdout.splitlines()]
-    by_name = {Path(d["source"]).name: d for d in lines}
+    by_name = {Path(d["input"]).name: d for d in lines}
     assert set(by_name) == {"a.png", "b.png", "c.png", "none*.png"}
     assert by_name["c.png"]["error"] and by_name["none*.png"]["error"]
     for name in ("a.png", "b.png"):

@@ -15,6 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from clients.rows import common_fields
+
 
 class AuditLog:
     """Append-only JSON-lines file, safe to call from several threads."""
@@ -24,9 +26,16 @@ class AuditLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def record(self, event: str, **fields: Any) -> dict[str, Any]:
+    def record(self, event: str, *, input: str, error: str | None = None,
+               error_reason: str | None = None, versions: dict[str, str] | None = None,
+               latency_s: float | None = None, **fields: Any) -> dict[str, Any]:
+        """One entry: time, event, the shared row fields (`clients.rows`; `input` is the queued
+        batch, which names the study by its UID tag), then the event's own fields."""
         entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-                 "event": event, **fields}
+                 "event": event,
+                 **common_fields(input, error=error, error_reason=error_reason,
+                                 versions=versions, latency_s=latency_s),
+                 **fields}
         line = json.dumps(entry, sort_keys=True, default=str)
         with self._lock, open(self.path, "a", encoding="utf-8") as fh:
             fh.write(line + "\n")

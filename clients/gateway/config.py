@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from clients.failover import url_list
 from msk.constants import DEFAULT_AE_TITLE, DEFAULT_DICOM_PORT
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -70,7 +73,9 @@ class CallingPeer:
 class GatewayConfig:
     """All gateway settings (see docs/pacs.md for what each one means in a hospital)."""
 
-    triton_url: str
+    triton_url: str | list[str]
+    """Triton gRPC endpoint(s): one `HOST:PORT`, a comma-separated string or a list; stored
+    as the list (requests are spread over them and fail over, `clients.failover`)."""
     destination: Destination | None = None
     """C-STORE destination (AET@HOST:PORT); this and/or `destination_dicomweb`."""
     destination_dicomweb: str | None = None
@@ -122,6 +127,7 @@ class GatewayConfig:
     """Several gateway processes share `data_dir` (each batch is claimed by one of them)."""
 
     def __post_init__(self) -> None:
+        self.triton_url = url_list(self.triton_url)
         self.ae_title = check_ae_title(self.ae_title)
         self.allowed_calling_aes = [str(CallingPeer.parse(a)) for a in self.allowed_calling_aes]
         if isinstance(self.destination, str):
@@ -196,12 +202,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
 
             data = yaml.safe_load(text) or {}
         else:
             data = json.loads(text)
-    except Exception as exc:
+    except (ValueError, yaml.YAMLError) as exc:  # JSONDecodeError is a ValueError
         raise ValueError(f"gateway config {path}: cannot parse ({exc})") from exc
     if not isinstance(data, dict):
         raise ValueError(f"gateway config {path}: expected a mapping of settings")

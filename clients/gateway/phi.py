@@ -38,7 +38,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a broken %-format in someone else's message: keep the template
+        except Exception:  # why: a broken %-format in someone's message: keep the template
             message = str(record.msg)
         if record.name == "py.warnings":
             message = _withhold_warning_text(message)

@@ -12,12 +12,15 @@ server has it. Failures are classified so the queue does the right thing:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydicom import Dataset, dcmread
 
+from clients.errors import Reason, error_text, is_retryable, request_reason
+from clients.failover import url_list
 from clients.gateway.phi import uid_tag
 from clients.routing import Router
 from clients.sr import ImageFinding, ModelProvenance, Structure, StudyResult
@@ -30,15 +33,22 @@ log = logging.getLogger("msk.gateway.scoring")
 
 class TransientError(RuntimeError):
     """Worth retrying later. `outage`: the server is unreachable or not ready (retried for as
-    long as it takes); otherwise a failed request (counts towards max_attempts)."""
+    long as it takes); otherwise a failed request (counts towards max_attempts). `reason` is
+    the `clients.errors.Reason` code the audit records."""
 
-    def __init__(self, message: str, outage: bool = False) -> None:
+    def __init__(self, message: str, outage: bool = False,
+                 reason: str = Reason.SERVER_UNAVAILABLE) -> None:
         super().__init__(message)
         self.outage = outage
+        self.reason = reason
 
 
 class PermanentError(RuntimeError):
-    """Retrying cannot help (nothing readable to score)."""
+    """Retrying cannot help (nothing readable to score); `reason` is the first image's code."""
+
+    def __init__(self, message: str, reason: str = "unreadable_image") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass
@@ -62,50 +72,63 @@ class _Candidate:
 
 
 class StudyScorer:
-    """Scores studies on one Triton server; discovers `wrist_detect` on every readiness check."""
+    """Scores studies on one or several Triton servers (requests spread over them, failing over
+    as `msk score` does); discovers `wrist_detect` on every readiness check."""
 
-    def __init__(self, triton_url: str, router: Router, wrist: str = "auto",
+    def __init__(self, triton_url: str | Sequence[str], router: Router, wrist: str = "auto",
                  timeout_s: float = 120.0, tls: GrpcTls | None = None) -> None:
         import tritonclient.grpc as grpcclient
 
         from clients.mura import MuraClient
 
-        self.url = triton_url
+        self.urls = url_list(triton_url)
+        self.url = ", ".join(self.urls)
         self.router = router
         self.wrist_mode = wrist
         self.timeout_s = timeout_s
         self.tls = tls
-        self._control = grpcclient.InferenceServerClient(triton_url, **client_kwargs(tls))
-        self._mura = MuraClient(triton_url, timeout_s=timeout_s, tls=tls)
+        self._control = {u: grpcclient.InferenceServerClient(u, **client_kwargs(tls))
+                         for u in self.urls}
+        self._mura = MuraClient(self.urls, timeout_s=timeout_s, tls=tls)
         self._wrist = None
         self._wrist_models: dict[str, ModelProvenance] = {}
 
     def close(self) -> None:
         self._mura.close()
-        self._control.close()
+        for client in self._control.values():
+            client.close()
 
     def check_ready(self) -> None:
-        """Raise TransientError unless the server and the ensemble are ready; update routing."""
+        """Raise TransientError unless some endpoint has the ensemble ready; update routing.
+
+        The wrist detector is used when every READY endpoint has it (a request may go to any).
+        """
         from tritonclient.utils import InferenceServerException
 
-        try:
-            ready = self._control.is_server_ready() and self._control.is_model_ready(
-                MURA_ENSEMBLE_MODEL)
-        except InferenceServerException as exc:
-            raise TransientError(f"Triton at {self.url} unreachable: {exc.message()}",
-                                 outage=True) from exc
-        wrist = False
-        if self.wrist_mode != "off":
-            try:  # a repository without the detector answers "unknown model": not an outage
-                wrist = bool(self._control.is_model_ready(WRIST_DETECT_MODEL))
-            except InferenceServerException:
-                wrist = False
+        ready: list[str] = []
+        problems: list[str] = []
+        wrist = self.wrist_mode != "off"
+        for url, control in self._control.items():
+            try:
+                if not (control.is_server_ready() and control.is_model_ready(
+                        MURA_ENSEMBLE_MODEL)):
+                    problems.append(f"{url}: {MURA_ENSEMBLE_MODEL} not ready")
+                    continue
+            except InferenceServerException as exc:
+                problems.append(f"{url}: unreachable ({error_text(exc)})")
+                continue
+            ready.append(url)
+            if wrist:
+                try:  # a repository without the detector answers "unknown model": no outage
+                    wrist = bool(control.is_model_ready(WRIST_DETECT_MODEL))
+                except InferenceServerException:
+                    wrist = False
         if not ready:
-            raise TransientError(f"Triton at {self.url} or {MURA_ENSEMBLE_MODEL} not ready",
-                                 outage=True)
+            raise TransientError(f"Triton not ready: {'; '.join(problems)}", outage=True,
+                                 reason=Reason.SERVER_UNAVAILABLE)
         if self.wrist_mode == "on" and not wrist:
             raise TransientError(f"{WRIST_DETECT_MODEL} required (wrist=on) but not ready",
-                                 outage=True)
+                                 outage=True, reason=Reason.SERVER_UNAVAILABLE)
         self.router.wrist_detect_available = wrist
 
     # ------------------------------------------------------------------------------------
@@ -120,7 +143,7 @@ class StudyScorer:
         for path in files:
             try:
                 headers.append(dcmread(path))
-            except Exception as exc:  # a corrupt file must not stop the study
+            except Exception as exc:  # why: corrupt files raise many types; skip, go on
                 log.warning("instance file %s unreadable: %s", path.name, type(exc).__name__)
                 skipped.append((path.name, "unreadable DICOM file"))
         headers.sort(key=_reading_order)      # files are named by hash; the SR reads in order
@@ -156,14 +179,14 @@ class StudyScorer:
         mura = self._mura.score([c.image for c in candidates],
                                 body_parts=[c.body_part for c in candidates],
                                 names=[uid_tag(c.ds.SOPInstanceUID) for c in candidates])
-        transport = [r.error for r in mura if r.error and r.error.startswith("server")]
+        transport = [r for r in mura if r.error and is_retryable(r.error_reason)]
         if transport:
-            raise TransientError(f"{len(transport)} request(s) failed: {transport[0]}")
+            raise TransientError(f"{len(transport)} request(s) failed: {transport[0].error}",
+                                 reason=str(transport[0].error_reason))
         structures = self._detect([c for c in candidates if WRIST_DETECT_MODEL in c.pipelines])
 
         scored = ScoredStudy(result=StudyResult([], [], MURA_DEFAULT_THRESHOLD, skipped),
                              source=candidates[0].ds, received=len(files))
-        thresholds: list[float] = []
         models: dict[str, ModelProvenance] = {}
         for cand, res in zip(candidates, mura, strict=True):
             sop = str(cand.ds.SOPInstanceUID)
@@ -172,7 +195,6 @@ class StudyScorer:
                 finding.probability = res.probability
                 finding.members = dict(res.members)
                 finding.abnormal = res.abnormal
-                thresholds.append(float(res.threshold))
                 finding.threshold = float(res.threshold)
                 for name, version in res.versions.items():
                     model = MURA_ENSEMBLE_MODEL if name == "pipeline" else name
@@ -184,34 +206,41 @@ class StudyScorer:
             findings.append(finding)
             scored.images[sop] = cand.image
             scored.sources[sop] = cand.ds
-        if not thresholds:
+        ok = [r for r in mura if r.error is None]
+        if not ok:
             raise PermanentError("no image could be scored: " + "; ".join(
-                sorted({f.error or "" for f in findings if f.error})))
+                sorted({f.error or "" for f in findings if f.error})),
+                reason=str(next(r.error_reason for r in mura if r.error_reason)))
         models.update(self._wrist_models)
         scored.result.images = findings
         scored.result.models = list(models.values())
-        if thresholds:
-            scored.result.threshold = float(np.mean(thresholds))
+        scored.result.default_threshold = ok[0].default_threshold
+        call = scored.result.call
+        scored.result.threshold = float(call.threshold)  # type: ignore[arg-type]
         return scored
 
     def _detect(self, candidates: list[_Candidate]) -> dict[str, list[Structure]]:
         """Wrist structures per SOP UID; failures there fail the batch (transient)."""
         if not candidates:
             return {}
+        from tritonclient.utils import InferenceServerException
+
         from clients.wrist import WristClient
 
         if self._wrist is None:
-            self._wrist = WristClient(self.url, tls=self.tls)
+            self._wrist = WristClient(self.urls, tls=self.tls)
         try:
             outputs = self._wrist.detect([c.image for c in candidates])
-        except Exception as exc:
-            raise TransientError(f"{WRIST_DETECT_MODEL} failed: {exc}") from exc
+        except InferenceServerException as exc:
+            raise TransientError(f"{WRIST_DETECT_MODEL} failed: {error_text(exc)}",
+                                 reason=request_reason(exc)) from exc
         found: dict[str, list[Structure]] = {}
         models: dict[str, ModelProvenance] = {}
         for cand, out in zip(candidates, outputs, strict=True):
             error = getattr(out, "error", None)
             if error:
-                raise TransientError(f"{WRIST_DETECT_MODEL}: {error}")
+                raise TransientError(f"{WRIST_DETECT_MODEL}: {error}",
+                                     reason=str(out.error_reason))
             detections = getattr(out, "detections", out)
             found[str(cand.ds.SOPInstanceUID)] = [
                 Structure(d.class_name, float(d.score), float(d.x1), float(d.y1), float(d.x2),

@@ -92,7 +92,7 @@ class StoreSCP:
             ds = event.dataset
             study_uid = str(ds.StudyInstanceUID)
             sop_uid = str(ds.SOPInstanceUID)
-        except Exception as exc:
+        except Exception as exc:  # why: pydicom decodes lazily, any type; refuse this one
             log.warning("C-STORE from %s refused: dataset without Study/SOP Instance UID (%s)",
                         calling, type(exc).__name__)
             return STATUS_CANNOT_UNDERSTAND

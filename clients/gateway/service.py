@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import generate_uid
 
+from clients.errors import Reason
 from clients.gateway.audit import AuditLog
 from clients.gateway.config import GatewayConfig
 from clients.gateway.phi import uid_tag
@@ -55,7 +57,7 @@ class Gateway:
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         if self.config.metrics_port is not None:
-            from clients.metrics import start_metrics_server
+            from clients.telemetry import start_metrics_server
 
             start_metrics_server(self.config.metrics_port, self.config.metrics_host)
         self.scp.start()
@@ -100,7 +102,7 @@ class Gateway:
         while not self._stop.is_set():
             try:
                 self.step()
-            except Exception:  # the loop must survive anything; the batch stays queued
+            except Exception:  # why: the loop must survive anything; the batch stays queued
                 log.exception("gateway worker error (will retry)")
                 self._stop.wait(self.config.backoff_base_s)
             self._stop.wait(self.config.poll_interval_s)
@@ -122,12 +124,12 @@ class Gateway:
         self._update_metrics()
 
     def _update_metrics(self) -> None:
-        from clients.metrics import GATEWAY_QUEUE_DEPTH
+        from clients.telemetry import GATEWAY_QUEUE_DEPTH
 
         for state, depth in self.queue.depth().items():
             GATEWAY_QUEUE_DEPTH.labels(state).set(depth)
 
-    def _retry(self, state: str, batch: str, error: str, outage: bool) -> None:
+    def _retry(self, state: str, batch: str, error: str, outage: bool, reason: str) -> None:
         st = self.queue.state(state, batch)
         delay = self.config.backoff(st.attempts + 1)
         dead = self.queue.failed(state, batch, error, self.config.max_attempts, delay,
@@ -136,33 +138,36 @@ class Gateway:
         log.warning("batch %s %s at %s%s: %s%s", batch[-13:], outcome, state,
                     " (outage)" if outage else "", error,
                     "" if dead else f" (retry in {delay:.1f}s)")
-        self.audit.record(outcome, batch=batch, stage=state, attempts=st.attempts + 1,
-                          outage=outage, reason=error,
+        self.audit.record(outcome, input=batch, error=error, error_reason=reason, batch=batch,
+                          stage=state, attempts=st.attempts + 1, outage=outage,
                           **({} if dead else {"retry_in_s": delay}))
 
     def _process(self, batch: str) -> None:
         files = self.queue.files("pending", batch)
+        started = time.perf_counter()
         try:
             scored = self.scorer.score(files)
         except TransientError as exc:
-            self._retry("pending", batch, str(exc), exc.outage)
+            self._retry("pending", batch, str(exc), exc.outage, exc.reason)
             return
         except PermanentError as exc:
             self.queue.dead_letter("pending", batch, str(exc))
             log.error("batch %s dead-lettered: %s", batch[-13:], exc)
-            self.audit.record("dead", batch=batch, stage="pending", reason=str(exc),
+            self.audit.record("dead", input=batch, error=str(exc), error_reason=exc.reason,
+                              batch=batch, stage="pending",
                               instances=len(files))
             return
         if scored is None:
             log.info("batch %s: nothing to score (%d instance(s)), not an error", batch[-13:],
                      len(files))
-            self.audit.record("skipped", batch=batch, instances=len(files),
+            self.audit.record("skipped", input=batch, batch=batch, instances=len(files),
                               reason="no instance routed for scoring")
             self.queue.done("pending", batch)
             return
         results, summary = self._results(scored, batch)
         self.queue.stage_outbox(batch, results, summary)
-        self.audit.record("scored", **summary)
+        self.audit.record("scored", input=batch, versions=_versions(summary),
+                          latency_s=time.perf_counter() - started, **summary)
         log.info("batch %s scored: %d image(s), study probability %s", batch[-13:],
                  summary["images_scored"], summary["probability"])
 
@@ -184,6 +189,7 @@ class Gateway:
             "skipped": len(res.skipped) + len(res.images) - len(res.scored),
             "probability": None if res.probability is None else round(res.probability, 6),
             "abnormal": res.abnormal, "threshold": res.threshold,
+            "mixed_body_parts": res.call.mixed_body_parts,
             "models": [{"name": m.name, "version": m.version, "sha256": m.sha256}
                        for m in res.models],
             "result_uids": {"sr_sop_instance_uid": str(sr.SOPInstanceUID),
@@ -209,14 +215,17 @@ class Gateway:
                 send_stow(paths, config.destination_dicomweb, config.dicom_timeout_s,
                           config.dicom_tls_ca)
         except DeliveryError as exc:
-            self._retry("outbox", batch, str(exc), exc.outage)
+            self._retry("outbox", batch, str(exc), exc.outage,
+                        Reason.DESTINATION_UNREACHABLE if exc.outage else Reason.DELIVERY_REFUSED)
             return
         except OSError as exc:   # network errors below pynetdicom: the PACS is unreachable
-            self._retry("outbox", batch, f"cannot reach {self.destinations}: {exc}", True)
+            self._retry("outbox", batch, f"cannot reach {self.destinations}: {exc}", True,
+                        Reason.DESTINATION_UNREACHABLE)
             return
         summary = self.queue.summary(batch)
         attempts = self.queue.state("outbox", batch).attempts + 1
-        self.audit.record("delivered", **{**summary, "delivery_attempts": attempts})
+        self.audit.record("delivered", input=batch, versions=_versions(summary),
+                          **{**summary, "delivery_attempts": attempts})
         self.queue.done("outbox", batch)
         log.info("batch %s delivered to %s", batch[-13:], self.destinations)
 
@@ -238,3 +247,8 @@ def run_gateway(config: GatewayConfig, ready_file: Path | None = None) -> int:
     finally:
         gateway.stop()
     return 0
+
+
+def _versions(summary: dict) -> dict[str, str]:
+    """Model name -> version of a study summary's `models` (the audit's `versions`)."""
+    return {m["name"]: m["version"] for m in summary.get("models", [])}

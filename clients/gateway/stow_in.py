@@ -109,7 +109,7 @@ class StowServer:
             ref.ReferencedSOPClassUID = str(ds.SOPClassUID)
             ref.ReferencedSOPInstanceUID = str(ds.SOPInstanceUID)
             study = str(ds.StudyInstanceUID)
-        except Exception as exc:   # not DICOM, no UIDs: refuse this part, keep the others
+        except Exception as exc:  # why: not DICOM, no UIDs (any type): refuse this part only
             log.warning("STOW-RS part refused: not a DICOM instance with UIDs (%s)",
                         type(exc).__name__)
             return ref, FAILURE_CANNOT_UNDERSTAND

@@ -94,7 +94,7 @@ def create_app(triton_url: str, tls: GrpcTls | None = None) -> FastAPI:
             try:
                 uploads.append(decode(f.file, name, size=f.size))
             except RadiographError as exc:
-                uploads.append(str(exc))
+                uploads.append(exc)
         result = service.score_study(uploads, part)
         return JSONResponse({"notice": RESEARCH_USE_NOTICE, **result})
 
@@ -165,7 +165,7 @@ def _respond(request: Request, status_code: int, message: str, page) -> Any:
         return _error(status_code, message)
     try:
         return page(request, "error.html", status_code=status_code, message=message)
-    except Exception:  # noqa: BLE001 - even a failing template must not leak a traceback
+    except Exception:  # noqa: BLE001  # why: a failing template must not leak a traceback
         log.exception("error page failed")
         return HTMLResponse(f"<p>{escape(RESEARCH_USE_NOTICE)}</p><p>{escape(message)}</p>",
                             status_code=status_code)

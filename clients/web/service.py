@@ -9,12 +9,16 @@ is not reachable"), never tracebacks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from clients.routing import study_probability
+from clients.errors import Reason, error_text, request_reason
+from clients.failover import url_list
+from clients.rows import common_fields
+from clients.study import ScoredImage, study_call
 from clients.tls import GrpcTls, client_kwargs
 from clients.web import rendering
 from clients.web.uploads import DecodedUpload
@@ -24,22 +28,15 @@ from msk.constants import (
     MURA_MEMBERS,
     WRIST_DETECT_MODEL,
 )
+from msk.imaging import RadiographError
 
 log = logging.getLogger("msk.web")
 
 STATUS_TIMEOUT_S = 3.0
 """How long the page waits for Triton's model index before saying the server is unreachable."""
 
-_UNREACHABLE_MARKERS = (
-    "unavailable", "failed to connect", "connection refused", "deadline exceeded",
-    "socket closed", "connect failed", "dns resolution failed", "name resolution",
-)
-
-
-def is_unreachable(message: str) -> bool:
-    """True when a gRPC error text means the server could not be reached at all."""
-    text = message.lower()
-    return any(marker in text for marker in _UNREACHABLE_MARKERS)
+_UNREACHABLE = frozenset({Reason.SERVER_UNAVAILABLE, Reason.TIMEOUT})
+"""Reasons (`clients.errors`) that mean the server could not be reached at all."""
 
 
 def unreachable_message(url: str) -> str:
@@ -47,9 +44,10 @@ def unreachable_message(url: str) -> str:
             f"(`msk serve`) and that --triton-url points at its gRPC port.")
 
 
-def humanize(url: str, message: str) -> str:
-    """A client error as one readable line (no traceback, no gRPC boilerplate)."""
-    if is_unreachable(message):
+def humanize(url: str, message: str, reason: str | None = None) -> str:
+    """A client error as one readable line (no traceback, no gRPC boilerplate); `reason` (a
+    `clients.errors.Reason`) decides whether it is "the server is not reachable"."""
+    if reason in _UNREACHABLE:
         return unreachable_message(url)
     first = (message.strip().splitlines() or ["unknown error"])[0]
     return first if len(first) <= 300 else first[:299] + "…"
@@ -80,8 +78,10 @@ class ServerStatus:
 class WebService:
     """Holds the gRPC clients for one Triton server; safe to share between request threads."""
 
-    def __init__(self, triton_url: str, tls: GrpcTls | None = None) -> None:
-        self.url = triton_url
+    def __init__(self, triton_url: str | Sequence[str], tls: GrpcTls | None = None) -> None:
+        self.urls = url_list(triton_url)
+        self.url = ", ".join(self.urls)
+        """All endpoints, for messages; requests are spread over them (`clients.failover`)."""
         self.tls = tls
         self._mura = None
         self._wrist = None
@@ -91,30 +91,43 @@ class WebService:
         if self._mura is None:
             from clients.mura import MuraClient
 
-            self._mura = MuraClient(self.url, tls=self.tls)
+            self._mura = MuraClient(self.urls, tls=self.tls)
         return self._mura
 
     def _wrist_client(self):
         if self._wrist is None:
             from clients.wrist import WristClient
 
-            self._wrist = WristClient(self.url, tls=self.tls)
+            self._wrist = WristClient(self.urls, tls=self.tls)
         return self._wrist
 
     # -- status -----------------------------------------------------------------------------
     def status(self) -> ServerStatus:
-        """Ask Triton (gRPC) for its model index; READY versions per model name."""
-        import tritonclient.grpc as grpcclient
+        """Ask Triton (gRPC) for its model index; READY versions per model name.
 
-        try:
-            client = grpcclient.InferenceServerClient(self.url, **client_kwargs(self.tls))
+        With several endpoints, the first that answers speaks for them (they serve the same
+        repository); unreachable only when none answers.
+        """
+        import tritonclient.grpc as grpcclient
+        from tritonclient.utils import InferenceServerException
+
+        errors: list[tuple[str, str | None]] = []
+        index: dict[str, Any] | None = None
+        for url in self.urls:
             try:
-                index = client.get_model_repository_index(
-                    as_json=True, client_timeout=STATUS_TIMEOUT_S)
-            finally:
-                client.close()
-        except Exception as exc:  # noqa: BLE001 - any failure here means "cannot show status"
-            return ServerStatus(self.url, False, error=humanize(self.url, str(exc)))
+                client = grpcclient.InferenceServerClient(url, **client_kwargs(self.tls))
+                try:
+                    index = client.get_model_repository_index(
+                        as_json=True, client_timeout=STATUS_TIMEOUT_S)
+                finally:
+                    client.close()
+                break
+            except InferenceServerException as exc:
+                errors.append((error_text(exc), request_reason(exc)))
+            except (OSError, ValueError) as exc:  # a malformed address, a refused TLS setup
+                errors.append((str(exc), None))
+        if index is None:
+            return ServerStatus(self.url, False, error=humanize(self.url, *errors[-1]))
         models: dict[str, list[str]] = {}
         for entry in index.get("models", []):
             if entry.get("state") == "READY":
@@ -124,78 +137,90 @@ class WebService:
         return ServerStatus(self.url, True, models=models)
 
     # -- scoring ------------------------------------------------------------------------------
-    def score_study(self, uploads: list[DecodedUpload | str], body_part: str | None,
+    def score_study(self, uploads: list[DecodedUpload | RadiographError], body_part: str | None,
                     ) -> dict[str, Any]:
-        """Score every decodable upload; an `str` entry is an upload error message to report.
+        """Score every decodable upload; a `RadiographError` entry is an upload that could not
+        be read, reported as that image's error.
 
         Returns {"images": [...], "study": {...}, "status": {...}}; never raises for bad input
-        or an unreachable server.
+        or an unreachable server. Each image carries the shared row fields (`clients.rows`).
         """
         status = self.status()
         decoded = [u for u in uploads if isinstance(u, DecodedUpload)]
         parts = [u.body_part or body_part for u in decoded]
         results: list[Any] = []
-        global_error: str | None = None
+        global_error: tuple[str, str] | None = None      # (message, reason) for every image
         if decoded:
             if not status.reachable:
-                global_error = status.error
+                global_error = (status.error or unreachable_message(self.url),
+                                Reason.SERVER_UNAVAILABLE)
             elif not status.mura_available:
                 global_error = (f"The inference server at {self.url} has no ready "
-                                f"{MURA_ENSEMBLE_MODEL} model.")
+                                f"{MURA_ENSEMBLE_MODEL} model.", Reason.MODEL_NOT_FOUND)
             else:
-                try:
-                    results = self._mura_client().score(
-                        [u.image for u in decoded], body_parts=parts,
-                        names=[u.filename for u in decoded])
-                except Exception as exc:  # noqa: BLE001 - shown to the user as one line
-                    log.warning("scoring failed: %s", humanize(self.url, str(exc)))
-                    global_error = humanize(self.url, str(exc))
+                results = self._mura_client().score(
+                    [u.image for u in decoded], body_parts=parts,
+                    names=[u.filename for u in decoded])
 
         images: list[dict[str, Any]] = []
         it = iter(zip(decoded, parts, results or [None] * len(decoded), strict=True))
         for upload in uploads:
-            if isinstance(upload, str):
-                images.append({"filename": upload.split(":", 1)[0], "error": upload})
+            if isinstance(upload, RadiographError):
+                images.append({**common_fields(upload.source, error=str(upload),
+                                               error_reason=upload.reason),
+                               "filename": upload.source})
                 continue
             item, part, result = next(it)
             images.append(self._image_payload(item, part, result, global_error, status))
-        return {"images": images, "study": aggregate(images), "status": status.to_json()}
+        default = next((r.default_threshold for r in results if r.error is None),
+                       MURA_DEFAULT_THRESHOLD)
+        return {"images": images, "study": aggregate(images, default),
+                "status": status.to_json()}
 
     def _image_payload(self, upload: DecodedUpload, part: str | None, result: Any,
-                       global_error: str | None, status: ServerStatus) -> dict[str, Any]:
+                       global_error: tuple[str, str] | None, status: ServerStatus
+                       ) -> dict[str, Any]:
         h, w = upload.image.shape
         payload: dict[str, Any] = {
             "filename": upload.filename, "format": upload.kind, "body_part": part,
             "width": int(w), "height": int(h),
             "image": rendering.png_data_url(rendering.display_image(upload.image)),
         }
-        error = global_error or (result.error if result is not None else "no result")
+        if global_error is None and result is not None and result.error is None:
+            error = None
+        elif global_error is not None:
+            error, reason = global_error
+        else:
+            error, reason = result.error, result.error_reason
         if error:
-            payload["error"] = f"{upload.filename}: {humanize(self.url, error)}"
-            return payload
+            message = humanize(self.url, error, reason)
+            if not message.startswith(f"{upload.filename}:"):
+                message = f"{upload.filename}: {message}"
+            return {**common_fields(upload.filename, error=message, error_reason=reason,
+                                    latency_s=getattr(result, "latency_s", None)), **payload}
         payload.update({
             "probability": float(result.probability),
             "threshold": float(result.threshold),
             "abnormal": bool(result.abnormal) if result.abnormal is not None else None,
             "members": {m: float(result.members[m]) for m in MURA_MEMBERS if m in result.members},
-            "versions": dict(result.versions),
             "weights": result.weights,
-            "latency_s": float(result.latency_s) if result.latency_s is not None else None,
         })
         if result.heatmap is not None:
             payload["heatmap"] = rendering.heatmap_views(np.asarray(result.heatmap, np.uint8))
         if part == "wrist" and status.wrist_available:
             payload.update(self._wrist_boxes(upload))
-        return payload
+        return {**common_fields(upload.filename, versions=result.versions,
+                                latency_s=result.latency_s), **payload}
 
     def _wrist_boxes(self, upload: DecodedUpload) -> dict[str, Any]:
         """Labelled boxes from `wrist_detect`, in original pixels; errors do not hide the score."""
         try:
             detection = self._wrist_client().detect([upload.image])[0]
-        except Exception as exc:  # noqa: BLE001 - shown next to the score, not instead of it
+        except Exception as exc:  # noqa: BLE001  # why: shown next to the score, not instead
             return {"boxes": [], "boxes_error": humanize(self.url, str(exc))}
         if detection.error:
-            return {"boxes": [], "boxes_error": humanize(self.url, detection.error)}
+            return {"boxes": [], "boxes_error": humanize(self.url, detection.error,
+                                                         detection.error_reason)}
         return {"boxes": [box_json(b) for b in detection.boxes],
                 "wrist_versions": dict(detection.versions)}
 
@@ -211,19 +236,21 @@ def box_json(box: Any) -> dict[str, Any]:
             "colour": f"#{r:02x}{g:02x}{b:02x}"}
 
 
-def aggregate(images: list[dict[str, Any]]) -> dict[str, Any]:
-    """Study level: mean probability over the scored images (the MURA study's rule)."""
-    scored = [im for im in images if "probability" in im]
+def aggregate(images: list[dict[str, Any]],
+              default_threshold: float = MURA_DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """Study level, by the one study rule (`clients.study`): mean probability over the scored
+    images, called against the body part's operating point (the default one when the images'
+    body parts differ: `mixed_body_parts`)."""
+    scored = [im for im in images if im.get("probability") is not None]
     study: dict[str, Any] = {"n_images": len(images), "n_scored": len(scored),
                              "n_errors": len(images) - len(scored)}
     if not scored:
         return study
-    probability = float(study_probability(im["probability"] for im in scored))
-    thresholds = {im["threshold"] for im in scored}
-    threshold = thresholds.pop() if len(thresholds) == 1 else MURA_DEFAULT_THRESHOLD
+    call = study_call((ScoredImage(im.get("probability"), im.get("body_part"),
+                                   im.get("threshold")) for im in images), default_threshold)
     members = {m: float(np.mean([im["members"][m] for im in scored if m in im["members"]]))
                for m in MURA_MEMBERS if any(m in im["members"] for im in scored)}
-    study.update({"probability": probability, "threshold": threshold,
-                  "abnormal": probability >= threshold, "members": members,
-                  "mixed_thresholds": len({im["threshold"] for im in scored}) > 1})
+    study.update({"probability": call.probability, "threshold": call.threshold,
+                  "abnormal": call.abnormal, "members": members, "body_part": call.body_part,
+                  "mixed_body_parts": call.mixed_body_parts})
     return study

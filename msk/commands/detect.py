@@ -1,7 +1,8 @@
 """`msk detect`: wrist structure boxes for radiographs, via the `wrist_detect` Triton ensemble.
 
-One JSON line per input on stdout (`source`, `boxes` [class, score, x1, y1, x2, y2 in original
-pixels], `versions`, `error`); logs go to stderr. A bad input (including a folder or pattern that
+One JSON line per input on stdout: the shared row fields (`input`, `error`, `error_reason`,
+`versions`, `latency_s`, `notice`; see `clients.rows`), then `boxes` [class, score, x1, y1, x2,
+y2 in original pixels]; logs go to stderr. A bad input (including a folder or pattern that
 holds no images) gets a row with an `error` and the rest go on; the exit status is 1 when any
 input failed. Images are read by the one radiograph reader (`msk.imaging`), with its limits.
 """
@@ -44,6 +45,7 @@ def expand_inputs(items: list[str]) -> list[tuple[str, str | None]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from clients.errors import Reason
     from clients.overlay import overlay_png
     from clients.wrist import WristClient, WristResult
     from msk.imaging import load_grayscale
@@ -58,9 +60,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"msk detect: {exc}", file=sys.stderr)
         return 2
     failed = 0
-    with WristClient(args.url, model=args.model, timeout_s=args.timeout, tls=tls) as client:
+    with WristClient(args.url or [DEFAULT_GRPC_URL], model=args.model, timeout_s=args.timeout,
+                     tls=tls) as client:
         for n, (source, error) in enumerate(inputs):
-            result = (WristResult(source=source, error=error) if error else
+            result = (WristResult(source=source, error=error,
+                                  error_reason=Reason.INPUT_NOT_FOUND) if error else
                       client.detect([source])[0])
             if result.error is None and args.overlay_dir:
                 out = Path(args.overlay_dir) / f"{n:04d}_{Path(source).stem}.png"
@@ -83,8 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files (PNG/JPEG/TIFF 8 or 16 bit, DICOM), folders or glob patterns")
-    p.add_argument("--url", default=DEFAULT_GRPC_URL,
-                   help=f"Triton gRPC address host:port (default {DEFAULT_GRPC_URL})")
+    p.add_argument("--url", action="append", default=None, metavar="HOST:PORT",
+                   help=f"Triton gRPC address (default {DEFAULT_GRPC_URL}); repeat it (or give "
+                   "a comma-separated list) for several replicas: requests are spread "
+                   "round-robin and fail over to the others when one is down")
     p.add_argument("--model", default=WRIST_DETECT_MODEL,
                    help=f"ensemble name (default {WRIST_DETECT_MODEL})")
     p.add_argument("--overlay-dir", default=None,

@@ -26,7 +26,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to listen on, DICOM and STOW-RS (default 127.0.0.1; "
                    "0.0.0.0 = every interface)")
     p.add_argument("--port", type=int, help="DICOM port to listen on (default 11112)")
-    p.add_argument("--triton-url", help="Triton gRPC endpoint HOST:PORT")
+    p.add_argument("--triton-url", action="append", metavar="HOST:PORT",
+                   help="Triton gRPC endpoint; repeat it (or give a comma-separated list; in "
+                   "--config: a list) for several replicas: requests are spread round-robin "
+                   "and fail over to the others when one is down")
     p.add_argument("--destination", help="where results go by C-STORE: AET@HOST:PORT (the PACS)")
     p.add_argument("--destination-dicomweb", metavar="URL",
                    help="where results go by STOW-RS: the DICOMweb base URL (e.g. "

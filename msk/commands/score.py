@@ -32,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "*_image_paths.csv / *_labeled_studies.csv); with --merge: the shard output "
                    "files ({index} is replaced by 0..N-1 of --shards N)")
     p.add_argument("--url", action="append", default=None, metavar="HOST:PORT",
-                   help=f"Triton gRPC address (default {DEFAULT_GRPC_URL}); repeat it for "
-                   "several replicas: requests are spread over them and a failing one is "
-                   "skipped until it answers again")
+                   help=f"Triton gRPC address (default {DEFAULT_GRPC_URL}); repeat it (or give "
+                   "a comma-separated list) for several replicas: requests are spread over "
+                   "them and a failing one is skipped until it answers again")
     p.add_argument("--model", default=MURA_ENSEMBLE_MODEL,
                    help=f"model to call (default {MURA_ENSEMBLE_MODEL})")
     p.add_argument("--out", type=Path, default=None,
@@ -86,12 +86,17 @@ def _studies_path(args: argparse.Namespace) -> Path | None:
     return args.out.with_name(f"{args.out.stem}.studies{args.out.suffix}")
 
 
-def _write_studies(args: argparse.Namespace, rows: list[dict]) -> tuple[list[dict], Path | None]:
-    from clients.batch import STUDY_COLUMNS, aggregate_studies
+def _write_studies(args: argparse.Namespace, rows: list[dict],
+                   default_threshold: float | None = None) -> tuple[list[dict], Path | None]:
+    """Study rows by the one study rule; `default_threshold` is the served model's default
+    operating point (mixed body parts), when this run talked to the server."""
+    from clients.batch import STUDY_COLUMNS, study_rows
     from clients.outputs import write_rows
+    from msk.constants import MURA_DEFAULT_THRESHOLD
 
     studies_path = _studies_path(args)
-    studies = aggregate_studies(rows) if rows else []
+    default = MURA_DEFAULT_THRESHOLD if default_threshold is None else default_threshold
+    studies = study_rows(rows, default) if rows else []
     if studies and studies_path is not None:
         write_rows(studies_path, studies, STUDY_COLUMNS)
     return studies, studies_path
@@ -166,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"msk score: {exc}", file=sys.stderr)
         return 2
     if args.metrics_port is not None:
-        from clients.metrics import start_metrics_server
+        from clients.telemetry import start_metrics_server
 
         start_metrics_server(args.metrics_port)
     pusher = None
@@ -241,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
             pusher.stop()
 
     rows = read_rows(args.out) if args.out is not None else collected
-    studies, studies_path = _write_studies(args, rows)
+    studies, studies_path = _write_studies(args, rows, scorer.default_threshold)
     summary.studies = len(studies)  # type: ignore[attr-defined]
     report = summary.to_json()  # type: ignore[attr-defined]
     print(

@@ -28,8 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"HTTP port of the web page (default {DEFAULT_WEB_PORT})")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
-    p.add_argument("--triton-url", default=DEFAULT_GRPC_URL,
-                   help=f"Triton gRPC address HOST:PORT (default {DEFAULT_GRPC_URL})")
+    p.add_argument("--triton-url", action="append", default=None, metavar="HOST:PORT",
+                   help=f"Triton gRPC address (default {DEFAULT_GRPC_URL}); repeat it (or give "
+                   "a comma-separated list) for several replicas: requests are spread "
+                   "round-robin and fail over to the others when one is down")
     p.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="log level of the web server (logs go to stderr)")
@@ -40,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from clients.failover import url_list
     from clients.web.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -49,8 +52,9 @@ def run(args: argparse.Namespace) -> int:
     except TlsConfigError as exc:
         print(f"msk web: {exc}", file=sys.stderr)
         return 2
-    app = create_app(args.triton_url, tls=tls)
-    print(f"msk web: http://{args.host}:{args.port}/ (Triton gRPC {args.triton_url})",
+    urls = url_list(args.triton_url or [DEFAULT_GRPC_URL])
+    app = create_app(urls, tls=tls)
+    print(f"msk web: http://{args.host}:{args.port}/ (Triton gRPC {', '.join(urls)})",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=False)

@@ -81,15 +81,18 @@ class WebApp:
 
 
 @contextmanager
-def running_web_app(triton_url: str, log_path: Path) -> Iterator[WebApp]:
-    """Start `msk web` as a subprocess and yield it once /api/status answers."""
+def running_web_app(triton_url: str | list[str], log_path: Path) -> Iterator[WebApp]:
+    """Start `msk web` as a subprocess and yield it once /api/status answers; several URLs are
+    given as repeated `--triton-url` flags."""
+    urls = [triton_url] if isinstance(triton_url, str) else list(triton_url)
+    url_flags = [flag for u in urls for flag in ("--triton-url", u)]
     port = free_port()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "msk.cli", "web", "--port", str(port),
-             "--triton-url", triton_url, "--log-level", "warning"],
+             *url_flags, "--log-level", "warning"],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         url = f"http://127.0.0.1:{port}"
@@ -108,7 +111,7 @@ def running_web_app(triton_url: str, log_path: Path) -> Iterator[WebApp]:
                     raise RuntimeError("msk web did not answer within 90 s:\n"
                                        + log_path.read_text(errors="replace")[-3000:])
                 time.sleep(0.2)
-            yield WebApp(url, proc.pid, log_path, triton_url)
+            yield WebApp(url, proc.pid, log_path, urls[-1])
         finally:
             proc.terminate()
             try:

@@ -118,7 +118,7 @@ function renderStudy(study) {
     document.createTextNode(` mean over ${study.n_scored} image${study.n_scored === 1 ? "" : "s"} `),
     callBadge(study.abnormal, study.threshold)));
   if (study.n_errors) section.append(el("p", { class: "warn", text: `${study.n_errors} image(s) could not be scored; see below.` }));
-  if (study.mixed_thresholds) section.append(el("p", { class: "note", text: "Images have different body parts; the default threshold is used for the study call." }));
+  if (study.mixed_body_parts) section.append(el("p", { class: "note", text: "Images have different body parts; the default threshold is used for the study call." }));
   section.append(memberTable(study.members));
 }
 

@@ -1,0 +1,108 @@
+"""Why a request to Triton failed, as one reason code decided in ONE place.
+
+Why codes and not message text: the batch scorer, the gateway and the web app each used to match
+their own lists of error strings ("not found", `startswith("server")`), which disagreed and broke
+whenever Triton reworded a message. Every client now asks `request_reason(exc)` and decides
+what to do (retry, dead-letter, show the user) from the code alone (`is_retryable`).
+
+Reasons of an *input* (unreadable file, too small...) are `msk.imaging.RadiographError.reason`
+codes; the ones here are about the server and the transport. Both end up in a row's
+`error_reason` (see `clients.rows`).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """What went wrong with a request, as the rows' `error_reason` spells it."""
+
+    SERVER_UNAVAILABLE = "server_unavailable"
+    """Not reachable, connection lost, model not (yet) ready: a (re)starting server."""
+    SERVER_OVERLOADED = "server_overloaded"
+    """The server answered, but refused the request from a full queue."""
+    MODEL_NOT_FOUND = "model_not_found"
+    """The server does not know the model (it is still loading its repository, or lacks it)."""
+    TIMEOUT = "timeout"
+    """No answer within the client's deadline."""
+    REJECTED_BY_SERVER = "rejected_by_server"
+    """The server refused this request's contents (shape, type): sending it again cannot help."""
+    INFERENCE_FAILED = "inference_failed"
+    """The model failed while running (an internal error for this request)."""
+    BAD_RESPONSE = "bad_response"
+    """An answer the client cannot parse (wrong outputs, malformed provenance)."""
+    INPUT_NOT_FOUND = "input_not_found"
+    """The input could not even be located (a path or pattern matching nothing)."""
+    DESTINATION_UNREACHABLE = "destination_unreachable"
+    """The gateway could not reach the PACS / DICOMweb destination to deliver a result."""
+    DELIVERY_REFUSED = "delivery_refused"
+    """The destination answered but did not accept every result object."""
+
+
+RETRYABLE: frozenset[str] = frozenset({
+    Reason.SERVER_UNAVAILABLE, Reason.SERVER_OVERLOADED, Reason.MODEL_NOT_FOUND, Reason.TIMEOUT,
+})
+"""Reasons that say nothing about the input: the same request may succeed later or elsewhere."""
+
+_BY_STATUS: dict[str, Reason] = {
+    "UNAVAILABLE": Reason.SERVER_UNAVAILABLE,
+    "CANCELLED": Reason.SERVER_UNAVAILABLE,
+    "ABORTED": Reason.SERVER_UNAVAILABLE,
+    "UNKNOWN": Reason.SERVER_UNAVAILABLE,        # a connection reset mid-stream
+    "RESOURCE_EXHAUSTED": Reason.SERVER_OVERLOADED,
+    "DEADLINE_EXCEEDED": Reason.TIMEOUT,
+    "NOT_FOUND": Reason.MODEL_NOT_FOUND,
+    "INVALID_ARGUMENT": Reason.REJECTED_BY_SERVER,
+    "FAILED_PRECONDITION": Reason.REJECTED_BY_SERVER,
+    "OUT_OF_RANGE": Reason.REJECTED_BY_SERVER,
+    "UNIMPLEMENTED": Reason.REJECTED_BY_SERVER,
+}
+"""gRPC status code (as tritonclient reports it, without the `StatusCode.` prefix) -> reason."""
+
+QUEUE_POLICY_REJECTIONS = ("exceeds maximum queue size", "request timeout expired")
+"""Triton 2.51 answers a rejection by its bounded queue (`default_queue_policy`) with the same
+UNAVAILABLE code as an outage; only its text tells the two apart. Both are retried; the split
+only decides whether the summary counts an overload or an outage."""
+
+
+def status_code(exc: BaseException) -> str | None:
+    """The gRPC status name of a tritonclient exception ("UNAVAILABLE"), else None."""
+    status = getattr(exc, "status", None)
+    status = status() if callable(status) else status
+    if not status:
+        return None
+    return str(status).removeprefix("StatusCode.")
+
+
+def request_reason(exc: BaseException) -> Reason:
+    """The reason code of an exception raised by a tritonclient call (sync or asyncio)."""
+    code = status_code(exc)
+    if code is not None:
+        reason = _BY_STATUS.get(code, Reason.INFERENCE_FAILED)
+        if reason is Reason.SERVER_UNAVAILABLE and _queue_rejection(exc):
+            return Reason.SERVER_OVERLOADED
+        return reason
+    if isinstance(exc, TimeoutError):
+        return Reason.TIMEOUT
+    if isinstance(exc, OSError):          # connection refused/reset below the gRPC layer
+        return Reason.SERVER_UNAVAILABLE
+    return Reason.INFERENCE_FAILED
+
+
+def _queue_rejection(exc: BaseException) -> bool:
+    message = getattr(exc, "message", None)
+    text = (message() if callable(message) else str(exc)) or ""
+    return any(marker in text.lower() for marker in QUEUE_POLICY_REJECTIONS)
+
+
+def is_retryable(reason: str | None) -> bool:
+    """True when `reason` says nothing about the input (retry later, or on another endpoint)."""
+    return reason in RETRYABLE
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a tritonclient exception (its message without the gRPC boilerplate)."""
+    message = getattr(exc, "message", None)
+    text = message() if callable(message) else str(exc)
+    return (str(text).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,0 +1,82 @@
+"""The one study rule: how a study's images become the study's probability and call.
+
+Why one function: `msk score`, the web app and the gateway each had their own copy and they
+disagreed (first image's threshold with 0.0 turned into 0.5; a shared threshold else 0.5; the
+mean of the images' thresholds). Now all three call `study_call`.
+
+The rule (MURA's): the study probability is the mean over the images that were scored; images
+that failed do not vote; a study with no scored image has no probability and an error. The call
+(abnormal or not) compares that mean with the operating point of the study's BODY PART, taken
+from the model's provenance (each image's `MuraResult.threshold` is that body part's point).
+
+Mixed body parts in one study (e.g. a wrist and a hand view under one accession): there is no
+body-part operating point for the study as a whole, so the call uses the model's DEFAULT
+operating point (`default_threshold` from the provenance, else `MURA_DEFAULT_THRESHOLD`) and the
+result says `mixed_body_parts: true`. Images without a body part take the study's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from msk.constants import MURA_DEFAULT_THRESHOLD
+
+NO_IMAGE_SCORED = "no image of this study could be scored"
+
+
+@dataclass(frozen=True)
+class ScoredImage:
+    """What the rule needs of one image: its probability (None = failed), its body part and
+    the operating point the server gave for that body part (None when it failed)."""
+
+    probability: float | None
+    body_part: str | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class StudyCall:
+    """A study's result: probability and call, or `error` when no image was scored."""
+
+    images: int
+    scored: int
+    probability: float | None
+    threshold: float | None
+    abnormal: bool | None
+    body_part: str | None
+    mixed_body_parts: bool
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": self.images, "scored": self.scored, "probability": self.probability,
+                "threshold": self.threshold, "abnormal": self.abnormal,
+                "body_part": self.body_part, "mixed_body_parts": self.mixed_body_parts,
+                "error": self.error}
+
+
+def study_call(images: Iterable[ScoredImage],
+               default_threshold: float = MURA_DEFAULT_THRESHOLD) -> StudyCall:
+    """Apply the study rule (module docstring) to a study's images.
+
+    `default_threshold` is the model's default operating point (the provenance's
+    `default_threshold`), used when the images' body parts differ.
+    """
+    items = list(images)
+    parts = {i.body_part for i in items if i.body_part}
+    mixed = len(parts) > 1
+    body_part = parts.pop() if len(parts) == 1 else None
+    ok = [i for i in items if i.probability is not None]
+    if not ok:
+        return StudyCall(len(items), 0, None, None, None, body_part, mixed, NO_IMAGE_SCORED)
+    probability = sum(float(i.probability) for i in ok) / len(ok)  # type: ignore[arg-type]
+    if mixed:
+        threshold = float(default_threshold)
+    else:
+        # Every scored image of one body part carries that part's operating point; take it
+        # (an explicit 0.0 is a real operating point, not "missing").
+        points = [float(i.threshold) for i in ok if i.threshold is not None]
+        threshold = points[0] if points else float(default_threshold)
+    return StudyCall(len(items), len(ok), probability, threshold, probability >= threshold,
+                     body_part, mixed, None)
