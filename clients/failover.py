@@ -6,7 +6,7 @@ its requests over them round-robin and, when one fails, takes it out for a short
 cooldown and sends the work to the others, so losing a replica costs retries, not rows.
 
 Why a circuit breaker: retrying each image for its own time budget turned a dead server into
-hours for a large batch (issue 11 item 8). The run has ONE outage budget: it starts counting at
+hours for a large batch. The run has ONE outage budget: it starts counting at
 the first failure after the last success anywhere; if nothing succeeds within it, the circuit
 opens and every remaining image fails at once (as `server_unavailable`, which `--resume`
 scores again later). Any success closes an outage, so an overloaded server that still answers

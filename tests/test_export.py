@@ -1,4 +1,4 @@
-"""Export path: ONNX checks, parity guard, versioned promotion with provenance (issue #2 item 4)."""
+"""Export path: ONNX checks, parity guard, versioned promotion with provenance."""
 
 from __future__ import annotations
 

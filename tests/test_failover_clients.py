@@ -1,5 +1,5 @@
-"""Several Triton endpoints for every client, without a balancer (issue 14 item 3, the gap left
-by `msk score`): `msk detect --url`, `msk web --triton-url` and `msk gateway --triton-url`
+"""Several Triton endpoints for every client, without a balancer, like
+`msk score`: `msk detect --url`, `msk web --triton-url` and `msk gateway --triton-url`
 repeated, one endpoint dead (a closed port on loopback) and one a real tritonserver. Every
 input must still be scored: the clients spread requests round-robin and fail over with the
 same `clients.failover.EndpointPool` as `msk score` (tests/test_scaleout.py)."""

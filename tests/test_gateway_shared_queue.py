@@ -1,4 +1,4 @@
-"""Several gateway processes sharing one queue folder (issue 14 item 3): each study is scored
+"""Several gateway processes sharing one queue folder: each study is scored
 and delivered exactly once. First the queue's claims raced by real processes, then two real
 `msk gateway --shared-queue` processes with the real tritonserver and Orthanc."""
 

@@ -1,4 +1,4 @@
-"""gRPC TLS (issue 11, item 6): tritonserver with its own --grpc-use-ssl* flags
+"""gRPC TLS: tritonserver with its own --grpc-use-ssl* flags
 (server/exposure.py), `msk serve --tls-*` (TLS at its gRPC guard), and every gRPC client
 (`msk score`, `msk detect`, the web app, the gateway's Triton client) over a real TLS channel on
 loopback, with a CA, a server and a client certificate made in the test by openssl."""

@@ -1,4 +1,4 @@
-"""Model repository in object storage (issue 14 item 2), against a real S3-compatible server
+"""Model repository in object storage, against a real S3-compatible server
 (moto's standalone server on loopback) and the real tritonserver reading `s3://127.0.0.1:PORT/...`.
 """
 

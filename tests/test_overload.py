@@ -1,4 +1,4 @@
-"""Overload and abandoned work (issue 11, item 2), against the real tritonserver on loopback.
+"""Overload and abandoned work, against the real tritonserver on loopback.
 
 Every composing model has a bounded queue with a timeout policy (export/configs.py
 `queue_policy`): past it, a request is answered UNAVAILABLE at once instead of waiting minutes.

@@ -1,4 +1,4 @@
-"""One reader, one set of limits, the same answer at every entry point (issues 11.4-11.5, 15.1).
+"""One reader, one set of limits, the same answer at every entry point.
 
 The matrix of `tests/plugins/radiograph_cases.py` goes through the reader itself, then through
 `msk score` and `msk detect` as subprocesses against the real tritonserver (tiny MURA and CI wrist

@@ -1,4 +1,4 @@
-"""Scale-out, for real on one machine (issue 14 item 3, issue 11 item 8): three tritonserver
+"""Scale-out, for real on one machine: three tritonserver
 replicas behind a real HAProxy with one SIGKILLed mid-run; several `--url`s without a balancer;
 one outage budget per run; shards merged into one file; client metrics pushed to a real
 Pushgateway. Replicas serve the tiny stand-in repository so three fit in two cores."""
@@ -111,7 +111,7 @@ def test_several_urls_spread_and_fail_over_without_a_balancer(tiny_repository, t
 
 
 def test_dead_server_spends_one_outage_budget_per_run_then_resume(tiny_repository, tmp_path):
-    """Issue 11 item 8: with Triton gone, the run stops trying after ONE --retry-for, marks the
+    """With Triton gone, the run stops trying after ONE --retry-for, marks the
     rest server_unavailable without sending them, says so; --resume later scores them once."""
     images = _images(tmp_path / "in", 200, size=(300, 400))
     out = tmp_path / "scores.csv"
@@ -225,7 +225,7 @@ def _bounded_queue_repository(source: Path, target: Path) -> Path:
 
 
 def test_overload_rejections_are_backed_off_and_retried(tiny_repository, tmp_path):
-    """Issue 11 item 2, client side: a server rejecting from its bounded queue is answered with
+    """Client side: a server rejecting from its bounded queue is answered with
     backoff and retries; every image is still scored once and the summary counts rejections."""
     images = _images(tmp_path / "in", 200, size=(300, 400))
     out = tmp_path / "scores.csv"

@@ -1,4 +1,4 @@
-"""What `msk serve` accepts at its boundary (issue 11, items 1 and 3), against the real server.
+"""What `msk serve` accepts at its boundary, against the real server.
 
 * A gRPC request whose declared shape overflows Triton 2.51's element count ([2**62+4, 4] with 16
   bytes) used to kill the `mura_preprocess` stub for good; it now gets INVALID_ARGUMENT from the

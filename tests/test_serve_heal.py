@@ -1,5 +1,5 @@
 """`msk serve` heals a model that stopped serving, and cleans up after killed shared-memory
-clients (issue 11, items 1 and 7), against the real tritonserver on loopback.
+clients, against the real tritonserver on loopback.
 
 * A python-backend stub that dies leaves Triton "ready" while the model fails every request; the
   supervisor's StubWatch (server/health.py) notices within its poll, readiness turns false while

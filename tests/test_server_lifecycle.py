@@ -1,4 +1,4 @@
-"""Starting and stopping the real tritonserver: readiness, ports, clean shutdown (issue #2)."""
+"""Starting and stopping the real tritonserver: readiness, ports, clean shutdown."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The MURA ensemble on the real tritonserver over gRPC (issue #2, item 7)."""
+"""The MURA ensemble on the real tritonserver over gRPC."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one study rule (`clients.study`, issue 15 item 2) and the one error classification
+"""The one study rule (`clients.study`) and the one error classification
 (`clients.errors`, item 6), as unit tests; the end-to-end tests of `msk score`, the web app and
 the gateway (test_batch_score, test_web_api, test_gateway_e2e) run the same rule on real
 servers."""

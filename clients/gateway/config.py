@@ -91,7 +91,7 @@ class GatewayConfig:
     dicom_tls_cert: Path | None = None
     """PEM certificate (and `dicom_tls_key`) of the gateway: DICOM TLS on the SCP (and STOW-RS),
     and the client certificate for TLS deliveries. (`--tls-*` on `msk gateway` is gRPC TLS to
-    Triton, issue 11; these are the DICOM side.)"""
+    Triton; these are the DICOM side.)"""
     dicom_tls_key: Path | None = None
     dicom_tls_ca: Path | None = None
     """PEM CA bundle: senders must present a certificate it signed (mutual TLS), and a TLS

@@ -1,4 +1,4 @@
-"""The bad-input matrix of the radiograph reader, as files on disk (issue 11 items 4-5, 15.1).
+"""The bad-input matrix of the radiograph reader, as files on disk.
 
 Each `Case` writes one input into a folder and says what every entry point must answer: the
 reader's `reason` code and a phrase of its message (the real size and the limit, the format, what
