@@ -1,5 +1,5 @@
 """The Kubernetes manifests (deploy/k8s): rendered by the real Kustomize, validated offline
-against the Kubernetes schemas (kubernetes-validate), checked for what the deployment requires, and the
+against the Kubernetes schemas (kubernetes-validate), checked for what the deployment needs, and the
 monitoring pieces run for real (promtool on the scrape config; the HPA's adapter query on a real
 Prometheus scraping a real tritonserver)."""
 

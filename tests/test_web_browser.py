@@ -1,7 +1,7 @@
 """The web page in a real browser: Debian's chromium driven by Playwright, against the running
 `msk web` app and the real tritonserver. Screenshots land in `test-artifacts/web/`.
 
-No browser is downloaded: PyPI `playwright` launches `/usr/bin/chromium` (no download: the Debian browser).
+No browser is downloaded: PyPI `playwright` launches `/usr/bin/chromium` (Debian's).
 Set MSK_UPDATE_DOCS_SCREENSHOT=1 to refresh `docs/img/web.png` from the results screenshot.
 """
 
