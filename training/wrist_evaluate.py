@@ -25,9 +25,13 @@ PLOTS = ("confusion_matrix.png", "confusion_matrix_normalized.png", "BoxPR_curve
 
 
 def _split_files(data_yaml: Path, split: str) -> list[Path]:
+    """The images of a split, as Ultralytics' validator lists them (its own format list, so the
+    criterion and the validator always see the same files)."""
+    from ultralytics.data.utils import IMG_FORMATS
+
     data = yaml.safe_load(Path(data_yaml).read_text())
     folder = Path(data["path"]) / data[split]
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    return sorted(p for p in folder.iterdir() if p.suffix.lower().lstrip(".") in IMG_FORMATS)
 
 
 def _labels_for(image: Path, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
