@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from clients.errors import Reason, error_text, is_retryable, request_reason
+from clients.errors import Reason, error_text, is_retryable, request_reason, shared_memory_in_use
 from clients.failover import CircuitBreaker, Endpoint, EndpointPool, url_list
 from clients.inputs import ScoreItem
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
@@ -353,7 +353,7 @@ class BatchScorer:
                             try:
                                 sync.unregister_system_shared_memory(slot.name, client_timeout=5)
                             except Exception as exc:  # noqa: BLE001  # why: cleanup; the server may be gone
-                                if "in use" in str(exc):
+                                if shared_memory_in_use(exc):
                                     busy.append(slot)
                         pending = busy
                         if not pending or time.monotonic() > deadline:
@@ -467,11 +467,18 @@ class BatchScorer:
 
 
 def study_rows(rows: list[dict[str, Any]],
-               default_threshold: float = MURA_DEFAULT_THRESHOLD) -> list[dict[str, Any]]:
+               default_threshold: float | None = None) -> list[dict[str, Any]]:
     """One row per study of the image rows, by the one study rule (`clients.study`).
 
-    `default_threshold` is the model's default operating point (used for mixed body parts).
+    `default_threshold` is the model's default operating point (used for mixed body parts); when
+    not given it is read from the rows themselves (each scored row carries the operating point
+    the model reported), so `--merge` and a resume that scored nothing call studies the same way
+    as the run that wrote the rows. Files from before that field fall back to the constant.
     """
+    if default_threshold is None:
+        recorded = [r["default_threshold"] for r in rows
+                    if r.get("default_threshold") is not None]
+        default_threshold = float(recorded[0]) if recorded else MURA_DEFAULT_THRESHOLD
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("study"):

@@ -60,10 +60,17 @@ _BY_STATUS: dict[str, Reason] = {
 }
 """gRPC status code (as tritonclient reports it, without the `StatusCode.` prefix) -> reason."""
 
-QUEUE_POLICY_REJECTIONS = ("exceeds maximum queue size", "request timeout expired")
-"""Triton 2.51 answers a rejection by its bounded queue (`default_queue_policy`) with the same
-UNAVAILABLE code as an outage; only its text tells the two apart. Both are retried; the split
-only decides whether the summary counts an overload or an outage."""
+TEXT_EXCEPTIONS: tuple[tuple[str, str, Reason], ...] = (
+    ("UNAVAILABLE", "exceeds maximum queue size", Reason.SERVER_OVERLOADED),
+    ("UNAVAILABLE", "request timeout expired", Reason.SERVER_OVERLOADED),
+    ("INTERNAL", "is not healthy", Reason.SERVER_UNAVAILABLE),
+)
+"""The only places where Triton 2.51's status code alone says the wrong thing, each documented:
+- a rejection by the bounded queue (`default_queue_policy`) comes with the same UNAVAILABLE code
+  as an outage; both are retried, the split only decides whether a summary counts an overload;
+- a dead model process ("Stub process '...' is not healthy") answers INTERNAL, like a model
+  failing on this input, until `msk serve` restarts the server: the request is not at fault and
+  must be retried (later, or on another replica)."""
 
 
 def status_code(exc: BaseException) -> str | None:
@@ -79,10 +86,11 @@ def request_reason(exc: BaseException) -> Reason:
     """The reason code of an exception raised by a tritonclient call (sync or asyncio)."""
     code = status_code(exc)
     if code is not None:
-        reason = _BY_STATUS.get(code, Reason.INFERENCE_FAILED)
-        if reason is Reason.SERVER_UNAVAILABLE and _queue_rejection(exc):
-            return Reason.SERVER_OVERLOADED
-        return reason
+        text = _message(exc).lower()
+        for status, marker, reason in TEXT_EXCEPTIONS:
+            if code == status and marker in text:
+                return reason
+        return _BY_STATUS.get(code, Reason.INFERENCE_FAILED)
     if isinstance(exc, TimeoutError):
         return Reason.TIMEOUT
     if isinstance(exc, OSError):          # connection refused/reset below the gRPC layer
@@ -90,10 +98,16 @@ def request_reason(exc: BaseException) -> Reason:
     return Reason.INFERENCE_FAILED
 
 
-def _queue_rejection(exc: BaseException) -> bool:
+def _message(exc: BaseException) -> str:
     message = getattr(exc, "message", None)
-    text = (message() if callable(message) else str(exc)) or ""
-    return any(marker in text.lower() for marker in QUEUE_POLICY_REJECTIONS)
+    return (message() if callable(message) else str(exc)) or ""
+
+
+def shared_memory_in_use(exc: BaseException) -> bool:
+    """True when Triton refused to unregister a shared-memory region because a request still
+    uses it. Triton 2.51 gives this no status code of its own (only its text says "in use"), so
+    the one text test lives here, beside the other documented exceptions."""
+    return "in use" in _message(exc).lower()
 
 
 def is_retryable(reason: str | None) -> bool:
@@ -103,6 +117,5 @@ def is_retryable(reason: str | None) -> bool:
 
 def error_text(exc: BaseException) -> str:
     """One line for a tritonclient exception (its message without the gRPC boilerplate)."""
-    message = getattr(exc, "message", None)
-    text = message() if callable(message) else str(exc)
+    text = _message(exc)
     return (str(text).strip().splitlines() or [type(exc).__name__])[0]

@@ -67,7 +67,9 @@ class MuraResult:
             **common_fields(self.source, error=self.error, error_reason=self.error_reason,
                             versions=self.versions, latency_s=self.latency_s),
             "probability": round(self.probability, 6) if scored else None,
-            "abnormal": self.abnormal, "threshold": self.threshold, "body_part": self.body_part,
+            "abnormal": self.abnormal, "threshold": self.threshold,
+            "default_threshold": self.default_threshold if scored else None,
+            "body_part": self.body_part,
             "members": {k: round(v, 6) for k, v in self.members.items()} if scored else None,
             "weights": self.weights,
         }

@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from clients.errors import RETRYABLE
+from clients.rows import SHARED_FIELDS
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_MEMBERS
 
 TRANSIENT_REASONS = RETRYABLE
 """Error reasons that say nothing about the image: `--resume` scores these rows again."""
 
-BASE_COLUMNS = ("input", "study", "body_part", "label", "probability", "threshold", "abnormal")
+BASE_COLUMNS = ("input", "study", "body_part", "label", "probability", "threshold", "abnormal",
+                "default_threshold")
 TAIL_COLUMNS = ("versions", "weights", "latency_s", "attempts", "error", "error_reason", "notice")
 
 
@@ -71,6 +73,7 @@ def _unflatten(flat: dict[str, str]) -> dict[str, Any]:
         "label": int(float(flat["label"])) if flat.get("label") else None,
         "probability": num(flat.get("probability")),
         "threshold": num(flat.get("threshold")),
+        "default_threshold": num(flat.get("default_threshold")),
         "abnormal": {"True": True, "False": False}.get(flat.get("abnormal") or ""),
         "members": {k[2:]: num(v) for k, v in flat.items() if k.startswith("p_") and v},
         "versions": json.loads(flat["versions"]) if flat.get("versions") else None,
@@ -98,7 +101,8 @@ def upgrade(row: dict[str, Any]) -> dict[str, Any]:
             row["latency_s"] = None if ms is None else round(float(ms) / 1000, 4)
     row.setdefault("latency_s", None)
     row["notice"] = row.get("notice") or RESEARCH_USE_NOTICE
-    return row
+    # The shared fields lead every row (docs/outputs.md), old files' rows included.
+    return {**{k: row.get(k) for k in SHARED_FIELDS}, **row}
 
 
 def row_key(row: dict[str, Any]) -> str:

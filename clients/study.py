@@ -64,19 +64,20 @@ def study_call(images: Iterable[ScoredImage],
     `default_threshold`), used when the images' body parts differ.
     """
     items = list(images)
-    parts = {i.body_part for i in items if i.body_part}
-    mixed = len(parts) > 1
-    body_part = parts.pop() if len(parts) == 1 else None
     ok = [i for i in items if i.probability is not None]
+    # Only scored images vote, on the body part too: an unreadable hand view does not make a
+    # wrist study "mixed". With nothing scored, the parts named are reported as they are.
+    parts = {i.body_part for i in (ok or items) if i.body_part}
+    mixed = len(parts) > 1
+    body_part = next(iter(parts)) if len(parts) == 1 else None
     if not ok:
         return StudyCall(len(items), 0, None, None, None, body_part, mixed, NO_IMAGE_SCORED)
     probability = sum(float(i.probability) for i in ok) / len(ok)  # type: ignore[arg-type]
-    if mixed:
-        threshold = float(default_threshold)
-    else:
-        # Every scored image of one body part carries that part's operating point; take it
-        # (an explicit 0.0 is a real operating point, not "missing").
-        points = [float(i.threshold) for i in ok if i.threshold is not None]
-        threshold = points[0] if points else float(default_threshold)
+    # The operating point comes from an image scored AS the study's body part (each carries that
+    # part's point; an image without a body part carries the default one), so the order of the
+    # images never matters. An explicit 0.0 is a real operating point, not "missing".
+    points = [float(i.threshold) for i in ok
+              if i.threshold is not None and i.body_part == body_part]
+    threshold = points[0] if points and not mixed else float(default_threshold)
     return StudyCall(len(items), len(ok), probability, threshold, probability >= threshold,
                      body_part, mixed, None)

@@ -177,8 +177,11 @@ that needs no root privileges (104 does)."""
 # --------------------------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------------------------
+DICOM_SUFFIXES: frozenset[str] = frozenset({".dcm", ".dicom"})
+"""Names of DICOM files; the reader recognises DICOM by content, the name only decides which
+parser explains an unrecognised file."""
 IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".dcm", ".dicom"})
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm"} | DICOM_SUFFIXES)
 """Suffixes that folder/glob expansion treats as radiographs, in every command and in training
 (explicit files are always taken; the reader decides the format from the content, not the name)."""
 

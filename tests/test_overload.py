@@ -39,6 +39,8 @@ _FLOODER = textwrap.dedent("""
     import numpy as np
     import tritonclient.grpc as g
     import tritonclient.grpc.aio as ga
+    from tritonclient.utils import InferenceServerException
+    from clients.errors import status_code
 
     async def main(url, n, h, w):
         client = ga.InferenceServerClient(url)
@@ -49,8 +51,8 @@ _FLOODER = textwrap.dedent("""
             try:
                 await client.infer("mura_ensemble", [inp])
                 return "ok"
-            except Exception as exc:
-                return "unavailable" if "UNAVAILABLE" in str(exc) else "error"
+            except InferenceServerException as exc:
+                return "unavailable" if status_code(exc) == "UNAVAILABLE" else "error"
         tasks = [asyncio.ensure_future(one()) for _ in range(n)]
         for done in asyncio.as_completed(tasks):
             print(await done, flush=True)

@@ -116,6 +116,14 @@ def test_exponents_without_a_dot_are_numbers(tmp_path: Path) -> None:
     assert (recipe.lr, recipe.reduce_lr_on_plateau.min_lr) == (1e-4, 1e-7)
 
 
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    """PyYAML would keep the last of two `lr`s silently; the recipe reader names the key."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: r\nmember: m\narchitecture: tiny\nlr: 0.001\nlr: 0.5\n")
+    with pytest.raises(RecipeError, match=r"twice\.yaml: not valid YAML: .*'lr' is given twice"):
+        read_recipe("mura", path)
+
+
 def test_missing_keys_and_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=r"x\.yaml: missing key\(s\) member, architecture"):
         parse_recipe("mura", {"name": "x"}, "x.yaml")

@@ -48,6 +48,20 @@ def test_mixed_body_parts_use_the_default_operating_point_and_say_so():
                           ).mixed_body_parts
 
 
+def test_the_call_does_not_depend_on_the_order_of_the_images():
+    """An image without a body part carries the DEFAULT point; the study's part decides."""
+    images = [ScoredImage(0.4, None, 0.5), ScoredImage(0.4, "wrist", 0.3)]
+    for order in (images, images[::-1]):
+        call = study_call(order, default_threshold=0.5)
+        assert (call.body_part, call.threshold, call.abnormal) == ("wrist", 0.3, True)
+
+
+def test_a_failed_image_has_no_vote_on_the_body_part_either():
+    call = study_call([ScoredImage(0.4, "wrist", 0.3), ScoredImage(None, "hand")],
+                      default_threshold=0.5)
+    assert not call.mixed_body_parts and call.body_part == "wrist" and call.threshold == 0.3
+
+
 def test_batch_web_and_gateway_apply_the_same_rule():
     images = [(0.2, "wrist", 0.0), (None, "wrist", None), (0.4, "wrist", 0.0)]
     rows = [{"study": "s1", "probability": p, "body_part": b, "threshold": t, "label": 1,
@@ -82,6 +96,10 @@ def _exc(status: str, message: str = "boom") -> InferenceServerException:
     ("StatusCode.NOT_FOUND", "Request for unknown model", Reason.MODEL_NOT_FOUND),
     ("StatusCode.INVALID_ARGUMENT", "unexpected shape", Reason.REJECTED_BY_SERVER),
     ("StatusCode.INTERNAL", "not found", Reason.INFERENCE_FAILED),  # the text does not decide
+    # documented exception: a dead model process is the server's state, not this input's fault
+    ("StatusCode.INTERNAL", "Failed to process the request(s) for model instance "
+     "'mura_preprocess_0_0', message: Stub process 'mura_preprocess_0_0' is not healthy.",
+     Reason.SERVER_UNAVAILABLE),
 ])
 def test_request_errors_are_classified_by_status_code(status, message, reason):
     assert request_reason(_exc(status, message)) == reason
@@ -94,3 +112,21 @@ def test_retry_is_decided_on_the_reason():
                                              Reason.INFERENCE_FAILED, "unreadable_image", None))
     assert request_reason(ConnectionRefusedError()) == Reason.SERVER_UNAVAILABLE
     assert request_reason(TimeoutError()) == Reason.TIMEOUT
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_studies_from_written_rows_use_the_models_recorded_default(tmp_path, suffix):
+    """`--merge` and a resume that scores nothing rebuild studies from the rows alone: the model's
+    default operating point travels in each scored row, so a mixed study is called the same way
+    as by the run that scored it (here 0.4, not the constant 0.5)."""
+    from clients.outputs import open_sink, read_rows
+
+    out = tmp_path / f"scores{suffix}"
+    sink, _ = open_sink(out, resume=False)
+    for name, part, threshold in (("a.png", "wrist", 0.3), ("b.png", "hand", 0.6)):
+        sink.write({"input": name, "study": "s1", "probability": 0.45, "body_part": part,
+                    "threshold": threshold, "default_threshold": 0.4, "abnormal": None,
+                    "members": {}, "versions": {"pipeline": "1"}, "error": None})
+    sink.close()
+    (study,) = study_rows(read_rows(out))
+    assert study["mixed_body_parts"] and study["threshold"] == 0.4 and study["abnormal"] is True

@@ -274,13 +274,32 @@ def recipe_path(family: str, name_or_path: str | Path) -> Path:
                       f"{candidate}); committed: {', '.join(names)}")
 
 
+def _strict_yaml_loader():
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error: PyYAML
+    silently keeps the last one, so a recipe could say `lr` twice and train with the other."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} is given twice", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
 def read_recipe(family: str, name_or_path: str | Path) -> MuraRecipe | WristRecipe:
     """The one reader of recipe files: find, parse YAML, validate against the family's schema."""
     import yaml
 
     path = recipe_path(family, name_or_path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_strict_yaml_loader())  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         raise RecipeError(f"{path}: not valid YAML: {exc}") from None
     if family == "wrist" and isinstance(data, dict):

@@ -18,6 +18,7 @@ import yaml
 
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import WRIST_DETECTED_IOU
+from msk.imaging import load_grayscale
 from msk.wrist_geometry import WRIST_CONF_THRESHOLD, export_size, iou_matrix
 
 PLOTS = ("confusion_matrix.png", "confusion_matrix_normalized.png", "BoxPR_curve.png",
@@ -47,13 +48,12 @@ def _labels_for(image: Path, width: int, height: int) -> tuple[np.ndarray, np.nd
 def detection_rate(model, files: list[Path], names: dict[int, str], imgsz: tuple[int, int],
                    conf: float = WRIST_CONF_THRESHOLD, iou: float = WRIST_DETECTED_IOU,
                    ) -> dict[str, dict[str, float]]:
-    """The study's criterion per class: detected / labelled structures at IoU >= `iou`."""
-    import cv2
-
+    """The study's criterion per class: detected / labelled structures at IoU >= `iou`.
+    Images are read by the one radiograph reader (a file it cannot read fails with its name)."""
     found = {k: 0 for k in names}
     total = {k: 0 for k in names}
     for path in files:
-        img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        img = load_grayscale(path)
         gt, gt_cls = _labels_for(path, img.shape[1], img.shape[0])
         res = model.predict(np.repeat(img[..., None], 3, axis=2), imgsz=imgsz, conf=conf,
                             verbose=False, device="cpu")[0]

@@ -52,8 +52,12 @@ def study_key(study_uid: str) -> str:
     return hashlib.sha256(study_uid.encode()).hexdigest()[:20]
 
 
+INSTANCE_SUFFIX = ".dcm"
+"""The queue names every stored instance `<hash>.dcm`; only such files are instances."""
+
+
 def instance_name(sop_uid: str) -> str:
-    return hashlib.sha256(sop_uid.encode()).hexdigest()[:24] + ".dcm"
+    return hashlib.sha256(sop_uid.encode()).hexdigest()[:24] + INSTANCE_SUFFIX
 
 
 @dataclass
@@ -219,7 +223,7 @@ class StudyQueue:
             src = self.dir("incoming") / key
             if not src.exists():
                 return None
-            files = [p for p in src.iterdir() if p.suffix == ".dcm"]
+            files = [p for p in src.iterdir() if p.suffix == INSTANCE_SUFFIX]
             if not files:
                 shutil.rmtree(src, ignore_errors=True)
                 return None
@@ -238,7 +242,7 @@ class StudyQueue:
         return [b for b in self.batches(state) if self.state(state, b).not_before <= now]
 
     def files(self, state: str, batch: str) -> list[Path]:
-        return sorted(p for p in (self.dir(state) / batch).iterdir() if p.suffix == ".dcm")
+        return sorted(p for p in (self.dir(state) / batch).iterdir() if p.suffix == INSTANCE_SUFFIX)
 
     def state(self, state: str, batch: str) -> BatchState:
         path = self.dir(state) / batch / STATE_FILE

@@ -220,7 +220,8 @@ class StudyScorer:
         return scored
 
     def _detect(self, candidates: list[_Candidate]) -> dict[str, list[Structure]]:
-        """Wrist structures per SOP UID; failures there fail the batch (transient)."""
+        """Wrist structures per SOP UID; a failure there fails the batch (transient when its
+        reason is retryable, else permanent)."""
         if not candidates:
             return {}
         from tritonclient.utils import InferenceServerException
@@ -232,15 +233,19 @@ class StudyScorer:
         try:
             outputs = self._wrist.detect([c.image for c in candidates])
         except InferenceServerException as exc:
-            raise TransientError(f"{WRIST_DETECT_MODEL} failed: {error_text(exc)}",
-                                 reason=request_reason(exc)) from exc
+            reason = request_reason(exc)
+            failure = TransientError if is_retryable(reason) else PermanentError
+            raise failure(f"{WRIST_DETECT_MODEL} failed: {error_text(exc)}",
+                          reason=reason) from exc
         found: dict[str, list[Structure]] = {}
         models: dict[str, ModelProvenance] = {}
         for cand, out in zip(candidates, outputs, strict=True):
             error = getattr(out, "error", None)
             if error:
-                raise TransientError(f"{WRIST_DETECT_MODEL}: {error}",
-                                     reason=str(out.error_reason))
+                # The same rule as the MURA requests: only a reason that says nothing about the
+                # image (a sick or busy server) is worth another attempt.
+                failure = TransientError if is_retryable(out.error_reason) else PermanentError
+                raise failure(f"{WRIST_DETECT_MODEL}: {error}", reason=str(out.error_reason))
             detections = getattr(out, "detections", out)
             found[str(cand.ds.SOPInstanceUID)] = [
                 Structure(d.class_name, float(d.score), float(d.x1), float(d.y1), float(d.x2),

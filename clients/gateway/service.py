@@ -161,7 +161,7 @@ class Gateway:
             log.info("batch %s: nothing to score (%d instance(s)), not an error", batch[-13:],
                      len(files))
             self.audit.record("skipped", input=batch, batch=batch, instances=len(files),
-                              reason="no instance routed for scoring")
+                              detail="no instance routed for scoring")
             self.queue.done("pending", batch)
             return
         results, summary = self._results(scored, batch)

@@ -10,47 +10,24 @@ input failed. Images are read by the one radiograph reader (`msk.imaging`), with
 from __future__ import annotations
 
 import argparse
-import glob
 import json
-import os
 import sys
 from pathlib import Path
 
 from clients.tls import TlsConfigError, add_tls_arguments, tls_from_args
-from msk.constants import DEFAULT_GRPC_URL, IMAGE_SUFFIXES, WRIST_DETECT_MODEL
-
-
-def expand_inputs(items: list[str]) -> list[tuple[str, str | None]]:
-    """(input, error) pairs: files as given, folders searched recursively for images, globs
-    expanded. An item matching nothing is kept so that its error is reported: a folder without
-    images gets its own error here; anything else is named by the reader."""
-    out: list[tuple[str, str | None]] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = [str(f) for f in sorted(p.rglob("*"))
-                     if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file()]
-            out.extend((f, None) for f in found)
-            if not found:
-                out.append((item, f"{item}: folder holds no images "
-                                  f"({', '.join(sorted(IMAGE_SUFFIXES))})"))
-        elif glob.has_magic(item) and not os.path.lexists(item):
-            matches = sorted(glob.glob(item, recursive=True))
-            out.extend((m, None) for m in matches)
-            if not matches:
-                out.append((item, f"{item}: pattern matches no files"))
-        else:
-            out.append((item, None))
-    return out
+from msk.constants import DEFAULT_GRPC_URL, WRIST_DETECT_MODEL
 
 
 def _run(args: argparse.Namespace) -> int:
     from clients.errors import Reason
+    from clients.inputs import expand_inputs
     from clients.overlay import overlay_png
     from clients.wrist import WristClient, WristResult
     from msk.imaging import load_grayscale
 
-    inputs = expand_inputs(args.inputs)
+    # The one input expansion of every client (files, folders, globs, CSV manifests; repeats
+    # dropped), the same as `msk score`.
+    inputs = [(item.path, item.error) for item in expand_inputs(args.inputs)]
     if not inputs:
         print("msk detect: no inputs", file=sys.stderr)
         return 2

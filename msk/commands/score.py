@@ -92,11 +92,9 @@ def _write_studies(args: argparse.Namespace, rows: list[dict],
     operating point (mixed body parts), when this run talked to the server."""
     from clients.batch import STUDY_COLUMNS, study_rows
     from clients.outputs import write_rows
-    from msk.constants import MURA_DEFAULT_THRESHOLD
 
     studies_path = _studies_path(args)
-    default = MURA_DEFAULT_THRESHOLD if default_threshold is None else default_threshold
-    studies = study_rows(rows, default) if rows else []
+    studies = study_rows(rows, default_threshold) if rows else []
     if studies and studies_path is not None:
         write_rows(studies_path, studies, STUDY_COLUMNS)
     return studies, studies_path

@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from msk.constants import IMAGE_SUFFIXES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+from msk.constants import DICOM_SUFFIXES, IMAGE_SUFFIXES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from msk.imaging.dicom import check_size, dataset_to_grayscale, read_dataset
 from msk.imaging.errors import RadiographError, format_bytes, short_reason
 from msk.imaging.window import to_uint8
@@ -216,7 +216,7 @@ def sniff(data: bytes, label: str) -> str:
             raise RadiographError(label, "unreadable_image", f"not a readable image: "
                                   f"unsupported format ({kind}); expected {SUPPORTED}")
     suffix = Path(label).suffix.lower()
-    if suffix in (".dcm", ".dicom"):
+    if suffix in DICOM_SUFFIXES:
         return "DICOM"   # named DICOM but unrecognised: the DICOM parser says what is wrong
     if suffix in IMAGE_SUFFIXES:
         raise RadiographError(label, "unreadable_image",

@@ -131,8 +131,11 @@ def _load_models(target: Path) -> WristCIModels:
 def wrist_repository(wrist_ci_models: WristCIModels) -> Path:
     key = hashlib.sha256()
     key.update(str(WRIST_CI_CONF).encode() + _wrist_constants())
+    # The repository vendors all of msk/constants.py (tensor names, opset...) into the
+    # post-processing model, so the whole file keys it, not only the WRIST_* values.
     for pattern in ("export/wrist_*.py", "msk/wrist_geometry.py", "export/configs.py",
-                    "export/model_specs.py", "export/python_models/*.py", "msk/graphs/*.py"):
+                    "export/model_specs.py", "export/python_models/*.py", "msk/graphs/*.py",
+                    "msk/constants.py", "msk/__init__.py"):
         for path in sorted(ROOT.glob(pattern)):
             key.update(path.name.encode() + path.read_bytes())
     target = wrist_ci_models.root / f"repository-{key.hexdigest()[:12]}"
