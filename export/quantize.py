@@ -26,9 +26,6 @@ import numpy as np
 from export.manifest import sha256_file
 from msk.constants import MURA_TINY_ARCHITECTURE, PIXELS_TENSOR
 
-PRECISIONS = ("fp32", "int8")
-"""What `msk export --precision` accepts; fp32 is the default."""
-
 OP_TYPES_BY_ARCHITECTURE: dict[str, list[str] | None] = {
     "densenet169": ["Conv", "Gemm", "MatMul"],
     "resnet101": None,                      # None = every operator ORT can quantize

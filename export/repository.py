@@ -36,6 +36,7 @@ from export.manifest import (
 from export.staging import ExportAborted, RepositoryTransaction
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import (
+    EXPORT_PRECISIONS,
     MURA_ARCHITECTURES,
     MURA_BODY_PARTS,
     MURA_DEFAULT_THRESHOLD,
@@ -149,10 +150,10 @@ def build_repository(
     """
     import torch
 
-    from export.quantize import PRECISIONS, calibration_fingerprint
+    from export.quantize import calibration_fingerprint
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got {precision!r}")
     if precision == "int8" and target != "cpu":
         raise ValueError("INT8 (ONNX Runtime QDQ) is for the CPU target only; GPU targets build "
                          "TensorRT engines from the FP32 graphs")
