@@ -27,7 +27,7 @@ from export.manifest import sha256_file
 from msk.constants import MURA_TINY_ARCHITECTURE, PIXELS_TENSOR
 
 OP_TYPES_BY_ARCHITECTURE: dict[str, list[str] | None] = {
-    "densenet169": ["Conv", "Gemm", "MatMul"],
+    "densenet169": ["Conv", "Gemm", "MatMul"],  # = CONV_OPS
     "resnet101": None,                      # None = every operator ORT can quantize
     MURA_TINY_ARCHITECTURE: None,
 }
@@ -78,9 +78,17 @@ class _PixelsReader:
         raise NotImplementedError
 
 
+ALL_OPS = "all"
+CONV_OPS = ["Conv", "Gemm", "MatMul"]
+
+
 def quantize_backbone(fp32_path: Path, int8_path: Path, architecture: str,
-                      calibration_pixels: np.ndarray) -> dict:
+                      calibration_pixels: np.ndarray,
+                      op_types: list[str] | str | None = None) -> dict:
     """Write the INT8 QDQ graph of `fp32_path` to `int8_path`; return how it was quantized.
+
+    `op_types` overrides the architecture's measured choice (`ALL_OPS` or a list of operator
+    types; bench/bench_int8.py uses it to re-check the choice).
 
     `quant_pre_process` (shape inference + graph optimisation) runs first, as ONNX Runtime
     recommends, so BatchNorms are folded before ranges are measured.
@@ -96,7 +104,10 @@ def quantize_backbone(fp32_path: Path, int8_path: Path, architecture: str,
 
     if len(calibration_pixels) == 0:
         raise CalibrationError("the calibration set holds no images")
-    op_types = OP_TYPES_BY_ARCHITECTURE.get(architecture)
+    if op_types is None:
+        op_types = OP_TYPES_BY_ARCHITECTURE.get(architecture)
+    elif op_types == ALL_OPS:
+        op_types = None
     reader = _PixelsReader(calibration_pixels)
     CalibrationDataReader.register(_PixelsReader)
     int8_path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,4 +124,4 @@ def quantize_backbone(fp32_path: Path, int8_path: Path, architecture: str,
         )
     return {"format": "QDQ", "weights": "int8 per-channel", "activations": "uint8 static",
             "calibration_method": "MinMax",
-            "op_types": op_types if op_types is not None else "all"}
+            "op_types": op_types if op_types is not None else ALL_OPS}
