@@ -86,30 +86,45 @@ class AccuracyGateFailed(ExportAborted):
         self.result = result
 
 
+class EnsembleRunner:
+    """One version's backbones + the averaging graph, in-process: ensemble probability per image.
+
+    The backbones run in batches, then the averaging graph per image (its inputs are one
+    request's outputs, as in the served ensemble).
+    """
+
+    def __init__(self, backbones: Sequence[Path], mean_graph: bytes,
+                 members: Sequence[str]) -> None:
+        import onnxruntime as ort
+
+        self.members = list(members)
+        self.sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                         for p in backbones]
+        self.mean = ort.InferenceSession(mean_graph, providers=["CPUExecutionProvider"])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        probs, cams = [], []
+        for session in self.sessions:
+            outs = [session.run([PROBABILITY_TENSOR, CAM_TENSOR],
+                                {PIXELS_TENSOR: pixels[i:i + _BATCH]})
+                    for i in range(0, len(pixels), _BATCH)]
+            probs.append(np.concatenate([o[0] for o in outs]))
+            cams.append(np.concatenate([o[1] for o in outs]))
+        result = np.empty(len(pixels), np.float64)
+        for i in range(len(pixels)):
+            feed = {}
+            for k, member in enumerate(self.members):
+                feed[member_probability_tensor(member)] = probs[k][i:i + 1].reshape(1, 1)
+                feed[member_cam_tensor(member)] = cams[k][i:i + 1]
+            (p,) = self.mean.run([PROBABILITY_TENSOR], feed)
+            result[i] = float(p.reshape(-1)[0])
+        return result
+
+
 def ensemble_probabilities(backbones: Sequence[Path], mean_graph: bytes, members: Sequence[str],
                            pixels: np.ndarray) -> np.ndarray:
-    """Ensemble probability per image: the backbones in batches, then the averaging graph per
-    image (its inputs are one request's outputs, as in the served ensemble)."""
-    import onnxruntime as ort
-
-    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-                for p in backbones]
-    mean = ort.InferenceSession(mean_graph, providers=["CPUExecutionProvider"])
-    probs, cams = [], []
-    for session in sessions:
-        outs = [session.run([PROBABILITY_TENSOR, CAM_TENSOR], {PIXELS_TENSOR: pixels[i:i + _BATCH]})
-                for i in range(0, len(pixels), _BATCH)]
-        probs.append(np.concatenate([o[0] for o in outs]))
-        cams.append(np.concatenate([o[1] for o in outs]))
-    result = np.empty(len(pixels), np.float64)
-    for i in range(len(pixels)):
-        feed = {}
-        for k, member in enumerate(members):
-            feed[member_probability_tensor(member)] = probs[k][i:i + 1].reshape(1, 1)
-            feed[member_cam_tensor(member)] = cams[k][i:i + 1]
-        (p,) = mean.run([PROBABILITY_TENSOR], feed)
-        result[i] = float(p.reshape(-1)[0])
-    return result
+    """Ensemble probability per image of preprocessed `pixels` [N, 3, S, S]."""
+    return EnsembleRunner(backbones, mean_graph, members)(pixels)
 
 
 def compare(labels: Sequence[int], studies: Sequence[str], thresholds: Sequence[float],

@@ -15,12 +15,9 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from export.accuracy_gate import (
-    AccuracyGateFailed,
-    compare,
-    ensemble_probabilities,
-    thresholds_for,
-)
+import numpy as np
+
+from export.accuracy_gate import AccuracyGateFailed, EnsembleRunner, compare, thresholds_for
 from export.manifest import artifact_record
 from export.quantize import calibration_fingerprint, preprocess_images, quantize_backbone
 from export.staging import ExportAborted
@@ -28,6 +25,8 @@ from msk.constants import MURA_MEMBERS
 from training.mura_data import Record
 
 log = logging.getLogger("msk.export")
+HOLDOUT_CHUNK = 64
+"""Held-out images preprocessed and scored at a time (MURA's valid split has ~3.2k images)."""
 
 
 def quantize_version(stage: Path, version: int, members: dict[str, dict], records: list[dict],
@@ -44,7 +43,6 @@ def quantize_version(stage: Path, version: int, members: dict[str, dict], record
     if not holdout:
         raise ExportAborted("--precision int8 needs a labelled held-out set (--holdout)")
     calibration_pixels = preprocess_images(calibration, image_size)
-    holdout_pixels = preprocess_images([r.path for r in holdout], image_size)
     fp32_dir = stage / ".fp32"
     fp32_dir.mkdir(exist_ok=True)
     int8_paths, fp32_paths, new_records = [], [], []
@@ -60,12 +58,19 @@ def quantize_version(stage: Path, version: int, members: dict[str, dict], record
         fp32_paths.append(fp32)
         int8_paths.append(served)
         log.info("quantized %s v%d to INT8 (%s)", member, version, info["op_types"])
-    p32 = ensemble_probabilities(fp32_paths, mean_graph, MURA_MEMBERS, holdout_pixels)
-    p8 = ensemble_probabilities(int8_paths, mean_graph, MURA_MEMBERS, holdout_pixels)
+    fp32_runner = EnsembleRunner(fp32_paths, mean_graph, MURA_MEMBERS)
+    int8_runner = EnsembleRunner(int8_paths, mean_graph, MURA_MEMBERS)
+    p32, p8 = [], []
+    for start in range(0, len(holdout), HOLDOUT_CHUNK):   # bounded memory on large sets
+        pixels = preprocess_images([r.path for r in holdout[start:start + HOLDOUT_CHUNK]],
+                                   image_size)
+        p32.append(fp32_runner(pixels))
+        p8.append(int8_runner(pixels))
     try:
         result = compare([r.label for r in holdout], [r.study for r in holdout],
                          thresholds_for([r.body_part for r in holdout], points,
-                                        default_threshold), p32, p8)
+                                        default_threshold),
+                         np.concatenate(p32), np.concatenate(p8))
     except ValueError as exc:
         raise ExportAborted(f"held-out set: {exc}") from exc
     if not result.passed:

@@ -198,3 +198,28 @@ def test_int8_refuses_gpu_and_missing_sets(proof: dict, tmp_path: Path) -> None:
     assert unlabelled.returncode == 2 and "has no label" in unlabelled.stderr
     assert not repository.exists()
 
+
+
+def test_gate_numbers_and_verdict() -> None:
+    """The three numbers on hand-made probabilities: a uniform shift keeps the ranking (no AUROC
+    drop) but fails mean |delta p|; flipped calls fail the agreement; studies average images."""
+    from export.accuracy_gate import compare, thresholds_for
+
+    labels = [0, 0, 1, 1, 1, 0]
+    studies = ["s1", "s1", "s2", "s2", "s3", "s4"]
+    thresholds = thresholds_for(["wrist", "wrist", "hand", "hand", None, "wrist"],
+                                {"wrist": 0.5, "hand": 0.4}, default=0.6)
+    assert thresholds == [0.5, 0.5, 0.4, 0.4, 0.6, 0.5]
+    fp32 = np.array([0.10, 0.20, 0.70, 0.80, 0.90, 0.30])
+    same = compare(labels, studies, thresholds, fp32, fp32.copy())
+    assert same.passed and same.studies == 4 and same.auroc_drop == 0.0
+    shifted = compare(labels, studies, thresholds, fp32, fp32 + 0.03)
+    assert shifted.auroc_drop == 0.0 and shifted.mean_abs_delta == pytest.approx(0.03)
+    assert not shifted.passed and "mean |delta p| 0.0300 (must be <= 0.02) FAILED" in \
+        shifted.summary()
+    flipped = fp32.copy()
+    flipped[4] = 0.59                       # study s3 stays the top abnormal: ranking kept
+    result = compare(labels, studies, thresholds, fp32, flipped)
+    assert result.call_agreement == pytest.approx(5 / 6) and not result.passed
+    swapped = compare(labels, studies, thresholds, fp32, np.array([0.1, 0.2, 0.1, 0.2, 0.9, 0.3]))
+    assert swapped.auroc_fp32 == 1.0 and swapped.auroc_drop > MAX_AUROC_DROP
