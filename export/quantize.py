@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from export.manifest import sha256_file
+from export.staging import ExportAborted
 from msk.constants import MURA_TINY_ARCHITECTURE, PIXELS_TENSOR
 
 OP_TYPES_BY_ARCHITECTURE: dict[str, list[str] | None] = {
@@ -37,8 +38,9 @@ CALIBRATION_BATCH = 8
 CALIBRATION_MERGE_BATCHES = 4
 
 
-class CalibrationError(ValueError):
-    """The calibration set cannot be used (empty, unreadable image); the message names it."""
+class CalibrationError(ExportAborted):
+    """The calibration or held-out set cannot be used (empty, unreadable image); the message
+    names the file. Raised inside the export's transaction, so the repository is untouched."""
 
 
 def calibration_fingerprint(paths: Sequence[Path]) -> str:

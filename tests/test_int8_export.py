@@ -197,6 +197,13 @@ def test_int8_refuses_gpu_and_missing_sets(proof: dict, tmp_path: Path) -> None:
                          str(proof["black"]))
     assert unlabelled.returncode == 2 and "has no label" in unlabelled.stderr
     assert not repository.exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "scan.png").write_bytes(b"not a png at all")
+    unreadable = _export(repository, proof, str(broken))
+    assert unreadable.returncode == 2, unreadable.stderr
+    assert f"{broken / 'scan.png'}: cannot be read" in unreadable.stderr
+    assert not any(p.is_dir() for p in repository.iterdir() if p.name != ".msk-export.lock")
 
 
 
