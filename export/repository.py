@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from export.configs import cam_size, render_mura_configs, write_configs
@@ -36,6 +36,7 @@ from export.manifest import (
 from export.staging import ExportAborted, RepositoryTransaction
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import (
+    EXPORT_PRECISIONS,
     MURA_ARCHITECTURES,
     MURA_BODY_PARTS,
     MURA_DEFAULT_THRESHOLD,
@@ -68,13 +69,18 @@ def _next_version(repository: Path, models: tuple[str, ...]) -> int:
 
 def source_fingerprint(kind: str, image_size: int, checkpoints: dict[str, Path] | None,
                        imagenet_weights: dict[str, Path] | None,
-                       operating_points: dict[str, float] | None) -> str:
+                       operating_points: dict[str, float] | None,
+                       calibration: str | None = None) -> str:
     """What an export is made from; the same fingerprint twice means the same weights, so no
-    new version (`msk export` is idempotent)."""
+    new version (`msk export` is idempotent). `calibration` is the INT8 calibration set's
+    fingerprint: an INT8 version differs from the FP32 one of the same weights, and from INT8
+    versions calibrated on other images (FP32 fingerprints are unchanged by it)."""
     files = {member: sha256_file(Path(path)) for member, path in sorted(
         (checkpoints or imagenet_weights or {}).items())}
     source = {"kind": kind, "image_size": image_size, "files": files,
               "operating_points": operating_points or {}}
+    if calibration is not None:
+        source |= {"precision": "int8", "calibration": calibration}
     return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
 
 
@@ -129,15 +135,28 @@ def build_repository(
     imagenet_weights: dict[str, Path] | None = None,
     wrist_weights: dict[str, Path] | None = None,
     force: bool = False,
+    precision: str = "fp32",
+    calibration: Sequence[Path] = (),
+    holdout: Sequence = (),
 ) -> int:
     """Write the repository into `out_dir`; return the MURA pipeline version now served.
 
     All-or-nothing (`export.staging`): every model of the new version is exported, parity-checked
     and described in the manifest beside the repository, then moved in. Refuses a repository
-    whose versions are already inconsistent (`export.consistency`).
+    whose versions are already inconsistent (`export.consistency`). `precision="int8"` (CPU
+    target only) quantizes the backbones on the `calibration` images and promotes them only if
+    they pass the accuracy gate against FP32 on `holdout` (`training.mura_data.Record`s), see
+    `export.int8_version`.
     """
     import torch
 
+    from export.quantize import calibration_fingerprint
+
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got {precision!r}")
+    if precision == "int8" and target != "cpu":
+        raise ValueError("INT8 (ONNX Runtime QDQ) is for the CPU target only; GPU targets build "
+                         "TensorRT engines from the FP32 graphs")
     out_dir = Path(out_dir).absolute()
     kind = WEIGHTS_TRAINED if checkpoints else (WEIGHTS_TINY if tiny else WEIGHTS_DEMO)
     with RepositoryTransaction(out_dir) as tx:
@@ -153,8 +172,11 @@ def build_repository(
         records: list[dict] = []
         provenance: dict[str, dict] = {}
         current = latest_version(out_dir)
-        fingerprint = source_fingerprint(kind, image_size, checkpoints, imagenet_weights,
-                                         operating_points)
+        if precision == "int8" and not calibration:
+            raise ExportAborted("--precision int8 needs calibration images (--calibration)")
+        fingerprint = source_fingerprint(
+            kind, image_size, checkpoints, imagenet_weights, operating_points,
+            calibration_fingerprint(calibration) if precision == "int8" else None)
         newest = manifest["versions"].get(f"{MURA_ENSEMBLE_MODEL}/{current}", {})
         same = newest.get("source_fingerprint") == fingerprint or (
             "source_fingerprint" not in newest and kind != WEIGHTS_TRAINED
@@ -167,8 +189,12 @@ def build_repository(
             with torch.no_grad():
                 new, members, biases, temperatures = _export_members(
                     tx.stage, version, kind, checkpoints, tiny, imagenet_weights, image_size)
+            extra = {"precision": precision}
+            if precision == "int8":
+                new, extra = _quantize(tx.stage, version, new, members, biases, temperatures,
+                                       image_size, operating_points, calibration, holdout)
             new, mura_provenance = _finish(tx.stage, version, kind, new, members, biases,
-                                           temperatures, image_size, operating_points)
+                                           temperatures, image_size, operating_points, extra)
             mura_provenance["source_fingerprint"] = fingerprint
             records += new
             provenance[f"{MURA_ENSEMBLE_MODEL}/{version}"] = mura_provenance
@@ -213,11 +239,37 @@ def _export_members(out_dir: Path, version: int, kind: str, checkpoints, tiny: b
     return records, members, biases, temperatures
 
 
+def _points(operating_points: dict[str, float] | None) -> tuple[dict[str, float], float]:
+    """(operating point per body part, default threshold) as the served version calls them."""
+    given = operating_points or {}
+    default_threshold = float(given.get(MURA_OVERALL_OPERATING_POINT, MURA_DEFAULT_THRESHOLD))
+    return ({part: float(given.get(part, default_threshold)) for part in MURA_BODY_PARTS},
+            default_threshold)
+
+
+def _quantize(stage: Path, version: int, records: list[dict], members: dict,
+              biases: list[float], temperatures: list[float], image_size: int,
+              operating_points: dict[str, float] | None, calibration: Sequence[Path],
+              holdout: Sequence) -> tuple[list[dict], dict]:
+    """INT8 backbones for the staged version, gated against its FP32 ones (`export.int8_version`);
+    the gate averages with the same graph the version will serve (provenance aside)."""
+    from export.int8_version import quantize_version
+    from export.mean_graph import build_mean_graph
+
+    points, default_threshold = _points(operating_points)
+    mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
+                            "{}", image_size).SerializeToString()
+    return quantize_version(stage, version, members, records, calibration=calibration,
+                            holdout=holdout, image_size=image_size, mean_graph=mean,
+                            points=points, default_threshold=default_threshold)
+
+
 def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members: dict,
             biases: list[float], temperatures: list[float], image_size: int,
-            operating_points: dict[str, float] | None) -> tuple[list[dict], dict]:
+            operating_points: dict[str, float] | None,
+            extra: dict | None = None) -> tuple[list[dict], dict]:
     """Write the preprocessing and averaging graphs and the ensemble folder; return the records
-    and the version's provenance."""
+    and the version's provenance (`extra`: precision, calibration, accuracy gate)."""
     from export.mean_graph import build_mean_graph
     from msk.graphs.mura_preprocess import build_preprocess_graph
 
@@ -226,15 +278,13 @@ def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members
     pre_path.write_bytes(build_preprocess_graph(image_size).SerializeToString())
     records.append(artifact_record(out_dir, MURA_PREPROCESS_MODEL, version, pre_path))
 
-    given = operating_points or {}
-    default_threshold = float(given.get(MURA_OVERALL_OPERATING_POINT, MURA_DEFAULT_THRESHOLD))
-    points = {part: float(given.get(part, default_threshold)) for part in MURA_BODY_PARTS}
+    points, default_threshold = _points(operating_points)
     provenance = {
         "pipeline": MURA_ENSEMBLE_MODEL, "version": str(version), "weights": kind,
         "members": members,
         "preprocess": {"version": str(version), "sha256": records[-1]["sha256"]},
         "operating_points": points, "default_threshold": default_threshold,
-        "commit": current_commit(), "notice": RESEARCH_USE_NOTICE,
+        "commit": current_commit(), "notice": RESEARCH_USE_NOTICE, **(extra or {}),
     }
     mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
                             json.dumps(provenance, sort_keys=True), image_size)

@@ -68,6 +68,10 @@ MURA_TRAIN_BATCH_SIZE = 8
 MURA_BACKBONE_MAX_BATCH = MURA_TRAIN_BATCH_SIZE
 """Backbones batch up to the study's training batch size; dynamic batching fills it."""
 
+EXPORT_PRECISIONS = ("fp32", "int8")
+"""`msk export --precision` choices (fp32 default; int8 = statically quantized CPU backbones,
+recorded as `precision` in the manifest and PROVENANCE)."""
+
 MURA_DEFAULT_THRESHOLD = 0.5
 """Normal/abnormal call when no calibrated operating point is stored with the models."""
 

@@ -9,7 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
-from msk.constants import MURA_CALIBRATION_FILE, MURA_MEMBERS
+from clients.inputs import expand_inputs
+from msk.constants import EXPORT_PRECISIONS, MURA_CALIBRATION_FILE, MURA_MEMBERS
 
 log = logging.getLogger("msk.export")
 
@@ -44,6 +45,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="trained bones detector (.pt), used with --wrist-joints")
     p.add_argument("--force", action="store_true",
                    help="write a new version even if the newest one already has these weights")
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
+                   help="fp32 (default) or int8: statically quantized backbones (ONNX Runtime "
+                   "QDQ, per-channel weights) for the CPU target, calibrated on --calibration "
+                   "and promoted only if they pass the accuracy gate against FP32 on --holdout "
+                   "(see docs/int8.md)")
+    p.add_argument("--calibration", action="append", default=[], metavar="DIR|GLOB|CSV",
+                   help="int8: images whose activation ranges calibrate the quantization (a "
+                   "folder, a glob pattern or a CSV manifest, as `msk score` reads them; "
+                   "repeatable); a few hundred typical radiographs, not the held-out set")
+    p.add_argument("--holdout", action="append", default=[], metavar="DIR|CSV",
+                   help="int8: labelled held-out images for the accuracy gate (MURA layout "
+                   "folder or a CSV manifest with path,label[,study,body_part]; repeatable)")
     p.set_defaults(handler=run)
 
 
@@ -56,6 +69,52 @@ def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None
     points = (json.loads(calibration.read_text()).get("operating_points")
               if calibration.is_file() else None)
     return paths, points
+
+
+def _calibration_images(specs: list[str]) -> list[Path]:
+    """The calibration set's image paths, through the one input expander (`clients.inputs`)."""
+    items = expand_inputs(specs)
+    errors = [item.error for item in items if item.error]
+    if errors:
+        raise ValueError(f"--calibration: {errors[0]}")
+    if not items:
+        raise ValueError("--calibration: no images")
+    return [Path(item.path) for item in items]
+
+
+def _holdout_records(specs: list[str]) -> list:
+    """The held-out set as labelled records; every image needs a label (MURA layout or a CSV
+    `label` column); images without a study are their own study."""
+    from training.mura_data import UNKNOWN_PART, Record
+
+    items = expand_inputs(specs)
+    errors = [item.error for item in items if item.error]
+    if errors:
+        raise ValueError(f"--holdout: {errors[0]}")
+    unlabelled = [item.path for item in items if item.label is None]
+    if unlabelled:
+        raise ValueError(f"--holdout: {unlabelled[0]} has no label (use the MURA layout "
+                         "study<n>_positive|negative/ or a CSV manifest with a label column)")
+    if not items:
+        raise ValueError("--holdout: no images")
+    return [Record(path=Path(item.path), label=int(item.label),
+                   body_part=item.body_part or UNKNOWN_PART, patient=item.study or item.path,
+                   study=item.study or item.path) for item in items]
+
+
+def _precision_inputs(args: argparse.Namespace) -> tuple[list[Path], list]:
+    """(calibration images, held-out records) for --precision int8; empty for fp32."""
+    if args.precision != "int8":
+        if args.calibration or args.holdout:
+            raise ValueError("--calibration and --holdout belong to --precision int8")
+        return [], []
+    if args.target != "cpu":
+        raise ValueError("--precision int8 is for --target cpu only (GPU targets build TensorRT "
+                         "engines from the FP32 graphs)")
+    if not args.calibration or not args.holdout:
+        raise ValueError("--precision int8 needs --calibration (images) and --holdout "
+                         "(labelled images for the accuracy gate)")
+    return _calibration_images(args.calibration), _holdout_records(args.holdout)
 
 
 def _terminate_as_exit(signum: int, _frame: object) -> None:
@@ -79,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"msk export: {exc}", file=sys.stderr)
             return 2
+    try:
+        calibration, holdout = _precision_inputs(args)
+    except ValueError as exc:
+        print(f"msk export: {exc}", file=sys.stderr)
+        return 2
     imagenet = None
     if args.imagenet_weights is not None:
         imagenet = {m: args.imagenet_weights / f"{arch}.pth"
@@ -92,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     def build(repository: Path) -> int:
         return build_repository(repository, checkpoints=checkpoints, tiny=args.tiny,
                                 target=args.target, operating_points=points,
-                                imagenet_weights=imagenet, wrist_weights=wrist, force=args.force)
+                                imagenet_weights=imagenet, wrist_weights=wrist, force=args.force,
+                                precision=args.precision, calibration=calibration,
+                                holdout=holdout)
 
     try:
         if str(args.repository).startswith("s3://"):
