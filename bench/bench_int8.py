@@ -2,7 +2,7 @@
 
 For each of the four MURA backbones (demo weights, real DenseNet-169 / ResNet-101 at 320 px) the
 FP32 graph is exported exactly as `msk export` does, quantized exactly as `msk export
---precision int8` does (`export.quantize.quantize_backbone`, calibrated on synthetic radiographs
+--precision int8` does (`export.mura_quantize.quantize_backbone`, calibrated on synthetic radiographs
 preprocessed by the server's graph), and both are timed with onnxruntime on the same batches.
 Then the whole ensemble (the four backbones in turn on each batch) FP32 vs INT8. Prints images/s
 and the INT8/FP32 ratio per row, plus the load average (other processes skew the numbers).
@@ -79,8 +79,8 @@ def main() -> None:
 
     import torch
 
-    from export.backbone_export import export_backbone
-    from export.quantize import ALL_OPS, CONV_OPS, quantize_backbone
+    from export.mura_backbone_export import export_backbone
+    from export.mura_quantize import ALL_OPS, CONV_OPS, quantize_backbone
     from msk.constants import MURA_ARCHITECTURES, MURA_DEMO_SEED, MURA_MEMBERS
     from training.mura_models import build_backbone
 

@@ -146,11 +146,11 @@ def build_repository(
     whose versions are already inconsistent (`export.consistency`). `precision="int8"` (CPU
     target only) quantizes the backbones on the `calibration` images and promotes them only if
     they pass the accuracy gate against FP32 on `holdout` (`training.mura_data.Record`s), see
-    `export.int8_version`.
+    `export.mura_int8_version`.
     """
     import torch
 
-    from export.quantize import calibration_fingerprint
+    from export.mura_quantize import calibration_fingerprint
 
     if precision not in EXPORT_PRECISIONS:
         raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got {precision!r}")
@@ -212,7 +212,7 @@ def build_repository(
 def _export_members(out_dir: Path, version: int, kind: str, checkpoints, tiny: bool,
                     imagenet_weights, image_size: int) -> tuple[list, dict, list, list]:
     """Export the four backbones into version `version`; gradients stay off only in here."""
-    from export.backbone_export import export_backbone
+    from export.mura_backbone_export import export_backbone
 
     records: list[dict] = []
     members: dict[str, dict] = {}
@@ -251,10 +251,10 @@ def _quantize(stage: Path, version: int, records: list[dict], members: dict,
               biases: list[float], temperatures: list[float], image_size: int,
               operating_points: dict[str, float] | None, calibration: Sequence[Path],
               holdout: Sequence) -> tuple[list[dict], dict]:
-    """INT8 backbones for the staged version, gated against its FP32 ones (`export.int8_version`);
+    """INT8 backbones for the staged version, gated against its FP32 ones (`export.mura_int8_version`);
     the gate averages with the same graph the version will serve (provenance aside)."""
-    from export.int8_version import quantize_version
-    from export.mean_graph import build_mean_graph
+    from export.mura_int8_version import quantize_version
+    from export.mura_mean_graph import build_mean_graph
 
     points, default_threshold = _points(operating_points)
     mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
@@ -270,7 +270,7 @@ def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members
             extra: dict | None = None) -> tuple[list[dict], dict]:
     """Write the preprocessing and averaging graphs and the ensemble folder; return the records
     and the version's provenance (`extra`: precision, calibration, accuracy gate)."""
-    from export.mean_graph import build_mean_graph
+    from export.mura_mean_graph import build_mean_graph
     from msk.graphs.mura_preprocess import build_preprocess_graph
 
     pre_path = out_dir / MURA_PREPROCESS_MODEL / str(version) / "model.onnx"

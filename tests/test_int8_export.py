@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import pytest
 
-from export.accuracy_gate import MAX_AUROC_DROP, MAX_MEAN_ABS_DELTA, MIN_CALL_AGREEMENT
+from export.mura_accuracy_gate import MAX_AUROC_DROP, MAX_MEAN_ABS_DELTA, MIN_CALL_AGREEMENT
 from msk.constants import MURA_MEMBERS, MURA_TINY_ARCHITECTURE
 from tests.msk_process import run_msk
 
@@ -94,11 +94,11 @@ def test_int8_version_passes_the_gate_and_is_served(promoted: dict, proof: dict)
     import tritonclient.grpc as grpcclient
 
     from clients.mura import MuraClient
-    from export.accuracy_gate import ensemble_probabilities
+    from export.mura_accuracy_gate import ensemble_probabilities
     from export.configs import cam_size
     from export.manifest import load_manifest
-    from export.mean_graph import build_mean_graph
-    from export.quantize import preprocess_images
+    from export.mura_mean_graph import build_mean_graph
+    from export.mura_quantize import preprocess_images
     from msk.constants import MURA_ENSEMBLE_MODEL, MURA_IMAGE_SIZE
     from msk.imaging import load_grayscale
     from server.launcher import TritonServer
@@ -210,7 +210,7 @@ def test_int8_refuses_gpu_and_missing_sets(proof: dict, tmp_path: Path) -> None:
 def test_gate_numbers_and_verdict() -> None:
     """The three numbers on hand-made probabilities: a uniform shift keeps the ranking (no AUROC
     drop) but fails mean |delta p|; flipped calls fail the agreement; studies average images."""
-    from export.accuracy_gate import compare, thresholds_for
+    from export.mura_accuracy_gate import compare, thresholds_for
 
     labels = [0, 0, 1, 1, 1, 0]
     studies = ["s1", "s1", "s2", "s2", "s3", "s4"]
