@@ -1,9 +1,10 @@
 """Benchmark: INT8 (ONNX Runtime QDQ) vs FP32 images/s, in-process, in one run.
 
 For each of the four MURA backbones (demo weights, real DenseNet-169 / ResNet-101 at 320 px) the
-FP32 graph is exported exactly as `msk export` does, quantized exactly as `msk export
---precision int8` does (`export.mura_quantize.quantize_backbone`, calibrated on synthetic radiographs
-preprocessed by the server's graph), and both are timed with onnxruntime on the same batches.
+FP32 graph is exported exactly as `msk export` does, quantized exactly as
+`msk export --precision int8` does (`export.mura_quantize.quantize_backbone`, calibrated on
+synthetic radiographs preprocessed by the server's graph), and both are timed with onnxruntime
+on the same batches.
 Then the whole ensemble (the four backbones in turn on each batch) FP32 vs INT8. Prints images/s
 and the INT8/FP32 ratio per row, plus the load average (other processes skew the numbers).
 

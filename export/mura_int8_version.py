@@ -1,10 +1,10 @@
 """Turn the staged FP32 backbones of a new version into INT8 ones, or refuse to.
 
 Called by `export.repository.build_repository` inside its staging transaction, after the four
-FP32 backbones were exported and parity-checked: each is quantized (`export.mura_quantize`), then the
-INT8 ensemble is compared with the FP32 ensemble of the same weights on the held-out set
-(`export.mura_accuracy_gate`). A failed gate raises inside the transaction, so the repository is left
-exactly as it was; the FP32 graphs used for the comparison live in the stage's hidden `.fp32`
+FP32 backbones were exported and parity-checked: each is quantized (`export.mura_quantize`),
+then the INT8 ensemble is compared with the FP32 ensemble of the same weights on the held-out
+set (`export.mura_accuracy_gate`). A failed gate raises inside the transaction, so the
+repository is left exactly as it was; the FP32 graphs used for the comparison live in the stage's hidden `.fp32`
 folder and are discarded with it.
 """
 
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.mura_accuracy_gate import AccuracyGateFailed, EnsembleRunner, compare, thresholds_for
 from export.manifest import artifact_record
+from export.mura_accuracy_gate import AccuracyGateFailed, EnsembleRunner, compare, thresholds_for
 from export.mura_quantize import calibration_fingerprint, preprocess_images, quantize_backbone
 from export.staging import ExportAborted
 from msk.constants import MURA_MEMBERS

@@ -11,8 +11,8 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from clients.mura import MuraClient
-from export.mura_backbone_export import ExportedBackbone, ParityError, check_parity, export_backbone
 from export.manifest import load_manifest, sha256_file
+from export.mura_backbone_export import ExportedBackbone, ParityError, check_parity, export_backbone
 from export.repository import build_repository, existing_versions, latest_version
 from msk.constants import MURA_MEMBERS, MURA_TINY_ARCHITECTURE
 from msk.graphs.mura_preprocess import build_preprocess_graph

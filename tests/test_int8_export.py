@@ -94,9 +94,9 @@ def test_int8_version_passes_the_gate_and_is_served(promoted: dict, proof: dict)
     import tritonclient.grpc as grpcclient
 
     from clients.mura import MuraClient
-    from export.mura_accuracy_gate import ensemble_probabilities
     from export.configs import cam_size
     from export.manifest import load_manifest
+    from export.mura_accuracy_gate import ensemble_probabilities
     from export.mura_mean_graph import build_mean_graph
     from export.mura_quantize import preprocess_images
     from msk.constants import MURA_ENSEMBLE_MODEL, MURA_IMAGE_SIZE
