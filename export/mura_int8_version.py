@@ -4,8 +4,8 @@ Called by `export.repository.build_repository` inside its staging transaction, a
 FP32 backbones were exported and parity-checked: each is quantized (`export.mura_quantize`),
 then the INT8 ensemble is compared with the FP32 ensemble of the same weights on the held-out
 set (`export.mura_accuracy_gate`). A failed gate raises inside the transaction, so the
-repository is left exactly as it was; the FP32 graphs used for the comparison live in the stage's hidden `.fp32`
-folder and are discarded with it.
+repository is left exactly as it was; the FP32 graphs used for the comparison live in the
+stage's hidden `.fp32` folder and are discarded with it.
 """
 
 from __future__ import annotations
