@@ -252,7 +252,8 @@ def _quantize(stage: Path, version: int, records: list[dict], members: dict,
               operating_points: dict[str, float] | None, calibration: Sequence[Path],
               holdout: Sequence) -> tuple[list[dict], dict]:
     """INT8 backbones for the staged version, gated against its FP32 ones
-    (`export.mura_int8_version`); the gate averages with the same graph the version will serve (provenance aside)."""
+    (`export.mura_int8_version`); the gate averages with the same graph the version will serve
+    (provenance aside)."""
     from export.mura_int8_version import quantize_version
     from export.mura_mean_graph import build_mean_graph
 
