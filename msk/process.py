@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 
 def pid_alive(pid: int) -> bool:
@@ -14,3 +15,16 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def stop_process(process: subprocess.Popen, grace_s: float = 15.0) -> int:
+    """SIGTERM, wait up to `grace_s`, then SIGKILL: how every helper process we start (HAProxy,
+    Prometheus, moto, the web app...) is ended, so that none outlives its owner even when it
+    ignores the polite signal. Returns the exit status."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 from msk.constants import DEFAULT_HOST
+from msk.process import stop_process
 from server.launcher import free_port
 
 CONFIG = """\
@@ -121,13 +122,8 @@ class Balancer:
         raise TimeoutError(f"haproxy: {name} not {wanted} after {timeout} s: {last}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process)
 
     def __enter__(self) -> Balancer:
         return self.start()

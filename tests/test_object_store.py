@@ -17,6 +17,7 @@ import pytest
 
 from clients.mura import MuraClient
 from export.object_store import S3Location
+from msk.process import stop_process
 from server.launcher import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,8 +51,7 @@ def s3(tmp_path, monkeypatch):
         client.create_bucket(Bucket=BUCKET)
         yield f"127.0.0.1:{port}", client
     finally:
-        proc.terminate()
-        proc.wait(15)
+        stop_process(proc)
 
 
 class S3TritonServer(TritonServer):

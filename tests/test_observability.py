@@ -27,6 +27,7 @@ import yaml
 from clients.batch import BatchScorer
 from clients.inputs import expand_inputs
 from clients.telemetry import start_metrics_server
+from msk.process import stop_process
 from server.launcher import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,12 +131,7 @@ def _gateway(triton: TritonServer, tmp_path: Path) -> Iterator[int]:
             time.sleep(0.2)
         yield metrics_port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 30)
 
 
 class _Traffic:

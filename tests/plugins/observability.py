@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from msk.process import stop_process
 from server.launcher import free_port
 
 
@@ -81,9 +82,4 @@ def start_prometheus(tmp_path) -> Iterator:
 
     yield start
     for prom in started:
-        prom.process.terminate()
-        try:
-            prom.process.wait(30)
-        except subprocess.TimeoutExpired:
-            prom.process.kill()
-            prom.process.wait()
+        stop_process(prom.process, 30)

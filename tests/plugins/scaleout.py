@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from msk.process import stop_process
 from server.launcher import free_port
 
 
@@ -35,13 +36,7 @@ def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30.
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_process(proc)
 
 
 @pytest.fixture

@@ -23,6 +23,8 @@ import pytest
 import requests
 from PIL import Image
 
+from msk.process import stop_process
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO_ROOT / "test-artifacts" / "web"
 
@@ -113,12 +115,7 @@ def running_web_app(triton_url: str | list[str], log_path: Path) -> Iterator[Web
                 time.sleep(0.2)
             yield WebApp(url, proc.pid, log_path, urls[-1])
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def write_tiny_checkpoints(folder: Path, *, logits: tuple[float, ...],
