@@ -62,6 +62,25 @@ def _images_per_s(sessions: list, pixels: np.ndarray, batch: int) -> float:
     return len(pixels) / (time.perf_counter() - start)
 
 
+def export_pair(member: str, folder: Path, image_size: int,
+                calibration: np.ndarray) -> tuple[Path, Path, dict]:
+    """One demo backbone as `msk export` writes it (FP32) and as `msk export --precision int8`
+    writes it (INT8 QDQ): the two graphs every precision/runtime benchmark compares."""
+    import torch
+
+    from export.mura_backbone_export import export_backbone
+    from export.mura_quantize import quantize_backbone
+    from msk.constants import MURA_ARCHITECTURES, MURA_DEMO_SEED, MURA_MEMBERS
+    from training.mura_models import build_backbone
+
+    arch = MURA_ARCHITECTURES[member]
+    model = build_backbone(arch, seed=MURA_DEMO_SEED + list(MURA_MEMBERS).index(member)).eval()
+    fp32, int8 = folder / f"{member}.fp32.onnx", folder / f"{member}.int8.onnx"
+    with torch.no_grad():
+        export_backbone(model, fp32, image_size)
+    return fp32, int8, quantize_backbone(fp32, int8, arch, calibration)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16, help="timed images (default 16)")
@@ -80,10 +99,8 @@ def main() -> None:
 
     import torch
 
-    from export.mura_backbone_export import export_backbone
     from export.mura_quantize import ALL_OPS, CONV_OPS, quantize_backbone
-    from msk.constants import MURA_ARCHITECTURES, MURA_DEMO_SEED, MURA_MEMBERS
-    from training.mura_models import build_backbone
+    from msk.constants import MURA_ARCHITECTURES, MURA_MEMBERS
 
     torch.set_flush_denormal(True)
     members = args.members or list(MURA_MEMBERS)
@@ -97,13 +114,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-int8-") as tmp:
         for member in members:
             arch = MURA_ARCHITECTURES[member]
-            index = list(MURA_MEMBERS).index(member)
-            model = build_backbone(arch, seed=MURA_DEMO_SEED + index).eval()
-            fp32 = Path(tmp) / f"{member}.fp32.onnx"
-            int8 = Path(tmp) / f"{member}.int8.onnx"
-            with torch.no_grad():
-                export_backbone(model, fp32, args.image_size)
-            info = quantize_backbone(fp32, int8, arch, calibration)
+            fp32, int8, info = export_pair(member, Path(tmp), args.image_size, calibration)
             s32, s8 = _session(fp32, args.threads), _session(int8, args.threads)
             fp32_sessions.append(s32)
             int8_sessions.append(s8)

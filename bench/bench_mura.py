@@ -1,12 +1,22 @@
 """Benchmark: MURA ensemble throughput, Triton over gRPC vs in-process baselines.
 
 Measured in one run on the same images:
-  a) the four backbones in PyTorch eager, one process, batches of 8 (the researcher's script);
+  peak) the machine's FP32 peak as achieved by a matrix product (numpy's BLAS, every core),
+        against which every row's GFLOP/s is read (the ensemble's GFLOP per image is counted
+        from the exported graphs: every Conv, Gemm and MatMul);
+  a) the four backbones in PyTorch eager, one process, batches of 8 (the researcher's script,
+     with flush-denormal on as a fair baseline: without it PyTorch is ~20 % slower here);
   b) the same exported ONNX graphs in-process with onnxruntime, batches of 8;
   c) the Triton ensemble over gRPC (uint8 image in, preprocessing on the server) at concurrency 1
-     and 8, where the backbones' dynamic batcher forms the batches.
-Prints images/s for each and the ratios c/b and c/a. Usage:
-    .venv/bin/python bench/bench_mura.py [--images 24] [--repository DIR]
+     and 8, where the backbones' dynamic batcher forms the batches, with the configs
+     `msk export` writes (`--cpu-cores` = this machine's cores);
+  d) the same at concurrency 8 with the backbones quantized as `msk export --precision int8`
+     quantizes them (static QDQ; speed only: the accuracy gate is exercised by tests and
+     docs/int8.md, not here);
+  e) d) with the configs of `msk export --cpu-runtime openvino` (DenseNet-169 on OpenVINO).
+Prints images/s, GFLOP/s and share of the peak for each, the ratios c8/b and c8/a, and images per
+hour per CPU core at FP32 (c8) and INT8 (d8): the README's capacity table. Usage:
+    .venv/bin/python bench/bench_mura.py [--images 24] [--repository DIR] [--no-int8]
 """
 
 from __future__ import annotations
@@ -21,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 
-def _images(n: int) -> list[np.ndarray]:
+def _images(n: int, seed: int = 0) -> list[np.ndarray]:
     from msk.samples import radiograph
 
-    rng = np.random.default_rng(0)
-    return [(radiograph(int(rng.integers(400, 900)), int(rng.integers(300, 700)), i) * 255
-             ).astype(np.uint8) for i in range(n)]
+    rng = np.random.default_rng(seed)
+    return [(radiograph(int(rng.integers(400, 900)), int(rng.integers(300, 700)), seed + i)
+             * 255).astype(np.uint8) for i in range(n)]
 
 
 def _timed(fn) -> float:
@@ -35,8 +45,52 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """The FP32 peak this machine reaches on the most favourable kernel: a square matrix
+    product in numpy's BLAS on every core (best of `repeats`)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def graph_gflop(path: Path) -> float:
+    """GFLOP of one image through an exported graph (batch 1): 2 x multiply-adds of every Conv,
+    Gemm and MatMul, from ONNX shape inference. Everything else is a rounding error here."""
+    import onnx
+    from onnx import shape_inference
+
+    model = onnx.load(str(path))
+    for tensor in (*model.graph.input, *model.graph.output):
+        dims = tensor.type.tensor_type.shape.dim
+        if dims and not dims[0].dim_value:
+            dims[0].dim_value = 1
+    model = shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)}
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}
+    shapes.update(weights)
+    macs = 0
+    for node in model.graph.node:
+        out = shapes.get(node.output[0])
+        if not out:
+            continue
+        if node.op_type == "Conv":
+            _, cin_per_group, *kernel = shapes[node.input[1]]
+            macs += int(np.prod(out)) * cin_per_group * int(np.prod(kernel))
+        elif node.op_type in ("Gemm", "MatMul"):
+            a = shapes[node.input[0]]
+            transposed = node.op_type == "Gemm" and any(
+                att.name == "transA" and att.i for att in node.attribute)
+            macs += int(np.prod(out)) * (a[0] if transposed else a[-1])
+    return 2 * macs / 1e9
+
+
 def bench_torch(images, repository: Path) -> float:
     import torch
+
+    torch.set_flush_denormal(True)
 
     from msk.constants import MURA_ARCHITECTURES, MURA_DEMO_SEED
     from training.mura_models import build_backbone
@@ -84,31 +138,83 @@ def bench_triton(images, url: str, concurrency: int) -> float:
     return len(images) / elapsed
 
 
+def int8_copy(repository: Path, out: Path) -> Path:
+    """A copy of the repository whose newest backbones are quantized as `msk export --precision
+    int8` quantizes them (calibrated on 16 synthetic radiographs through the server's graph)."""
+    import shutil
+
+    from export.mura_quantize import quantize_backbone
+    from export.repository import latest_version
+    from msk.constants import MURA_ARCHITECTURES, MURA_IMAGE_SIZE, MURA_MEMBERS
+    from training.mura_preprocess import preprocess_mura
+
+    shutil.copytree(repository, out)
+    version = latest_version(out)
+    calibration = np.stack([preprocess_mura(im, MURA_IMAGE_SIZE) for im in _images(16, seed=100)])
+    for member in MURA_MEMBERS:
+        path = out / member / str(version) / "model.onnx"
+        quantize_backbone(path, path.with_name("int8.onnx"), MURA_ARCHITECTURES[member],
+                          calibration)
+        path.with_name("int8.onnx").replace(path)
+    return out
+
+
+def _row(label: str, ips: float, gflop: float, peak: float) -> None:
+    print(f"{label:46s} {ips:6.2f} images/s  {ips * gflop:6.1f} GFLOP/s  "
+          f"{ips * gflop / peak:6.1%} of peak")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24, help="number of images (default 24)")
     parser.add_argument("--repository", type=Path, default=None,
                         help="existing demo repository (default: build one in a temp dir)")
+    parser.add_argument("--no-int8", action="store_true", help="skip the INT8 row (d)")
     args = parser.parse_args()
 
-    from export.repository import build_repository
+    from export.configs import render_mura_configs, write_configs
+    from export.repository import build_repository, latest_version
+    from msk.constants import MURA_MEMBERS
     from server.launcher import TritonServer
 
-    repository = args.repository or Path(tempfile.mkdtemp(prefix="bench-mura-"))
-    build_repository(repository)
+    cores = len(os.sched_getaffinity(0))
+    peak = matmul_peak_gflops()         # first: before torch or ORT leave threads spinning
+    work = Path(tempfile.mkdtemp(prefix="bench-mura-"))
+    repository = args.repository or work / "fp32"
+    build_repository(repository, cpu_cores=cores)
     images = _images(args.images)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; "
-          f"{len(images)} images of sizes 400-900 x 300-700")
-    a = bench_torch(images, repository)
-    print(f"a) PyTorch eager, in-process, batch 8:      {a:6.2f} images/s")
+    version = latest_version(repository)
+    gflop = sum(graph_gflop(repository / m / str(version) / "model.onnx") for m in MURA_MEMBERS)
+    print(f"machine: {platform.machine()}, {cores} cores, {platform.python_version()}; "
+          f"{len(images)} images of sizes 400-900 x 300-700; load average {os.getloadavg()}")
+    print(f"peak) matrix product 2048^3 FP32: {peak:.1f} GFLOP/s; the ensemble costs "
+          f"{gflop:.1f} GFLOP per image, so FP32 can reach at most {peak / gflop:.2f} images/s")
     b = bench_onnxruntime(images, repository)
-    print(f"b) onnxruntime, in-process, batch 8:        {b:6.2f} images/s")
+    a = bench_torch(images, repository)
+    _row("a) PyTorch eager, in-process, batch 8", a, gflop, peak)
+    _row("b) onnxruntime, in-process, batch 8", b, gflop, peak)
     with TritonServer(repository) as server:
         c1 = bench_triton(images, server.grpc_url, 1)
-        print(f"c) Triton ensemble over gRPC, concurrency 1: {c1:6.2f} images/s")
+        _row("c) Triton ensemble over gRPC, concurrency 1", c1, gflop, peak)
         c8 = bench_triton(images, server.grpc_url, 8)
-        print(f"c) Triton ensemble over gRPC, concurrency 8: {c8:6.2f} images/s")
-    print(f"ratios: c8/b = {c8 / b:.2f}   c8/a = {c8 / a:.2f}   c1/b = {c1 / b:.2f}")
+        _row("c) Triton ensemble over gRPC, concurrency 8", c8, gflop, peak)
+    print(f"ratios: c8/b = {c8 / b:.2f}   c8/a = {c8 / a:.2f}   c1/b = {c1 / b:.2f}   "
+          f"(FP32 ceiling / a = {peak / gflop / a:.2f})")
+    print(f"capacity: FP32 {c8 * 3600 / cores:,.0f} images/hour per CPU core")
+    if not args.no_int8:
+        with TritonServer(int8_copy(repository, work / "int8")) as server:
+            d8 = bench_triton(images, server.grpc_url, 8)
+        _row("d) Triton ensemble, INT8 backbones, concurrency 8", d8, gflop, peak)
+        print(f"ratios: d8/c8 = {d8 / c8:.2f}   d8/b = {d8 / b:.2f}   d8/a = {d8 / a:.2f}   "
+              "(GFLOP/s counted as FP32 work)")
+        print(f"capacity: INT8 {d8 * 3600 / cores:,.0f} images/hour per CPU core")
+        write_configs(work / "int8", render_mura_configs("cpu", cpu_cores=cores,
+                                                         cpu_runtime="openvino"))
+        with TritonServer(work / "int8") as server:
+            e8 = bench_triton(images, server.grpc_url, 8)
+        _row("e) d) with --cpu-runtime openvino, concurrency 8", e8, gflop, peak)
+        print(f"ratios: e8/d8 = {e8 / d8:.2f}   e8/c8 = {e8 / c8:.2f}   e8/a = {e8 / a:.2f}")
+        print(f"capacity: INT8 + OpenVINO {e8 * 3600 / cores:,.0f} images/hour per CPU core")
 
 
 if __name__ == "__main__":

@@ -28,10 +28,11 @@ from export.model_specs import (
     Tensor,
     all_specs,
     cam_size,
+    intra_op_threads,
     mura_specs,
     wrist_specs,
 )
-from msk.constants import MURA_IMAGE_SIZE
+from msk.constants import EXPORT_CPU_RUNTIMES, MURA_IMAGE_SIZE, REFERENCE_CPU_CORES
 
 __all__ = ["GENERATED_HEADER", "TARGETS", "cam_size", "queue_policy", "render",
            "render_configs", "render_mura_configs", "render_wrist_configs", "write_configs"]
@@ -64,12 +65,22 @@ def queue_policy(indent: str = "  ") -> str:
             "allow_timeout_override: true }\n")
 
 
-def _engine(spec: ModelSpec, target: str) -> str:
+def _backend(spec: ModelSpec, target: str, cpu_runtime: str) -> str:
+    """The backend serving `spec` (the engine rule of export.model_specs)."""
+    if target == "cpu" and spec.openvino and cpu_runtime == "openvino":
+        return "openvino"
+    return spec.backend
+
+
+def _engine(spec: ModelSpec, target: str, cpu_runtime: str) -> str:
     if spec.is_ensemble:
         return 'platform: "ensemble"\n'
     if target == "gpu" and spec.gpu_platform:
         return f'platform: "{spec.gpu_platform}"\n'
-    return f'backend: "{spec.backend}"\n'
+    backend = _backend(spec, target, cpu_runtime)
+    if backend == "openvino":       # the native OpenVINO backend looks for model.xml otherwise
+        return 'backend: "openvino"\ndefault_model_filename: "model.onnx"\n'
+    return f'backend: "{backend}"\n'
 
 
 def _batching(spec: ModelSpec) -> str:
@@ -108,11 +119,28 @@ def _step(step: Step) -> str:
     return f'    {{ model_name: "{step.model}" model_version: -1\n      {ins}\n      {outs} }}'
 
 
-def render(spec: ModelSpec, target: str = "cpu") -> str:
-    """The config.pbtxt text of one model for one target."""
+def _parameters(spec: ModelSpec, target: str, cpu_cores: int,
+                cpu_runtime: str) -> tuple[tuple[str, str], ...]:
+    """The spec's own parameters, plus its thread count on the cpu target, under the key the
+    runtime's backend reads (ours and NVIDIA's native ones read the same keys)."""
+    if target != "cpu" or not spec.parallel:
+        return spec.parameters
+    threads = str(intra_op_threads(cpu_cores, spec.parallel))
+    if _backend(spec, target, cpu_runtime) == "openvino":
+        return (*spec.parameters, ("INFERENCE_NUM_THREADS", threads),
+                ("PERFORMANCE_HINT", "LATENCY"))
+    return (*spec.parameters, ("intra_op_thread_count", threads))
+
+
+def render(spec: ModelSpec, target: str = "cpu", cpu_cores: int = REFERENCE_CPU_CORES,
+           cpu_runtime: str = "onnxruntime") -> str:
+    """The config.pbtxt text of one model for one target (`cpu_cores`, `cpu_runtime`: the
+    serving host's cores and the backbones' runtime, cpu target only)."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
-    text = f'name: "{spec.name}"\n' + _engine(spec, target)
+    if cpu_runtime not in EXPORT_CPU_RUNTIMES:
+        raise ValueError(f"cpu_runtime must be one of {EXPORT_CPU_RUNTIMES}, got {cpu_runtime!r}")
+    text = f'name: "{spec.name}"\n' + _engine(spec, target, cpu_runtime)
     text += f"max_batch_size: {spec.max_batch_size}\n"
     if not spec.is_ensemble:
         text += f"version_policy: {{ latest: {{ num_versions: {VERSIONS_KEPT} }} }}\n"
@@ -122,24 +150,29 @@ def render(spec: ModelSpec, target: str = "cpu") -> str:
                  + "\n  ]\n}\n")
     else:
         text += _batching(spec) + _instance(spec, target) + _warmup(spec, target)
-    for key, value in spec.parameters:
+    for key, value in _parameters(spec, target, cpu_cores, cpu_runtime):
         text += f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}\n'
     return GENERATED_HEADER + text
 
 
-def render_configs(specs: tuple[ModelSpec, ...], target: str = "cpu") -> dict[str, str]:
+def render_configs(specs: tuple[ModelSpec, ...], target: str = "cpu",
+                   cpu_cores: int = REFERENCE_CPU_CORES,
+                   cpu_runtime: str = "onnxruntime") -> dict[str, str]:
     """model name -> config.pbtxt text."""
-    return {spec.name: render(spec, target) for spec in specs}
+    return {spec.name: render(spec, target, cpu_cores, cpu_runtime) for spec in specs}
 
 
-def render_mura_configs(target: str = "cpu", image_size: int = MURA_IMAGE_SIZE) -> dict[str, str]:
+def render_mura_configs(target: str = "cpu", image_size: int = MURA_IMAGE_SIZE,
+                        cpu_cores: int = REFERENCE_CPU_CORES,
+                        cpu_runtime: str = "onnxruntime") -> dict[str, str]:
     """model name -> config.pbtxt text for the whole MURA pipeline."""
-    return render_configs(mura_specs(image_size), target)
+    return render_configs(mura_specs(image_size), target, cpu_cores, cpu_runtime)
 
 
-def render_wrist_configs(target: str, in_h: int, in_w: int) -> dict[str, str]:
+def render_wrist_configs(target: str, in_h: int, in_w: int,
+                         cpu_cores: int = REFERENCE_CPU_CORES) -> dict[str, str]:
     """model name -> config.pbtxt text for the wrist pipeline at detector input in_h x in_w."""
-    return render_configs(wrist_specs(in_h, in_w), target)
+    return render_configs(wrist_specs(in_h, in_w), target, cpu_cores)
 
 
 def write_configs(repository: Path, configs: dict[str, str]) -> None:

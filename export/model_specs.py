@@ -5,13 +5,19 @@ and every `config.pbtxt` of every target follows - the MURA ensemble and the wri
 longer keep two policies. What differs per target is decided by ONE rule each, in the renderer:
 
   engine     `backend: "onnxruntime"` everywhere, except a model with `gpu_platform` (the MURA
-             backbones: `tensorrt_plan`) on the gpu target;
+             backbones: `tensorrt_plan`) on the gpu target, and a model marked `openvino` (the
+             DenseNet-169 backbones) on the cpu target when the export chose the `openvino` CPU
+             runtime (`backend: "openvino"` on the same model.onnx; `OPENVINO_ARCHITECTURES`);
   placement  cpu target KIND_CPU, gpu target KIND_GPU; `cpu_only` models (numpy python) KIND_CPU;
   warm-up    on the gpu target every batched model is warmed at batch 1 and at its max batch;
   queue      every non-ensemble model has the bounded queue (`QUEUE_MAX_SIZE`, `QUEUE_TIMEOUT_US`);
   batching   every batched model uses `BATCHED` (max batch, preferred size, queue delay);
   versions   every non-ensemble model keeps its `VERSIONS_KEPT` newest versions loaded;
-             ensembles call version -1 (the newest) of each step.
+             ensembles call version -1 (the newest) of each step;
+  threads    on the cpu target a model that runs beside `parallel - 1` siblings (the four
+             backbones, the two detectors) gets `intra_op_threads(cores, parallel)` ONNX Runtime
+             threads: together no more threads than the host has cores, except that each
+             gets at least one (measured: bench/README.md, "CPU settings, measured one at a time").
 Tensors are built from `msk.constants` only. Configs do not depend on the weights (the wrist
 detectors' input size does: it is the size they were exported at, see `wrist_specs`).
 """
@@ -31,6 +37,7 @@ from msk.constants import (
     HEATMAP_TENSOR,
     IMAGE_TENSOR,
     MEMBER_PROBABILITIES_TENSOR,
+    MURA_ARCHITECTURES,
     MURA_BACKBONE_MAX_BATCH,
     MURA_CAM_STRIDE,
     MURA_CHANNELS,
@@ -55,6 +62,11 @@ from msk.constants import (
 )
 
 TARGETS = ("cpu", "gpu")
+OPENVINO_ARCHITECTURES = ("densenet169",)
+"""Backbones that `--cpu-runtime openvino` moves to OpenVINO: those it runs faster than ORT on
+the same INT8 graph (bench/bench_openvino.py on the 2-core AVX2 reference: DenseNet-169 INT8
+1.7-2.0x, though 0.87-0.92x at FP32, so the option is for INT8 exports; ResNet-101 0.85-0.91x at
+both precisions, so it stays on ORT)."""
 
 BACKBONE_QUEUE_DELAY_US = 2000
 """Short enough to be invisible next to a ~100 ms backbone or detector pass, long enough to
@@ -69,6 +81,17 @@ QUEUE_TIMEOUT_US = 30_000_000
 clients may ask for a shorter wait per request (allow_timeout_override, e.g. gRPC `timeout`)."""
 VERSIONS_KEPT = 2
 """The newest version serves; the previous one stays loaded after a promotion."""
+
+
+def intra_op_threads(cores: int, parallel: int) -> int:
+    """ONNX Runtime intra-op threads of one of `parallel` models that run at once on `cores` cores.
+
+    Why not ORT's default (every core per session): Triton runs the four backbones at once, each
+    in its own process, and four pools of two threads on two cores gave 0.79x the c8 throughput
+    of four single threads (bench/README.md). At least one thread; rounded down."""
+    if cores < 1 or parallel < 1:
+        raise ValueError(f"cores and parallel must be >= 1, got {cores} and {parallel}")
+    return max(1, cores // parallel)
 
 
 DETECTOR_STRIDES = (8, 16, 32)
@@ -123,6 +146,8 @@ class ModelSpec:
     gpu_platform: str | None = None            # engine replacing the ONNX on the gpu target
     steps: tuple[Step, ...] = ()
     parameters: tuple[tuple[str, str], ...] = ()
+    parallel: int = 0                          # siblings run at once, this one included (threads)
+    openvino: bool = False                     # may run on OpenVINO on the cpu target
 
     @property
     def is_ensemble(self) -> bool:
@@ -166,7 +191,8 @@ def mura_specs(image_size: int = MURA_IMAGE_SIZE) -> tuple[ModelSpec, ...]:
             (Tensor(PIXELS_TENSOR, "TYPE_FP32", (MURA_CHANNELS, image_size, image_size)),),
             (Tensor(PROBABILITY_TENSOR, "TYPE_FP32", (1,)),
              Tensor(CAM_TENSOR, "TYPE_FP32", (c, c))),
-            batching=BATCHED, gpu_platform="tensorrt_plan"))
+            batching=BATCHED, gpu_platform="tensorrt_plan", parallel=len(MURA_MEMBERS),
+            openvino=MURA_ARCHITECTURES[member] in OPENVINO_ARCHITECTURES))
         steps.append(Step(member, _same(PIXELS_TENSOR),
                           ((PROBABILITY_TENSOR, prob), (CAM_TENSOR, cam))))
         mean_inputs += [Tensor(prob, "TYPE_FP32", (1, 1)), Tensor(cam, "TYPE_FP32", (1, c, c))]
@@ -209,7 +235,7 @@ def wrist_specs(in_h: int, in_w: int) -> tuple[ModelSpec, ...]:
         specs.append(ModelSpec(
             model, "onnxruntime", (Tensor(DETECTOR_INPUT_TENSOR, "TYPE_FP32", (3, in_h, in_w)),),
             (Tensor(DETECTOR_OUTPUT_TENSOR, "TYPE_FP32", (4 + len(classes), anchors)),),
-            batching=BATCHED))
+            batching=BATCHED, parallel=len(WRIST_DETECTORS)))
         steps.append(Step(model, ((DETECTOR_INPUT_TENSOR, pixels),),
                           ((DETECTOR_OUTPUT_TENSOR, raw),)))
         raw_inputs.append(Tensor(raw, "TYPE_FP32", (1, 4 + len(classes), anchors)))

@@ -48,6 +48,7 @@ from msk.constants import (
     MURA_OVERALL_OPERATING_POINT,
     MURA_PREPROCESS_MODEL,
     MURA_TINY_ARCHITECTURE,
+    REFERENCE_CPU_CORES,
     WRIST_DETECT_MODEL,
 )
 from msk.provenance import current_commit
@@ -138,6 +139,8 @@ def build_repository(
     precision: str = "fp32",
     calibration: Sequence[Path] = (),
     holdout: Sequence = (),
+    cpu_cores: int = REFERENCE_CPU_CORES,
+    cpu_runtime: str = "onnxruntime",
 ) -> int:
     """Write the repository into `out_dir`; return the MURA pipeline version now served.
 
@@ -146,7 +149,10 @@ def build_repository(
     whose versions are already inconsistent (`export.consistency`). `precision="int8"` (CPU
     target only) quantizes the backbones on the `calibration` images and promotes them only if
     they pass the accuracy gate against FP32 on `holdout` (`training.mura_data.Record`s), see
-    `export.mura_int8_version`.
+    `export.mura_int8_version`. `cpu_cores` (cpu target) sizes the ORT thread counts in the
+    configs for the serving host (`export.model_specs.intra_op_threads`); configs are not
+    versioned, so changing it rewrites them without a new version; so does `cpu_runtime`
+    (cpu target: "openvino" serves the same backbone graphs on Triton's OpenVINO backend).
     """
     import torch
 
@@ -167,7 +173,7 @@ def build_repository(
                 + "\n  - ".join(problems)
                 + "\nMove the stray version folders out of the repository (or export into a "
                 "new folder) and run `msk doctor --repository` on it again.")
-        write_configs(tx.stage, render_mura_configs(target, image_size))
+        write_configs(tx.stage, render_mura_configs(target, image_size, cpu_cores, cpu_runtime))
         manifest = load_manifest(out_dir)
         records: list[dict] = []
         provenance: dict[str, dict] = {}
@@ -199,7 +205,8 @@ def build_repository(
             records += new
             provenance[f"{MURA_ENSEMBLE_MODEL}/{version}"] = mura_provenance
         if wrist_weights:
-            wrist = _add_wrist(out_dir, tx.stage, wrist_weights, target, manifest, force)
+            wrist = _add_wrist(out_dir, tx.stage, wrist_weights, target, manifest, force,
+                               cpu_cores)
             if wrist:
                 records += wrist[0]
                 provenance.update(wrist[1])
@@ -298,10 +305,11 @@ def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members
 
 
 def _add_wrist(repository: Path, stage: Path, wrist_weights: dict[str, Path], target: str,
-               manifest: dict, force: bool) -> tuple[list[dict], dict] | None:
+               manifest: dict, force: bool, cpu_cores: int) -> tuple[list[dict], dict] | None:
     """Stage a new version of every wrist model (one number for all five), unless the newest
-    one was made from these very weights."""
-    from export.wrist_repository import write_wrist_models
+    one was made from these very weights (then only its configs are rendered again, for
+    `cpu_cores`)."""
+    from export.wrist_repository import rewrite_wrist_configs, write_wrist_models
 
     fingerprint = hashlib.sha256(json.dumps(
         {k: sha256_file(Path(p)) for k, p in sorted(wrist_weights.items())} | {"target": target},
@@ -310,9 +318,11 @@ def _add_wrist(repository: Path, stage: Path, wrist_weights: dict[str, Path], ta
     newest = manifest["versions"].get(f"{WRIST_DETECT_MODEL}/{current}", {})
     if current and newest.get("source_fingerprint") == fingerprint and not force:
         log.info("repository already serves these wrist weights as version %d", current)
+        rewrite_wrist_configs(repository, stage, current, target, cpu_cores)
         return None
     version = _next_version(repository, WRIST_MODELS)
-    records = write_wrist_models(stage, wrist_weights, target=target, version=version)
+    records = write_wrist_models(stage, wrist_weights, target=target, version=version,
+                                 cpu_cores=cpu_cores)
     return records, {f"{WRIST_DETECT_MODEL}/{version}": {
         "pipeline": WRIST_DETECT_MODEL, "version": str(version),
         "source_fingerprint": fingerprint, "commit": current_commit()}}

@@ -34,6 +34,7 @@ from export.manifest import artifact_record, sha256_file
 from export.model_specs import TARGETS
 from export.wrist_export import ExportedDetector, export_detector, read_onnx_metadata
 from msk.constants import (
+    REFERENCE_CPU_CORES,
     WRIST_CONF_THRESHOLD,
     WRIST_DETECT_MODEL,
     WRIST_DETECTORS,
@@ -57,11 +58,13 @@ def _as_exported(path: Path) -> ExportedDetector:
 
 
 def write_wrist_models(repo: Path, weights: dict[str, Path], *, version: int,
-                       target: str = "cpu", conf: float = WRIST_CONF_THRESHOLD) -> list[dict]:
+                       target: str = "cpu", conf: float = WRIST_CONF_THRESHOLD,
+                       cpu_cores: int = REFERENCE_CPU_CORES) -> list[dict]:
     """Export both detectors (`.pt`, or an already exported `.onnx`) and write the wrist models
     and the `wrist_detect` ensemble into `repo` (the export's staging folder), all five as
     `version`. Returns manifest records `{model, version, path, sha256}` (paths relative to
-    `repo`). `conf` is the served score threshold (Ultralytics' predict default 0.25)."""
+    `repo`). `conf` is the served score threshold (Ultralytics' predict default 0.25);
+    `cpu_cores` sizes the detectors' ORT threads (`export.model_specs.intra_op_threads`)."""
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     missing = set(WRIST_DETECTORS) - set(weights)
@@ -126,5 +129,15 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, version: int,
 
     ens_dir = repo / WRIST_DETECT_MODEL
     (ens_dir / str(ens_version)).mkdir(parents=True, exist_ok=True)
-    write_configs(repo, render_wrist_configs(target, in_h, in_w))
+    write_configs(repo, render_wrist_configs(target, in_h, in_w, cpu_cores))
     return records
+
+
+def rewrite_wrist_configs(repository: Path, stage: Path, version: int, target: str,
+                          cpu_cores: int) -> None:
+    """Render the wrist configs again into `stage` for an export that keeps wrist `version`
+    (same weights): configs are not versioned, so a new `cpu_cores` must still reach them. The
+    detectors' input size is read from that version's postprocessing parameters."""
+    params = json.loads((repository / WRIST_POSTPROCESS_MODEL / str(version) / "params.json")
+                        .read_text())
+    write_configs(stage, render_wrist_configs(target, params["in_h"], params["in_w"], cpu_cores))

@@ -72,6 +72,15 @@ EXPORT_PRECISIONS = ("fp32", "int8")
 """`msk export --precision` choices (fp32 default; int8 = statically quantized CPU backbones,
 recorded as `precision` in the manifest and PROVENANCE)."""
 
+EXPORT_CPU_RUNTIMES = ("onnxruntime", "openvino")
+"""`msk export --cpu-runtime` choices: the runtime of the MURA backbones on the cpu target
+(onnxruntime default; openvino moves the architectures it runs faster, see
+`export.model_specs.OPENVINO_ARCHITECTURES`)."""
+
+REFERENCE_CPU_CORES = 2
+"""`msk export --cpu-cores` default: the cores of the CPU the committed cpu configs are rendered
+for (the 2-core reference machine of bench/README.md)."""
+
 MURA_DEFAULT_THRESHOLD = 0.5
 """Normal/abnormal call when no calibrated operating point is stored with the models."""
 

@@ -24,7 +24,7 @@ from export.configs import (
 )
 from export.gpu_repository import assemble_gpu_repository
 from export.model_specs import BATCHED, all_specs
-from msk.constants import WRIST_POSTPROCESS_MODEL
+from msk.constants import MURA_MEMBERS, WRIST_POSTPROCESS_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMITTED = committed_configs()
@@ -51,6 +51,29 @@ def test_the_generator_writes_exactly_the_committed_tree(tmp_path: Path) -> None
     generated = {p.relative_to(ROOT) for p in (ROOT / "export" / "generated").rglob("*")
                  if p.is_file()}
     assert generated <= written, f"stale files under export/generated: {generated - written}"
+
+
+def test_side_by_side_models_share_the_hosts_cores_as_ort_threads() -> None:
+    """The thread rule of export.model_specs: the four backbones and the two detectors split
+    the serving host's cores (at least one thread each); other models and the gpu target keep
+    the runtime's default."""
+    from export.model_specs import intra_op_threads
+
+    assert [intra_op_threads(cores, 4) for cores in (1, 2, 3, 4, 8, 16, 30)] == \
+        [1, 1, 1, 1, 2, 4, 7]
+    with pytest.raises(ValueError):
+        intra_op_threads(0, 4)
+    param = 'key: "intra_op_thread_count" value: { string_value: "%s" }'
+    for cores, backbone, detector in ((2, "1", "1"), (8, "2", "4"), (16, "4", "8")):
+        mura = render_mura_configs("cpu", cpu_cores=cores)
+        wrist = render_wrist_configs("cpu", 1408, 768, cpu_cores=cores)
+        for member in MURA_MEMBERS:
+            assert param % backbone in mura[member]
+        for detector_model in ("wrist_joints", "wrist_bones"):
+            assert param % detector in wrist[detector_model]
+        assert "intra_op_thread_count" not in mura["mura_preprocess"] + mura["mura_mean"]
+    gpu = render_mura_configs("gpu", cpu_cores=16) | render_wrist_configs("gpu", 1408, 768)
+    assert not any("intra_op_thread_count" in text for text in gpu.values())
 
 
 def test_built_repositories_use_the_committed_configs(demo_repository, tiny_repository) -> None:

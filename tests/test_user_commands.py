@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from export.model_specs import OPENVINO_ARCHITECTURES
 from msk import RESEARCH_USE_NOTICE
-from msk.constants import MURA_MEMBERS, MURA_TINY_ARCHITECTURE
+from msk.constants import MURA_ARCHITECTURES, MURA_MEMBERS, MURA_TINY_ARCHITECTURE
 from tests.msk_process import MskProcess, run_msk
 
 pytestmark = pytest.mark.timeout(1800)
@@ -92,6 +93,44 @@ def test_export_default_repository_then_again_adds_no_version(home: Path, export
     assert doctor.returncode == 0, doctor.stdout
     assert "repository: model_repository ok (MURA versions [1], wrist versions [1])" in \
         doctor.stdout
+
+
+def _threads(repository: Path, model: str) -> str | None:
+    """The intra_op_thread_count a model's config gives ONNX Runtime (None: not set)."""
+    import re
+
+    text = (repository / model / "config.pbtxt").read_text()
+    found = re.search(r'key: "(?:intra_op_thread_count|INFERENCE_NUM_THREADS)" '
+                      r'value: \{ string_value: "(\d+)" \}', text)
+    return found.group(1) if found else None
+
+
+def test_export_for_a_bigger_cpu_host_changes_threads_not_versions(home: Path, exported) -> None:
+    """`--cpu-cores 8 --cpu-runtime openvino`: the four backbones get 2 threads each (the
+    DenseNets on OpenVINO) and the two wrist detectors 4, in the same versions; exporting again
+    without them gives the reference CPU's 1 and 1 on ONNX Runtime."""
+    wrist = ("--wrist-joints", "joints.pt", "--wrist-bones", "bones.pt")
+    first = run_msk("export", "--tiny", "--repository", "host8", *wrist, cwd=home)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert _threads(home / "host8", MURA_MEMBERS[0]) == "1"
+    for cores, backbone, detector in (("8", "2", "4"), (None, "1", "1")):
+        extra = ("--cpu-cores", cores, "--cpu-runtime", "openvino") if cores else ()
+        again = run_msk("export", "--tiny", "--repository", "host8", *wrist, *extra, cwd=home)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert json.loads(again.stdout)["version"] == 1
+        assert "already serves these wrist weights as version 1" in again.stderr
+        for member in MURA_MEMBERS:
+            text = (home / "host8" / member / "config.pbtxt").read_text()
+            on_openvino = bool(cores) and MURA_ARCHITECTURES[member] in OPENVINO_ARCHITECTURES
+            assert ('backend: "openvino"' in text) == on_openvino, (cores, member)
+            assert _threads(home / "host8", member) == backbone, (cores, member)
+        for detector_model in ("wrist_joints", "wrist_bones"):
+            assert _threads(home / "host8", detector_model) == detector, (cores, detector_model)
+        assert _threads(home / "host8", "mura_preprocess") is None
+        assert not (home / "host8" / MURA_MEMBERS[0] / "2").exists()
+    refused = run_msk("export", "--target", "gpu", "--cpu-cores", "8", cwd=home)
+    assert refused.returncode == 2
+    assert "--cpu-cores and --cpu-runtime are for --target cpu" in refused.stderr
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 
 from clients.inputs import expand_inputs
-from msk.constants import EXPORT_PRECISIONS, MURA_CALIBRATION_FILE, MURA_MEMBERS
+from msk.constants import (
+    EXPORT_CPU_RUNTIMES,
+    EXPORT_PRECISIONS,
+    MURA_CALIBRATION_FILE,
+    MURA_MEMBERS,
+    REFERENCE_CPU_CORES,
+)
 
 log = logging.getLogger("msk.export")
 
@@ -36,6 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
                    help="cpu: ONNX on the onnxruntime backend; gpu: configs for TensorRT plans "
                    "and KIND_GPU (engines are built on the GPU host, see docs/gpu-deployment.md)")
+    p.add_argument("--cpu-cores", type=_positive_int, default=REFERENCE_CPU_CORES, metavar="N",
+                   help="cpu target: cores the serving host gives Triton (default "
+                   f"{REFERENCE_CPU_CORES}, the reference CPU); models that run side by side "
+                   "share them as ONNX Runtime threads (the four backbones: N // 4 each, at least "
+                   "1). Changes the configs only, never adds a version")
+    p.add_argument("--cpu-runtime", choices=EXPORT_CPU_RUNTIMES, default=EXPORT_CPU_RUNTIMES[0],
+                   help="cpu target: the runtime of the four backbones, onnxruntime (default) or "
+                   "openvino (Triton's OpenVINO backend on the same model.onnx; faster on INT8 "
+                   "DenseNet-169, see bench/README.md). Changes the configs only")
     p.add_argument("--imagenet-weights", type=Path, default=None,
                    help="folder with local torchvision ImageNet state dicts named "
                    "densenet169.pth / resnet101.pth for the demo members (never downloaded)")
@@ -58,6 +73,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="int8: labelled held-out images for the accuracy gate (MURA layout "
                    "folder or a CSV manifest with path,label[,study,body_part]; repeatable)")
     p.set_defaults(handler=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None]:
@@ -140,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         calibration, holdout = _precision_inputs(args)
+        if args.target != "cpu" and (args.cpu_cores != REFERENCE_CPU_CORES
+                                     or args.cpu_runtime != EXPORT_CPU_RUNTIMES[0]):
+            raise ValueError("--cpu-cores and --cpu-runtime are for --target cpu (GPU targets "
+                             "run on the GPU)")
     except ValueError as exc:
         print(f"msk export: {exc}", file=sys.stderr)
         return 2
@@ -158,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
                                 target=args.target, operating_points=points,
                                 imagenet_weights=imagenet, wrist_weights=wrist, force=args.force,
                                 precision=args.precision, calibration=calibration,
-                                holdout=holdout)
+                                holdout=holdout, cpu_cores=args.cpu_cores,
+                                cpu_runtime=args.cpu_runtime)
 
     try:
         if str(args.repository).startswith("s3://"):

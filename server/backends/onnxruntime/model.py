@@ -40,9 +40,14 @@ class TritonPythonModel:
         }
         filename = self.config.get("default_model_filename") or "model.onnx"
         path = os.path.join(args["model_repository"], args["model_version"], filename)
-        options = ort.SessionOptions()
         params = {k: v.get("string_value", "") for k, v in
                   self.config.get("parameters", {}).items()}
+        self.session = self._open(path, params)
+
+    def _open(self, path: str, params: dict[str, str]):
+        """The runtime session: anything with ORT's `run(output_names, feeds) -> list`. The
+        python-based `openvino` backend (server/backends/openvino) overrides only this."""
+        options = ort.SessionOptions()
         threads = int(params.get("intra_op_thread_count", "0") or 0)
         if threads:
             options.intra_op_num_threads = threads
@@ -51,8 +56,8 @@ class TritonPythonModel:
         spinning = params.get("allow_spinning", "0")
         options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
-        self.session = ort.InferenceSession(path, sess_options=options,
-                                            providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(path, sess_options=options,
+                                    providers=["CPUExecutionProvider"])
 
     # ---------------------------------------------------------------------------------------
     def _read_inputs(self, request) -> dict[str, np.ndarray]:
