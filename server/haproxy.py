@@ -23,7 +23,7 @@ from typing import Protocol
 
 from msk.constants import DEFAULT_HOST
 from msk.process import stop_process
-from server.launcher import free_port
+from server.launcher import free_ports
 
 CONFIG = """\
 global
@@ -58,6 +58,8 @@ class Replica(Protocol):
 def config_text(replicas: Sequence[Replica], port: int, stats_port: int,
                 host: str = DEFAULT_HOST) -> str:
     """HAProxy configuration: gRPC (h2) round-robin over `replicas`, checked on HTTP/1.1."""
+    if port == stats_port:
+        raise ValueError(f"the gRPC and the stats frontend need two ports, got {port} twice")
     servers = "\n".join(
         f"    server r{i} {r.host}:{r.grpc_port} proto h2 check port {r.http_port} "
         "check-proto h1" for i, r in enumerate(replicas))
@@ -72,7 +74,10 @@ class Balancer:
         if binary is None:
             raise FileNotFoundError("haproxy not found (Debian package `haproxy`)")
         self.binary = binary
-        self.port, self.stats_port = free_port(), free_port()
+        # one call: ports picked one after another can come back equal, and HAProxy then binds
+        # both frontends to it (SO_REUSEPORT), sending some gRPC clients to the stats page (a
+        # fresh-clone CI run saw `msk score` get 503 from it for 30 s)
+        self.port, self.stats_port = free_ports(2)
         self.url = f"{DEFAULT_HOST}:{self.port}"
         self.stats_url = f"http://{DEFAULT_HOST}:{self.stats_port}/stats"
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="haproxy-"))

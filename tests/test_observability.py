@@ -28,7 +28,7 @@ from clients.batch import BatchScorer
 from clients.inputs import expand_inputs
 from clients.telemetry import start_metrics_server
 from msk.process import stop_process
-from server.launcher import TritonServer, free_port
+from server.launcher import TritonServer, free_port, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -113,12 +113,12 @@ def _gateway(triton: TritonServer, tmp_path: Path) -> Iterator[int]:
 
     No PACS is needed for its metrics: the queue-depth gauge is set on every pass of its worker.
     """
-    metrics_port = free_port()
+    metrics_port, pacs_port, gateway_port = free_ports(3)
     ready = tmp_path / "gateway.ready"
     log = tmp_path / "gateway.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "msk.cli", "gateway", "--triton-url", triton.grpc_url,
-         "--destination", f"PACS@127.0.0.1:{free_port()}", "--port", str(free_port()),
+         "--destination", f"PACS@127.0.0.1:{pacs_port}", "--port", str(gateway_port),
          "--host", "127.0.0.1", "--data-dir", str(tmp_path / "gateway"),
          "--allowed-calling-ae", "PACS",
          "--metrics-port", str(metrics_port), "--ready-file", str(ready)],

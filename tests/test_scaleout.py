@@ -273,3 +273,12 @@ def test_endpoint_pool_skips_a_failed_endpoint_until_its_cooldown_ends():
     assert pool.pick(now=11.2) is b and not pool.any_healthy(now=11.2)
     pool.success(a)
     assert pool.any_healthy(now=11.2)
+
+
+def test_the_balancer_never_shares_its_grpc_port_with_its_stats_page() -> None:
+    """Both frontends on one port (ports picked one after another can repeat) sent some gRPC
+    clients to the stats page: the config refuses it, and the balancer picks both in one call."""
+    from server.haproxy import config_text
+
+    with pytest.raises(ValueError, match="two ports"):
+        config_text([], 40000, 40000)

@@ -15,7 +15,7 @@ from server.launcher import (
     ServerCrashed,
     ServerStartError,
     TritonServer,
-    free_port,
+    free_ports,
     group_processes,
 )
 from tests.msk_process import MskProcess, children
@@ -73,7 +73,7 @@ def test_broken_repository_reports_the_log(tmp_path, tiny_repository):
 
 
 def test_msk_serve_runs_until_sigterm(tiny_repository):
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     proc = subprocess.Popen(
         [str(MSK), "serve", "--repository", str(tiny_repository), "--grpc-port", str(ports[0]),
          "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),

@@ -13,7 +13,6 @@ import hashlib
 import json
 import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from PIL import Image
 from export.model_specs import OPENVINO_ARCHITECTURES
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_ARCHITECTURES, MURA_MEMBERS, MURA_TINY_ARCHITECTURE
+from server.launcher import free_ports
 from tests.msk_process import MskProcess, run_msk
 
 pytestmark = pytest.mark.timeout(1800)
@@ -206,7 +206,7 @@ def test_detect_wrist_structures(home: Path, served: dict) -> None:
 def test_web_answers_a_score_request(home: Path, served: dict) -> None:
     import requests
 
-    port = _free_port()
+    (port,) = free_ports(1)
     with MskProcess("web", "--port", str(port), "--triton-url", served["grpc"],
                     cwd=home) as web:
         web.wait_for(r"Uvicorn running on|Application startup complete", timeout=120)
@@ -228,7 +228,7 @@ def test_gateway_answers_an_echo(home: Path, served: dict) -> None:
     from pynetdicom import AE
     from pynetdicom.sop_class import Verification
 
-    port, stow_port = _free_port(), _free_port()
+    port, stow_port = free_ports(2)
     with MskProcess("gateway", "--ae-title", "MSKTRITON", "--port", str(port), "--triton-url",
                     served["grpc"], "--destination", "PACS@127.0.0.1:1", "--data-dir",
                     "gateway-data", "--allowed-calling-ae", "MODALITY", "--dicomweb-port",
@@ -252,12 +252,6 @@ def test_gateway_answers_an_echo(home: Path, served: dict) -> None:
                                        '"application/dicom"; boundary=x'}, timeout=30)
         assert 400 <= reply.status_code < 500, reply.text
         assert gateway.stop() == 0, gateway.output()[-3000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
