@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -82,6 +81,8 @@ def export_pair(member: str, folder: Path, image_size: int,
 
 
 def main() -> None:
+    from msk.host import describe
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16, help="timed images (default 16)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
@@ -106,7 +107,7 @@ def main() -> None:
     members = args.members or list(MURA_MEMBERS)
     calibration = _pixels(args.calibration_images, args.image_size, seed=100)
     timed = _pixels(args.images, args.image_size, seed=0)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"# {describe()}, {os.cpu_count()} cores, "
           f"{args.threads} ORT threads, batch {args.batch}, {args.images} images, "
           f"{args.image_size} px; load average before: {os.getloadavg()}")
     compared: set[str] = set()

@@ -165,6 +165,8 @@ def _row(label: str, ips: float, gflop: float, peak: float) -> None:
 
 
 def main() -> None:
+    from msk.host import describe
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24, help="number of images (default 24)")
     parser.add_argument("--repository", type=Path, default=None,
@@ -185,7 +187,8 @@ def main() -> None:
     images = _images(args.images)
     version = latest_version(repository)
     gflop = sum(graph_gflop(repository / m / str(version) / "model.onnx") for m in MURA_MEMBERS)
-    print(f"machine: {platform.machine()}, {cores} cores, {platform.python_version()}; "
+    print(f"machine: {platform.machine()} ({describe()}), {cores} cores, "
+          f"Python {platform.python_version()}; "
           f"{len(images)} images of sizes 400-900 x 300-700; load average {os.getloadavg()}")
     print(f"peak) matrix product 2048^3 FP32: {peak:.1f} GFLOP/s; the ensemble costs "
           f"{gflop:.1f} GFLOP per image, so FP32 can reach at most {peak / gflop:.2f} images/s")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -32,23 +31,23 @@ from bench_int8 import _images_per_s, _pixels, _session, export_pair  # noqa: E4
 
 
 class OpenVinoBackbone:
-    """One backbone compiled by OpenVINO's CPU plugin at a fixed batch, callable like an ORT
-    session's `run` (what `_images_per_s` times)."""
+    """One backbone opened as the `openvino` backend opens it (its OpenVinoSession: the same
+    properties, the explicit precision read back) and compiled at a fixed batch, callable like
+    an ORT session's `run` (what `_images_per_s` times)."""
 
     def __init__(self, path: Path, batch: int, image_size: int, threads: int) -> None:
-        import openvino as ov
+        from msk.constants import OPENVINO_INFERENCE_PRECISION, PIXELS_TENSOR
+        from server.backends.openvino.session import PRECISION_PARAMETER, OpenVinoSession
 
-        core = ov.Core()
-        model = core.read_model(str(path))
-        model.reshape({model.inputs[0].get_any_name(): [batch, 3, image_size, image_size]})
-        self.compiled = core.compile_model(model, "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-        self.request = self.compiled.create_infer_request()
-        self.probability = self.compiled.output(0)
+        self.session = OpenVinoSession(str(path), {
+            "INFERENCE_NUM_THREADS": str(threads), "PERFORMANCE_HINT": "LATENCY",
+            PRECISION_PARAMETER: OPENVINO_INFERENCE_PRECISION})
+        self.session.warm([{"name": PIXELS_TENSOR, "dims": [3, image_size, image_size]}], [batch])
 
     def run(self, _names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        (pixels,) = feeds.values()
-        return [self.request.infer([pixels])[self.probability]]
+        from msk.constants import PROBABILITY_TENSOR
+
+        return self.session.run([PROBABILITY_TENSOR], feeds)
 
 
 def _probabilities(runner, pixels: np.ndarray, batch: int) -> np.ndarray:
@@ -59,6 +58,8 @@ def _probabilities(runner, pixels: np.ndarray, batch: int) -> np.ndarray:
 
 
 def main() -> None:
+    from msk.host import describe
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16, help="timed images (default 16)")
     parser.add_argument("--batch", type=int, default=8, help="batch size (default 8)")
@@ -80,7 +81,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     calibration = _pixels(args.calibration_images, args.image_size, seed=100)
     timed = _pixels(args.images, args.image_size, seed=0)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    print(f"# {describe()}, {os.cpu_count()} cores, "
           f"{args.threads} threads, batch {args.batch}, {args.images} images, "
           f"{args.image_size} px; onnxruntime {onnxruntime.__version__}, openvino "
           f"{openvino.__version__}; load average before: {os.getloadavg()}")

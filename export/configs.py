@@ -32,7 +32,12 @@ from export.model_specs import (
     mura_specs,
     wrist_specs,
 )
-from msk.constants import EXPORT_CPU_RUNTIMES, MURA_IMAGE_SIZE, REFERENCE_CPU_CORES
+from msk.constants import (
+    EXPORT_CPU_RUNTIMES,
+    MURA_IMAGE_SIZE,
+    OPENVINO_INFERENCE_PRECISION,
+    REFERENCE_CPU_CORES,
+)
 
 __all__ = ["GENERATED_HEADER", "TARGETS", "cam_size", "queue_policy", "render",
            "render_configs", "render_mura_configs", "render_wrist_configs", "write_configs"]
@@ -78,8 +83,15 @@ def _engine(spec: ModelSpec, target: str, cpu_runtime: str) -> str:
     if target == "gpu" and spec.gpu_platform:
         return f'platform: "{spec.gpu_platform}"\n'
     backend = _backend(spec, target, cpu_runtime)
-    if backend == "openvino":       # the native OpenVINO backend looks for model.xml otherwise
-        return 'backend: "openvino"\ndefault_model_filename: "model.onnx"\n'
+    if backend == "openvino":
+        # `runtime: "model.py"` selects the python-based implementation of the backend (ours,
+        # server/backends/openvino) even where NVIDIA's native libtriton_openvino.so sits beside
+        # it, as PyTorch's python-based backend is chosen: the native one accepts no precision
+        # but `HINT_BF16: YES` (openvino_backend src/openvino.cc, ParseParameterHelper), so on
+        # AMX hosts it would serve bf16. Ours pins INFERENCE_PRECISION_HINT and reads it back.
+        # default_model_filename: the OpenVINO backend looks for model.xml otherwise.
+        return ('backend: "openvino"\nruntime: "model.py"\n'
+                'default_model_filename: "model.onnx"\n')
     return f'backend: "{backend}"\n'
 
 
@@ -122,13 +134,15 @@ def _step(step: Step) -> str:
 def _parameters(spec: ModelSpec, target: str, cpu_cores: int,
                 cpu_runtime: str) -> tuple[tuple[str, str], ...]:
     """The spec's own parameters, plus its thread count on the cpu target, under the key the
-    runtime's backend reads (ours and NVIDIA's native ones read the same keys)."""
+    runtime's backend reads (ours and NVIDIA's native ones read the same keys), and for OpenVINO
+    the precision it must run at (see `_engine` for why that needs our backend)."""
     if target != "cpu" or not spec.parallel:
         return spec.parameters
     threads = str(intra_op_threads(cpu_cores, spec.parallel))
     if _backend(spec, target, cpu_runtime) == "openvino":
         return (*spec.parameters, ("INFERENCE_NUM_THREADS", threads),
-                ("PERFORMANCE_HINT", "LATENCY"))
+                ("PERFORMANCE_HINT", "LATENCY"),
+                ("INFERENCE_PRECISION_HINT", OPENVINO_INFERENCE_PRECISION))
     return (*spec.parameters, ("intra_op_thread_count", threads))
 
 

@@ -13,6 +13,16 @@ preprocessed by the server's own graph: the four FP32 backbones + the averaging 
 Why all three: AUROC alone ignores calibration (a uniform shift of every probability keeps the
 ranking but moves calls); |delta p| alone can hide flips near the operating point; call agreement
 is what a reader of the result actually sees.
+
+How much each number rests on is part of the result: the images, the studies and the
+normal/abnormal study pairs the AUROC counts. One swapped pair moves the AUROC by 1/pairs, so on a
+set with fewer than 1/MAX_AUROC_DROP = 200 pairs a single swap fails the gate (the summary says
+so).
+
+Precision: every session runs ONNX Runtime's CPU provider at the precision the manifest records
+(FP32 graphs in FP32, the INT8 graphs' quantized ops in int8 and the rest in FP32). ORT never lowers
+FP32 on x86; its only lowering option (`ORT_FP32_ONLY`, bf16 fast-math GEMMs on arm64) is set off
+explicitly, as in the served ORT backend.
 """
 
 from __future__ import annotations
@@ -38,6 +48,9 @@ MAX_AUROC_DROP = 0.005
 MAX_MEAN_ABS_DELTA = 0.02
 MIN_CALL_AGREEMENT = 0.99
 _BATCH = 8
+ORT_FP32_ONLY = {"mlas.enable_gemm_fastmath_arm64_bfloat16": "0"}
+"""ORT session entries that keep FP32 ops in FP32 on every host (the same in
+server/backends/onnxruntime/model.py, which Triton loads without this package)."""
 
 
 @dataclass(frozen=True)
@@ -46,10 +59,15 @@ class GateResult:
 
     images: int
     studies: int
+    pairs: int
+    """Normal x abnormal study pairs behind the AUROC: one swapped pair moves it by 1/pairs."""
     auroc_fp32: float
     auroc_int8: float
     auroc_drop: float
     mean_abs_delta: float
+    max_abs_delta: float
+    """The largest |delta p| of one image: recorded, not a criterion (one outlier is what the
+    call agreement judges)."""
     call_agreement: float
 
     @property
@@ -65,14 +83,25 @@ class GateResult:
                 f"{self.auroc_int8:.4f}; must be <= {MAX_AUROC_DROP}) "
                 f"{mark(self.auroc_drop <= MAX_AUROC_DROP)}; "
                 f"mean |delta p| {self.mean_abs_delta:.4f} (must be <= {MAX_MEAN_ABS_DELTA}) "
-                f"{mark(self.mean_abs_delta <= MAX_MEAN_ABS_DELTA)}; "
+                f"{mark(self.mean_abs_delta <= MAX_MEAN_ABS_DELTA)} "
+                f"(max {self.max_abs_delta:.4f}); "
                 f"call unchanged on {100 * self.call_agreement:.1f} % of {self.images} images "
                 f"(must be >= {100 * MIN_CALL_AGREEMENT:.0f} %) "
-                f"{mark(self.call_agreement >= MIN_CALL_AGREEMENT)}")
+                f"{mark(self.call_agreement >= MIN_CALL_AGREEMENT)}; on {self.images} images, "
+                f"{self.studies} studies, {self.pairs} normal/abnormal study pairs (one swapped "
+                f"pair = {self.auroc_step:.4f} AUROC"
+                + (", so one swap alone fails the AUROC criterion)"
+                   if self.auroc_step > MAX_AUROC_DROP else ")"))
+
+    @property
+    def auroc_step(self) -> float:
+        """What one swapped normal/abnormal study pair does to the AUROC."""
+        return 1.0 / self.pairs
 
     def record(self) -> dict:
         """Manifest form: the numbers, the thresholds and the verdict."""
-        return asdict(self) | {"passed": self.passed, "thresholds": {
+        return asdict(self) | {"passed": self.passed, "auroc_step": self.auroc_step,
+                               "thresholds": {
             "max_auroc_drop": MAX_AUROC_DROP, "max_mean_abs_delta": MAX_MEAN_ABS_DELTA,
             "min_call_agreement": MIN_CALL_AGREEMENT}}
 
@@ -98,9 +127,14 @@ class EnsembleRunner:
         import onnxruntime as ort
 
         self.members = list(members)
-        self.sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        for key, value in ORT_FP32_ONLY.items():
+            options.add_session_config_entry(key, value)
+        self.sessions = [ort.InferenceSession(str(p), sess_options=options,
+                                              providers=["CPUExecutionProvider"])
                          for p in backbones]
-        self.mean = ort.InferenceSession(mean_graph, providers=["CPUExecutionProvider"])
+        self.mean = ort.InferenceSession(mean_graph, sess_options=options,
+                                         providers=["CPUExecutionProvider"])
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         probs, cams = [], []
@@ -138,9 +172,12 @@ def compare(labels: Sequence[int], studies: Sequence[str], thresholds: Sequence[
     auc32, auc8 = auroc(study_labels, study_fp32), auroc(study_labels, study_int8)
     t = np.asarray(thresholds, np.float64)
     agreement = float(np.mean((fp32 >= t) == (int8 >= t)))
-    return GateResult(images=len(fp32), studies=len(study_labels), auroc_fp32=float(auc32),
+    positives = int(np.sum(study_labels))
+    return GateResult(images=len(fp32), studies=len(study_labels),
+                      pairs=positives * (len(study_labels) - positives), auroc_fp32=float(auc32),
                       auroc_int8=float(auc8), auroc_drop=float(auc32 - auc8),
                       mean_abs_delta=float(np.mean(np.abs(fp32 - int8))),
+                      max_abs_delta=float(np.max(np.abs(fp32 - int8))),
                       call_agreement=agreement)
 
 

@@ -77,6 +77,12 @@ EXPORT_CPU_RUNTIMES = ("onnxruntime", "openvino")
 (onnxruntime default; openvino moves the architectures it runs faster, see
 `export.model_specs.OPENVINO_ARCHITECTURES`)."""
 
+OPENVINO_INFERENCE_PRECISION = "f32"
+"""The `INFERENCE_PRECISION_HINT` every OpenVINO config carries, for every export precision: FP32
+versions run f32, INT8 versions run their quantized ops in int8 and everything else in f32. Never
+left to OpenVINO, whose CPU plugin defaults to bf16 on AMX hosts; the backend reads the
+effective precision back and refuses another (server/backends/openvino/session.py)."""
+
 REFERENCE_CPU_CORES = 2
 """`msk export --cpu-cores` default: the cores of the CPU the committed cpu configs are rendered
 for (the 2-core reference machine of bench/README.md)."""

@@ -25,11 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from export.consistency import describe_repository, repository_problems
     from export.staging import recover
+    from msk.host import describe
     from server.runtime import locate_runtime
 
     runtime = locate_runtime()
     for key, value in runtime.describe().items():
         print(f"{key}: {value}")
+    print(f"cpu: {describe()}")
     if not args.repository.is_dir():
         print(f"repository: {args.repository} does not exist yet (build it with `msk export`)")
         return 0

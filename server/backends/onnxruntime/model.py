@@ -56,6 +56,9 @@ class TritonPythonModel:
         spinning = params.get("allow_spinning", "0")
         options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         options.add_session_config_entry("session.inter_op.allow_spinning", spinning)
+        # FP32 ops stay FP32 on every host: ORT's only lowering (bf16 fast-math GEMMs, arm64) is
+        # off by default; said explicitly, as export/mura_accuracy_gate.py's ORT_FP32_ONLY does.
+        options.add_session_config_entry("mlas.enable_gemm_fastmath_arm64_bfloat16", "0")
         return ort.InferenceSession(path, sess_options=options,
                                     providers=["CPUExecutionProvider"])
 

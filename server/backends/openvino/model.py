@@ -4,7 +4,9 @@ Why it exists: `msk export --cpu-runtime openvino` writes the MURA backbones' co
 Triton's OpenVINO backend (`backend: "openvino"`, `default_model_filename: "model.onnx"`), which
 NVIDIA's CPU containers ship natively and the nvidia-pytriton wheel does not. This backend serves
 those same configs here, as `server/backends/onnxruntime` does for the ORT configs. It reads the
-parameters the native backend reads (`INFERENCE_NUM_THREADS`, `PERFORMANCE_HINT`) and keeps
+parameters the native backend reads (`INFERENCE_NUM_THREADS`, `PERFORMANCE_HINT`) plus the
+precision it must run at (`INFERENCE_PRECISION_HINT`, required and read back: see session.py) and
+keeps
 everything else - batching requests, per-request errors, dropping cancelled work - from the
 onnxruntime backend, which it loads from its sibling folder (one implementation of the request
 path). Measured faster than ORT on the backbones of this CPU: bench/README.md, "OpenVINO".
@@ -14,62 +16,31 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from collections.abc import Iterable
 
-import numpy as np
+import triton_python_backend_utils as pb_utils
 
-_SPEC = importlib.util.spec_from_file_location(
-    "msk_onnxruntime_backend",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "onnxruntime",
-                 "model.py"))
-_BASE = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(_BASE)
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-class OpenVinoSession:
-    """OpenVINO compiled models with ORT's `run(output_names, feeds)`, one per input shape.
+def _load(name: str, path: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    Why one per shape: OpenVINO's CPU plugin runs a graph compiled for a static shape ~1.35x
-    faster than the same graph with a dynamic batch axis (measured on the INT8 DenseNet-169 at
-    batch 8, 1 and 2 threads). The batch sizes a dynamically batched model sees are few (1 to
-    its max batch size) and all are compiled at load time by `warm`: compiling one on first use
-    stalled the first requests of that size for seconds (measured: 0.68 instead of 2.5 images/s
-    over a 24-image run at 8 in flight). Any other shape is compiled on first use."""
 
-    def __init__(self, path: str, params: dict[str, str]) -> None:
-        import openvino as ov
-
-        self.properties = {"PERFORMANCE_HINT": params.get("PERFORMANCE_HINT", "LATENCY")}
-        threads = int(params.get("INFERENCE_NUM_THREADS", "0") or 0)
-        if threads:
-            self.properties["INFERENCE_NUM_THREADS"] = threads
-        self.core = ov.Core()
-        self.model = self.core.read_model(path)
-        self.compiled: dict[tuple, tuple] = {}
-
-    def _request(self, shapes: dict[str, tuple[int, ...]]):
-        key = tuple(sorted(shapes.items()))
-        if key not in self.compiled:
-            model = self.model.clone()
-            model.reshape({name: list(shape) for name, shape in shapes.items()})
-            compiled = self.core.compile_model(model, "CPU", self.properties)
-            self.compiled[key] = (compiled, compiled.create_infer_request())
-        return self.compiled[key]
-
-    def warm(self, inputs: list[dict], batches: Iterable[int]) -> None:
-        """Compile for these batch sizes now (inputs: the config's, with fixed dims)."""
-        for batch in batches:
-            self._request({t["name"]: (batch, *map(int, t["dims"])) for t in inputs})
-
-    def run(self, output_names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        compiled, request = self._request({n: a.shape for n, a in feeds.items()})
-        results = request.infer(feeds)
-        return [np.array(results[compiled.output(name)]) for name in output_names]
+_BASE = _load("msk_onnxruntime_backend",
+              os.path.join(os.path.dirname(_HERE), "onnxruntime", "model.py"))
+_SESSION = _load("msk_openvino_session", os.path.join(_HERE, "session.py"))
 
 
 class TritonPythonModel(_BASE.TritonPythonModel):
-    def _open(self, path: str, params: dict[str, str]) -> OpenVinoSession:
-        session = OpenVinoSession(path, params)
+    def _open(self, path: str, params: dict[str, str]):
+        session = _SESSION.OpenVinoSession(path, params)
         if self.batching:
             session.warm(self.config["input"], range(1, int(self.config["max_batch_size"]) + 1))
+        # Read back from the runtime, for the log and the tests (tests/test_openvino_runtime.py).
+        pb_utils.Logger.log_info(
+            f"{self.name}: OpenVINO {session.version} CPU inference precision "
+            f"{session.precision} (config {_SESSION.PRECISION_PARAMETER}={session.requested})")
         return session
