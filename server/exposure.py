@@ -1,17 +1,17 @@
-"""What tritonserver exposes, and how: Triton's own switches for HTTP/gRPC APIs and gRPC TLS.
+"""What tritonserver exposes, and how: Triton's own switches for its HTTP and gRPC APIs.
 
 Why: tritonserver 2.51 parses an HTTP/JSON inference request by allocating the declared shape
 before it looks at the data (a 90-byte request with shape [100000, 100000] made it allocate
 ~10 GB), and its HTTP API also carries model control, tracing and logging. `msk serve` therefore
 keeps HTTP to health and metadata (metrics live on their own port) unless `--http-inference` is
-given, and keeps the tracing/logging controls off gRPC. Triton's restricted-API mechanism requires
-a header with a secret value for a restricted API; the secret is made here, per server, and never
-shown, so a restricted API answers "This API is restricted" to everyone.
+given, and restricts on gRPC everything but health, metadata and inference (`GRPC_RESTRICTED`).
+Triton's restricted-API mechanism requires a header with a secret value for a restricted API; the
+secret is made per server by `server.serve` and held only by the front door (the gRPC and HTTP
+guards), so a restricted API answers "This API is restricted" to anyone else.
 """
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +22,19 @@ TRITON_APIS = ("health", "metadata", "inference", "shared-memory", "model-config
 HTTP_OPEN = ("health", "metadata")
 """HTTP by default: probes (/v2/health/*) and model metadata."""
 
-GRPC_RESTRICTED = ("trace", "logging")
-"""gRPC serves inference, metadata, config, statistics, shared memory and the repository index to
-our clients; changing the server's trace and log settings is nobody's business over the wire."""
+GRPC_RESTRICTED = ("model-repository", "model-config", "shared-memory", "statistics", "trace",
+                   "logging")
+"""Restricted on Triton's gRPC (NVIDIA's deployment guide): only the gRPC guard holds the key, and
+it forwards the config, statistics, shared-memory and repository-index calls our clients make
+(server/grpc_guard.py) while refusing model loading, tracing and logging."""
 
 RESTRICTED_HEADER = "msk-restricted-key"
 
 
 @dataclass(frozen=True)
 class ServerTls:
-    """gRPC TLS for tritonserver: `ca` set = mutual TLS (clients must present a cert it signed)."""
+    """gRPC TLS of the front door (terminated by the gRPC guard, never by Triton): `ca` set =
+    mutual TLS (clients must present a certificate it signed)."""
 
     cert: Path
     key: Path
@@ -52,25 +55,12 @@ class ServerTls:
             [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
             root_certificates=root, require_client_auth=root is not None)
 
-    def triton_args(self) -> tuple[str, ...]:
-        args = [f"--grpc-server-cert={Path(self.cert).resolve()}",
-                f"--grpc-server-key={Path(self.key).resolve()}"]
-        if self.ca is not None:
-            # Triton's mutual mode: the root cert verifies client certificates.
-            return ("--grpc-use-ssl-mutual=true", *args,
-                    f"--grpc-root-cert={Path(self.ca).resolve()}")
-        return ("--grpc-use-ssl=true", *args)
 
-
-def exposure_args(*, http_inference: bool = False, tls: ServerTls | None = None,
-                  secret: str | None = None) -> tuple[str, ...]:
-    """tritonserver flags for `msk serve`'s exposure policy (see module docstring)."""
-    secret = secret or secrets.token_hex(16)
+def exposure_args(*, http_inference: bool, secret: str) -> tuple[str, ...]:
+    """tritonserver flags for the exposure policy (see module docstring); `secret` opens the
+    restricted APIs and is held by the front door only."""
     http_open = (*HTTP_OPEN, "inference") if http_inference else HTTP_OPEN
     http_closed = [api for api in TRITON_APIS if api not in http_open]
-    args = [f"--http-restricted-api={','.join(http_closed)}:{RESTRICTED_HEADER}={secret}",
+    return (f"--http-restricted-api={','.join(http_closed)}:{RESTRICTED_HEADER}={secret}",
             f"--grpc-restricted-protocol={','.join(GRPC_RESTRICTED)}:"
-            f"{RESTRICTED_HEADER}={secret}"]
-    if tls is not None:
-        args.extend(tls.triton_args())
-    return tuple(args)
+            f"{RESTRICTED_HEADER}={secret}")

@@ -12,15 +12,19 @@ Why it exists - three faults of tritonserver 2.51 that no flag of it avoids:
     request reaches Triton, and messages longer than the largest legal request are refused by
     gRPC from their length prefix, before they are read.
   * cancellation crash: a client that disconnects or hits its deadline mid-request makes 2.51's
-    gRPC frontend segfault (server#7472/#8034, fixed by server#7840 in 24.12 and later). The
+    gRPC frontend segfault (server#7368/#7877/#8034; the `grpc-no-cancel` row of
+    server/workarounds.py says which releases still need this). There the
     guard never cancels an upstream call: when its client goes away the call runs to its end
     and the answer is dropped, and a client's deadline is passed on as Triton's per-request
     queue `timeout` parameter (the models' queue policy allows overriding it), so expired work
     is rejected from the queue instead of cancelled. The bounded queues (export/configs.py
     `queue_policy`) bound the dead work a crowd of killed clients can leave behind.
 
-Everything else passes through byte for byte (metadata, config, statistics, shared memory, the
-repository index). TLS for clients terminates here when `msk serve` is given certificates.
+Everything else our clients use passes through byte for byte (metadata, config, statistics,
+shared memory, the repository index). Those APIs are restricted at Triton (server/exposure.py) and
+only the guard holds the key that opens them, so a caller who reaches Triton's own loopback port
+cannot use them; model loading, tracing and log settings are refused here for everyone
+(`CLOSED_METHODS`). TLS for clients terminates here when `msk serve` is given certificates.
 """
 
 from __future__ import annotations
@@ -36,14 +40,21 @@ import grpc
 from grpc import aio
 
 from msk.constants import MAX_IMAGE_PIXELS
-from server.exposure import ServerTls
+from server.exposure import RESTRICTED_HEADER, ServerTls
 
 SERVICE = "inference.GRPCInferenceService"
 STREAM_METHODS = frozenset({"ModelStreamInfer"})
 INFER_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
 MAX_MESSAGE_BYTES = 8 * MAX_IMAGE_PIXELS + 16 * 1024 * 1024
 """Largest request accepted at all: the largest image in up to 8-byte elements, plus headroom."""
-_HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type")
+GRPC_KEY_HEADER = f"triton-grpc-protocol-{RESTRICTED_HEADER}"
+"""gRPC metadata key Triton reads for a restricted protocol (its prefix + the header name)."""
+_HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type", "triton-grpc-protocol-",
+                RESTRICTED_HEADER)
+CLOSED_METHODS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload", "TraceSetting",
+                            "LogSettings"})
+"""Refused at the front door: the model set is fixed at start (--model-control-mode=none), and
+tracing and logging are the operator's, not a client's."""
 
 
 class RequestRefused(ValueError):
@@ -74,8 +85,11 @@ def check_infer_request(request) -> None:
 class GrpcGuard:
     """Listens on `host:port`, forwards to tritonserver's gRPC at `upstream` (see module doc)."""
 
-    def __init__(self, upstream: str, host: str, port: int, tls: ServerTls | None = None) -> None:
+    def __init__(self, upstream: str, host: str, port: int, tls: ServerTls | None = None,
+                 cancel_upstream: bool = False, secret: str | None = None) -> None:
         self.upstream = upstream
+        self.secret = secret
+        self.cancel_upstream = cancel_upstream
         self.host = host
         self.port = port
         self.tls = tls
@@ -128,8 +142,10 @@ class GrpcGuard:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
+        # so_reuseport 0: gRPC sets SO_REUSEPORT by default, and a second `msk serve` given the
+        # same port then bound it too and shared its traffic; now the bind fails (port in use).
         limits = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                  ("grpc.max_send_message_length", -1)]
+                  ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
         self._channel = aio.insecure_channel(self.upstream, options=[
             ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
         self._server = aio.server(options=limits)
@@ -152,8 +168,11 @@ class GrpcGuard:
 
     # -- forwarding -------------------------------------------------------------------------------
     def _metadata(self, context: aio.ServicerContext) -> tuple[tuple[str, str], ...]:
-        return tuple((k, v) for k, v in (context.invocation_metadata() or ())
-                     if not k.lower().startswith(_HOP_HEADERS))
+        """The client's metadata, less hop-by-hop headers and any key it sent, plus the key
+        that opens Triton's restricted APIs (the guard only forwards methods it allows)."""
+        forwarded = tuple((k, v) for k, v in (context.invocation_metadata() or ())
+                          if not k.lower().startswith(_HOP_HEADERS))
+        return forwarded + (((GRPC_KEY_HEADER, self.secret),) if self.secret else ())
 
     def _checked(self, name: str, raw: bytes, remaining: float | None) -> bytes:
         """Validate an inference request; carry the client's deadline as Triton's queue timeout."""
@@ -163,6 +182,8 @@ class GrpcGuard:
 
         request = service_pb2.ModelInferRequest.FromString(raw)
         check_infer_request(request)
+        if self.cancel_upstream:          # the deadline travels as a gRPC deadline (unary)
+            return raw
         if remaining is not None and "timeout" not in request.parameters:
             request.parameters["timeout"].int64_param = max(1, int(remaining * 1e6))
             return request.SerializeToString()
@@ -170,16 +191,25 @@ class GrpcGuard:
 
     async def unary(self, method: str, raw: bytes, context: aio.ServicerContext) -> bytes:
         name = method.rsplit("/", 1)[1]
+        if name in CLOSED_METHODS:
+            self.refused += 1
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{name} is not offered by this server")
         try:
             raw = self._checked(name, raw, context.time_remaining())
         except RequestRefused as exc:
             self.refused += 1
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        call = self._channel.unary_unary(method)(raw, metadata=self._metadata(context))
+        remaining = context.time_remaining() if self.cancel_upstream else None
+        call = self._channel.unary_unary(method)(raw, metadata=self._metadata(context),
+                                                 timeout=remaining)
         upstream = asyncio.ensure_future(_finish(call))
         try:
             code, details, response = await asyncio.shield(upstream)
         except asyncio.CancelledError:
+            if self.cancel_upstream:      # a fixed release: the cancellation reaches Triton
+                call.cancel()
+                raise
             # The client went away: let Triton finish rather than cancel (module docstring).
             self.orphaned += 1
             self._orphans.add(upstream)

@@ -40,17 +40,21 @@ def stub_models(root_pid: int) -> Counter[tuple[str, str]]:
     return found
 
 
-def served_models(grpc_url: str) -> set[tuple[str, str]]:
-    """(model, version) of every READY model that runs in a stub (all but ensembles)."""
+def served_models(grpc_url: str,
+                  headers: dict[str, str] | None = None) -> set[tuple[str, str]]:
+    """(model, version) of every READY model that runs in a stub (all but ensembles).
+    `headers`: the key of Triton's restricted repository/config APIs (server/serve.py)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(grpc_url)
     try:
-        index = client.get_model_repository_index(as_json=True, client_timeout=10)
+        index = client.get_model_repository_index(as_json=True, client_timeout=10,
+                                                  headers=headers)
         ready = {(m["name"], m.get("version", "")) for m in index.get("models", [])
                  if m.get("state") == "READY"}
         return {(name, version) for name, version in ready
-                if client.get_model_config(name, as_json=True, client_timeout=10)["config"]
+                if client.get_model_config(name, as_json=True, client_timeout=10,
+                                           headers=headers)["config"]
                 .get("platform") != "ensemble"}
     finally:
         client.close()
@@ -62,7 +66,8 @@ class StubWatch:
     What must be there is asked from Triton once per (re)start (its READY models), not taken from
     a snapshot, so a stub that dies just after the server became ready is noticed too."""
 
-    def __init__(self) -> None:
+    def __init__(self, headers: dict[str, str] | None = None) -> None:
+        self.headers = headers
         self._pid: int | None = None
         self._expected: set[tuple[str, str]] = set()
 
@@ -71,7 +76,7 @@ class StubWatch:
             return None
         if server.process.pid != self._pid:           # first look after a (re)start
             try:
-                self._expected = served_models(f"127.0.0.1:{server.grpc_port}")
+                self._expected = served_models(f"127.0.0.1:{server.grpc_port}", self.headers)
             except Exception:  # noqa: BLE001 - why: not answering yet, look again next poll
                 return None
             self._pid = server.process.pid

@@ -1,4 +1,4 @@
-"""HTTP in front of tritonserver when `msk serve --http-inference` opens inference over HTTP.
+"""HTTP in front of tritonserver: what `msk serve` exposes on its HTTP port.
 
 Why: tritonserver 2.51 parses an HTTP/JSON inference request by allocating the shape it declares
 before it looks at the data (a 90-byte body declaring [100000, 100000] made it allocate ~10 GB).
@@ -6,8 +6,9 @@ This guard reads `Content-Length` first (a body larger than the largest legal re
 with 413 before it is read), then the JSON header of an `/infer` request, and refuses any input
 whose declared shape is negative or larger than `MAX_IMAGE_PIXELS` (400) before Triton sees it.
 Everything else (health, metadata) is passed through. Triton's own HTTP inference API stays
-restricted (server/exposure.py) and only this guard holds the header that opens it, so the
-guard cannot be bypassed through Triton's port (which listens on loopback only anyway).
+restricted (server/exposure.py) and only this guard holds the header that opens it, and only when
+`msk serve --http-inference` gave it the key (`secret`); without it inference answers 403 here
+whatever headers a client sends.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def check_http_infer(model: str, body: bytes, header_length: int | None) -> None
 class HttpGuard:
     """Listens on `host:port`, forwards to Triton's HTTP at `upstream_port` on loopback."""
 
-    def __init__(self, upstream_port: int, host: str, port: int, secret: str) -> None:
+    def __init__(self, upstream_port: int, host: str, port: int, secret: str | None) -> None:
         guard = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,6 +75,9 @@ class HttpGuard:
                                         f"{MAX_MESSAGE_BYTES}")
                 body = self.rfile.read(length) if length else b""
                 match = _INFER.match(self.path.split("?", 1)[0])
+                if match and not guard.secret:
+                    return self._refuse(403, "inference over HTTP is off on this server (msk "
+                                        "serve --http-inference turns it on); use gRPC")
                 if match and self.command == "POST":
                     header = self.headers.get("Inference-Header-Content-Length")
                     try:
@@ -81,7 +85,7 @@ class HttpGuard:
                     except (RequestRefused, ValueError) as exc:
                         return self._refuse(400, str(exc))
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                if match:      # opens inference only; model control etc. stay restricted (403)
+                if match and guard.secret:  # opens inference only; the rest stays restricted
                     headers[RESTRICTED_HEADER] = guard.secret
                 conn = http.client.HTTPConnection("127.0.0.1", guard.upstream_port)
                 try:

@@ -108,11 +108,9 @@ class TritonServer:
         startup_timeout: float = 300.0,
         extra_args: tuple[str, ...] = (),
         runtime: TritonRuntime | None = None,
+        gpu: bool = False,
     ) -> None:
         self.repository = Path(repository).resolve()
-        if not self.repository.is_dir():
-            raise FileNotFoundError(f"model repository not found: {self.repository} "
-                                    "(build one with `msk export` or `make demo`)")
         self.host = host
         picked = iter(free_ports(3, host))
         self.grpc_port = grpc_port or next(picked)
@@ -121,6 +119,7 @@ class TritonServer:
         self.foreground = foreground
         self.startup_timeout = startup_timeout
         self.extra_args = tuple(extra_args)
+        self.gpu = gpu
         self.runtime = runtime or locate_runtime()
         self.shm_prefix = f"msk_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self.log_path = Path(log_path) if log_path else Path(
@@ -151,9 +150,10 @@ class TritonServer:
             f"--http-address={self.host}", f"--http-port={self.http_port}",
             f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
             f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
-            "--allow-gpu-metrics=false",
+            f"--allow-gpu-metrics={str(self.gpu).lower()}",
             "--strict-readiness=true",
-            "--pinned-memory-pool-byte-size=0",
+            # No GPU: pinned host memory buys nothing (on a GPU host Triton's default pool stays).
+            *(() if self.gpu else ("--pinned-memory-pool-byte-size=0",)),
             "--metrics-config=summary_latencies=true",
             f"--metrics-config=summary_quantiles={LATENCY_QUANTILES}",
             f"--backend-config=python,shm-default-byte-size={SHM_DEFAULT_BYTES}",
@@ -165,6 +165,9 @@ class TritonServer:
     def start(self) -> TritonServer:
         if self.running:
             return self
+        if not self.repository.is_dir():
+            raise FileNotFoundError(f"model repository not found: {self.repository} "
+                                    "(build one with `msk export` or `make demo`)")
         out = None if self.foreground else self.log_path.open("ab")
         self._stop_requested = False
         self.process = subprocess.Popen(

@@ -6,7 +6,9 @@ so nothing here imports `pytriton`. The backend directory holds:
   python/       Triton's python backend (library, utils, the stub built for this Python),
   onnxruntime/  our python-based backend (`server/backends/onnxruntime/model.py`), which Triton
                 uses for every `backend: "onnxruntime"` model because no native ORT backend is here.
-In NVIDIA's container the native ORT/TensorRT backends serve the same configs unchanged.
+In NVIDIA's container the native ORT/TensorRT backends serve the same configs unchanged; there
+`container_runtime()` describes its tritonserver (`/opt/tritonserver`), into whose backends folder
+the server image (deploy/server.Dockerfile) copies our python-based `openvino` backend.
 """
 
 from __future__ import annotations
@@ -57,6 +59,25 @@ class TritonRuntime:
             "backends": str(self.backend_dir),
             "python": sys.executable,
         }
+
+
+CONTAINER_HOME = Path("/opt/tritonserver")
+"""Where NVIDIA's tritonserver containers install Triton."""
+
+
+def container_runtime(home: Path = CONTAINER_HOME) -> TritonRuntime:
+    """tritonserver as NVIDIA's container installs it: its own libraries and backends, and the
+    system Python of the image (the server image installs the project there). Not checked for
+    existence: `msk serve --print-command` describes a container command on any machine."""
+    return TritonRuntime(binary=home / "bin" / "tritonserver", library_dirs=(home / "lib",),
+                         backend_dir=home / "backends")
+
+
+def default_runtime() -> TritonRuntime:
+    """NVIDIA's container where it is (the server image), else the nvidia-pytriton wheel."""
+    if (CONTAINER_HOME / "bin" / "tritonserver").is_file():
+        return container_runtime()
+    return locate_runtime()
 
 
 def _pytriton_root() -> Path:

@@ -4,7 +4,7 @@ tritonserver 2.51 can die under us (segfaults around request cancellation were s
 upstream as server issues #8034 and #7368), and an OOM killer may take it. A service that users
 and PACS rely on restarts it, with exponential backoff so that a server that cannot start does
 not spin, and exports how often it did so (`msk_serve_triton_restarts_total{reason}`) beside
-`msk_serve_triton_up`, on its own Prometheus endpoint next to Triton's metrics port.
+`msk_serve_triton_up`, served with Triton's own on the metrics port (server/metrics_door.py).
 
 `health_checks` are callables returning None (healthy) or a reason string; a reason restarts the
 server like a crash does (e.g. a model whose backend process died while Triton stays "ready").
@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from server.launcher import ServerStartError, TritonServer
 
@@ -35,9 +35,6 @@ class SupervisorMetrics:
             ["reason"], registry=self.registry)
         self.up = Gauge("msk_serve_triton_up", "1 while tritonserver is running and ready",
                         registry=self.registry)
-
-    def serve(self, port: int, host: str) -> None:
-        start_http_server(port, addr=host, registry=self.registry)
 
 
 class Supervisor:

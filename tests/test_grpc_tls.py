@@ -19,8 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from clients.mura import MuraClient
 from clients.tls import GrpcTls, TlsConfigError
-from server.exposure import ServerTls, exposure_args
-from server.launcher import TritonServer
+from server.exposure import ServerTls
+from server.serve import ServeConfig, Server
 from tests.plugins.web import synthetic_radiograph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,9 +56,11 @@ def pki(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def tls_triton(tiny_repository, pki):
-    """tritonserver with mutual TLS on gRPC (clients must present a certificate the CA signed)."""
+    """The guarded server with mutual TLS on gRPC (clients must present a certificate the CA
+    signed), started through the Python API (server.serve.Server)."""
     tls = ServerTls(cert=pki["server.pem"], key=pki["server.key"], ca=pki["ca.pem"])
-    with TritonServer(tiny_repository, extra_args=exposure_args(tls=tls)) as server:
+    config = ServeConfig(tiny_repository, grpc_port=0, http_port=0, metrics_port=0, tls=tls)
+    with Server(config) as server:            # the documented Python API: the front door
         yield server
 
 
@@ -128,8 +130,7 @@ def test_web_and_gateway_clients_over_tls(tls_triton, pki):
 def test_msk_serve_serves_grpc_over_tls(tiny_repository, pki):
     proc = subprocess.Popen(
         [*MSK, "serve", "--repository", str(tiny_repository), "--grpc-port", "0",
-         "--http-port", "0", "--metrics-port", "0", "--supervisor-metrics-port", "0",
-         "--tls-cert", str(pki["server.pem"]),
+         "--http-port", "0", "--metrics-port", "0", "--tls-cert", str(pki["server.pem"]),
          "--tls-key", str(pki["server.key"]), "--tls-ca", str(pki["ca.pem"])],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

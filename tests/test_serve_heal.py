@@ -82,7 +82,7 @@ def test_a_dead_model_process_turns_readiness_false_and_is_healed(tiny_repositor
         _wait(lambda: not _ready(serve.http_url), 30, "readiness turns false")
         _wait(lambda: _ready(serve.http_url), 300, "the service is ready again")
         _wait(lambda: _infer_ok(serve.grpc_url), 120, "the ensemble serves again")
-        assert _restarts(serve.supervisor_metrics_url, "unhealthy") == 1.0
+        assert _restarts(serve.metrics_url, "unhealthy") == 1.0
         assert serve.proc.poll() is None
 
 

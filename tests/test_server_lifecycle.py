@@ -76,8 +76,7 @@ def test_msk_serve_runs_until_sigterm(tiny_repository):
     ports = free_ports(3)
     proc = subprocess.Popen(
         [str(MSK), "serve", "--repository", str(tiny_repository), "--grpc-port", str(ports[0]),
-         "--http-port", str(ports[1]), "--metrics-port", str(ports[2]),
-         "--supervisor-metrics-port", "-1"],
+         "--http-port", str(ports[1]), "--metrics-port", str(ports[2])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     import urllib.request
@@ -103,11 +102,9 @@ def test_msk_serve_runs_until_sigterm(tiny_repository):
 
 def _serve(repository: Path, cwd: Path, *extra: str) -> tuple[MskProcess, dict[str, str]]:
     proc = MskProcess("serve", "--repository", str(repository), "--grpc-port", "0",
-                      "--http-port", "0", "--metrics-port", "0", "--supervisor-metrics-port",
-                      "0", *extra, cwd=cwd)
-    ready = proc.wait_for(r"msk serve: ready  grpc=(\S+)  http=(\S+)  metrics=(\S+)"
-                          r"  supervisor-metrics=(\S+)")
-    return proc, dict(zip(("grpc", "http", "metrics", "supervisor"), ready.groups(), strict=True))
+                      "--http-port", "0", "--metrics-port", "0", *extra, cwd=cwd)
+    ready = proc.wait_for(r"msk serve: ready  grpc=(\S+)  http=(\S+)  metrics=(\S+)")
+    return proc, dict(zip(("grpc", "http", "metrics"), ready.groups(), strict=True))
 
 
 def _tritonserver_of(serve_pid: int) -> int:
@@ -170,8 +167,8 @@ def test_msk_serve_restarts_a_crashed_server_and_counts_it(tiny_repository, tmp_
         import tritonclient.grpc as grpcclient
         assert grpcclient.InferenceServerClient(urls["grpc"]).is_server_ready()
         counter = 'msk_serve_triton_restarts_total{reason="exit"}'
-        assert _metric(urls["supervisor"], counter) == 1.0
-        assert _metric(urls["supervisor"], "msk_serve_triton_up") == 1.0
+        assert _metric(urls["metrics"], counter) == 1.0
+        assert _metric(urls["metrics"], "msk_serve_triton_up") == 1.0
     finally:
         assert proc.stop() == 0, proc.output()[-3000:]
 

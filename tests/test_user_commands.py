@@ -138,7 +138,7 @@ def served(home: Path, exported) -> dict:
     """`msk serve` on the exported repository; stopped with SIGTERM at the end."""
     assert exported["wrist"].returncode == 0
     proc = MskProcess("serve", "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
-                      "--supervisor-metrics-port", "0", cwd=home)
+                      cwd=home)
     ready = proc.wait_for(r"msk serve: ready  grpc=(\S+)  http=(\S+)")
     yield {"proc": proc, "grpc": ready.group(1), "http": ready.group(2)}
     assert proc.stop(signal.SIGTERM) == 0, proc.output()[-3000:]

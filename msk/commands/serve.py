@@ -1,47 +1,49 @@
-"""`msk serve`: run the local tritonserver in the foreground until SIGTERM or Ctrl-C.
+"""`msk serve`: the guarded Triton server in the foreground until SIGTERM or Ctrl-C.
 
-The server is supervised (`server.supervisor`): an unexpected exit is reported with its cause and
-the server restarted with backoff (unless `--no-restart`), and tritonserver dies with `msk serve`
-whatever signal ends it (`server/guard.py`).
+A thin argument parser over `server.serve` (the one composition of tritonserver's command line,
+the front door, the supervisor and the release workarounds); the server image, compose and
+Kubernetes run exactly this command.
 """
 
 from __future__ import annotations
 
 import argparse
-import secrets
+import json
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from msk.constants import (
-    DEFAULT_GRPC_PORT,
-    DEFAULT_HOST,
-    DEFAULT_HTTP_PORT,
-    DEFAULT_METRICS_PORT,
-    DEFAULT_SUPERVISOR_METRICS_PORT,
-)
+from msk.constants import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "serve", help="run the local Triton server (CPU) in the foreground",
-        description="Start the official tritonserver binary on 127.0.0.1 with a model repository, "
+        "serve", help="run the guarded Triton server in the foreground",
+        description="Start tritonserver with a model repository behind msk serve's front door, "
         "wait until every model is ready, and keep serving until SIGTERM or Ctrl-C (then shut "
-        "down cleanly, leaving no process or /dev/shm region behind). Latency quantiles are "
-        "enabled on the metrics port. gRPC goes through a guard that refuses oversized or "
-        "overflowing tensor shapes and never cancels work inside Triton; HTTP answers health and "
-        "metadata only unless --http-inference. A model whose process died, or a crashed "
-        "server, is restarted (msk_serve_triton_restarts_total).",
+        "down cleanly, leaving no process or /dev/shm region behind). gRPC goes through a guard "
+        "that refuses oversized or overflowing tensor shapes; HTTP answers health and metadata "
+        "only unless --http-inference; the metrics port serves Triton's metrics (with latency "
+        "quantiles) and msk serve's own. A model whose process died, or a crashed server, is "
+        "restarted (msk_serve_triton_restarts_total). Workarounds for bugs of the running "
+        "Triton release are on only where that release needs them (server/workarounds.py).",
     )
     p.add_argument("--repository", type=Path, default=Path("model_repository"),
                    help="model repository to serve (default: ./model_repository)")
+    p.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
+                   help="cpu: the embedded default; gpu: NVIDIA's container on a GPU host with "
+                   "the `msk export --target gpu` repository (default cpu)")
+    p.add_argument("--runtime", choices=("auto", "wheel", "container"), default="auto",
+                   help="which tritonserver: NVIDIA's container install (/opt/tritonserver) "
+                   "where present, else the nvidia-pytriton wheel's (default auto)")
     p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT,
                    help=f"gRPC port (default {DEFAULT_GRPC_PORT}; 0 picks a free port)")
     p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
                    help=f"HTTP port (default {DEFAULT_HTTP_PORT}; 0 picks a free port)")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
-                   help=f"Prometheus metrics port (default {DEFAULT_METRICS_PORT}; 0 = free)")
+                   help=f"Prometheus metrics port: Triton's and msk serve's own (default "
+                   f"{DEFAULT_METRICS_PORT}; 0 picks a free port)")
     p.add_argument("--host", default=DEFAULT_HOST,
                    help="address to bind (default 127.0.0.1; widen only behind a firewall)")
     p.add_argument("--startup-timeout", type=float, default=600.0,
@@ -49,14 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-restart", action="store_true",
                    help="exit (code 1) when tritonserver dies instead of restarting it with "
                    "backoff")
-    p.add_argument("--supervisor-metrics-port", type=int,
-                   default=DEFAULT_SUPERVISOR_METRICS_PORT,
-                   help="Prometheus endpoint of msk serve itself: msk_serve_triton_restarts_total"
-                   f", msk_serve_triton_up (default {DEFAULT_SUPERVISOR_METRICS_PORT}; 0 picks "
-                   "a free port; -1 turns it off)")
     p.add_argument("--http-inference", action="store_true",
                    help="also accept inference over HTTP (default: HTTP answers health and "
                    "metadata only; inference, model control and shared memory go over gRPC)")
+    p.add_argument("--print-command", action="store_true",
+                   help="print (JSON) the tritonserver command line and the front door this "
+                   "invocation would run, and exit; starts nothing")
     tls = p.add_argument_group("gRPC TLS (terminated by msk serve's gRPC guard)")
     tls.add_argument("--tls-cert", type=Path, default=None, metavar="PEM",
                      help="serve gRPC over TLS with this server certificate (PEM); needs "
@@ -68,119 +68,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
-def _models_without_versions(repository: Path) -> list[str]:
-    """Models whose config is present but which have no numbered version folder."""
-    return sorted(
-        cfg.parent.name for cfg in repository.glob("*/config.pbtxt")
-        if not any(p.is_dir() and p.name.isdigit() for p in cfg.parent.iterdir())
-    )
-
-
-def _exposure(args: argparse.Namespace, secret: str):
-    """(Triton flags, gRPC TLS or None) for what `msk serve` exposes (server/exposure.py).
-
-    Clients reach gRPC through the gRPC guard (server/grpc_guard.py), which terminates TLS;
-    Triton's own gRPC listens on loopback only, on a port of its own. With --http-inference,
-    HTTP goes through the HTTP guard (server/http_guard.py) the same way, and only the guard
-    holds `secret`, the header value that opens Triton's HTTP inference. Raises on bad TLS
-    flags."""
-    from server.exposure import ServerTls, exposure_args
+def config_from(args: argparse.Namespace):
+    """The `server.serve.ServeConfig` of parsed arguments (raises ServeError/ValueError)."""
+    from server.exposure import ServerTls
+    from server.serve import ServeConfig
 
     tls = None
     if args.tls_cert or args.tls_key or args.tls_ca:
         if not (args.tls_cert and args.tls_key):
             raise ValueError("--tls-cert and --tls-key are both needed to serve gRPC over TLS")
         tls = ServerTls(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
-    flags = [*exposure_args(secret=secret), f"--grpc-address={DEFAULT_HOST}"]
-    if args.http_inference:
-        flags.append(f"--http-address={DEFAULT_HOST}")
-    return tuple(flags), tls
+    return ServeConfig(repository=args.repository, target=args.target, host=args.host,
+                       grpc_port=args.grpc_port, http_port=args.http_port,
+                       metrics_port=args.metrics_port, http_inference=args.http_inference,
+                       tls=tls, startup_timeout=args.startup_timeout,
+                       restart=not args.no_restart, runtime=args.runtime)
 
 
 def run(args: argparse.Namespace) -> int:
-    from export.consistency import repository_problems
-    from server.grpc_guard import GrpcGuard
-    from server.health import StubWatch
-    from server.http_guard import HttpGuard
-    from server.launcher import ServerStartError, TritonServer, free_port
-    from server.shm_janitor import ShmJanitor
-    from server.supervisor import Supervisor, SupervisorMetrics
+    from server.serve import ServeError, print_command, serve
 
-    if not args.repository.is_dir():
-        print(f"msk serve: repository folder {args.repository} does not exist; build one with "
-              "`msk export` (or `make demo`)", file=sys.stderr)
-        return 1
-    missing = _models_without_versions(args.repository)
-    if missing:
-        print(f"msk serve: {args.repository} has configs but no model files for "
-              f"{', '.join(missing)}; build them first with `msk export --repository "
-              f"{args.repository}` (or `make demo`)", file=sys.stderr)
-        return 1
-    problems = repository_problems(args.repository, verify_hashes=False)
-    if problems:
-        print(f"msk serve: {args.repository} is inconsistent, not serving it:\n  - "
-              + "\n  - ".join(problems) + "\n(`msk doctor` checks it in full)", file=sys.stderr)
-        return 1
     try:
-        secret = secrets.token_hex(16)
-        exposure, tls = _exposure(args, secret)
-    except (ValueError, FileNotFoundError) as exc:
+        config = config_from(args)
+    except (ServeError, ValueError, FileNotFoundError) as exc:
         print(f"msk serve: {exc}", file=sys.stderr)
         return 2
+    if args.print_command:
+        print(json.dumps(print_command(config), indent=2))
+        return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = TritonServer(args.repository, grpc_port=0,
-                          http_port=0 if args.http_inference else args.http_port,
-                          metrics_port=args.metrics_port, host=args.host, foreground=True,
-                          startup_timeout=args.startup_timeout, extra_args=exposure)
-    http_guard = None
-    if args.http_inference:
-        try:
-            http_guard = HttpGuard(server.http_port, args.host, args.http_port, secret)
-        except OSError as exc:
-            print(f"msk serve: cannot listen on {args.host}:{args.http_port} ({exc.strerror})",
-                  file=sys.stderr)
-            return 1
-    metrics = SupervisorMetrics()
-    metrics_note = ""
-    if args.supervisor_metrics_port >= 0:
-        port = args.supervisor_metrics_port or free_port(args.host)
-        try:
-            metrics.serve(port, args.host)
-        except OSError as exc:
-            print(f"msk serve: cannot serve the supervisor metrics on {args.host}:{port} "
-                  f"({exc.strerror}); pick another --supervisor-metrics-port, or -1",
-                  file=sys.stderr)
-            return 1
-        metrics_note = f"  supervisor-metrics=http://{args.host}:{port}/metrics"
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", args.host, args.grpc_port, tls=tls)
-
-    def ready() -> None:
-        guard.start()     # once: the guards outlive Triton restarts (same internal ports)
-        if http_guard is not None:
-            http_guard.start()
-        http_url = http_guard.url if http_guard is not None else server.http_url
-        say(f"msk serve: ready  grpc={guard.url}  http={http_url}  "
-            f"metrics={server.metrics_url}{metrics_note}")
-
-    checks = (StubWatch(), ShmJanitor(say=say))
-    supervisor = Supervisor(server, restart=not args.no_restart, metrics=metrics, say=say,
-                            health_checks=checks)
     try:
-        code = supervisor.run(stop, on_ready=ready)
-    except (ServerStartError, RuntimeError) as exc:
+        code = serve(config, stop, say=say)
+    except ServeError as exc:
         say(f"msk serve: {exc}")
-        server.stop()
         return 1
-    finally:
-        guard.stop()
-        if http_guard is not None:
-            http_guard.stop()
     if code == 0:
         say("msk serve: stopped")
     return code

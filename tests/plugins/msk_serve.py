@@ -22,8 +22,7 @@ import psutil
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_READY = re.compile(r"ready\s+grpc=(\S+)\s+http=(\S+)\s+metrics=(\S+)"
-                    r"(?:\s+supervisor-metrics=(\S+))?")
+_READY = re.compile(r"ready\s+grpc=(\S+)\s+http=(\S+)\s+metrics=(\S+)")
 
 
 @dataclass
@@ -33,7 +32,6 @@ class ServeProcess:
     http_url: str
     metrics_url: str
     triton_pid: int
-    supervisor_metrics_url: str | None = None
 
     def tritonserver_pid(self) -> int | None:
         for child in psutil.Process(self.proc.pid).children(recursive=True):
@@ -55,7 +53,7 @@ def running_msk_serve(*args: str) -> Iterator[ServeProcess]:
     assert args[:1] == ("serve",), "the command line starts with the subcommand"
     proc = subprocess.Popen(
         [sys.executable, "-m", "msk.cli", *args, "--grpc-port", "0", "--http-port", "0",
-         "--metrics-port", "0", "--supervisor-metrics-port", "0"],
+         "--metrics-port", "0"],
         cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
@@ -68,8 +66,7 @@ def running_msk_serve(*args: str) -> Iterator[ServeProcess]:
         # Keep draining stderr so the server never blocks on a full pipe.
         import threading
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        serve = ServeProcess(proc, match.group(1), match.group(2), match.group(3), 0,
-                             match.group(4))
+        serve = ServeProcess(proc, match.group(1), match.group(2), match.group(3), 0)
         serve.triton_pid = serve.tritonserver_pid()
         assert serve.triton_pid, "msk serve is ready but runs no tritonserver"
         yield serve

@@ -1,0 +1,330 @@
+"""The serving stack's one composition root: what `msk serve`, the Python API, the server image,
+compose, Kubernetes and the benchmarks all run.
+
+`serve(config, stop)` composes, in this order:
+  1. the checks a user needs before anything starts: the repository is there and coherent, and
+     every public port is free (a port in use is an error naming the port and its flag);
+  2. tritonserver's command line: the process-level flags of `server.launcher.TritonServer` plus
+     `production_flags` - NVIDIA's deployment-guide defaults and the exposure policy
+     (server/exposure.py) - spelled here and nowhere else (no manifest spells a tritonserver flag);
+  3. the front door on the user's ports: the gRPC guard, the HTTP guard and the metrics door
+     (Triton's metrics plus `msk serve`'s own, one scrape target); Triton itself listens only on
+     loopback ports of its own;
+  4. the supervisor (restart with backoff) with its health checks and the shared-memory janitor;
+  5. the release workarounds (server/workarounds.py), decided from the version the running
+     tritonserver reports.
+`Server` is the same composition as a context manager: the documented Python API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import threading
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from msk.constants import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from server.exposure import ServerTls, exposure_args
+from server.runtime import TritonRuntime, container_runtime, default_runtime, locate_runtime
+
+SERVE_TARGETS = ("cpu", "gpu")
+"""cpu: the embedded default (no GPU metrics, no pinned memory); gpu: NVIDIA's container on a GPU
+host (the server image), serving the `msk export --target gpu` repository."""
+
+RUNTIMES = ("auto", "wheel", "container")
+"""Which tritonserver: NVIDIA's container install (/opt/tritonserver) where present, else the
+nvidia-pytriton wheel's (auto); or either one by name."""
+
+
+class ServeError(RuntimeError):
+    """A reason not to start (the repository, a port, a flag); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything `msk serve` accepts, as one typed value (the CLI only parses into it)."""
+
+    repository: Path = Path("model_repository")
+    target: str = "cpu"
+    host: str = DEFAULT_HOST
+    grpc_port: int = DEFAULT_GRPC_PORT
+    http_port: int = DEFAULT_HTTP_PORT
+    metrics_port: int = DEFAULT_METRICS_PORT
+    http_inference: bool = False
+    tls: ServerTls | None = None
+    startup_timeout: float = 600.0
+    restart: bool = True
+    runtime: str = "auto"
+    foreground: bool = True
+    """tritonserver's log goes to this process's terminal (msk serve) or to a file (the API)."""
+    log_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in SERVE_TARGETS:
+            raise ServeError(f"--target must be one of {', '.join(SERVE_TARGETS)}")
+        if self.runtime not in RUNTIMES:
+            raise ServeError(f"--runtime must be one of {', '.join(RUNTIMES)}")
+        ports = {"--grpc-port": self.grpc_port, "--http-port": self.http_port,
+                 "--metrics-port": self.metrics_port}
+        given = [p for p in ports.values() if p]
+        if len(given) != len(set(given)):
+            raise ServeError(f"the ports must differ: {ports}")
+
+    def public_ports(self) -> dict[str, int]:
+        """flag -> port of the front door (0 = pick a free one)."""
+        return {"--grpc-port": self.grpc_port, "--http-port": self.http_port,
+                "--metrics-port": self.metrics_port}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where the front door listens, once it does."""
+
+    grpc_url: str
+    http_url: str
+    metrics_url: str
+    triton_version: str = ""
+    workarounds: frozenset[str] = field(default_factory=frozenset)
+
+
+def select_runtime(name: str) -> TritonRuntime:
+    if name == "container":
+        return container_runtime()
+    if name == "wheel":
+        return locate_runtime()
+    return default_runtime()
+
+
+def production_flags(config: ServeConfig, secret: str) -> tuple[str, ...]:
+    """The tritonserver flags of a production server (NVIDIA's deployment guide,
+    docs/customization_guide/deploy.md) and of the exposure policy: the one place they are
+    written. Triton listens on loopback only; the front door is what users reach."""
+    return (
+        "--model-control-mode=none",
+        "--exit-on-error=true",
+        "--disable-auto-complete-config",
+        *exposure_args(http_inference=config.http_inference, secret=secret),
+    )
+
+
+def triton_server(config: ServeConfig, secret: str, runtime: TritonRuntime | None = None,
+                  log_path: Path | None = None):
+    """The supervised tritonserver process of `config` (not started), on loopback ports of its
+    own."""
+    from server.launcher import TritonServer
+
+    return TritonServer(config.repository, host=DEFAULT_HOST, foreground=config.foreground,
+                        log_path=log_path or config.log_path,
+                        startup_timeout=config.startup_timeout,
+                        extra_args=production_flags(config, secret), gpu=config.target == "gpu",
+                        runtime=runtime or select_runtime(config.runtime))
+
+
+def print_command(config: ServeConfig) -> dict:
+    """What `msk serve --print-command` prints: tritonserver's argv (internal ports and the
+    secret shown as placeholders) and the front door's addresses. Needs no tritonserver here:
+    a container's command is described on any machine."""
+    try:
+        runtime = select_runtime(config.runtime)
+    except RuntimeError:                       # no wheel here: describe the container's
+        runtime = container_runtime()
+    server = triton_server(config, "<secret>", runtime, log_path=Path(os.devnull))
+    argv = [arg.replace(f"={server.grpc_port}", "=<internal>")
+            .replace(f"={server.http_port}", "=<internal>")
+            .replace(f"={server.metrics_port}", "=<internal>")
+            .replace(server.shm_prefix, "<shm-prefix>") for arg in server.command()]
+    return {"tritonserver": argv, "target": config.target,
+            "front_door": {flag.removeprefix("--").removesuffix("-port"): f"{config.host}:{port}"
+                           for flag, port in config.public_ports().items()}}
+
+
+def check_repository(repository: Path) -> None:
+    """Refuse a repository that cannot be served, saying what to do."""
+    from export.consistency import repository_problems
+
+    if not repository.is_dir():
+        raise ServeError(f"repository folder {repository} does not exist; build one with "
+                         "`msk export` (or `make demo`)")
+    missing = sorted(cfg.parent.name for cfg in repository.glob("*/config.pbtxt")
+                     if not any(p.is_dir() and p.name.isdigit() for p in cfg.parent.iterdir()))
+    if missing:
+        raise ServeError(f"{repository} has configs but no model files for {', '.join(missing)}; "
+                         f"build them first with `msk export --repository {repository}` "
+                         "(or `make demo`)")
+    problems = repository_problems(repository, verify_hashes=False)
+    if problems:
+        raise ServeError(f"{repository} is inconsistent, not serving it:\n  - "
+                         + "\n  - ".join(problems) + "\n(`msk doctor` checks it in full)")
+
+
+def check_ports_free(config: ServeConfig) -> None:
+    """Every public port the user named must be free now: a clear error naming the port and its
+    flag, instead of a second server sharing it (gRPC's SO_REUSEPORT) or dying later."""
+    for flag, port in config.public_ports().items():
+        if not port:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((config.host, port))
+            except OSError as exc:
+                raise ServeError(f"{flag} {port}: {config.host}:{port} is already in use "
+                                 f"({exc.strerror}); pick another {flag}") from exc
+
+
+def triton_version(metrics_or_http_url: str) -> str:
+    """The version the running tritonserver reports (`GET /v2`, KServe server metadata)."""
+    with urllib.request.urlopen(f"{metrics_or_http_url}/v2", timeout=10) as reply:
+        return str(json.load(reply).get("version", ""))
+
+
+def serve(config: ServeConfig, stop: threading.Event, *,
+          say: Callable[[str], None] = print,
+          on_ready: Callable[[Endpoints], None] = lambda endpoints: None) -> int:
+    """Run the whole stack until `stop` is set (0), or until it fails (1, said through `say`).
+
+    Raises `ServeError` before anything starts when the repository or a port is unusable."""
+    from server.grpc_guard import GRPC_KEY_HEADER, GrpcGuard
+    from server.health import StubWatch
+    from server.http_guard import HttpGuard
+    from server.launcher import ServerStartError
+    from server.metrics_door import MetricsDoor
+    from server.shm_janitor import ShmJanitor
+    from server.supervisor import Supervisor, SupervisorMetrics
+    from server.workarounds import describe, needed, parse_version
+
+    check_ports_free(config)
+    check_repository(config.repository)
+    secret = secrets.token_hex(16)
+    server = triton_server(config, secret)
+    metrics = SupervisorMetrics()
+    doors: list = []
+    try:
+        http_guard = HttpGuard(server.http_port, config.host, config.http_port,
+                               secret if config.http_inference else None)
+        doors.append(http_guard)
+        metrics_door = MetricsDoor(server.metrics_port, config.host, config.metrics_port,
+                                   metrics.registry)
+        doors.append(metrics_door)
+    except OSError as exc:
+        for door in doors:
+            door.stop()
+        raise ServeError(f"cannot listen on {config.host} ({exc.strerror})") from exc
+    guard: GrpcGuard | None = None
+    key = {GRPC_KEY_HEADER: secret}          # our own checks use Triton's restricted APIs too
+    stub_watch = StubWatch(headers=key)
+    decided: dict[str, object] = {}
+
+    def health(srv) -> str | None:      # StubWatch only where the release needs it
+        return stub_watch(srv) if "stub-watch" in decided.get("on", frozenset()) else None
+
+    def ready() -> None:
+        nonlocal guard
+        version = triton_version(server.http_url)
+        on = needed(parse_version(version))
+        decided["on"] = on
+        if guard is None:       # once: the doors outlive Triton restarts (same internal ports)
+            guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", config.host,
+                              config.grpc_port, tls=config.tls, secret=secret,
+                              cancel_upstream="grpc-no-cancel" not in on)
+            guard.start()
+            for door in doors:
+                door.start()
+        endpoints = Endpoints(guard.url, http_guard.url, metrics_door.url, version, on)
+        say(f"msk serve: ready  grpc={endpoints.grpc_url}  http={endpoints.http_url}  "
+            f"metrics={endpoints.metrics_url}  ({describe(parse_version(version))})")
+        on_ready(endpoints)
+
+    supervisor = Supervisor(server, restart=config.restart, metrics=metrics, say=say,
+                            health_checks=(health, ShmJanitor(say=say, headers=key)))
+    try:
+        return supervisor.run(stop, on_ready=ready)
+    except (ServerStartError, RuntimeError) as exc:
+        say(f"msk serve: {exc}")
+        server.stop()
+        return 1
+    finally:
+        if guard is not None:
+            guard.stop()
+        for door in doors:
+            door.stop()
+
+
+class Server:
+    """The guarded server as a context manager: the documented Python API.
+
+        with Server(ServeConfig(Path("model_repository"), grpc_port=0, http_port=0,
+                                metrics_port=0)) as server:
+            MuraClient(server.grpc_url).score(images)
+
+    It runs `serve` (the same composition as `msk serve`) in a thread; ports 0 pick free ones.
+    tritonserver's log goes to a file (`config.log_path`, else a temporary one)."""
+
+    def __init__(self, config: ServeConfig, say: Callable[[str], None] = lambda _: None) -> None:
+        if config.foreground:
+            config = ServeConfig(**{**config.__dict__, "foreground": False})
+        self.config = config
+        self.say = say
+        self.endpoints: Endpoints | None = None
+        self.code: int | None = None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return self._require().grpc_url
+
+    @property
+    def http_url(self) -> str:
+        return self._require().http_url
+
+    @property
+    def metrics_url(self) -> str:
+        return self._require().metrics_url
+
+    def _require(self) -> Endpoints:
+        if self.endpoints is None:
+            raise RuntimeError("the server is not ready")
+        return self.endpoints
+
+    def _run(self) -> None:
+        def ready(endpoints: Endpoints) -> None:
+            self.endpoints = endpoints
+            self._ready.set()
+        try:
+            self.code = serve(self.config, self._stop, say=self.say, on_ready=ready)
+        except BaseException as exc:  # noqa: BLE001 - why: reported to start()
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def start(self) -> Server:
+        self._thread = threading.Thread(target=self._run, name="msk-serve", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self.endpoints is None:
+            self._thread.join(60)
+            if self._error is not None:
+                raise self._error
+            raise ServeError(f"the server did not become ready (exit code {self.code})")
+        return self
+
+    def stop(self) -> int | None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(120)
+        return self.code
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(RuntimeError):
+            self.stop()
