@@ -57,3 +57,40 @@ def test_second_gateway_on_same_data_dir_is_refused(tmp_path: Path) -> None:
     finally:
         queue.close()
     assert proc.returncode == 3 and "in use by another gateway" in proc.stderr
+
+
+def test_connection_limit_flags_override_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("triton_url: 10.1.2.3:8001\ndestination: PACS@pacs.example:104\n"
+                      "allowed_calling_aes: [PACS@10.1.2.3]\nmax_associations: 20\n"
+                      "max_associations_per_peer: 5\n")
+    base = ("--config", str(config), "--data-dir", str(tmp_path / "q"))
+    proc = _run(*base, "--artim-timeout", "2.5", "--max-associations", "12",
+                "--max-associations-per-peer", "3", "--reserved-associations", "4",
+                "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(proc.stdout)
+    assert (settings["artim_timeout_s"], settings["max_associations"],
+            settings["max_associations_per_peer"], settings["reserved_associations"]) == \
+        (2.5, 12, 3, 4)
+    proc = _run(*base, "--print-config")      # the file's values, defaults for the rest
+    assert proc.returncode == 0, proc.stderr
+    settings = json.loads(proc.stdout)
+    assert (settings["artim_timeout_s"], settings["max_associations"],
+            settings["max_associations_per_peer"], settings["reserved_associations"]) == \
+        (5.0, 20, 5, 16)
+
+
+def test_bad_connection_limit_flags_are_refused_naming_them(tmp_path: Path) -> None:
+    base = ("--triton-url", "127.0.0.1:8001", "--destination", "PACS@h:104",
+            "--allowed-calling-ae", "PACS", "--data-dir", str(tmp_path / "q"), "--print-config")
+    for flags, name in ((("--max-associations-per-peer", "0"), "max_associations_per_peer"),
+                        (("--max-associations", "0"), "max_associations"),
+                        (("--reserved-associations", "32"), "reserved_associations"),
+                        (("--artim-timeout", "0"), "artim_timeout_s"),
+                        (("--artim-timeout", "inf"), "artim_timeout_s")):
+        proc = _run(*base, *flags)
+        assert proc.returncode == 2, (flags, proc.stdout)
+        assert name in proc.stderr and not proc.stdout, (flags, proc.stderr)
+    proc = _run(*base, "--max-associations", "many")       # argparse: not an int
+    assert proc.returncode == 2 and "--max-associations" in proc.stderr

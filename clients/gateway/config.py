@@ -7,6 +7,7 @@ config file and the docs (docs/pacs.md) describe the same names.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -119,6 +120,19 @@ class GatewayConfig:
     log_file: Path | None = None
     log_level: str = "INFO"
     dicom_timeout_s: float = 30.0
+    artim_timeout_s: float = 5.0
+    """Seconds a new DICOM connection has to finish its TLS handshake and send its
+    A-ASSOCIATE-RQ (the PS3.8 ARTIM timer); then it is closed, so silent sockets cannot hold
+    association slots."""
+    max_associations: int = 32
+    """Connections the SCP holds at once, in every state (before and after association)."""
+    max_associations_per_peer: int = 8
+    """Connections one peer address may hold at once; more are closed at accept."""
+    reserved_associations: int = 16
+    """Part of `max_associations` kept for addresses bound in `allowed_calling_aes`
+    (`AET@ADDRESS`): every other address shares only the rest, so strangers cannot lock the
+    PACS out. Titles without an address are known only after association: they share the rest
+    (and with no address pinned at all there is no reserve)."""
     triton_tls_ca: Path | None = None
     triton_tls_cert: Path | None = None
     triton_tls_key: Path | None = None
@@ -163,6 +177,30 @@ class GatewayConfig:
             raise ValueError("stable_seconds must be >= 0, backoff_base_s > 0, max_attempts >= 1")
         if self.wrist not in ("auto", "on", "off"):
             raise ValueError(f"wrist must be auto, on or off, not {self.wrist!r}")
+        self._check_connection_limits()
+
+    def _check_connection_limits(self) -> None:
+        """The SCP's admission limits must leave room for someone: a zero limit, or a reserve
+        that takes every slot, would be a gateway nobody (or only pinned senders) can reach
+        without saying so."""
+        names = ("max_associations", "max_associations_per_peer", "reserved_associations")
+        for name in names:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be a whole number, not {value!r}")
+        if isinstance(self.artim_timeout_s, bool) or not (
+                isinstance(self.artim_timeout_s, int | float)
+                and 0 < self.artim_timeout_s < math.inf):
+            raise ValueError(f"artim_timeout_s must be a number of seconds > 0, not "
+                             f"{self.artim_timeout_s!r}")
+        if self.max_associations < 1:
+            raise ValueError(f"max_associations must be >= 1, not {self.max_associations}")
+        if not 1 <= self.max_associations_per_peer <= self.max_associations:
+            raise ValueError(f"max_associations_per_peer must be 1..max_associations "
+                             f"({self.max_associations}), not {self.max_associations_per_peer}")
+        if not 0 <= self.reserved_associations < self.max_associations:
+            raise ValueError(f"reserved_associations must be 0..max_associations - 1 "
+                             f"({self.max_associations - 1}), not {self.reserved_associations}")
 
     def triton_tls(self):
         """The gRPC TLS settings for Triton (clients.tls.GrpcTls) or None."""

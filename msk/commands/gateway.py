@@ -70,6 +70,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="first retry delay in seconds, doubled per attempt (default 5)")
     p.add_argument("--backoff-max", dest="backoff_max_s", type=float,
                    help="longest retry delay in seconds (default 300)")
+    p.add_argument("--artim-timeout", dest="artim_timeout_s", type=float,
+                   help="seconds a new DICOM connection has to finish its TLS handshake and "
+                   "send its A-ASSOCIATE-RQ (the ARTIM timer); then it is closed (default 5)")
+    p.add_argument("--max-associations", type=int,
+                   help="connections the SCP holds at once, in any state (default 32)")
+    p.add_argument("--max-associations-per-peer", type=int,
+                   help="connections one source address may hold at once; more are closed "
+                   "at accept (default 8)")
+    p.add_argument("--reserved-associations", type=int,
+                   help="part of --max-associations only senders pinned as AET@ADDRESS in "
+                   "--allowed-calling-ae may use (default 16)")
     p.add_argument("--rules", type=Path,
                    help="routing rule table (JSON/YAML) put in front of the default rules")
     p.add_argument("--wrist", choices=("auto", "on", "off"),
@@ -107,7 +118,8 @@ SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "destinatio
             "destination_tls", "allowed_calling_aes", "accept_any_calling_ae", "dicom_tls_cert",
             "dicom_tls_key", "dicom_tls_ca", "dicomweb_port", "dicomweb_allowed_clients",
             "require_called_aet", "stable_seconds", "data_dir", "max_attempts",
-            "backoff_base_s", "backoff_max_s", "rules", "wrist", "heatmaps",
+            "backoff_base_s", "backoff_max_s", "artim_timeout_s", "max_associations",
+            "max_associations_per_peer", "reserved_associations", "rules", "wrist", "heatmaps",
             "metrics_port", "metrics_host", "audit_log", "log_file", "log_level",
             "triton_tls_ca", "triton_tls_cert", "triton_tls_key",
             "shared_queue")
