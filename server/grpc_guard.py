@@ -89,6 +89,10 @@ class GrpcGuard:
                  cancel_upstream: bool = False, secret: str | None = None) -> None:
         self.upstream = upstream
         self.secret = secret
+        self.accepting = True
+        """False while msk serve warms up or drains: readiness is false, new inference is
+        answered UNAVAILABLE (clients with several --url fail over), calls in flight finish."""
+        self.inflight = 0
         self.cancel_upstream = cancel_upstream
         self.host = host
         self.port = port
@@ -123,6 +127,21 @@ class GrpcGuard:
                 self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(60)
+
+    def busy(self) -> int:
+        """Inference calls still running upstream: in flight, or orphaned by their client."""
+        return self.inflight + len(self._orphans)
+
+    def drain(self, timeout: float) -> int:
+        """Stop accepting inference, wait up to `timeout` s for the calls in flight (orphans
+        too) to finish; returns how many were still running."""
+        import time
+
+        self.accepting = False
+        deadline = time.monotonic() + timeout
+        while self.busy() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return self.busy()
 
     def __enter__(self) -> GrpcGuard:
         return self.start()
@@ -195,6 +214,24 @@ class GrpcGuard:
             self.refused += 1
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{name} is not offered by this server")
+        if not self.accepting:
+            if name == "ServerReady":
+                from tritonclient.grpc import service_pb2
+
+                return service_pb2.ServerReadyResponse(ready=False).SerializeToString()
+            if name in INFER_METHODS:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "this server is not taking "
+                                    "requests now (starting or shutting down); try another")
+        if name not in INFER_METHODS:
+            return await self._forward(method, name, raw, context)
+        self.inflight += 1
+        try:
+            return await self._forward(method, name, raw, context)
+        finally:
+            self.inflight -= 1
+
+    async def _forward(self, method: str, name: str, raw: bytes,
+                       context: aio.ServicerContext) -> bytes:
         try:
             raw = self._checked(name, raw, context.time_remaining())
         except RequestRefused as exc:
@@ -222,6 +259,9 @@ class GrpcGuard:
     async def stream(self, method: str, requests: AsyncIterator[bytes],
                      context: aio.ServicerContext) -> AsyncIterator[bytes]:
         refused: list[str] = []
+        if not self.accepting:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "this server is not taking "
+                                "requests now (starting or shutting down); try another")
 
         async def checked() -> AsyncIterator[bytes]:
             async for raw in requests:

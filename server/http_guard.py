@@ -23,6 +23,7 @@ from server.exposure import RESTRICTED_HEADER
 from server.grpc_guard import MAX_MESSAGE_BYTES, RequestRefused, check_shape
 
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+_READY = re.compile(r"^/v2/health/ready$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$")
 _HOP = {"host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
         "proxy-connection", "content-length", RESTRICTED_HEADER}
 
@@ -74,7 +75,11 @@ class HttpGuard:
                     return self._refuse(413, f"request body of {length} bytes; at most "
                                         f"{MAX_MESSAGE_BYTES}")
                 body = self.rfile.read(length) if length else b""
-                match = _INFER.match(self.path.split("?", 1)[0])
+                path = self.path.split("?", 1)[0]
+                match = _INFER.match(path)
+                if not guard.accepting and (match or _READY.match(path)):
+                    return self._refuse(503, "not ready: this server is starting or shutting "
+                                        "down")
                 if match and not guard.secret:
                     return self._refuse(403, "inference over HTTP is off on this server (msk "
                                         "serve --http-inference turns it on); use gRPC")
@@ -103,6 +108,8 @@ class HttpGuard:
 
         self.upstream_port = upstream_port
         self.secret = secret
+        self.accepting = True
+        """False while msk serve warms up or drains: readiness 503, inference 503."""
         self.refused = 0
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True

@@ -46,6 +46,14 @@ class ServerCrashed(RuntimeError):
     """tritonserver exited while nobody had asked it to stop; the message carries its log tail."""
 
 
+REMOTE_SCHEMES = ("s3://", "gs://", "as://")
+"""Repositories tritonserver reads from object storage itself (kept as given, never resolved)."""
+
+
+def is_remote(repository: Path | str) -> bool:
+    return str(repository).startswith(REMOTE_SCHEMES)
+
+
 def describe_exit(returncode: int | None) -> str:
     """"exit code 1" / "signal SIGSEGV" for a Popen return code."""
     if returncode is None:
@@ -110,7 +118,7 @@ class TritonServer:
         runtime: TritonRuntime | None = None,
         gpu: bool = False,
     ) -> None:
-        self.repository = Path(repository).resolve()
+        self.repository = repository if is_remote(repository) else Path(repository).resolve()
         self.host = host
         picked = iter(free_ports(3, host))
         self.grpc_port = grpc_port or next(picked)
@@ -165,7 +173,7 @@ class TritonServer:
     def start(self) -> TritonServer:
         if self.running:
             return self
-        if not self.repository.is_dir():
+        if not is_remote(self.repository) and not self.repository.is_dir():
             raise FileNotFoundError(f"model repository not found: {self.repository} "
                                     "(build one with `msk export` or `make demo`)")
         out = None if self.foreground else self.log_path.open("ab")

@@ -50,7 +50,8 @@ class ServeError(RuntimeError):
 class ServeConfig:
     """Everything `msk serve` accepts, as one typed value (the CLI only parses into it)."""
 
-    repository: Path = Path("model_repository")
+    repository: Path | str = Path("model_repository")
+    """A folder, or an object-storage URL (s3://...) that tritonserver reads itself."""
     target: str = "cpu"
     host: str = DEFAULT_HOST
     grpc_port: int = DEFAULT_GRPC_PORT
@@ -59,6 +60,8 @@ class ServeConfig:
     http_inference: bool = False
     tls: ServerTls | None = None
     startup_timeout: float = 600.0
+    drain_timeout: float = 30.0
+    """On SIGTERM: how long requests in flight may take before tritonserver stops."""
     restart: bool = True
     runtime: str = "auto"
     foreground: bool = True
@@ -144,10 +147,13 @@ def print_command(config: ServeConfig) -> dict:
                            for flag, port in config.public_ports().items()}}
 
 
-def check_repository(repository: Path) -> None:
-    """Refuse a repository that cannot be served, saying what to do."""
-    from export.consistency import repository_problems
+def check_repository(repository: Path | str) -> None:
+    """Refuse a repository that cannot be served, saying what to do. (The manifest's deeper
+    consistency check is export's: `msk serve` runs it too, export.consistency.)"""
+    from server.launcher import is_remote
 
+    if is_remote(repository):
+        return                                     # tritonserver reads s3:// itself
     if not repository.is_dir():
         raise ServeError(f"repository folder {repository} does not exist; build one with "
                          "`msk export` (or `make demo`)")
@@ -157,10 +163,6 @@ def check_repository(repository: Path) -> None:
         raise ServeError(f"{repository} has configs but no model files for {', '.join(missing)}; "
                          f"build them first with `msk export --repository {repository}` "
                          "(or `make demo`)")
-    problems = repository_problems(repository, verify_hashes=False)
-    if problems:
-        raise ServeError(f"{repository} is inconsistent, not serving it:\n  - "
-                         + "\n  - ".join(problems) + "\n(`msk doctor` checks it in full)")
 
 
 def check_ports_free(config: ServeConfig) -> None:
@@ -188,6 +190,11 @@ def serve(config: ServeConfig, stop: threading.Event, *,
           on_ready: Callable[[Endpoints], None] = lambda endpoints: None) -> int:
     """Run the whole stack until `stop` is set (0), or until it fails (1, said through `say`).
 
+    The front door opens at once but says "not ready" (HTTP readiness 503, gRPC ServerReady
+    false, inference UNAVAILABLE) until Triton is up and every pipeline has been warmed
+    (server/warmup.py). When `stop` is set it drains: not ready again, new requests answered
+    UNAVAILABLE (clients with several --url fail over), calls in flight finish within
+    `config.drain_timeout`; only then is tritonserver stopped.
     Raises `ServeError` before anything starts when the repository or a port is unusable."""
     from server.grpc_guard import GRPC_KEY_HEADER, GrpcGuard
     from server.health import StubWatch
@@ -196,6 +203,7 @@ def serve(config: ServeConfig, stop: threading.Event, *,
     from server.metrics_door import MetricsDoor
     from server.shm_janitor import ShmJanitor
     from server.supervisor import Supervisor, SupervisorMetrics
+    from server.warmup import warm_up
     from server.workarounds import describe, needed, parse_version
 
     check_ports_free(config)
@@ -211,46 +219,64 @@ def serve(config: ServeConfig, stop: threading.Event, *,
         metrics_door = MetricsDoor(server.metrics_port, config.host, config.metrics_port,
                                    metrics.registry)
         doors.append(metrics_door)
-    except OSError as exc:
+        guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", config.host, config.grpc_port,
+                          tls=config.tls, secret=secret)
+        guard.accepting = http_guard.accepting = False      # until warmed
+        guard.start()
+        doors.append(guard)
+    except (OSError, RuntimeError) as exc:
         for door in doors:
             door.stop()
-        raise ServeError(f"cannot listen on {config.host} ({exc.strerror})") from exc
-    guard: GrpcGuard | None = None
+        raise ServeError(f"cannot open the front door on {config.host}: {exc}") from exc
+    http_guard.start()
+    metrics_door.start()
     key = {GRPC_KEY_HEADER: secret}          # our own checks use Triton's restricted APIs too
     stub_watch = StubWatch(headers=key)
-    decided: dict[str, object] = {}
+    decided: dict[str, frozenset[str]] = {}
 
     def health(srv) -> str | None:      # StubWatch only where the release needs it
         return stub_watch(srv) if "stub-watch" in decided.get("on", frozenset()) else None
 
     def ready() -> None:
-        nonlocal guard
         version = triton_version(server.http_url)
         on = needed(parse_version(version))
         decided["on"] = on
-        if guard is None:       # once: the doors outlive Triton restarts (same internal ports)
-            guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", config.host,
-                              config.grpc_port, tls=config.tls, secret=secret,
-                              cancel_upstream="grpc-no-cancel" not in on)
-            guard.start()
-            for door in doors:
-                door.start()
+        guard.cancel_upstream = "grpc-no-cancel" not in on
+        warmed = warm_up(server.grpc_url, key, config.startup_timeout)
+        guard.accepting = http_guard.accepting = True
         endpoints = Endpoints(guard.url, http_guard.url, metrics_door.url, version, on)
+        warm = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warmed.items())
         say(f"msk serve: ready  grpc={endpoints.grpc_url}  http={endpoints.http_url}  "
-            f"metrics={endpoints.metrics_url}  ({describe(parse_version(version))})")
+            f"metrics={endpoints.metrics_url}  ({describe(parse_version(version))}; warmed: "
+            f"{warm or 'no pipeline'})")
         on_ready(endpoints)
 
+    supervisor_stop = threading.Event()
+
+    def drain() -> None:
+        stop.wait()
+        guard.accepting = http_guard.accepting = False
+        if server.running:
+            say(f"msk serve: draining (up to {config.drain_timeout:.0f} s for "
+                f"{guard.busy()} requests in flight)")
+            left = guard.drain(config.drain_timeout)
+            if left:
+                say(f"msk serve: {left} requests still running after --drain-timeout; "
+                    "stopping anyway")
+        supervisor_stop.set()
+
+    threading.Thread(target=drain, name="msk-serve-drain", daemon=True).start()
     supervisor = Supervisor(server, restart=config.restart, metrics=metrics, say=say,
                             health_checks=(health, ShmJanitor(say=say, headers=key)))
     try:
-        return supervisor.run(stop, on_ready=ready)
-    except (ServerStartError, RuntimeError) as exc:
+        return supervisor.run(supervisor_stop, on_ready=ready)
+    except (ServerStartError, RuntimeError, OSError) as exc:
         say(f"msk serve: {exc}")
         server.stop()
         return 1
     finally:
-        if guard is not None:
-            guard.stop()
+        stop.set()
+        supervisor_stop.set()
         for door in doors:
             door.stop()
 

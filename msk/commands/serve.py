@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "restarted (msk_serve_triton_restarts_total). Workarounds for bugs of the running "
         "Triton release are on only where that release needs them (server/workarounds.py).",
     )
-    p.add_argument("--repository", type=Path, default=Path("model_repository"),
-                   help="model repository to serve (default: ./model_repository)")
+    p.add_argument("--repository", type=_repository, default=Path("model_repository"),
+                   help="model repository to serve: a folder, or s3://HOST:PORT/BUCKET/PATH "
+                   "read by tritonserver itself (default: ./model_repository)")
     p.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
                    help="cpu: the embedded default; gpu: NVIDIA's container on a GPU host with "
                    "the `msk export --target gpu` repository (default cpu)")
@@ -48,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="address to bind (default 127.0.0.1; widen only behind a firewall)")
     p.add_argument("--startup-timeout", type=float, default=600.0,
                    help="seconds to wait for every model to be ready (default 600)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="on SIGTERM: readiness turns false and new requests are refused at "
+                   "once; requests in flight get this many seconds to finish before "
+                   "tritonserver stops (default 30)")
     p.add_argument("--no-restart", action="store_true",
                    help="exit (code 1) when tritonserver dies instead of restarting it with "
                    "backoff")
@@ -82,7 +87,24 @@ def config_from(args: argparse.Namespace):
                        grpc_port=args.grpc_port, http_port=args.http_port,
                        metrics_port=args.metrics_port, http_inference=args.http_inference,
                        tls=tls, startup_timeout=args.startup_timeout,
-                       restart=not args.no_restart, runtime=args.runtime)
+                       drain_timeout=args.drain_timeout, restart=not args.no_restart,
+                       runtime=args.runtime)
+
+
+def _repository(text: str) -> Path | str:
+    from server.launcher import is_remote
+
+    return text if is_remote(text) else Path(text)
+
+
+def _inconsistencies(repository: Path | str) -> list[str]:
+    """The manifest-level check of a local repository (export's), before anything starts."""
+    from export.consistency import repository_problems
+    from server.launcher import is_remote
+
+    if is_remote(repository) or not Path(repository).is_dir():
+        return []                     # remote: Triton reads it; missing: serve() says so
+    return repository_problems(repository, verify_hashes=False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     if args.print_command:
         print(json.dumps(print_command(config), indent=2))
         return 0
+    problems = _inconsistencies(config.repository)
+    if problems:
+        print(f"msk serve: {config.repository} is inconsistent, not serving it:\n  - "
+              + "\n  - ".join(problems) + "\n(`msk doctor` checks it in full)", file=sys.stderr)
+        return 1
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -32,6 +32,8 @@ class ServeProcess:
     http_url: str
     metrics_url: str
     triton_pid: int
+    lines: list[str] | None = None
+    """Everything msk serve and its tritonserver printed so far (kept for crash checks)."""
 
     def tritonserver_pid(self) -> int | None:
         for child in psutil.Process(self.proc.pid).children(recursive=True):
@@ -54,19 +56,19 @@ def running_msk_serve(*args: str) -> Iterator[ServeProcess]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "msk.cli", *args, "--grpc-port", "0", "--http-port", "0",
          "--metrics-port", "0"],
-        cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     try:
         match = None
-        for line in proc.stderr:
+        for line in proc.stdout:
             match = _READY.search(line)
             if match:
                 break
         assert match, f"msk serve exited with {proc.wait(30)} before it was ready"
+        serve = ServeProcess(proc, match.group(1), match.group(2), match.group(3), 0, [])
         # Keep draining stderr so the server never blocks on a full pipe.
         import threading
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        serve = ServeProcess(proc, match.group(1), match.group(2), match.group(3), 0)
+        threading.Thread(target=lambda: serve.lines.extend(proc.stdout), daemon=True).start()
         serve.triton_pid = serve.tritonserver_pid()
         assert serve.triton_pid, "msk serve is ready but runs no tritonserver"
         yield serve
