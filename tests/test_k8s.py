@@ -79,16 +79,15 @@ def test_triton_deployment_probes_security_and_repository(overlay):
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert main["securityContext"]["allowPrivilegeEscalation"] is False
     assert {"requests", "limits"} <= set(main["resources"])
-    assert "--model-control-mode=none" in main["args"]
-    assert "--metrics-config=summary_latencies=true" in main["args"]
-    assert "--model-repository=$(MODEL_REPOSITORY)" in main["args"]
+    assert main["command"] == ["msk", "serve"]          # its flags: tests/test_server_image.py
+    assert "--repository=$(MODEL_REPOSITORY)" in main["args"]
     env = {e["name"]: e.get("valueFrom", {}) for e in main["env"]}
     config = find(docs, "ConfigMap", env["MODEL_REPOSITORY"]["configMapKeyRef"]["name"])
     assert config["data"]["model-repository"] == f"s3://s3.example.org:443/msk-models/{overlay}"
     assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "model-store-credentials"
     gpus = main["resources"]["limits"].get("nvidia.com/gpu")
     assert (gpus == "1") if overlay == "gpu" else gpus is None
-    assert f"--allow-gpu-metrics={str(overlay == 'gpu').lower()}" in main["args"]
+    assert f"--target={overlay}" in main["args"]
     service = find(docs, "Service", "triton")
     assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "http", "metrics"}
 
