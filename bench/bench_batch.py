@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from clients.batch import BatchScorer  # noqa: E402
 from clients.inputs import expand_inputs  # noqa: E402
 from clients.mura import MuraClient  # noqa: E402
-from server.launcher import TritonServer  # noqa: E402
+from server.serve import front_door  # noqa: E402
 
 
 def tiny_repository() -> Path:
@@ -111,7 +111,7 @@ def main() -> int:
     repository = args.repository or tiny_repository()
 
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, TritonServer(repository) as server:
+    with tempfile.TemporaryDirectory() as tmp, front_door(repository) as server:
         paths = make_images(Path(tmp), args.images, height, width)
         url = server.grpc_url
         base, _ = _median_runs([sequential(url, paths) for _ in range(args.repeats)])

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from clients.mura import MuraClient  # noqa: E402
-from server.launcher import TritonServer  # noqa: E402
+from server.serve import front_door  # noqa: E402
 
 P99_FACTOR = 4.6          # -ln(0.01): the p99 of an exponential response time, in means
 
@@ -101,7 +101,7 @@ def main() -> int:
     args = parser.parse_args()
     images = make_images(args.images, args.seed)
     rows = []
-    with TritonServer(args.repository) as server, \
+    with front_door(args.repository) as server, \
             MuraClient(server.grpc_url, concurrency=256) as client:
         for image in images[:4]:                                        # warm-up
             score_checked(client, image)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_capacity import make_images  # noqa: E402
 from clients.mura import MuraClient  # noqa: E402
-from server.launcher import TritonServer  # noqa: E402
+from server.serve import front_door  # noqa: E402
 
 
 def at_concurrency(client: MuraClient, images: list[np.ndarray], concurrency: int,
@@ -65,7 +65,7 @@ def main() -> int:
     args = parser.parse_args()
     images = make_images(16)
     rows = []
-    with TritonServer(args.repository) as server, \
+    with front_door(args.repository) as server, \
             MuraClient(server.grpc_url, concurrency=max(args.concurrency) * 2) as client:
         for image in images[:4]:                                        # warm-up
             client.score_one(image, heatmap=False)

@@ -177,7 +177,7 @@ def main() -> None:
     from export.configs import render_mura_configs, write_configs
     from export.repository import build_repository, latest_version
     from msk.constants import MURA_MEMBERS
-    from server.launcher import TritonServer
+    from server.serve import front_door
 
     cores = len(os.sched_getaffinity(0))
     peak = matmul_peak_gflops()         # first: before torch or ORT leave threads spinning
@@ -196,7 +196,7 @@ def main() -> None:
     a = bench_torch(images, repository)
     _row("a) PyTorch eager, in-process, batch 8", a, gflop, peak)
     _row("b) onnxruntime, in-process, batch 8", b, gflop, peak)
-    with TritonServer(repository) as server:
+    with front_door(repository) as server:
         c1 = bench_triton(images, server.grpc_url, 1)
         _row("c) Triton ensemble over gRPC, concurrency 1", c1, gflop, peak)
         c8 = bench_triton(images, server.grpc_url, 8)
@@ -205,7 +205,7 @@ def main() -> None:
           f"(FP32 ceiling / a = {peak / gflop / a:.2f})")
     print(f"capacity: FP32 {c8 * 3600 / cores:,.0f} images/hour per CPU core")
     if not args.no_int8:
-        with TritonServer(int8_copy(repository, work / "int8")) as server:
+        with front_door(int8_copy(repository, work / "int8")) as server:
             d8 = bench_triton(images, server.grpc_url, 8)
         _row("d) Triton ensemble, INT8 backbones, concurrency 8", d8, gflop, peak)
         print(f"ratios: d8/c8 = {d8 / c8:.2f}   d8/b = {d8 / b:.2f}   d8/a = {d8 / a:.2f}   "
@@ -213,7 +213,7 @@ def main() -> None:
         print(f"capacity: INT8 {d8 * 3600 / cores:,.0f} images/hour per CPU core")
         write_configs(work / "int8", render_mura_configs("cpu", cpu_cores=cores,
                                                          cpu_runtime="openvino"))
-        with TritonServer(work / "int8") as server:
+        with front_door(work / "int8") as server:
             e8 = bench_triton(images, server.grpc_url, 8)
         _row("e) d) with --cpu-runtime openvino, concurrency 8", e8, gflop, peak)
         print(f"ratios: e8/d8 = {e8 / d8:.2f}   e8/c8 = {e8 / c8:.2f}   e8/a = {e8 / a:.2f}")

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from clients.batch import BatchScorer  # noqa: E402
 from clients.inputs import expand_inputs  # noqa: E402
 from server.haproxy import Balancer  # noqa: E402
-from server.launcher import TritonServer  # noqa: E402
+from server.serve import front_door  # noqa: E402
 
 
 def tiny_repository() -> Path:
@@ -87,7 +87,7 @@ def main() -> int:
         items = expand_inputs([str(folder)])
         for count in args.replicas:
             with contextlib.ExitStack() as stack:
-                replicas = [stack.enter_context(TritonServer(repository)) for _ in range(count)]
+                replicas = [stack.enter_context(front_door(repository)) for _ in range(count)]
                 balancer = stack.enter_context(Balancer(replicas, workdir=Path(tmp)))
                 results[count] = measure(balancer.url, items, args.concurrency)
             print(f"{count} replica(s) behind HAProxy: {results[count]:.2f} images/s",

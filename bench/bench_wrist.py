@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(cores)
     from clients.wrist import WristClient
     from export.wrist_repository import write_wrist_models
-    from server.launcher import TritonServer
+    from server.serve import front_door
     from training.wrist_evaluate import InProcessWristPipeline
     from training.wrist_synthetic import make_wrist
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = [local.detect(img) for img in images]
         local_ips = len(images) / (time.perf_counter() - start)
 
-        with TritonServer(repo) as server, WristClient(server.grpc_url) as client:
+        with front_door(repo) as server, WristClient(server.grpc_url) as client:
             client.detect([images[0]])                            # warm-up
             start = time.perf_counter()
             results = client.detect(images)

@@ -315,6 +315,18 @@ class Server:
     def metrics_url(self) -> str:
         return self._require().metrics_url
 
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.grpc_url.rsplit(":", 1)[1])
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http_url.rsplit(":", 1)[1])
+
     def _require(self) -> Endpoints:
         if self.endpoints is None:
             raise RuntimeError("the server is not ready")
@@ -354,3 +366,9 @@ class Server:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(RuntimeError):
             self.stop()
+
+
+def front_door(repository: Path | str, **settings) -> Server:
+    """`Server` on free loopback ports: what the benchmarks and scripts start (the guarded
+    server users get, not a bare tritonserver)."""
+    return Server(ServeConfig(repository, grpc_port=0, http_port=0, metrics_port=0, **settings))
