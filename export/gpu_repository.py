@@ -7,11 +7,13 @@ model's params.json). Artifacts are the very files of the CPU repository, versio
 Backbone versions keep `model.onnx` beside the `model.plan` that `export.tensorrt` then builds on
 the target GPU (Triton's TensorRT backend reads only `model.plan`).
 
-Why this entry point exists beside `msk export --target gpu`: it runs inside NVIDIA's TensorRT
-container (compose `engines` service), which has neither torch nor the `msk` console script, on
-a repository already exported elsewhere. Standard library and `msk.constants`/`export.configs`:
+Why this entry point exists beside `msk export --target gpu`: it runs in the server image
+(compose `gpu-repository` service), which has no torch, on a repository already exported
+elsewhere; standard library and `msk.constants`/`export.configs`, plus ONNX Runtime's FP16
+converter with `--fp16-onnx` (export/fp16_onnx.py: TensorRT 11 takes its precision from the
+ONNX graph, so each TensorRT version folder gets `model.fp16.onnx` for export.tensorrt):
 
-    python3 -m export.gpu_repository --source model_repository --out /models
+    python3 -m export.gpu_repository --source model_repository --out /models --fp16-onnx
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def source_specs(source: Path, image_size: int = MURA_IMAGE_SIZE) -> tuple[Model
     return mura_specs(image_size) + (wrist_specs(*wrist) if wrist else ())
 
 
-def assemble_gpu_repository(source: Path, out: Path, image_size: int = MURA_IMAGE_SIZE
-                            ) -> dict[str, str]:
+def assemble_gpu_repository(source: Path, out: Path, image_size: int = MURA_IMAGE_SIZE,
+                            fp16_onnx: bool = False) -> dict[str, str]:
     """Write the GPU repository under `out`; return model name -> GPU config text.
 
     Fails with a clear message when the source lacks a model or any version of it, since a GPU
@@ -94,8 +96,20 @@ def assemble_gpu_repository(source: Path, out: Path, image_size: int = MURA_IMAG
         for version in versions:
             (out / spec.name / version.name).mkdir(parents=True, exist_ok=True)  # ensembles
             _copy_tree(version, out / spec.name / version.name)
+            if fp16_onnx and spec.gpu_platform == "tensorrt_plan":
+                _write_fp16(out / spec.name / version.name)
         (out / spec.name / "config.pbtxt").write_text(configs[spec.name])
     return configs
+
+
+def _write_fp16(version_dir: Path) -> None:
+    """model.fp16.onnx beside model.onnx, once per content (newer than its source = done)."""
+    from export.fp16_onnx import FP16_ONNX_NAME, write_fp16
+
+    source, target = version_dir / "model.onnx", version_dir / FP16_ONNX_NAME
+    if source.is_file() and not (target.is_file()
+                                 and target.stat().st_mtime >= source.stat().st_mtime):
+        write_fp16(source, target)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,9 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         "CPU model repository; then build the engines with `python -m export.tensorrt`.")
     parser.add_argument("--source", type=Path, required=True, help="CPU model repository")
     parser.add_argument("--out", type=Path, required=True, help="GPU repository to write")
+    parser.add_argument("--fp16-onnx", action="store_true",
+                        help="also write model.fp16.onnx for every TensorRT backbone version "
+                        "(TensorRT 11 builds FP16 engines from FP16 graphs; needs onnxruntime)")
     args = parser.parse_args(argv)
     try:
-        configs = assemble_gpu_repository(args.source, args.out)
+        configs = assemble_gpu_repository(args.source, args.out, fp16_onnx=args.fp16_onnx)
     except FileNotFoundError as exc:
         print(f"export.gpu_repository: {exc}", file=sys.stderr)
         return 1

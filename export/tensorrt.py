@@ -1,15 +1,21 @@
 """Build TensorRT engines for every `tensorrt_plan` model of a repository, on the GPU it runs on.
 
 Run by the `engines` init service of docker-compose.yml in NVIDIA's TensorRT container (same
-release as the Triton image, so the engine's TensorRT version matches the server's), before
-Triton starts:
+release as the Triton image, `.env` TRITON_RELEASE, so the engine's TensorRT version matches the
+server's), before Triton starts:
 
     python3 -m export.tensorrt --repository /models --timing-cache /cache/timing.cache
 
 Why `trtexec` and not the Python API: it ships in every NVIDIA TensorRT container, its flags are
-stable across releases, and its log is what NVIDIA support asks for. For each version folder that
-holds `model.onnx`, it writes `model.plan` next to it with:
-  * FP16 kernels allowed (`--fp16`; inputs and outputs stay FP32 as the config says),
+stable across releases, and its log is what NVIDIA support asks for.
+
+Target: TensorRT 11 (`TENSORRT_TARGET`; NGC 26.06 and later, the pinned 26.09 included). It
+builds strongly typed networks only and removed the FP16/INT8 builder flags, so the precision
+comes from the graph: for each version folder it builds `model.plan` from `model.fp16.onnx`
+(written by `export.gpu_repository --fp16-onnx`, export/fp16_onnx.py) - or from `model.onnx`
+with `--precision fp32` - with:
+  * no precision flag (inputs and outputs stay FP32 as the config says: the FP16 graph keeps
+    FP32 I/O),
   * one optimisation profile per input with the batch dimension 1 .. max_batch_size of the
     config and the optimum at its preferred batch size (what dynamic batching produces),
   * a shared timing cache, so rebuilding after a new model version takes seconds, not minutes.
@@ -31,9 +37,15 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from export.fp16_onnx import FP16_ONNX_NAME
 from export.manifest import sha256_file
 
 TRTEXEC_CANDIDATES = ("trtexec", "/usr/src/tensorrt/bin/trtexec")
+TENSORRT_TARGET = 11
+"""The TensorRT major version these commands are for (strongly typed; no --fp16 flag)."""
+ONNX_FOR_PRECISION = {"fp16": FP16_ONNX_NAME, "fp32": "model.onnx"}
+"""Which graph an engine of each precision is built from (TensorRT 11 reads the precision from
+it; export/fp16_onnx.py writes the FP16 one)."""
 DEFAULT_WORKSPACE_MIB = 4096
 
 
@@ -100,13 +112,12 @@ def profile_shapes(spec: EngineSpec) -> dict[str, tuple[str, str, str]]:
 
 
 def trtexec_command(trtexec: str, onnx: Path, plan: Path, spec: EngineSpec,
-                    timing_cache: Path | None, workspace_mib: int = DEFAULT_WORKSPACE_MIB,
-                    fp16: bool = True) -> list[str]:
+                    timing_cache: Path | None,
+                    workspace_mib: int = DEFAULT_WORKSPACE_MIB) -> list[str]:
+    """The trtexec command of one engine (TensorRT 11: the precision is `onnx`'s own)."""
     shapes = profile_shapes(spec)
     cmd = [trtexec, f"--onnx={onnx}", f"--saveEngine={plan}",
            f"--memPoolSize=workspace:{workspace_mib}M", "--skipInference"]
-    if fp16:
-        cmd.append("--fp16")
     if spec.max_batch_size > 0:
         for key, index in (("--minShapes", 0), ("--optShapes", 1), ("--maxShapes", 2)):
             cmd.append(f"{key}=" + ",".join(f"{n}:{s[index]}" for n, s in shapes.items()))
@@ -169,9 +180,9 @@ class EngineJob:
 
 
 def plan_jobs(repository: Path, trtexec: str, timing_cache: Path | None,
-              workspace_mib: int = DEFAULT_WORKSPACE_MIB, fp16: bool = True,
+              workspace_mib: int = DEFAULT_WORKSPACE_MIB, precision: str = "fp16",
               gpu: str | None = None, trt_version: str | None = None) -> list[EngineJob]:
-    """One job per (tensorrt_plan model, version folder holding model.onnx)."""
+    """One job per (tensorrt_plan model, version folder holding the graph of `precision`)."""
     gpu = gpu if gpu is not None else gpu_identity()
     trt_version = trt_version if trt_version is not None else tensorrt_version()
     jobs: list[EngineJob] = []
@@ -181,12 +192,12 @@ def plan_jobs(repository: Path, trtexec: str, timing_cache: Path | None,
             continue
         for version_dir in sorted(p for p in config.parent.iterdir()
                                   if p.is_dir() and p.name.isdigit()):
-            onnx = version_dir / "model.onnx"
+            onnx = version_dir / ONNX_FOR_PRECISION[precision]
             if not onnx.is_file():
                 continue
             plan = version_dir / "model.plan"
             cmd = trtexec_command(trtexec, onnx, plan.with_name("model.plan.tmp"), spec,
-                                  timing_cache, workspace_mib, fp16)
+                                  timing_cache, workspace_mib)
             stamp = {"onnx_sha256": sha256_file(onnx), "gpu": gpu, "tensorrt": trt_version,
                      "command": " ".join(cmd[1:])}
             jobs.append(EngineJob(spec.name, version_dir.name, onnx, plan, cmd, stamp))
@@ -210,15 +221,17 @@ def build(job: EngineJob, log_dir: Path | None = None) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m export.tensorrt",
-        description="Build FP16 TensorRT engines (model.plan) for every tensorrt_plan model of a "
-        "Triton repository from the model.onnx beside it, on this GPU.")
+        description=f"Build TensorRT {TENSORRT_TARGET} engines (model.plan) for every "
+        "tensorrt_plan model of a Triton repository, from the FP16 graph beside it "
+        "(model.fp16.onnx, export.gpu_repository --fp16-onnx), on this GPU.")
     parser.add_argument("--repository", type=Path, required=True,
                         help="GPU model repository (from export.gpu_repository)")
     parser.add_argument("--timing-cache", type=Path, default=None,
                         help="trtexec timing cache file shared by all builds (kept across runs)")
     parser.add_argument("--workspace-mib", type=int, default=DEFAULT_WORKSPACE_MIB,
                         help="builder workspace in MiB (default 4096)")
-    parser.add_argument("--no-fp16", action="store_true", help="build FP32 engines")
+    parser.add_argument("--precision", choices=tuple(ONNX_FOR_PRECISION), default="fp16",
+                        help="fp16 (default): from model.fp16.onnx; fp32: from model.onnx")
     parser.add_argument("--trtexec", default=None, help="path of trtexec (default: search)")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     parser.add_argument("--dry-run", action="store_true",
@@ -235,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.timing_cache is not None:
         args.timing_cache.parent.mkdir(parents=True, exist_ok=True)
     jobs = plan_jobs(args.repository, trtexec, args.timing_cache, args.workspace_mib,
-                     fp16=not args.no_fp16,
+                     precision=args.precision,
                      gpu="dry-run" if args.dry_run else None,
                      trt_version="dry-run" if args.dry_run else None)
     if not jobs:
-        print(f"export.tensorrt: no tensorrt_plan model with a model.onnx under "
-              f"{args.repository}", file=sys.stderr)
+        print(f"export.tensorrt: no tensorrt_plan model with a "
+              f"{ONNX_FOR_PRECISION[args.precision]} under {args.repository} (FP16 graphs come "
+              "from `python3 -m export.gpu_repository ... --fp16-onnx`)", file=sys.stderr)
         return 1
     for job in jobs:
         if args.dry_run:

@@ -11,13 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from export.configs import render_mura_configs
 from export.gpu_repository import assemble_gpu_repository
+from export.tensorrt import TENSORRT_TARGET, parse_config, profile_shapes, trtexec_command
 from export.tensorrt import main as tensorrt_main
-from export.tensorrt import parse_config, profile_shapes, trtexec_command
 from msk.constants import (
     MURA_BACKBONE_MAX_BATCH,
     MURA_CHANNELS,
@@ -75,8 +76,11 @@ def test_compose_services_gpu_order_health_and_exposure():
             assert host in ("127.0.0.1", "${GATEWAY_BIND:-127.0.0.1}"), (name, port)
     assert not [p for _, p in published if str(p).endswith(":8002")], "metrics stay internal"
     for name, service in services.items():
-        if name != "engines":
+        if name not in ("engines", "gpu-repository"):          # one-shot steps, not services
             assert "healthcheck" in service, name
+    assert services["engines"]["depends_on"]["gpu-repository"]["condition"] == \
+        "service_completed_successfully"
+    assert "--fp16-onnx" in services["gpu-repository"]["command"]
 
 
 def test_compose_mounts_exist_in_the_repository():
@@ -115,7 +119,8 @@ def test_gpu_configs_tensorrt_kind_gpu_warmup_and_matching_profiles():
             f"{MURA_BACKBONE_MAX_BATCH}x{MURA_CHANNELS}x{s}x{s}")}
         cmd = trtexec_command("trtexec", Path("m.onnx"), Path("m.plan"), spec,
                               Path("/cache/t.cache"))
-        assert "--fp16" in cmd and "--timingCacheFile=/cache/t.cache" in cmd
+        assert "--timingCacheFile=/cache/t.cache" in cmd
+        assert TENSORRT_TARGET == 11 and "--fp16" not in cmd   # TensorRT 11: precision = graph's
         assert f"--maxShapes={PIXELS_TENSOR}:{MURA_BACKBONE_MAX_BATCH}x" in " ".join(cmd)
     for name, text in gpu.items():
         if name != MURA_ENSEMBLE_MODEL:
@@ -131,7 +136,7 @@ def test_gpu_configs_tensorrt_kind_gpu_warmup_and_matching_profiles():
 def test_gpu_repository_from_the_cpu_repository_and_engine_plan(tiny_repository, tmp_path,
                                                                 capsys):
     out = tmp_path / "gpu"
-    configs = assemble_gpu_repository(tiny_repository, out)
+    configs = assemble_gpu_repository(tiny_repository, out, fp16_onnx=True)
     for name, text in configs.items():
         assert (out / name / "config.pbtxt").read_text() == text
         versions = sorted(p.name for p in (tiny_repository / name).iterdir()
@@ -147,10 +152,38 @@ def test_gpu_repository_from_the_cpu_repository_and_engine_plan(tiny_repository,
     assert sorted((j["model"], j["version"]) for j in jobs) == sorted(
         (m, v) for m, vs in member_versions.items() for v in vs)
     for job in jobs:
-        onnx = out / job["model"] / job["version"] / "model.onnx"
-        assert f"--onnx={onnx}" in job["command"]
-        assert onnx.read_bytes() == (tiny_repository / job["model"] / job["version"]
-                                     / "model.onnx").read_bytes()
+        version = out / job["model"] / job["version"]
+        assert f"--onnx={version / 'model.fp16.onnx'}" in job["command"]
+        assert (version / "model.onnx").read_bytes() == (
+            tiny_repository / job["model"] / job["version"] / "model.onnx").read_bytes()
+
+
+def test_the_fp16_graph_keeps_the_tensors_and_the_answers(tiny_repository, tmp_path):
+    """TensorRT 11 builds FP16 engines from FP16 graphs: the converted backbone has FP16
+    weights, the same FP32 inputs and outputs as the config, and computes what FP32 computes
+    (ONNX's reference evaluator runs the FP16 graph here; ORT runs the FP32 one)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    from export.fp16_onnx import write_fp16
+
+    member = MURA_MEMBERS[0]
+    version = max(p for p in (tiny_repository / member).iterdir() if p.is_dir())
+    fp16 = write_fp16(version / "model.onnx", tmp_path / "model.fp16.onnx")
+    graph = onnx.load(str(fp16))
+    weights = [t for t in graph.graph.initializer if t.data_type in (
+        onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and len(t.dims) > 1]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    for tensor in (*graph.graph.input, *graph.graph.output):
+        assert tensor.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, tensor.name
+    pixels = np.random.default_rng(0).random((1, MURA_CHANNELS, MURA_IMAGE_SIZE, MURA_IMAGE_SIZE),
+                                             dtype=np.float32)
+    names = [o.name for o in graph.graph.output]
+    want = ort.InferenceSession(str(version / "model.onnx")).run(names, {PIXELS_TENSOR: pixels})
+    got = ReferenceEvaluator(graph).run(names, {PIXELS_TENSOR: pixels})
+    probability = names.index("PROBABILITY")
+    assert np.abs(got[probability] - want[probability]).max() < 5e-3
 
 
 def _gpu_host() -> str | None:
@@ -165,7 +198,7 @@ def _gpu_host() -> str | None:
 @pytest.mark.skipif(_gpu_host() is not None, reason=str(_gpu_host()))
 def test_engine_build_on_this_gpu(tiny_repository, tmp_path):
     out = tmp_path / "gpu"
-    assemble_gpu_repository(tiny_repository, out)
+    assemble_gpu_repository(tiny_repository, out, fp16_onnx=True)
     cache = tmp_path / "timing.cache"
     assert tensorrt_main(["--repository", str(out), "--timing-cache", str(cache)]) == 0
     for member in MURA_MEMBERS:
