@@ -45,6 +45,8 @@ def test_the_table_decides_per_release() -> None:
     assert describe((2, 73)) == "tritonserver 2.73: no release workarounds needed"
     table = markdown_table()
     assert all(f"`{w.name}`" in table for w in WORKAROUNDS)
+    assert table in (ROOT / "docs" / "gpu-deployment.md").read_text(), \
+        "docs/gpu-deployment.md shows the table server.workarounds.markdown_table() generates"
 
 
 def _print_command(*flags: str) -> dict:
