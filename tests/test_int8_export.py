@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -238,8 +239,11 @@ def test_broken_calibration_fails_the_gate_and_leaves_the_repository(
     result = _export(repository, proof, str(proof["black"] / "*.png"))
     assert result.returncode == 2, result.stderr
     message = result.stderr.strip().splitlines()[-1]
-    assert "INT8 version not promoted" in message
-    assert message.count("FAILED") == 3, message    # far outside on all three (|dp| ~0.8 here)
+    assert "INT8 version not promoted" in message and "FAILED" in message
+    # Far outside, on any host: collapsed ranges move every probability (seen: mean 0.37-0.79,
+    # 18-40x the limit), whatever happens to the calls and the ranking.
+    delta = re.search(r"mean \|delta p\| ([0-9.]+) \(must be <= [0-9.]+\) FAILED", message)
+    assert delta and float(delta.group(1)) > 10 * MAX_MEAN_ABS_DELTA, message
     for number in ("study AUROC drop", "mean |delta p|", "call unchanged on"):
         assert number in message
     for threshold in (f"<= {MAX_AUROC_DROP}", f"<= {MAX_MEAN_ABS_DELTA}",
