@@ -141,3 +141,84 @@ def test_destination_credentials_come_from_the_environment(tmp_path: Path) -> No
     ca = tmp_path / "ca.pem"
     pinned = session_from_env({}, ca=ca)
     assert pinned.verify == str(ca) and pinned.trust_env is False
+
+
+# -- bodies: streamed to disk, refused cleanly -----------------------------------------------
+def _headers(boundary: str | None = "b0undary") -> dict[str, str]:
+    ctype = 'multipart/related; type="application/dicom"'
+    return {"Authorization": f"Bearer {TOKEN}",
+            "Content-Type": ctype + (f"; boundary={boundary}" if boundary else "")}
+
+
+def _no_traceback(capfd) -> None:
+    err = capfd.readouterr().err
+    for word in ("Traceback", "BrokenPipeError", "ConnectionResetError", "Exception occurred"):
+        assert word not in err, err
+
+
+def test_oversized_bodies_get_a_clean_413(stow, monkeypatch, capfd, caplog,
+                                          tmp_path: Path) -> None:
+    """Over the request limit by Content-Length (refused before reading) or as a chunked body
+    arrives: the sender reads the 413 (not a reset), the log holds no traceback, and a sender
+    that resets the connection mid-body is one line in the log."""
+    import logging
+    import socket
+    import struct
+    import time
+
+    from clients.gateway import stow_in
+
+    config, queue, _ = stow
+    limit = stow_in.MAX_BODY_BYTES
+    monkeypatch.setattr(stow_in, "MAX_BODY_BYTES", 1 << 20)
+    url = f"http://127.0.0.1:{config.dicomweb_port}{PATH_PREFIX}"
+    big = b"x" * (16 << 20)
+    declared = requests.post(url, data=big, headers=_headers(), timeout=60)
+    assert declared.status_code == 413 and "at most 1048576" in declared.text
+    chunked = requests.post(url, data=iter([big[: 1 << 20]] * 16), headers=_headers(),
+                            timeout=60)
+    assert chunked.status_code == 413 and "more than 1048576" in chunked.text
+    caplog.set_level(logging.INFO, logger="msk.gateway.stow")
+    with socket.create_connection(("127.0.0.1", config.dicomweb_port), timeout=30) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in _headers().items())
+        sock.sendall(f"POST {PATH_PREFIX} HTTP/1.1\r\nHost: x\r\n{head}"
+                     f"Content-Length: 1000\r\n\r\n".encode() + b"y" * 500)
+        time.sleep(0.2)          # the receiver is waiting for the rest of the body
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.monotonic() + 30
+    while "connection closed by the sender" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "connection closed by the sender" in caplog.text
+    _no_traceback(capfd)
+    monkeypatch.setattr(stow_in, "MAX_BODY_BYTES", limit)
+    (file,) = make_study(tmp_path / "s", SyntheticPatient("Stow^After", "STOW-0004"), ["HAND"])
+    assert len(_client(config.dicomweb_port).store_instances(
+        [dcmread(file)]).ReferencedSOPSequence) == 1                 # still serving
+    assert not list(queue.tmp.glob(".stow-*"))                      # no spool left behind
+
+
+def test_a_body_without_boundary_is_a_clear_400(stow) -> None:
+    config, _, _ = stow
+    url = f"http://127.0.0.1:{config.dicomweb_port}{PATH_PREFIX}"
+    answer = requests.post(url, data=b"--b0undary\r\n\r\nx\r\n--b0undary--\r\n", timeout=30,
+                           headers=_headers(None))
+    assert answer.status_code == 400
+    assert answer.json()["error"].startswith("no boundary in Content-Type")
+    empty = requests.post(url, data=b"nothing here", headers=_headers(), timeout=30)
+    assert empty.status_code == 400 and "no parts" in empty.json()["error"]
+
+
+def test_a_truncated_body_stores_what_arrived_whole(stow, tmp_path: Path) -> None:
+    """The part cut off before the closing boundary is refused (0xC000), not stored cut."""
+    config, queue, _ = stow
+    files = make_study(tmp_path / "s", SyntheticPatient("Stow^Cut", "STOW-0005"),
+                       ["WRIST", "HAND"])
+    first, second = (f.read_bytes() for f in files)
+    body = (b"--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + first
+            + b"\r\n--b0undary\r\nContent-Type: application/dicom\r\n\r\n" + second[:-1000])
+    answer = requests.post(f"http://127.0.0.1:{config.dicomweb_port}{PATH_PREFIX}", data=body,
+                           headers=_headers(), timeout=30)
+    assert answer.status_code == 202, answer.text
+    assert [f["00081197"]["Value"] for f in answer.json()["00081198"]["Value"]] == [[0xC000]]
+    (stored,) = queue.dir("incoming").glob("*/*.dcm")
+    assert stored.read_bytes() == first

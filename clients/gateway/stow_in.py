@@ -10,34 +10,54 @@ never in flags or config files), or anyone with `accept_any_calling_ae`. Nothing
 the receiver refuses to start. With `dicom_tls_cert`/`dicom_tls_key` it serves HTTPS only
 (mutual TLS when `dicom_tls_ca` is given). Answers follow PS3.18 10.5: 200 all stored, 202
 some failed, 409 none stored, with a DICOM JSON body listing Referenced/Failed SOP Sequence.
+
+Memory: a request body is never held whole. It is copied to an unlinked file in the queue's
+tmp/ folder a step at a time as it arrives (refused with 413 as soon as it is known to pass
+`MAX_BODY_BYTES`), its parts are found by scanning that file for the boundary, and one part at a
+time is read back, held to the reader's file limit and parsed by the reader's capped parser
+(`msk.imaging.read_dicom`): a deflated instance that expands beyond the limit is refused
+(0xA700) instead of being inflated. Answers sent before the body was read (401, 413, 415, 400)
+are followed by a short lingering read, so the sender sees the answer rather than a reset, and a
+sender that goes away is one log line, not a traceback.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
+import email.message
 import hmac
 import json
 import logging
 import os
+import socket
+import tempfile
 import threading
+import time
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BytesIO
+from typing import IO, NamedTuple
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from clients.gateway.config import GatewayConfig
 from clients.gateway.phi import uid_tag
 from clients.gateway.queue import StudyQueue
-from msk.constants import MAX_UPLOAD_REQUEST_BYTES
+from msk.constants import MAX_IMAGE_BYTES, MAX_UPLOAD_REQUEST_BYTES
+from msk.imaging import RadiographError, format_bytes, read_dicom
 
 log = logging.getLogger("msk.gateway.stow")
 
 TOKENS_ENV = "MSK_GATEWAY_STOW_TOKENS"
 PATH_PREFIX = "/dicomweb/studies"
 MAX_BODY_BYTES = MAX_UPLOAD_REQUEST_BYTES
-"""Largest STOW-RS request accepted (checked from Content-Length before reading): the same
-request limit as the web app's uploads; each instance is then held to the reader's limits."""
+"""Largest STOW-RS request accepted (from Content-Length before reading, or as a chunked body
+arrives): the same request limit as the web app's uploads; each instance is then held to the
+reader's file limit, `MAX_IMAGE_BYTES`."""
+MAX_PARTS = 10_000
+"""Instances in one request: each costs a reference in memory and in the answer."""
+STEP_BYTES = 1 << 20
+"""Bytes read from the socket, written to the spool, or scanned, per step."""
+LINGER_S = 2.0
+"""How long an early answer waits for the rest of the body (read and dropped) before closing."""
 FAILURE_CANNOT_UNDERSTAND = 0xC000
 FAILURE_OUT_OF_RESOURCES = 0xA700
 FAILURE_STUDY_MISMATCH = 0xA900
@@ -102,14 +122,21 @@ class StowServer:
         return False
 
     def store(self, payload: bytes, study_uid: str | None) -> tuple[Dataset, int]:
-        """One part: (reference item, 0 or a failure reason)."""
+        """One part: (reference item, 0 or a failure reason). The header is parsed by the
+        reader's capped parser: a deflated instance is never inflated beyond the file limit."""
         ref = Dataset()
         try:
-            ds = dcmread(BytesIO(payload), stop_before_pixels=True)
+            ds = read_dicom(payload, "STOW-RS part", stop_before_pixels=True)
             ref.ReferencedSOPClassUID = str(ds.SOPClassUID)
             ref.ReferencedSOPInstanceUID = str(ds.SOPInstanceUID)
             study = str(ds.StudyInstanceUID)
-        except Exception as exc:  # why: not DICOM, no UIDs (any type): refuse this part only
+        except RadiographError as exc:
+            if exc.reason == "file_too_large":
+                log.warning("STOW-RS part refused: %s", exc.detail)
+                return ref, FAILURE_OUT_OF_RESOURCES
+            log.warning("STOW-RS part refused: not a DICOM instance (%s)", exc.reason)
+            return ref, FAILURE_CANNOT_UNDERSTAND
+        except Exception as exc:  # why: no UIDs (any type): refuse this part only
             log.warning("STOW-RS part refused: not a DICOM instance with UIDs (%s)",
                         type(exc).__name__)
             return ref, FAILURE_CANNOT_UNDERSTAND
@@ -130,10 +157,117 @@ class StowServer:
         return ref, 0
 
 
+class _Part(NamedTuple):
+    """One part of a spooled multipart body: where its payload is, or what is wrong with it."""
+
+    offset: int
+    size: int
+    problem: str | None = None
+
+
+class TooManyParts(ValueError):
+    """More than `MAX_PARTS` parts in one request."""
+
+
+def boundary_of(content_type: str) -> bytes | None:
+    """The `boundary` parameter of a Content-Type (quoted or not), as bytes; None without one."""
+    message = email.message.Message()
+    message["Content-Type"] = content_type
+    boundary = message.get_boundary()
+    if not boundary:
+        return None
+    try:
+        return boundary.encode("ascii")
+    except UnicodeEncodeError:
+        return None
+
+
+def multipart_parts(fd: int, size: int, boundary: bytes) -> list[_Part]:
+    """The parts of the multipart body in the file `fd` (RFC 2046 5.1.1), found by scanning it a
+    step at a time: a preamble, LF line ends and transport padding are accepted as the email
+    parser accepted them; a part after which the closing delimiter never came is marked
+    truncated. Raises `TooManyParts` past `MAX_PARTS`."""
+    parts: list[_Part] = []
+    start: int | None = None                  # the current part's first byte (its headers)
+    for at in _delimiter_lines(fd, size, boundary):
+        after = at + 3 + len(boundary)        # past "\n--boundary"
+        line = os.pread(fd, 256, after)
+        close = line.startswith(b"--")
+        rest = line[2:] if close else line
+        padding = len(rest) - len(rest.lstrip(b" \t"))
+        eol = rest[padding:padding + 2]
+        ending = 2 if eol == b"\r\n" else 1 if eol[:1] == b"\n" else 0
+        if not ending and not (close and after + len(line) >= size):
+            continue                          # "--boundaryX...": a line of data, not a delimiter
+        if start is not None:
+            end = at - 1 if at > start and os.pread(fd, 1, at - 1) == b"\r" else at
+            parts.append(_part(fd, start, end))
+            if len(parts) > MAX_PARTS:
+                raise TooManyParts(f"more than {MAX_PARTS} parts in one request")
+        if close:
+            return parts
+        start = after + padding + ending
+    if start is not None:
+        parts.append(_Part(start, size - start, "truncated: the body ends before its closing "
+                                                "boundary"))
+    return parts
+
+
+def _delimiter_lines(fd: int, size: int, boundary: bytes) -> Iterator[int]:
+    """Offsets of the line break before each "--boundary" (-1 for one at the very start)."""
+    needle = b"\n--" + boundary
+    keep = len(needle) - 1          # a match needs one new byte: none is found twice
+    carry, base, offset = b"\n", -1, 0
+    while offset < size:
+        step = os.pread(fd, min(STEP_BYTES, size - offset), offset)
+        if not step:
+            return
+        window = carry + step
+        hit = window.find(needle)
+        while hit >= 0:
+            yield base + hit
+            hit = window.find(needle, hit + 1)
+        carry = window[-keep:]
+        base += len(window) - len(carry)
+        offset += len(step)
+
+
+def _part(fd: int, start: int, end: int) -> _Part:
+    """A part's payload follows its headers and the blank line after them."""
+    if end <= start:
+        return _Part(start, 0, "an empty part")
+    head = os.pread(fd, min(64 * 1024, end - start), start)
+    for blank in (b"\r\n", b"\n"):
+        if head.startswith(blank):            # no headers at all
+            return _Part(start + len(blank), end - start - len(blank))
+    found = [(i, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (i := head.find(sep)) >= 0]
+    if not found:
+        return _Part(start, 0, "no blank line after its headers")
+    index, length = min(found)
+    body = start + index + length
+    return _Part(body, end - body)
+
+
 class _Handler(BaseHTTPRequestHandler):
     stow: StowServer
     server_version = "msk-gateway-stow"
     protocol_version = "HTTP/1.1"
+    _unread: int | None = 0
+    """Body bytes the sender has still to send: None = unknown (chunked), 0 = none."""
+
+    def setup(self) -> None:
+        # A sender that stops mid-request is dropped after the DICOM timeout, not waited for.
+        self.timeout = self.stow.config.dicom_timeout_s
+        super().setup()
+
+    def handle(self) -> None:
+        """A sender that resets or closes the connection is one line in the log (it used to be
+        a BrokenPipeError/ConnectionResetError traceback from socketserver)."""
+        try:
+            super().handle()
+        except (ConnectionError, TimeoutError) as exc:
+            log.info("STOW-RS from %s: connection closed by the sender (%s)",
+                     self.client_address[0], type(exc).__name__)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the stdlib's name
         log.debug("%s %s", self.address_string(), format % args)
@@ -151,44 +285,83 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self.close_connection = True
-        self._answer(status, {"error": message}, headers)
+        self._answer(status, {"error": message}, {**(headers or {}), "Connection": "close"})
+        if self._unread != 0:
+            self._linger()
 
-    def _body(self) -> bytes | None:
-        """The request body, by Content-Length or chunked (dicomweb-client streams), refused
-        (413) as soon as it is known to exceed MAX_BODY_BYTES; None = answered already."""
+    def _linger(self) -> None:
+        """After answering before the body was read: stop sending, then read and drop what the
+        sender still sends, for at most `LINGER_S` and `MAX_BODY_BYTES`, so that it reads the
+        answer instead of a connection reset (closing with unread data resets)."""
+        budget = MAX_BODY_BYTES if self._unread is None else min(self._unread, MAX_BODY_BYTES)
+        deadline = time.monotonic() + LINGER_S
+        try:
+            self.connection.shutdown(socket.SHUT_WR)
+            while budget > 0 and (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                dropped = self.rfile.read1(min(STEP_BYTES, budget))
+                if not dropped:
+                    break
+                budget -= len(dropped)
+        except OSError:       # timed out, reset: the connection is closed either way
+            pass
+
+    def _receive(self, sink: Callable[[bytes], object]) -> bool:
+        """Copy the request body, by Content-Length or chunked (dicomweb-client streams), into
+        `sink` a step at a time; refused (413) as soon as it is known to exceed MAX_BODY_BYTES.
+        False = answered already."""
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks, total = [], 0
-            while True:
-                try:
-                    size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"x", 16)
-                except ValueError:
-                    self._error(400, "malformed chunked body")
-                    return None
-                if size == 0:
-                    while self.rfile.readline(1024).strip():   # trailers
-                        pass
-                    return b"".join(chunks)
-                total += size
-                if total > MAX_BODY_BYTES:
-                    self._error(413, f"request of more than {MAX_BODY_BYTES} bytes; at most "
-                                f"{MAX_BODY_BYTES}")
-                    return None
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline(16)
+            return self._receive_chunked(sink)
         try:
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
+            self._unread = None
             self._error(411, "Content-Length or chunked Transfer-Encoding required")
-            return None
+            return False
+        self._unread = length
         if length > MAX_BODY_BYTES:
             self._error(413, f"request of {length} bytes; at most {MAX_BODY_BYTES}")
-            return None
-        return self.rfile.read(length)
+            return False
+        self._copy(length, sink)
+        return True
+
+    def _receive_chunked(self, sink: Callable[[bytes], object]) -> bool:
+        self._unread, total = None, 0
+        while True:
+            try:
+                size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"x", 16)
+            except ValueError:
+                self._error(400, "malformed chunked body")
+                return False
+            if size == 0:
+                while self.rfile.readline(1024).strip():   # trailers
+                    pass
+                self._unread = 0
+                return True
+            total += size
+            if total > MAX_BODY_BYTES:
+                self._error(413, f"request of more than {MAX_BODY_BYTES} bytes; at most "
+                            f"{MAX_BODY_BYTES}")
+                return False
+            self._copy(size, sink)
+            self._unread = None
+            self.rfile.readline(16)
+
+    def _copy(self, size: int, sink: Callable[[bytes], object]) -> None:
+        while size > 0:
+            data = self.rfile.read(min(size, STEP_BYTES))
+            if not data:
+                raise ConnectionResetError("the body ended early")
+            sink(data)
+            size -= len(data)
+            self._unread = size
 
     def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        self._unread = _declared(self.headers)
         self._error(405, "this gateway only accepts STOW-RS (POST /dicomweb/studies)")
 
     def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        self._unread = _declared(self.headers)
         path = self.path.split("?", 1)[0].rstrip("/")
         if path != PATH_PREFIX and not path.startswith(PATH_PREFIX + "/"):
             return self._error(404, f"unknown path {path!r}; STOW-RS is POST {PATH_PREFIX}")
@@ -205,18 +378,29 @@ class _Handler(BaseHTTPRequestHandler):
                 "application/dicom" not in ctype.lower():
             return self._error(415, f"Content-Type {ctype!r}: expected multipart/related; "
                                "type=\"application/dicom\"")
-        body = self._body()
-        if body is None:
-            return None
-        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-            b"Content-Type: " + ctype.encode("latin-1") + b"\r\n\r\n" + body)
-        parts = [p.get_payload(decode=True) for p in message.iter_parts()] \
-            if message.is_multipart() else []
-        if not parts:
-            return self._error(400, "no parts in the multipart/related body")
+        boundary = boundary_of(ctype)
+        if boundary is None:
+            return self._error(400, f"no boundary in Content-Type {ctype!r}: expected "
+                               "multipart/related; type=\"application/dicom\"; boundary=...")
+        with tempfile.TemporaryFile(dir=self.stow.queue.tmp, prefix=".stow-") as spool:
+            if not self._receive(spool.write):
+                return None
+            spool.flush()
+            try:
+                parts = multipart_parts(spool.fileno(), spool.tell(), boundary)
+            except TooManyParts as exc:
+                return self._error(413, str(exc))
+            if not parts:
+                return self._error(400, "no parts in the multipart/related body (no line "
+                                   f"'--{boundary.decode()}')")
+            self._store_all(spool, parts, study_uid)
+        return None
+
+    def _store_all(self, spool: IO[bytes], parts: list[_Part], study_uid: str | None) -> None:
+        """Store the parts one at a time (one instance in memory) and answer for all of them."""
         stored, failed = [], []
-        for payload in parts:
-            ref, reason = self.stow.store(payload or b"", study_uid)
+        for part in parts:
+            ref, reason = self._store_part(spool, part, study_uid)
             if reason:
                 ref.FailureReason = reason
                 failed.append(ref)
@@ -229,3 +413,24 @@ class _Handler(BaseHTTPRequestHandler):
             result.FailedSOPSequence = failed
         status = 200 if not failed else (202 if stored else 409)
         self._answer(status, result.to_json_dict())
+
+    def _store_part(self, spool: IO[bytes], part: _Part, study_uid: str | None,
+                    ) -> tuple[Dataset, int]:
+        if part.problem:
+            log.warning("STOW-RS part refused: %s", part.problem)
+            return Dataset(), FAILURE_CANNOT_UNDERSTAND
+        if part.size > MAX_IMAGE_BYTES:
+            log.warning("STOW-RS part refused: %s; the limit per instance is %s",
+                        format_bytes(part.size), format_bytes(MAX_IMAGE_BYTES))
+            return Dataset(), FAILURE_OUT_OF_RESOURCES
+        return self.stow.store(os.pread(spool.fileno(), part.size, part.offset), study_uid)
+
+
+def _declared(headers) -> int | None:
+    """Body bytes a request announces: its Content-Length, None when chunked (unknown)."""
+    if "chunked" in headers.get("Transfer-Encoding", "").lower():
+        return None
+    try:
+        return max(int(headers.get("Content-Length", "0")), 0)
+    except ValueError:
+        return None

@@ -8,7 +8,10 @@ API (JSON, what the page calls; also usable from scripts):
   POST /api/score   multipart `files` (one or more) + optional `body_part` -> per-image results
                     and the study aggregate. The request must declare its Content-Length, which
                     is checked against `MAX_UPLOAD_REQUEST_BYTES` before the body is read (413,
-                    or 411 without it); each file is held to `MAX_IMAGE_BYTES` from its size.
+                    or 411 without it); each file is held to `MAX_IMAGE_BYTES` from its size,
+                    and decoded one at a time by the one reader, which refuses compressed
+                    content that expands beyond the limits (a deflated DICOM bomb) before
+                    inflating it.
 
 The app holds only gRPC clients (see `clients.web.service`); it never imports torch. Any error
 reaches the user as a sentence: handlers below turn every exception into JSON or an HTML page
@@ -89,12 +92,16 @@ def create_app(triton_url: str, tls: GrpcTls | None = None) -> FastAPI:
             return _error(400, f"too many files ({len(files)}); at most {MAX_FILES_PER_STUDY} "
                           "per study")
         uploads: list[Any] = []
-        for f in files:
+        for f in files:      # one at a time: at most one file's bytes are in memory at once
             name = Path(f.filename or "upload").name
             try:
                 uploads.append(decode(f.file, name, size=f.size))
             except RadiographError as exc:
-                uploads.append(exc)
+                # Kept without its traceback, whose frames hold the file's bytes: 32 refused
+                # uploads must not stay in memory until the study is answered.
+                uploads.append(exc.with_traceback(None))
+            finally:
+                f.file.close()     # its spooled copy (memory, then disk) is not needed again
         result = service.score_study(uploads, part)
         return JSONResponse({"notice": RESEARCH_USE_NOTICE, **result})
 

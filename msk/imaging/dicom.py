@@ -15,26 +15,51 @@ images as displayed (MURA's PNGs), so we reproduce the display pipeline of PS3.3
 
 Compressed transfer syntaxes decode through pydicom's pixel backends; the pylibjpeg plugins
 (pylibjpeg-libjpeg: JPEG baseline/extended/lossless and JPEG-LS, pylibjpeg-openjpeg: JPEG 2000,
-pylibjpeg-rle or pydicom's own: RLE) make them work without GDCM.
+pylibjpeg-rle: RLE, pydicom's own decoder only where it is missing) make them work without
+GDCM.
 
 Inputs the pipelines cannot score (multi-frame objects, objects without pixel data, palette
-colour, bit depths outside 8-16, RescaleSlope 0, too few or too many pixels) raise
-`RadiographError` naming the input and the reason, so a caller can skip that instance and score
-the rest of the study.
+colour, bit depths outside 8-16 or bit fields that contradict each other, RescaleSlope 0, too few
+or too many pixels) raise `RadiographError` naming the input and the reason, so a caller can skip
+that instance and score the rest of the study.
+
+Nothing is inflated or decoded on trust. A small file can claim a huge image: a Deflated data set
+(1.2.840.10008.1.2.1.99) of 1.5 MB inflates to 1.5 GB, and a JPEG frame whose own header says
+60000 x 60000 decodes to gigabytes whatever Rows/Columns say. So the data set is inflated with a
+cap (`inflate`, never more than `MAX_IMAGE_BYTES`, the limit of an uncompressed file), and the
+decoded size of the pixel data, from Rows/Columns/SamplesPerPixel/BitsAllocated and from the
+codestream's own frame header (`codestream_size`), is held to the reader's limits before any
+decoder runs. RLE is decoded by pylibjpeg-rle, which writes into a Rows x Columns buffer (pydicom's
+own RLE decoder grows its output with whatever the segments claim).
 """
 
 from __future__ import annotations
 
 import io
 import math
+import struct
+import zlib
 
 import numpy as np
 from pydicom import Dataset, dcmread
+from pydicom.dataset import FileDataset
+from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filereader import read_dataset as read_elements
 from pydicom.multival import MultiValue
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000TransferSyntaxes,
+    JPEGLSTransferSyntaxes,
+    JPEGTransferSyntaxes,
+    RLELossless,
+)
 
-from msk.constants import MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
-from msk.imaging.errors import RadiographError, short_reason
+from msk.constants import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MIN_IMAGE_SIDE
+from msk.imaging.errors import RadiographError, format_bytes, short_reason
 from msk.imaging.window import LUMA_WEIGHTS
 
 MIN_BITS_STORED = 8
@@ -42,29 +67,120 @@ MAX_BITS_STORED = 16
 """Radiographs store 8-16 bits; other depths (1-bit overlays, 32-bit float maps) are not images
 the models were trained on."""
 
+BITS_ALLOCATED = (1, 8, 16, 32)
+"""The BitsAllocated values of PS3.5 8.1.1 for integer pixel data (64 is float data only)."""
+
+PIXEL_DATA_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+"""Float, Double Float and (integer) Pixel Data: where a header-only read stops."""
+
+_HEADER_SYNTAXES = frozenset(JPEGTransferSyntaxes + JPEGLSTransferSyntaxes
+                             + JPEG2000TransferSyntaxes)
+"""Syntaxes whose frames must start with a JPEG/JPEG-LS frame header or a JPEG 2000 (HTJ2K
+included) SIZ marker: without one, the frame is refused before a decoder guesses."""
+
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE,
+                       0xCF, 0xF7})
+"""JPEG start-of-frame markers (baseline, extended, progressive, lossless, hierarchical,
+arithmetic) and JPEG-LS's SOF55 (0xF7): all carry precision, height, width, components."""
+
+_J2K_SOC_SIZ = b"\xff\x4f\xff\x51"
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def _fail(source: str, detail: str, reason: str = "unsupported_image") -> RadiographError:
     return RadiographError(source, reason, detail)
 
 
-def read_dataset(src: bytes | Dataset, source: str = "DICOM data") -> Dataset:
+def read_dataset(src: bytes | Dataset, source: str = "DICOM data",
+                 stop_before_pixels: bool = False) -> Dataset:
     """Parse DICOM bytes (with or without the 128-byte preamble); a Dataset passes through.
 
     `force=True` reads preamble-less files (old or raw objects), which is how the web app always
-    read them; whether it really is DICOM is then decided by what parses.
+    read them; whether it really is DICOM is then decided by what parses. A Deflated data set is
+    inflated here with a cap (`inflate`), never by pydicom, which inflates whatever it is given.
     """
     if isinstance(src, Dataset):
         return src
     try:
-        ds = dcmread(io.BytesIO(src), force=True)
+        ds = _parse(src, source, stop_before_pixels)
         if not ds.keys() and not getattr(ds, "file_meta", None):
             raise InvalidDicomError("no DICOM elements")
         return ds
+    except RadiographError:
+        raise
     except Exception as exc:  # noqa: BLE001 - pydicom's parser fails on garbage with many types (incl. its own BytesLengthException); all mean "corrupt"
         raise _fail(source, f"not a readable image: corrupt DICOM file ({short_reason(exc)})",
                     "unreadable_image") from None
 
+
+def _parse(src: bytes, source: str, stop_before_pixels: bool) -> Dataset:
+    """`dcmread`, except for a Deflated data set. The file meta group is read by the same pydicom
+    functions `dcmread` uses, so what is inflated here is exactly what pydicom would inflate."""
+    fp = io.BytesIO(src)
+    preamble = read_preamble(fp, True)
+    meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return dcmread(io.BytesIO(src), force=True, stop_before_pixels=stop_before_pixels)
+    data = DicomBytesIO(inflate(memoryview(src)[fp.tell():], source))
+    stop = (lambda tag, vr, length: tag in PIXEL_DATA_TAGS) if stop_before_pixels else None
+    elements = read_elements(data, is_implicit_VR=False, is_little_endian=True, stop_when=stop)
+    # Named by the input, not holding the inflated buffer: the values were copied out of it.
+    ds = FileDataset(source, elements, preamble, meta, is_implicit_VR=False,
+                     is_little_endian=True)
+    ds.set_original_encoding(False, True, elements._character_set)
+    return ds
+
+
+def inflate(data: bytes | memoryview, source: str, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """Inflate a raw DEFLATE stream (PS3.5 A.5) of at most `limit` bytes, or refuse it.
+
+    Two passes: the first only counts the output, a step of `_INFLATE_STEP` bytes at a time, and
+    stops as soon as the count passes `limit`, so refusing a bomb costs one step of memory, not
+    what it would expand to; the second inflates into one buffer of the counted size. The limit
+    is the reader's file limit: an inflated data set is what an uncompressed file would hold.
+    """
+    measured = _inflated_size(data, limit, source)
+    if measured is None:
+        raise _fail(source, f"deflated DICOM data expands beyond the limit: "
+                    f"{format_bytes(len(data))} inflate to more than {format_bytes(limit)}",
+                    "file_too_large")
+    size, consumed = measured
+    out = zlib.decompress(data[:consumed], -zlib.MAX_WBITS, max(size, 1))
+    if len(out) != size:      # the same bytes inflate the same way; never trust it twice
+        raise _fail(source, "not a readable image: corrupt deflated DICOM data",
+                    "unreadable_image")
+    return out
+
+
+_INFLATE_STEP = 1 << 20
+"""Bytes of input, and of output, per step of `_inflated_size` (zlib expands up to ~1000x)."""
+
+
+def _inflated_size(data: bytes | memoryview, limit: int, source: str) -> tuple[int, int] | None:
+    """(inflated size, input bytes up to the end of the stream), or None past `limit`; nothing
+    of the output is kept."""
+    view = memoryview(data)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        for start in range(0, len(view), _INFLATE_STEP):
+            chunk = view[start:start + _INFLATE_STEP]
+            pending: bytes | memoryview = chunk
+            while True:
+                produced = len(inflater.decompress(pending, _INFLATE_STEP))
+                total += produced
+                if total > limit:
+                    return None
+                pending = inflater.unconsumed_tail
+                if inflater.eof or (not pending and produced < _INFLATE_STEP):
+                    break
+            if inflater.eof:
+                return total, start + len(chunk) - len(inflater.unused_data)
+    except zlib.error as exc:
+        raise _fail(source, f"not a readable image: corrupt deflated DICOM data "
+                    f"({short_reason(exc)})", "unreadable_image") from None
+    raise _fail(source, "not a readable image: corrupt DICOM file (the deflated data set is "
+                "truncated)", "unreadable_image")
 
 
 def _number(value) -> float | None:
@@ -104,6 +220,9 @@ def check_scorable(ds: Dataset, source: str = "DICOM dataset") -> None:
         raise _fail(
             source, f"BitsStored {bits} is outside the supported {MIN_BITS_STORED}-"
             f"{MAX_BITS_STORED}")
+    check_bit_fields(ds, source)
+    check_decoded_size(ds, source)
+    check_encoded_pixels(ds, source)
     photometric = str(ds.PhotometricInterpretation).upper()
     if photometric == "PALETTE COLOR":
         raise _fail(source, "PALETTE COLOR images are not radiographs; not supported")
@@ -123,6 +242,157 @@ def check_size(rows: int, columns: int, source: str) -> None:
                     f"at least {MIN_IMAGE_SIDE} pixels", "image_too_small")
 
 
+def check_bit_fields(ds: Dataset, source: str = "DICOM dataset") -> None:
+    """BitsAllocated, BitsStored, HighBit and SamplesPerPixel must agree (PS3.5 8.1.1, PS3.3
+    C.7.6.3.1): a HighBit of 40 in 16-bit pixels used to be scored as if it were 11, silently."""
+    allocated, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+    if allocated not in BITS_ALLOCATED:
+        raise _fail(source, f"invalid bit fields: BitsAllocated {allocated} is not one of "
+                    f"{', '.join(map(str, BITS_ALLOCATED))}")
+    if stored > allocated:
+        raise _fail(source, f"invalid bit fields: BitsStored {stored} is more than "
+                    f"BitsAllocated {allocated}")
+    high = ds.get("HighBit")
+    if high not in (None, ""):
+        high = int(high)
+        if high != stored - 1:
+            raise _fail(source, f"invalid bit fields: HighBit {high} does not match BitsStored "
+                        f"{stored} (it must be {stored - 1}, below BitsAllocated {allocated})")
+    samples = int(_number(ds.get("SamplesPerPixel", 1)) or 1)
+    if samples not in (1, 3):
+        raise _fail(source, f"invalid SamplesPerPixel {samples} (1 for grayscale, 3 for colour)")
+
+
+def check_decoded_size(ds: Dataset, source: str = "DICOM dataset") -> None:
+    """Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8, what any decoder
+    allocates, within `MAX_IMAGE_BYTES` (what an uncompressed file may hold), before decoding."""
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    samples = int(_number(ds.get("SamplesPerPixel", 1)) or 1)
+    frames = int(_number(ds.get("NumberOfFrames", 1)) or 1)
+    allocated = int(ds.BitsAllocated)
+    size = (rows * columns * samples * frames * allocated + 7) // 8
+    if size > MAX_IMAGE_BYTES:
+        raise _fail(source, f"pixel data expands beyond the limit: {columns} x {rows} pixels x "
+                    f"{samples} sample(s) x {allocated} bits decode to {format_bytes(size)}; "
+                    f"the limit is {format_bytes(MAX_IMAGE_BYTES)}", "image_too_large")
+
+
+def check_encoded_pixels(ds: Dataset, source: str = "DICOM dataset") -> None:
+    """What the pixel data itself declares, before a decoder sees it.
+
+    Encapsulated (compressed) frames: the size in the codestream's own header, which is what the
+    JPEG/JPEG-LS/JPEG 2000 decoders allocate whatever Rows/Columns say, held to the limits.
+    Native frames: bytes for several frames under a header that says one are a multi-frame
+    object (pydicom would return them all, and they used to be scored as a colour image).
+    """
+    syntax = _syntax(ds)
+    if syntax is not None and syntax.is_encapsulated:
+        fragment = _first_fragment(ds, source)
+        declared = codestream_size(fragment)
+        if declared is None:
+            if syntax in _HEADER_SYNTAXES:
+                raise _fail(source, f"not a readable image: corrupt DICOM file, the "
+                            f"{syntax.name} pixel data has no frame header", "unreadable_image")
+            return
+        _check_codestream(declared, source)
+        return
+    if "PixelData" not in ds:
+        return
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    samples = int(_number(ds.get("SamplesPerPixel", 1)) or 1)
+    frame = (rows * columns * samples * int(ds.BitsAllocated) + 7) // 8
+    held = len(ds.PixelData or b"")
+    if frame and held >= 2 * frame:
+        raise _fail(source, f"pixel data holds {held // frame} frames of {columns} x {rows} "
+                    "pixels but the header declares one: multi-frame objects are not supported",
+                    "multi_frame")
+
+
+def _syntax(ds: Dataset) -> UID | None:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return UID(str(syntax)) if syntax else None
+
+
+def _first_fragment(ds: Dataset, source: str) -> bytes:
+    """The first fragment of the first frame (where its codestream header is)."""
+    try:
+        buffer = io.BytesIO(ds.PixelData)
+        parse_basic_offsets(buffer)
+        return next(generate_fragments(buffer), b"")
+    except Exception as exc:  # noqa: BLE001 - malformed item tags/lengths, any type: corrupt
+        raise _fail(source, f"not a readable image: corrupt DICOM file, encapsulated pixel "
+                    f"data ({short_reason(exc)})", "unreadable_image") from None
+
+
+def codestream_size(data: bytes) -> tuple[str, int, int, int, int] | None:
+    """(kind, width, height, components, bits per sample) from the frame header of a JPEG,
+    JPEG-LS or JPEG 2000 codestream (or JP2 file); None when `data` starts with none of them."""
+    if data.startswith(b"\xff\xd8"):
+        return _jpeg_frame_header(data)
+    if data.startswith(_J2K_SOC_SIZ):
+        return _j2k_siz(data, 0)
+    if data.startswith(_JP2_SIGNATURE):
+        start = data.find(_J2K_SOC_SIZ, 0, 1 << 16)
+        return _j2k_siz(data, start) if start >= 0 else None
+    return None
+
+
+def _jpeg_frame_header(data: bytes) -> tuple[str, int, int, int, int] | None:
+    """The SOFn (or JPEG-LS SOF55) segment: walk the marker segments after SOI to it."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:                               # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:     # TEM, RSTn: no length
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):                       # EOI or SOS before any frame header
+            return None
+        if marker in _JPEG_SOF:
+            if pos + 10 > len(data):
+                return None
+            precision, height, width, components = struct.unpack_from(">BHHB", data, pos + 4)
+            kind = "JPEG-LS" if marker == 0xF7 else "JPEG"
+            return kind, width, height, components, precision
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if length < 2:
+            return None
+        pos += 2 + length
+    return None
+
+
+def _j2k_siz(data: bytes, start: int) -> tuple[str, int, int, int, int] | None:
+    """The SIZ segment that follows SOC: image and offset extents, components, their depths."""
+    siz = start + 4                                      # Lsiz
+    if len(data) < siz + 38:
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack_from(">IIII", data, siz + 4)
+    components = struct.unpack_from(">H", data, siz + 36)[0]
+    depths = data[siz + 38:siz + 38 + 3 * components:3]
+    bits = max(((d & 0x7F) + 1 for d in depths), default=0)
+    return "JPEG 2000", max(xsiz - xosiz, 0), max(ysiz - yosiz, 0), components, bits
+
+
+def _check_codestream(declared: tuple[str, int, int, int, int], source: str) -> None:
+    kind, width, height, components, bits = declared
+    pixels = width * height
+    if pixels > MAX_IMAGE_PIXELS:
+        raise _fail(source, f"{kind} pixel data expands beyond the limit: its frame header "
+                    f"declares {width} x {height} pixels ({pixels:,}); the limit is "
+                    f"{MAX_IMAGE_PIXELS:,} pixels", "image_too_large")
+    size = pixels * components * (1 if bits <= 8 else 2 if bits <= 16 else 4)
+    if size > MAX_IMAGE_BYTES:
+        raise _fail(source, f"{kind} pixel data expands beyond the limit: its frame header "
+                    f"declares {width} x {height} pixels x {components} components of {bits} "
+                    f"bits, {format_bytes(size)} decoded; the limit is "
+                    f"{format_bytes(MAX_IMAGE_BYTES)}", "image_too_large")
+
+
 def _check_rescale(ds: Dataset, source: str) -> None:
     """RescaleSlope 0 would flatten every pixel (and used to be silently taken as 1)."""
     for keyword in ("RescaleSlope", "RescaleIntercept"):
@@ -138,9 +408,16 @@ def _check_rescale(ds: Dataset, source: str) -> None:
 
 def _stored_values(ds: Dataset, source: str) -> np.ndarray:
     """Decode the frame; mask bits above BitsStored (old files kept overlays there)."""
+    if _syntax(ds) == RLELossless:
+        from pydicom.pixels.decoders import RLELosslessDecoder
+
+        if "pylibjpeg" in RLELosslessDecoder.available_plugins:
+            ds.pixel_array_options(decoding_plugin="pylibjpeg")   # bounded output (see top)
     try:
         arr = ds.pixel_array
-    except Exception as exc:  # decoders raise many types; all mean "cannot decode"
+    except BaseException as exc:  # decoders raise many types; all mean "cannot decode"
+        if not _decoder_failure(exc):
+            raise
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown") if hasattr(
             ds, "file_meta") else "unknown"
         name = getattr(syntax, "name", syntax)
@@ -150,6 +427,13 @@ def _stored_values(ds: Dataset, source: str) -> np.ndarray:
     if arr.dtype.kind == "u" and bits < arr.dtype.itemsize * 8:
         arr = arr & np.asarray((1 << bits) - 1, dtype=arr.dtype)
     return arr
+
+
+def _decoder_failure(exc: BaseException) -> bool:
+    """Any exception, or the panic of a Rust decoder: pylibjpeg-rle panics on some corrupt RLE
+    frames, and pyo3's PanicException derives from BaseException, so `except Exception` (ours,
+    and pydicom's around each plugin) let it end the request, or the whole `msk score` run."""
+    return isinstance(exc, Exception) or type(exc).__name__ == "PanicException"
 
 
 def _modality_lut(arr: np.ndarray, ds: Dataset) -> np.ndarray:

@@ -15,16 +15,20 @@ REASONS: dict[str, str] = {
     "not_a_file": "a folder, FIFO, socket, device or symbolic-link loop, not a regular file",
     "unreadable_file": "the file exists but cannot be read (permissions, I/O error)",
     "empty_file": "the file has no bytes",
-    "file_too_large": "the file is larger than MAX_IMAGE_BYTES",
+    "file_too_large": "the file is larger than MAX_IMAGE_BYTES, or a deflated DICOM data set "
+                      "expands beyond it (inflated with a cap, never whole)",
     "unreadable_image": "not PNG, JPEG, TIFF, BMP, PGM/PPM or DICOM (e.g. GIF, PDF, text), or one "
                         "of those but corrupt or truncated (the message says which)",
-    "image_too_large": "more pixels than MAX_IMAGE_PIXELS (read from the header, not decoded)",
+    "image_too_large": "more pixels than MAX_IMAGE_PIXELS, or DICOM pixel data that expands "
+                       "beyond MAX_IMAGE_BYTES (read from the header and the codestream's frame "
+                       "header, not decoded)",
     "image_too_small": "a side shorter than MIN_IMAGE_SIDE",
     "multi_frame": "more than one frame (animated GIF/PNG, multi-page TIFF, multi-frame DICOM)",
     "non_finite_pixels": "NaN or infinite pixel values (float TIFF)",
     "invalid_rescale": "DICOM RescaleSlope 0 or non-finite rescale values",
     "unsupported_image": "an image the models cannot score (no pixel data, palette colour, bit "
-                         "depth outside 8-16, wrong array shape or type)",
+                         "depth outside 8-16, bit fields that contradict each other, wrong array "
+                         "shape or type)",
 }
 """Reason code -> what it means; every `RadiographError.reason` is one of these."""
 

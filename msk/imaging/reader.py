@@ -9,7 +9,11 @@ first, so a hostile or careless input costs nothing.
 2. The format, from the content (magic numbers, never the name): PNG, JPEG, TIFF, BMP, PGM/PPM,
    or DICOM (with the 128-byte "DICM" preamble, or without it as old/raw objects are written).
 3. The header: one frame only (animated PNG, multi-page TIFF, multi-frame DICOM), width x height
-   within `MAX_IMAGE_PIXELS` and `MIN_IMAGE_SIDE`, a valid DICOM rescale.
+   within `MAX_IMAGE_PIXELS` and `MIN_IMAGE_SIDE`, a valid DICOM rescale and bit fields. What is
+   compressed is never expanded on trust: PNG/TIFF/JPEG dimensions come from the header Pillow
+   reads at open (its decoders write into a buffer of that size), a Deflated DICOM data set is
+   inflated with a cap of `MAX_IMAGE_BYTES`, and compressed DICOM pixel data is held to the
+   limits by its declared size and its codestream's own frame header (`msk.imaging.dicom`).
 4. Decoding, then: non-finite pixels (float TIFF NaN/Inf) refused, windowing to uint8
    (`msk.imaging.window.to_uint8`; DICOM through its VOI display pipeline).
 
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+from pydicom import Dataset
 
 from msk.constants import DICOM_SUFFIXES, IMAGE_SUFFIXES, MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 from msk.imaging.dicom import check_size, dataset_to_grayscale, read_dataset
@@ -110,6 +115,18 @@ def read_radiograph(source: ImageSource, name: str | None = None) -> Radiograph:
 def load_grayscale(source: ImageSource, name: str | None = None) -> np.ndarray:
     """`read_radiograph(source, name).pixels`: the uint8 [H, W] image alone."""
     return read_radiograph(source, name).pixels
+
+
+def read_dicom(source: str | os.PathLike | bytes, name: str | None = None,
+               stop_before_pixels: bool = False) -> Dataset:
+    """A DICOM file or bytes parsed under the reader's limits (file size, capped inflation of a
+    Deflated data set), for callers that keep the data set itself, e.g. to route it before
+    `dataset_to_grayscale`; `pydicom.dcmread` would inflate a 1.5 MB file to 1.5 GB."""
+    label = describe(source, name)
+    ds = read_dataset(_read_bytes(source, label), label, stop_before_pixels)
+    if isinstance(source, str | os.PathLike):
+        ds.filename = os.fspath(source)
+    return ds
 
 
 # -- 1. the input ----------------------------------------------------------------------------
