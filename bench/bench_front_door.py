@@ -4,21 +4,27 @@
     .venv/bin/python bench/bench_front_door.py --repository model_repository --requests 24
 
 In one run, on the same repository and images: a bare tritonserver (`server.launcher`) and the
-guarded server users get (`server.serve.front_door`: the gRPC guard in front, the supervisor,
-warm-up), at 1 and 8 in flight, in alternating order (bare, door, bare, door) so that drift of
-the machine hits both. It prints images/s for each and the ratio door/bare per concurrency
-(target >= 0.97), then the first request's latency against the steady-state p50 on each server:
-Triton cannot warm an ensemble (server#6326), so a bare server pays lazy initialisation on its
-first request, while `msk serve` pays it before it reports ready. The host's CPU and ISA are in
-the first line. Research use only - not a medical device.
+guarded server users get (`msk serve` in its own process: the gRPC guard in front, the supervisor,
+warm-up), at 1 and 8 in flight, in alternating order (bare, door, bare, door) so that drift of the
+machine hits both. It prints images/s for each and the ratio door/bare per concurrency (target >=
+0.97), then the first request's latency against the steady-state p50 on each server: Triton cannot
+warm an ensemble (server#6326), so a bare server pays lazy initialisation on its first request,
+while `msk serve` pays it before it reports ready. The host's CPU and ISA are in the first line.
+Research use only - not a medical device.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
+import signal
+import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +38,33 @@ from clients.mura import MuraClient  # noqa: E402
 from msk.host import describe  # noqa: E402
 from msk.samples import radiograph  # noqa: E402
 from server.launcher import TritonServer  # noqa: E402
-from server.serve import front_door  # noqa: E402
+
+
+@dataclass
+class ServeProcess:
+    grpc_url: str
+
+
+@contextlib.contextmanager
+def msk_serve(repository: Path):
+    """`msk serve` as users run it: its own process (its guard has its own interpreter, not
+    the benchmark's), on free ports; stopped with SIGTERM."""
+    msk = Path(sys.executable).parent / "msk"
+    proc = subprocess.Popen([str(msk), "serve", "--repository", str(repository), "--grpc-port",
+                             "0", "--http-port", "0", "--metrics-port", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:
+            match = re.search(r"msk serve: ready  grpc=(\S+)", line)
+            if match:
+                break
+        else:
+            raise RuntimeError(f"msk serve exited with {proc.wait()} before it was ready")
+        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+        yield ServeProcess(match.group(1))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
 
 
 def _images(count: int) -> list[np.ndarray]:
@@ -74,11 +106,11 @@ def main() -> int:
     first: dict[str, tuple[float, float]] = {}
     with TritonServer(repository) as bare:
         first["bare"] = first_and_steady(bare, images[0], 10)
-    with front_door(repository) as door:
+    with msk_serve(repository) as door:
         first["msk serve"] = first_and_steady(door, images[0], 10)
 
     rates: dict[tuple[str, int], list[float]] = {}
-    with TritonServer(repository) as bare, front_door(repository) as door:
+    with TritonServer(repository) as bare, msk_serve(repository) as door:
         for _ in range(args.rounds):
             for concurrency in (1, 8):
                 for name, server in (("bare", bare), ("msk serve", door)):

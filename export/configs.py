@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 from export.model_specs import (
-    QUEUE_MAX_SIZE,
     QUEUE_TIMEOUT_US,
     TARGETS,
     VERSIONS_KEPT,
@@ -36,6 +35,7 @@ from msk.constants import (
     EXPORT_CPU_RUNTIMES,
     MURA_IMAGE_SIZE,
     OPENVINO_INFERENCE_PRECISION,
+    QUEUE_MAX_SIZE,
     REFERENCE_CPU_CORES,
 )
 

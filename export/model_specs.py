@@ -71,11 +71,6 @@ both precisions, so it stays on ORT)."""
 BACKBONE_QUEUE_DELAY_US = 2000
 """Short enough to be invisible next to a ~100 ms backbone or detector pass, long enough to
 gather a batch."""
-QUEUE_MAX_SIZE = 64
-"""Requests one model instance may hold waiting. Sized from measured throughput on the 2-core
-reference CPU (docs/gpu-deployment.md for GPUs): the slowest step, a ResNet-101 backbone, runs
-~155 ms per image at batch 8, so 64 waiting images are ~10 s of work - past that, a new request
-is answered UNAVAILABLE ("Exceeds maximum queue size") at once instead of waiting minutes."""
 QUEUE_TIMEOUT_US = 30_000_000
 """A request still waiting in a model's queue after 30 s is rejected (timeout_action REJECT);
 clients may ask for a shorter wait per request (allow_timeout_override, e.g. gRPC `timeout`)."""

@@ -180,6 +180,14 @@ newest, so upgrading onnx does not change the files (and SHA-256s) an export wri
 # --------------------------------------------------------------------------------------------
 # Local server defaults (127.0.0.1 only)
 # --------------------------------------------------------------------------------------------
+QUEUE_MAX_SIZE = 64
+"""Requests one model instance may hold waiting (every model's bounded queue, export/configs.py;
+also the size of tritonserver's gRPC allocation pool, server/serve.py). Sized from measured
+throughput on the 2-core reference CPU (docs/gpu-deployment.md for GPUs): the slowest step, a
+ResNet-101 backbone, runs ~155 ms per image at batch 8, so 64 waiting images are ~10 s of work -
+past that, a new request is answered UNAVAILABLE ("Exceeds maximum queue size") at once instead
+of waiting minutes."""
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001

@@ -29,7 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from msk.constants import DEFAULT_GRPC_PORT, DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from msk.constants import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    QUEUE_MAX_SIZE,
+)
 from server.exposure import ServerTls, exposure_args
 from server.runtime import TritonRuntime, container_runtime, default_runtime, locate_runtime
 
@@ -112,6 +118,10 @@ def production_flags(config: ServeConfig, secret: str) -> tuple[str, ...]:
         "--model-control-mode=none",
         "--exit-on-error=true",
         "--disable-auto-complete-config",
+        "--allow-metrics=true",
+        # Request/response objects kept for reuse: bounded (the front door bounds what is in
+        # flight; every model's queue is bounded too, export/configs.py queue_policy).
+        f"--grpc-infer-allocation-pool-size={QUEUE_MAX_SIZE}",
         *exposure_args(http_inference=config.http_inference, secret=secret),
     )
 

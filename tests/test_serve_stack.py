@@ -63,6 +63,7 @@ def test_print_command_shows_the_production_flags_per_target() -> None:
         assert argv[0].endswith("tritonserver") and "--model-repository=/models" in argv
         for flag in ("--model-control-mode=none", "--exit-on-error=true",
                      "--strict-readiness=true", "--disable-auto-complete-config",
+                     "--allow-metrics=true", "--grpc-infer-allocation-pool-size=64",
                      f"--allow-gpu-metrics={'true' if target == 'gpu' else 'false'}"):
             assert flag in argv, (target, flag)
         assert ("--pinned-memory-pool-byte-size=0" in argv) == (target == "cpu")
@@ -165,3 +166,14 @@ def test_a_port_flag_must_be_free_even_when_others_are_zero() -> None:
                           cwd=ROOT, timeout=120)
     assert refused.returncode == 1, refused.stderr
     assert f"--metrics-port {port}" in refused.stderr and "already in use" in refused.stderr
+
+
+def test_on_a_fixed_release_the_guard_forwards_deadlines_as_grpc_deadlines(tiny_triton) -> None:
+    """`cancel_upstream` (releases without the cancellation bugs): the client's deadline travels
+    as a gRPC deadline instead of Triton's queue timeout. Only the forward path is exercised on
+    2.51 - cancelling there is exactly what crashes it (server/workarounds.py)."""
+    from server.grpc_guard import GrpcGuard
+
+    with GrpcGuard(tiny_triton.grpc_url, "127.0.0.1", 0, cancel_upstream=True) as guard:
+        _score_one(guard.url)
+        assert guard.busy() == 0 and guard.refused == 0

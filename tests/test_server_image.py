@@ -103,6 +103,21 @@ def test_the_image_pins_one_release_installs_from_the_lock_and_runs_msk_serve() 
     assert "tritonserver" not in {i["name"] for i in kustomization["images"]}
 
 
+def test_the_client_image_installs_from_its_lock_at_the_project_versions() -> None:
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    installs = re.findall(r"pip install [^\n]*", text)
+    assert installs and all("--no-deps" in line for line in installs), installs
+    assert any("-r requirements-client.lock" in line for line in installs)
+    def pins(path: Path) -> dict[str, str]:
+        return dict(line.split(" ;")[0].split("==", 1) for line in path.read_text().splitlines()
+                    if line and not line.startswith("#"))
+    client, project = pins(ROOT / "deploy" / "requirements-client.lock"), pins(
+        ROOT / "requirements.lock")
+    assert {"torch", "torchvision", "ultralytics", "onnxruntime"}.isdisjoint(client)
+    assert {name: version for name, version in client.items()
+            if project.get(name, version) != version} == {}, "same versions as the project"
+
+
 def test_every_deployment_runs_msk_serve_with_the_production_flags_of_its_target() -> None:
     commands = {"compose": (_compose_server()[0], "gpu")}
     for overlay in ("cpu", "gpu"):
