@@ -19,6 +19,7 @@ compose, Kubernetes and the benchmarks all run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -252,7 +253,10 @@ def serve(config: ServeConfig, stop: threading.Event, *,
         on = needed(parse_version(version))
         decided["on"] = on
         guard.cancel_upstream = "grpc-no-cancel" not in on
-        warmed = warm_up(server.grpc_url, key, config.startup_timeout)
+        try:
+            warmed = warm_up(server.grpc_url, key, config.startup_timeout)
+        except Exception as exc:  # noqa: BLE001 - why: any failure means "not servable"
+            raise RuntimeError(f"a pipeline did not answer its warm-up request: {exc}") from exc
         guard.accepting = http_guard.accepting = True
         endpoints = Endpoints(guard.url, http_guard.url, metrics_door.url, version, on)
         warm = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warmed.items())
@@ -303,7 +307,7 @@ class Server:
 
     def __init__(self, config: ServeConfig, say: Callable[[str], None] = lambda _: None) -> None:
         if config.foreground:
-            config = ServeConfig(**{**config.__dict__, "foreground": False})
+            config = dataclasses.replace(config, foreground=False)
         self.config = config
         self.say = say
         self.endpoints: Endpoints | None = None

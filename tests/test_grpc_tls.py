@@ -59,9 +59,11 @@ def tls_triton(tiny_repository, pki):
     """The guarded server with mutual TLS on gRPC (clients must present a certificate the CA
     signed), started through the Python API (server.serve.Server)."""
     tls = ServerTls(cert=pki["server.pem"], key=pki["server.key"], ca=pki["ca.pem"])
-    config = ServeConfig(tiny_repository, grpc_port=0, http_port=0, metrics_port=0, tls=tls)
-    with Server(config) as server:            # the documented Python API: the front door
-        yield server
+    config = ServeConfig(tiny_repository, grpc_port=0, http_port=0, metrics_port=0, tls=tls,
+                         restart=False)       # a crash ends the server: the test fails
+    server = Server(config).start()           # the documented Python API: the front door
+    yield server
+    assert server.stop() == 0, "tritonserver died during the TLS tests"
 
 
 def client_tls(pki) -> GrpcTls:
