@@ -75,3 +75,16 @@ def test_compressed_transfer_syntax_is_kept(scp, tmp_path: Path) -> None:
     storescu([jpeg], config.port, GATEWAY_AET, options=("-xs",))
     (stored,) = (queue.dir("incoming")).glob("*/*.dcm")
     assert dcmread(stored).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
+
+
+def test_deflated_is_not_negotiated_so_no_bomb_is_inflated_here(scp, tmp_path: Path) -> None:
+    """A sender offering Deflated (and uncompressed, as DICOM requires) gets an uncompressed
+    context: pynetdicom would inflate a deflated data set without a cap."""
+    config, queue = scp
+    (plain,) = make_study(tmp_path / "s", SyntheticPatient("Scp^Deflate", "SCP-0003"), ["WRIST"])
+    deflated = tmp_path / "deflated.dcm"
+    subprocess.run(["dcmconv", "+td", str(plain), str(deflated)], check=True, timeout=120)
+    assert dcmread(deflated).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1.99"
+    storescu([deflated], config.port, GATEWAY_AET, options=("-xd",))
+    (stored,) = (queue.dir("incoming")).glob("*/*.dcm")
+    assert dcmread(stored).file_meta.TransferSyntaxUID != "1.2.840.10008.1.2.1.99"

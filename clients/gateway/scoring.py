@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from clients.errors import Reason, error_text, is_retryable, request_reason
 from clients.failover import url_list
@@ -26,7 +26,7 @@ from clients.routing import Router
 from clients.sr import ImageFinding, ModelProvenance, Structure, StudyResult
 from clients.tls import GrpcTls, client_kwargs
 from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, WRIST_DETECT_MODEL
-from msk.imaging import RadiographError, dataset_to_grayscale
+from msk.imaging import RadiographError, dataset_to_grayscale, read_dicom
 
 log = logging.getLogger("msk.gateway.scoring")
 
@@ -142,7 +142,7 @@ class StudyScorer:
         candidates: list[_Candidate] = []
         for path in files:
             try:
-                headers.append(dcmread(path))
+                headers.append(read_dicom(path))   # capped: never a 1.5 GB inflate
             except Exception as exc:  # why: corrupt files raise many types; skip, go on
                 log.warning("instance file %s unreadable: %s", path.name, type(exc).__name__)
                 skipped.append((path.name, "unreadable DICOM file"))

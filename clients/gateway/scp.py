@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
@@ -38,6 +39,12 @@ from pynetdicom.utils import make_target
 from clients.gateway.config import GatewayConfig
 from clients.gateway.phi import uid_tag
 from clients.gateway.queue import StudyQueue
+
+ACCEPTED_TRANSFER_SYNTAXES = [ts for ts in ALL_TRANSFER_SYNTAXES
+                              if ts != DeflatedExplicitVRLittleEndian]
+"""Every transfer syntax but Deflated: pynetdicom inflates a deflated C-STORE with no cap (1.5 MB
+became 1.5 GB), so the association negotiates another syntax (every sender must also offer an
+uncompressed one) and the sender inflates its own data."""
 
 log = logging.getLogger("msk.gateway.scp")
 
@@ -69,7 +76,7 @@ class StoreSCP:
         self.ae.maximum_associations = config.max_associations
         self.admission = Admission.from_config(config)
         for context in AllStoragePresentationContexts:
-            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            self.ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification)
         self._server = None
 
