@@ -76,10 +76,34 @@ def check_shape(model: str, name: str, shape: list[int]) -> None:
             f"the most accepted is {MAX_IMAGE_PIXELS} (msk.constants.MAX_IMAGE_PIXELS)")
 
 
+REFUSED_PARAMETERS = ("priority", "sequence_id", "sequence_start", "sequence_end")
+"""Request parameters that mean nothing for this service's models (no priority levels, no
+sequence models): refused rather than silently ignored."""
+
+
 def check_infer_request(request) -> None:
-    """`check_shape` for every input of a gRPC ModelInferRequest."""
+    """`check_shape` for every input of a gRPC ModelInferRequest, plus what Triton 2.51 answers
+    vaguely or ignores: an empty dimension, one input given twice or more raw contents than
+    inputs (Triton silently used the first), and parameters no model here understands."""
+    model = request.model_name
+    names = [tensor.name for tensor in request.inputs]
+    if len(set(names)) != len(names):
+        raise RequestRefused(f"request for model {model!r} names an input twice: {names}")
+    if request.raw_input_contents and len(request.raw_input_contents) != len(names):
+        raise RequestRefused(f"request for model {model!r} carries "
+                             f"{len(request.raw_input_contents)} raw contents for "
+                             f"{len(names)} inputs")
+    for key in REFUSED_PARAMETERS:
+        if key in request.parameters:
+            raise RequestRefused(f"parameter {key!r} is not used by model {model!r} (no "
+                                 "priority levels or sequences here); send the request without "
+                                 "it")
     for tensor in request.inputs:
-        check_shape(request.model_name, tensor.name, [int(d) for d in tensor.shape])
+        shape = [int(d) for d in tensor.shape]
+        if 0 in shape:
+            raise RequestRefused(f"input {tensor.name!r} of model {model!r} declares an empty "
+                                 f"shape {shape}")
+        check_shape(model, tensor.name, shape)
 
 
 class GrpcGuard:
@@ -197,9 +221,14 @@ class GrpcGuard:
         """Validate an inference request; carry the client's deadline as Triton's queue timeout."""
         if name not in INFER_METHODS:
             return raw
+        from google.protobuf.message import DecodeError
         from tritonclient.grpc import service_pb2
 
-        request = service_pb2.ModelInferRequest.FromString(raw)
+        try:
+            request = service_pb2.ModelInferRequest.FromString(raw)
+        except DecodeError as exc:
+            raise RequestRefused("the request is not a valid ModelInferRequest (it could not be "
+                                 "decoded)") from exc
         check_infer_request(request)
         if self.cancel_upstream:          # the deadline travels as a gRPC deadline (unary)
             return raw
