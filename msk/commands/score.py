@@ -231,15 +231,26 @@ def run(args: argparse.Namespace) -> int:
     # SIGTERM (docker stop, a scheduler's kill) ends the run like Ctrl-C: rows written so far are
     # kept and shared-memory regions are unregistered and removed.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    write_failed = False
     try:
         summary = asyncio.run(scorer.run(todo, sink, on_row=on_row, skipped=skipped))
     except KeyboardInterrupt:
         print("msk score: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    except OSError as exc:      # ENOSPC, EFBIG (ulimit -f), EIO: the output cannot grow
+        write_failed = True
+        print(f"msk score: cannot write {exc.filename or args.out or 'the output'}: "
+              f"{exc.strerror or exc}; the rows written so far are kept - make room, then rerun "
+              "with --resume", file=sys.stderr)
+        return 4
     finally:
         bar.close()
         if sink is not None:
-            sink.close()
+            try:
+                sink.close()
+            except OSError:
+                if not write_failed:
+                    raise
         if pusher is not None:
             pusher.stop()
 
