@@ -159,6 +159,8 @@ class _ShmSlot:
         self.destroy()
         size = 1 << max(20, (nbytes - 1).bit_length())  # next power of two, >= 1 MiB
         self.handle = shm.create_shared_memory_region(self.name, self.key, size)
+        # Patient pixels: readable by this user only (tritonclient creates regions 0644).
+        os.chmod(f"/dev/shm{self.key}", 0o600)
         self.size = size
         self.registered = set()
         return True

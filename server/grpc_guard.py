@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import functools
 import math
+import re
 import threading
 from collections.abc import AsyncIterator
 
@@ -53,6 +54,13 @@ _HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type", "triton-grpc-p
                 RESTRICTED_HEADER)
 CLOSED_METHODS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload", "TraceSetting",
                             "LogSettings"})
+SHM_METHODS = frozenset({"SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
+                         "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus",
+                         "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"})
+"""Client shared memory: off unless `msk serve --allow-client-shm` (as Triton itself defaults
+from 26.0x, server#8721); when on, `check_shm_request` applies."""
+SERVER_REGION = re.compile(r"^/?msk_\d+_[0-9a-f]{8}_")
+"""The python backend's own regions (server.launcher's shm prefix): never a client's."""
 """Refused at the front door: the model set is fixed at start (--model-control-mode=none), and
 tracing and logging are the operator's, not a client's."""
 
@@ -106,12 +114,33 @@ def check_infer_request(request) -> None:
         check_shape(model, tensor.name, shape)
 
 
+def check_shm_request(name: str, raw: bytes) -> None:
+    """A client may register only its own system regions, never the server's, and may
+    unregister one region at a time, by name (an empty name meant "all, everyone's")."""
+    from tritonclient.grpc import service_pb2
+
+    if name == "SystemSharedMemoryRegister":
+        request = service_pb2.SystemSharedMemoryRegisterRequest.FromString(raw)
+        if SERVER_REGION.match(request.key):
+            raise RequestRefused(f"shared-memory key {request.key!r} is the server's own "
+                                 "memory, not a client region")
+    elif name == "SystemSharedMemoryUnregister":
+        request = service_pb2.SystemSharedMemoryUnregisterRequest.FromString(raw)
+        if not request.name:
+            raise RequestRefused("unregister names one region: an empty name would remove "
+                                 "every client's regions")
+    elif name.startswith("CudaSharedMemory"):
+        raise RequestRefused("CUDA shared memory is not offered by this server")
+
+
 class GrpcGuard:
     """Listens on `host:port`, forwards to tritonserver's gRPC at `upstream` (see module doc)."""
 
     def __init__(self, upstream: str, host: str, port: int, tls: ServerTls | None = None,
-                 cancel_upstream: bool = False, secret: str | None = None) -> None:
+                 cancel_upstream: bool = False, secret: str | None = None,
+                 client_shm: bool = True) -> None:
         self.upstream = upstream
+        self.client_shm = client_shm
         self.secret = secret
         self.accepting = True
         """False while msk serve warms up or drains: readiness is false, new inference is
@@ -243,6 +272,17 @@ class GrpcGuard:
             self.refused += 1
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{name} is not offered by this server")
+        if name in SHM_METHODS:
+            if not self.client_shm:
+                self.refused += 1
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "client shared memory is "
+                                    "off on this server (msk serve --allow-client-shm turns it "
+                                    "on); send the tensors in the request")
+            try:
+                check_shm_request(name, raw)
+            except RequestRefused as exc:
+                self.refused += 1
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if not self.accepting:
             if name == "ServerReady":
                 from tritonclient.grpc import service_pb2

@@ -65,6 +65,8 @@ class ServeConfig:
     http_port: int = DEFAULT_HTTP_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
     http_inference: bool = False
+    allow_client_shm: bool = False
+    """Client system shared memory (msk score --shared-memory): off unless asked."""
     tls: ServerTls | None = None
     startup_timeout: float = 600.0
     drain_timeout: float = 30.0
@@ -231,7 +233,7 @@ def serve(config: ServeConfig, stop: threading.Event, *,
                                    metrics.registry)
         doors.append(metrics_door)
         guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", config.host, config.grpc_port,
-                          tls=config.tls, secret=secret)
+                          tls=config.tls, secret=secret, client_shm=config.allow_client_shm)
         guard.accepting = http_guard.accepting = False      # until warmed
         guard.start()
         doors.append(guard)

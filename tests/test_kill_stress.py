@@ -28,7 +28,8 @@ ROUNDS_PER_MODE = 6
 
 @pytest.fixture(scope="module")
 def stress_server(tiny_repository: Path):
-    with running_msk_serve("serve", "--repository", str(tiny_repository)) as serve:
+    with running_msk_serve("serve", "--repository", str(tiny_repository),
+                           "--allow-client-shm") as serve:      # the shm rounds need it
         yield serve
 
 

@@ -111,7 +111,8 @@ def test_killed_shared_memory_clients_are_unregistered_and_rss_returns(tiny_repo
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             start_new_session=True)
 
-    with running_msk_serve("serve", "--repository", str(tiny_repository)) as serve:
+    with running_msk_serve("serve", "--repository", str(tiny_repository),
+                           "--allow-client-shm") as serve:
         warm = score(*images[:16])
         assert warm.wait(300) == 0
         _wait(lambda: not _registered(serve.grpc_url), 30, "warm-up regions unregistered")

@@ -59,6 +59,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--http-inference", action="store_true",
                    help="also accept inference over HTTP (default: HTTP answers health and "
                    "metadata only; inference, model control and shared memory go over gRPC)")
+    p.add_argument("--allow-client-shm", action="store_true",
+                   help="let clients pass images through system shared memory (msk score "
+                   "--shared-memory; same host only). Off by default, as in Triton 26.0x: a "
+                   "client may then register only its own regions, never the server's")
     p.add_argument("--print-command", action="store_true",
                    help="print (JSON) the tritonserver command line and the front door this "
                    "invocation would run, and exit; starts nothing")
@@ -86,6 +90,7 @@ def config_from(args: argparse.Namespace):
     return ServeConfig(repository=args.repository, target=args.target, host=args.host,
                        grpc_port=args.grpc_port, http_port=args.http_port,
                        metrics_port=args.metrics_port, http_inference=args.http_inference,
+                       allow_client_shm=args.allow_client_shm,
                        tls=tls, startup_timeout=args.startup_timeout,
                        drain_timeout=args.drain_timeout, restart=not args.no_restart,
                        runtime=args.runtime)
