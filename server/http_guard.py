@@ -16,11 +16,11 @@ from __future__ import annotations
 import http.client
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from server.exposure import RESTRICTED_HEADER
 from server.grpc_guard import MAX_MESSAGE_BYTES, RequestRefused, check_shape
+from server.http_door import HttpDoor
 
 _INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
 _READY = re.compile(r"^/v2/health/ready$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$")
@@ -42,7 +42,7 @@ def check_http_infer(model: str, body: bytes, header_length: int | None) -> None
                              f"inputs[].shape ({exc})") from exc
 
 
-class HttpGuard:
+class HttpGuard(HttpDoor):
     """Listens on `host:port`, forwards to Triton's HTTP at `upstream_port` on loopback."""
 
     def __init__(self, upstream_port: int, host: str, port: int, secret: str | None) -> None:
@@ -111,23 +111,8 @@ class HttpGuard:
         self.accepting = True
         """False while msk serve warms up or drains: readiness 503, inference 503."""
         self.refused = 0
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.host, self.port = host, self._server.server_address[1]
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port, Handler, "http-guard")
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
-
-    def start(self) -> HttpGuard:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http-guard",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(30)
-        self._server.server_close()

@@ -10,15 +10,16 @@ with `msk_serve_triton_up 0`, so the outage is visible rather than a failed scra
 
 from __future__ import annotations
 
-import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from server.http_door import HttpDoor
 
-class MetricsDoor:
+
+class MetricsDoor(HttpDoor):
     """Listens on `host:port`; `GET /metrics` = Triton's metrics (loopback `upstream_port`) plus
     `registry`'s."""
 
@@ -45,10 +46,7 @@ class MetricsDoor:
 
         self.upstream = f"http://127.0.0.1:{upstream_port}/metrics"
         self.registry = registry
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self.host, self.port = host, self._server.server_address[1]
-        self._thread: threading.Thread | None = None
+        super().__init__(host, port, Handler, "metrics-door")
 
     @property
     def url(self) -> str:
@@ -64,15 +62,3 @@ class MetricsDoor:
         if triton and not triton.endswith(b"\n"):
             triton += b"\n"
         return triton + generate_latest(self.registry)
-
-    def start(self) -> MetricsDoor:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-door",
-                                        daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(30)
-        self._server.server_close()
