@@ -1,34 +1,25 @@
-"""What tritonserver exposes, and how: Triton's own switches for its HTTP and gRPC APIs.
+"""What `msk serve` exposes, and where: the front door is the only way in.
 
-Why: tritonserver 2.51 parses an HTTP/JSON inference request by allocating the declared shape
-before it looks at the data (a 90-byte request with shape [100000, 100000] made it allocate
-~10 GB), and its HTTP API also carries model control, tracing and logging. `msk serve` therefore
-keeps HTTP to health and metadata (metrics live on their own port) unless `--http-inference` is
-given, and restricts on gRPC everything but health, metadata and inference (`GRPC_RESTRICTED`).
-Triton's restricted-API mechanism requires a header with a secret value for a restricted API; the
-secret is made per server by `server.serve` and held only by the front door (the gRPC and HTTP
-guards), so a restricted API answers "This API is restricted" to anyone else.
+Why: tritonserver 2.51 trusts what a request declares (a 90-byte HTTP/JSON body declaring
+[100000, 100000] made it allocate ~10 GB; a gRPC shape of [2**62+4, 4] killed a stub), and its
+APIs also carry model control, tracing and logging. So Triton itself has no endpoint anyone else
+can use: no HTTP at all (`--allow-http=false`), and gRPC on loopback that answers only the holder
+of the front door's client certificate (server/internal_tls.py; Triton's restricted-API header
+is not used, because Triton takes its secret on the command line, readable by every local user).
+What users reach is the front door:
+  * gRPC (server/grpc_guard.py): health, metadata, config, statistics, the repository index and
+    inference, each request checked; model loading, tracing and logging refused
+    (`CLOSED_METHODS`); client shared memory only with `--allow-client-shm`.
+  * HTTP (server/http_guard.py): health and metadata (KServe v2), inference only with
+    `--http-inference`, all answered over the same checked gRPC path.
+  * metrics (server/metrics_door.py): Triton's metrics and `msk serve`'s own.
+TLS for clients (`ServerTls`) terminates at the gRPC guard.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-TRITON_APIS = ("health", "metadata", "inference", "shared-memory", "model-config",
-               "model-repository", "statistics", "trace", "logging")
-"""API groups tritonserver 2.51 accepts in --http-restricted-api and --grpc-restricted-protocol."""
-
-HTTP_OPEN = ("health", "metadata")
-"""HTTP by default: probes (/v2/health/*) and model metadata."""
-
-GRPC_RESTRICTED = ("model-repository", "model-config", "shared-memory", "statistics", "trace",
-                   "logging")
-"""Restricted on Triton's gRPC (NVIDIA's deployment guide): only the gRPC guard holds the key, and
-it forwards the config, statistics, shared-memory and repository-index calls our clients make
-(server/grpc_guard.py) while refusing model loading, tracing and logging."""
-
-RESTRICTED_HEADER = "msk-restricted-key"
 
 
 @dataclass(frozen=True)
@@ -54,13 +45,3 @@ class ServerTls:
         return grpc.ssl_server_credentials(
             [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
             root_certificates=root, require_client_auth=root is not None)
-
-
-def exposure_args(*, http_inference: bool, secret: str) -> tuple[str, ...]:
-    """tritonserver flags for the exposure policy (see module docstring); `secret` opens the
-    restricted APIs and is held by the front door only."""
-    http_open = (*HTTP_OPEN, "inference") if http_inference else HTTP_OPEN
-    http_closed = [api for api in TRITON_APIS if api not in http_open]
-    return (f"--http-restricted-api={','.join(http_closed)}:{RESTRICTED_HEADER}={secret}",
-            f"--grpc-restricted-protocol={','.join(GRPC_RESTRICTED)}:"
-            f"{RESTRICTED_HEADER}={secret}")

@@ -21,10 +21,12 @@ Why it exists - three faults of tritonserver 2.51 that no flag of it avoids:
     `queue_policy`) bound the dead work a crowd of killed clients can leave behind.
 
 Everything else our clients use passes through byte for byte (metadata, config, statistics,
-shared memory, the repository index). Those APIs are restricted at Triton (server/exposure.py) and
-only the guard holds the key that opens them, so a caller who reaches Triton's own loopback port
-cannot use them; model loading, tracing and log settings are refused here for everyone
-(`CLOSED_METHODS`). TLS for clients terminates here when `msk serve` is given certificates.
+shared memory, the repository index). Triton's gRPC answers only the front door: the guard's
+upstream channel presents the client certificate of the internal mutual TLS
+(server/internal_tls.py), which nobody else holds. Model loading, tracing and log settings are
+refused here for everyone (`CLOSED_METHODS`). TLS for clients terminates here when `msk serve` is
+given certificates. The HTTP guard sends its requests through `GrpcGuard.call`, so HTTP gets the
+same checks, the same drain and the same upstream channel.
 """
 
 from __future__ import annotations
@@ -41,17 +43,24 @@ import grpc
 from grpc import aio
 
 from msk.constants import MAX_IMAGE_PIXELS
-from server.exposure import RESTRICTED_HEADER, ServerTls
+from server.exposure import ServerTls
 
 SERVICE = "inference.GRPCInferenceService"
 STREAM_METHODS = frozenset({"ModelStreamInfer"})
 INFER_METHODS = frozenset({"ModelInfer", "ModelStreamInfer"})
-MAX_MESSAGE_BYTES = 8 * MAX_IMAGE_PIXELS + 16 * 1024 * 1024
-"""Largest request accepted at all: the largest image in up to 8-byte elements, plus headroom."""
-GRPC_KEY_HEADER = f"triton-grpc-protocol-{RESTRICTED_HEADER}"
-"""gRPC metadata key Triton reads for a restricted protocol (its prefix + the header name)."""
-_HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type", "triton-grpc-protocol-",
-                RESTRICTED_HEADER)
+MAX_MESSAGE_BYTES = MAX_IMAGE_PIXELS + 1024 * 1024
+"""Largest request accepted at all: the largest legal request is one 8-bit image of
+MAX_IMAGE_PIXELS (every variable-size input of the pipelines is a UINT8 image), plus 1 MiB for
+the request's names, shapes and parameters. gRPC refuses a longer message from its length
+prefix; measured: a refused 128 MiB request left `msk serve` 450 MB larger when the limit was
+8 bytes per pixel. A direct request to a member model with a larger batch must be split."""
+ELEMENT_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2,
+                 "BF16": 2, "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8,
+                 "FP64": 8}
+"""Bytes per element of Triton's fixed-size datatypes (BYTES is variable: length-prefixed)."""
+_HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type", "triton-grpc-protocol-")
+"""Not forwarded: transport headers, and Triton's restricted-API header prefix (no client gets
+to present one)."""
 CLOSED_METHODS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload", "TraceSetting",
                             "LogSettings"})
 SHM_METHODS = frozenset({"SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
@@ -106,12 +115,28 @@ def check_infer_request(request) -> None:
             raise RequestRefused(f"parameter {key!r} is not used by model {model!r} (no "
                                  "priority levels or sequences here); send the request without "
                                  "it")
-    for tensor in request.inputs:
+    for index, tensor in enumerate(request.inputs):
         shape = [int(d) for d in tensor.shape]
         if 0 in shape:
             raise RequestRefused(f"input {tensor.name!r} of model {model!r} declares an empty "
                                  f"shape {shape}")
         check_shape(model, tensor.name, shape)
+        if request.raw_input_contents and tensor.datatype != "BYTES":
+            check_byte_size(model, tensor.name, tensor.datatype, shape,
+                            len(request.raw_input_contents[index]))
+
+
+def check_byte_size(model: str, name: str, datatype: str, shape: list[int], size: int) -> None:
+    """The data must be exactly what the shape and datatype declare. Why here: tritonserver 2.51
+    refuses a mismatch too, but only after copying the request in (a refused 128 MiB request
+    left it 200 MB larger)."""
+    if datatype not in ELEMENT_BYTES:
+        raise RequestRefused(f"input {name!r} of model {model!r} has an unknown datatype "
+                             f"{datatype!r}")
+    expected = math.prod(shape) * ELEMENT_BYTES[datatype]
+    if size != expected:
+        raise RequestRefused(f"input {name!r} of model {model!r}: shape {shape} of {datatype} "
+                             f"is {expected} bytes; the request carries {size}")
 
 
 def check_shm_request(name: str, raw: bytes) -> None:
@@ -124,6 +149,7 @@ def check_shm_request(name: str, raw: bytes) -> None:
         if SERVER_REGION.match(request.key):
             raise RequestRefused(f"shared-memory key {request.key!r} is the server's own "
                                  "memory, not a client region")
+        check_region_bounds(request.key, int(request.offset), int(request.byte_size))
     elif name == "SystemSharedMemoryUnregister":
         request = service_pb2.SystemSharedMemoryUnregisterRequest.FromString(raw)
         if not request.name:
@@ -133,15 +159,58 @@ def check_shm_request(name: str, raw: bytes) -> None:
         raise RequestRefused("CUDA shared memory is not offered by this server")
 
 
+RELEASE_AFTER_BYTES = 4 * 1024 * 1024
+
+
+def release_refused_memory() -> None:
+    """Free a refused large request now and give the pages back (gc, then glibc malloc_trim).
+    Why: grpc.aio keeps an aborted call's exception, whose traceback holds the frames holding
+    the request, in a reference cycle; only the cyclic collector frees it, and it rarely runs
+    in a server that allocates few objects. Measured with 32 MiB refused requests: `msk serve`
+    grew ~60 MB per request without this, and stays within a few MB of its start with it."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+
+
+SHM_ROOT = "/dev/shm"
+
+
+def check_region_bounds(key: str, offset: int, byte_size: int) -> None:
+    """A region to register must be an existing POSIX shared-memory object holding
+    [offset, offset + byte_size). Why: tritonserver 2.51 answers a missing key or a range past
+    the end with INTERNAL ("Unable to open/map shared memory region"), a server fault to a
+    client's retry logic, when it is the client's mistake."""
+    import os
+
+    name = key.lstrip("/")
+    if not name or "/" in name or name in (".", ".."):
+        raise RequestRefused(f"shared-memory key {key!r} is not a POSIX shared-memory name "
+                             "(one name, like /msk_score_123_0)")
+    try:
+        size = os.stat(os.path.join(SHM_ROOT, name)).st_size
+    except FileNotFoundError:
+        raise RequestRefused(f"shared-memory key {key!r} does not exist on the server's host "
+                             "(create it with shm_open before registering)") from None
+    if byte_size <= 0 or offset < 0 or offset + byte_size > size:
+        raise RequestRefused(f"shared-memory key {key!r}: offset {offset} + byte_size "
+                             f"{byte_size} is outside the region's {size} bytes")
+
+
 class GrpcGuard:
     """Listens on `host:port`, forwards to tritonserver's gRPC at `upstream` (see module doc)."""
 
     def __init__(self, upstream: str, host: str, port: int, tls: ServerTls | None = None,
-                 cancel_upstream: bool = False, secret: str | None = None,
+                 cancel_upstream: bool = False, upstream_credentials=None,
                  client_shm: bool = True) -> None:
         self.upstream = upstream
         self.client_shm = client_shm
-        self.secret = secret
+        self.upstream_credentials = upstream_credentials
+        """grpc.ChannelCredentials of the internal mutual TLS (None: a plain loopback Triton)."""
         self.accepting = True
         """False while msk serve warms up or drains: readiness is false, new inference is
         answered UNAVAILABLE (clients with several --url fail over), calls in flight finish."""
@@ -218,8 +287,13 @@ class GrpcGuard:
         # same port then bound it too and shared its traffic; now the bind fails (port in use).
         limits = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                   ("grpc.max_send_message_length", -1), ("grpc.so_reuseport", 0)]
-        self._channel = aio.insecure_channel(self.upstream, options=[
-            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        channel_options = [("grpc.max_receive_message_length", -1),
+                           ("grpc.max_send_message_length", -1)]
+        if self.upstream_credentials is None:
+            self._channel = aio.insecure_channel(self.upstream, options=channel_options)
+        else:
+            self._channel = aio.secure_channel(self.upstream, self.upstream_credentials,
+                                               options=channel_options)
         self._server = aio.server(options=limits)
         self._server.add_generic_rpc_handlers((_Handler(self),))
         address = f"{self.host}:{self.port}"
@@ -240,11 +314,44 @@ class GrpcGuard:
 
     # -- forwarding -------------------------------------------------------------------------------
     def _metadata(self, context: aio.ServicerContext) -> tuple[tuple[str, str], ...]:
-        """The client's metadata, less hop-by-hop headers and any key it sent, plus the key
-        that opens Triton's restricted APIs (the guard only forwards methods it allows)."""
-        forwarded = tuple((k, v) for k, v in (context.invocation_metadata() or ())
-                          if not k.lower().startswith(_HOP_HEADERS))
-        return forwarded + (((GRPC_KEY_HEADER, self.secret),) if self.secret else ())
+        """The client's metadata, less hop-by-hop headers and any restricted-API key it sent."""
+        return tuple((k, v) for k, v in (context.invocation_metadata() or ())
+                     if not k.lower().startswith(_HOP_HEADERS))
+
+    # -- the HTTP guard's way in (a thread of the HTTP server) -------------------------------------
+    def call(self, name: str, raw: bytes, timeout: float = 600.0
+             ) -> tuple[grpc.StatusCode | None, str, bytes]:
+        """Send one unary call `name` (a serialized request) through this guard's checks and
+        upstream channel, from any thread; returns (status code or None, details, response).
+        Inference is counted in flight (the drain waits for it) and refused while not
+        accepting; no upstream deadline is set unless the release cancels safely."""
+        if self._loop is None:
+            raise RuntimeError("the gRPC guard is not running")
+        future = asyncio.run_coroutine_threadsafe(self._call(name, raw, timeout), self._loop)
+        return future.result()
+
+    async def _call(self, name: str, raw: bytes,
+                    timeout: float) -> tuple[grpc.StatusCode | None, str, bytes]:
+        method = f"/{SERVICE}/{name}"
+        if name in CLOSED_METHODS or name in SHM_METHODS or name in STREAM_METHODS:
+            return grpc.StatusCode.PERMISSION_DENIED, f"{name} is not offered here", b""
+        if name not in INFER_METHODS:
+            return await _finish(self._channel.unary_unary(method)(raw, timeout=timeout))
+        if not self.accepting:
+            return (grpc.StatusCode.UNAVAILABLE, "this server is not taking requests now "
+                    "(starting or shutting down); try another", b"")
+        checked = self._refusal(name, raw, timeout)
+        if isinstance(checked, str):
+            self.refused += 1
+            return grpc.StatusCode.INVALID_ARGUMENT, checked, b""
+        raw = checked
+        self.inflight += 1
+        try:
+            call = self._channel.unary_unary(method)(
+                raw, timeout=timeout if self.cancel_upstream else None)
+            return await _finish(call)
+        finally:
+            self.inflight -= 1
 
     def _checked(self, name: str, raw: bytes, remaining: float | None) -> bytes:
         """Validate an inference request; carry the client's deadline as Triton's queue timeout."""
@@ -266,6 +373,16 @@ class GrpcGuard:
             return request.SerializeToString()
         return raw
 
+    def _refusal(self, name: str, raw: bytes, remaining: float | None) -> bytes | str:
+        """`_checked`'s request, or the reason it is refused. Why a value, not the exception:
+        aborting inside `except` chains the exception (and through its traceback the decoded
+        request) into a reference cycle that only the cyclic collector frees; refused 32 MiB
+        requests then kept `msk serve` ~70 MB larger each (measured)."""
+        try:
+            return self._checked(name, raw, remaining)
+        except RequestRefused as exc:
+            return str(exc)
+
     async def unary(self, method: str, raw: bytes, context: aio.ServicerContext) -> bytes:
         name = method.rsplit("/", 1)[1]
         if name in CLOSED_METHODS:
@@ -278,11 +395,14 @@ class GrpcGuard:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, "client shared memory is "
                                     "off on this server (msk serve --allow-client-shm turns it "
                                     "on); send the tensors in the request")
+            refusal = None
             try:
                 check_shm_request(name, raw)
             except RequestRefused as exc:
+                refusal = str(exc)
+            if refusal is not None:
                 self.refused += 1
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
         if not self.accepting:
             if name == "ServerReady":
                 from tritonclient.grpc import service_pb2
@@ -301,11 +421,13 @@ class GrpcGuard:
 
     async def _forward(self, method: str, name: str, raw: bytes,
                        context: aio.ServicerContext) -> bytes:
-        try:
-            raw = self._checked(name, raw, context.time_remaining())
-        except RequestRefused as exc:
+        refusal = self._refusal(name, raw, context.time_remaining())
+        if isinstance(refusal, str):
             self.refused += 1
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            if len(raw) > RELEASE_AFTER_BYTES:       # once the aborted call is done with it
+                asyncio.get_running_loop().call_later(0.2, release_refused_memory)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+        raw = refusal
         remaining = context.time_remaining() if self.cancel_upstream else None
         call = self._channel.unary_unary(method)(raw, metadata=self._metadata(context),
                                                  timeout=remaining)

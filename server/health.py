@@ -40,24 +40,15 @@ def stub_models(root_pid: int) -> Counter[tuple[str, str]]:
     return found
 
 
-def served_models(grpc_url: str,
-                  headers: dict[str, str] | None = None) -> set[tuple[str, str]]:
-    """(model, version) of every READY model that runs in a stub (all but ensembles).
-    `headers`: the key of Triton's restricted repository/config APIs (server/serve.py)."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        index = client.get_model_repository_index(as_json=True, client_timeout=10,
-                                                  headers=headers)
-        ready = {(m["name"], m.get("version", "")) for m in index.get("models", [])
-                 if m.get("state") == "READY"}
-        return {(name, version) for name, version in ready
-                if client.get_model_config(name, as_json=True, client_timeout=10,
-                                           headers=headers)["config"]
-                .get("platform") != "ensemble"}
-    finally:
-        client.close()
+def served_models(client) -> set[tuple[str, str]]:
+    """(model, version) of every READY model that runs in a stub (all but ensembles), asked
+    through `client` (tritonclient.grpc, `TritonServer.grpc_client()`)."""
+    index = client.get_model_repository_index(as_json=True, client_timeout=10)
+    ready = {(m["name"], m.get("version", "")) for m in index.get("models", [])
+             if m.get("state") == "READY"}
+    return {(name, version) for name, version in ready
+            if client.get_model_config(name, as_json=True, client_timeout=10)["config"]
+            .get("platform") != "ensemble"}
 
 
 class StubWatch:
@@ -66,8 +57,7 @@ class StubWatch:
     What must be there is asked from Triton once per (re)start (its READY models), not taken from
     a snapshot, so a stub that dies just after the server became ready is noticed too."""
 
-    def __init__(self, headers: dict[str, str] | None = None) -> None:
-        self.headers = headers
+    def __init__(self) -> None:
         self._pid: int | None = None
         self._expected: set[tuple[str, str]] = set()
 
@@ -75,10 +65,13 @@ class StubWatch:
         if server.process is None:
             return None
         if server.process.pid != self._pid:           # first look after a (re)start
+            client = server.grpc_client()
             try:
-                self._expected = served_models(f"127.0.0.1:{server.grpc_port}", self.headers)
+                self._expected = served_models(client)
             except Exception:  # noqa: BLE001 - why: not answering yet, look again next poll
                 return None
+            finally:
+                client.close()
             self._pid = server.process.pid
         live = stub_models(server.process.pid)
         dead = sorted(key for key in self._expected if live[key] < 1)

@@ -1,51 +1,49 @@
 """HTTP in front of tritonserver: what `msk serve` exposes on its HTTP port.
 
-Why: tritonserver 2.51 parses an HTTP/JSON inference request by allocating the shape it declares
-before it looks at the data (a 90-byte body declaring [100000, 100000] made it allocate ~10 GB).
-This guard reads `Content-Length` first (a body larger than the largest legal request is refused
-with 413 before it is read), then the JSON header of an `/infer` request, and refuses any input
-whose declared shape is negative or larger than `MAX_IMAGE_PIXELS` (400) before Triton sees it.
-Everything else (health, metadata) is passed through. Triton's own HTTP inference API stays
-restricted (server/exposure.py) and only this guard holds the header that opens it, and only when
-`msk serve --http-inference` gave it the key (`secret`); without it inference answers 403 here
-whatever headers a client sends.
+Why: tritonserver runs without HTTP (server/exposure.py): its HTTP/JSON parser allocates the
+shape a request declares before it looks at the data (a 90-byte body declaring [100000, 100000]
+made 2.51 allocate ~10 GB), and Triton's HTTP restricted-API key would have to sit on its command
+line. This guard answers KServe v2 HTTP itself (server/http_kserve.py translates) and sends every
+request through the gRPC guard's checked path (`GrpcGuard.call`): health, server and model
+metadata, model readiness, and inference only when `msk serve --http-inference` turned it on;
+anything else is 403. A request is judged from its line and headers before its body is read: a
+refused one (403, 503, 411, 413) is answered without reading the body, and the connection closed.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 from http.server import BaseHTTPRequestHandler
 
-from server.exposure import RESTRICTED_HEADER
-from server.grpc_guard import MAX_MESSAGE_BYTES, RequestRefused, check_shape
+import grpc
+
+from server.grpc_guard import MAX_MESSAGE_BYTES, GrpcGuard
 from server.http_door import HttpDoor
+from server.http_kserve import (
+    BINARY_HEADER,
+    BadRequest,
+    infer_request,
+    infer_response,
+    model_metadata,
+    server_metadata,
+)
 
-_INFER = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
-_READY = re.compile(r"^/v2/health/ready$|^/v2/models/[^/]+(?:/versions/[^/]+)?/ready$")
-_HOP = {"host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade",
-        "proxy-connection", "content-length", RESTRICTED_HEADER}
-
-
-def check_http_infer(model: str, body: bytes, header_length: int | None) -> None:
-    """Check the declared shapes of a KServe v2 HTTP inference request (JSON or binary)."""
-    try:
-        doc = json.loads(body[:header_length] if header_length else body)
-        inputs = doc.get("inputs", [])
-        for tensor in inputs:
-            check_shape(model, str(tensor.get("name")), [int(d) for d in tensor["shape"]])
-    except RequestRefused:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise RequestRefused(f"inference request for model {model!r} is not valid JSON with "
-                             f"inputs[].shape ({exc})") from exc
+_MODEL = r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+_INFER = re.compile(_MODEL + r"/infer$")
+_MODEL_READY = re.compile(_MODEL + r"/ready$")
+_MODEL_META = re.compile(_MODEL + r"$")
+STATUS = {grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.NOT_FOUND: 404,
+          grpc.StatusCode.PERMISSION_DENIED: 403, grpc.StatusCode.UNAVAILABLE: 503,
+          grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+          grpc.StatusCode.UNIMPLEMENTED: 501}
+"""HTTP status of a gRPC status code (anything else: 500)."""
 
 
 class HttpGuard(HttpDoor):
-    """Listens on `host:port`, forwards to Triton's HTTP at `upstream_port` on loopback."""
+    """Listens on `host:port`; answers KServe v2 HTTP through `grpc_guard` (module docstring)."""
 
-    def __init__(self, upstream_port: int, host: str, port: int, secret: str | None) -> None:
+    def __init__(self, grpc_guard: GrpcGuard, host: str, port: int, inference: bool) -> None:
         guard = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,60 +52,102 @@ class HttpGuard(HttpDoor):
             def log_message(self, *args) -> None:  # no per-request lines (and no patient data)
                 return None
 
-            def _answer(self, status: int, payload: bytes, headers=()) -> None:
+            def _answer(self, status: int, payload: bytes, headers: dict[str, str]) -> None:
                 self.send_response(status)
-                for key, value in headers:
+                for key, value in headers.items():
                     self.send_header(key, value)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+
+            def _json(self, status: int, doc: dict) -> None:
+                self._answer(status, json.dumps(doc).encode(),
+                             {"Content-Type": "application/json"})
 
             def _refuse(self, status: int, message: str) -> None:
+                """Refuse without reading the body: the connection cannot be reused."""
                 guard.refused += 1
+                self.close_connection = True
                 self._answer(status, json.dumps({"error": message}).encode(),
-                             [("Content-Type", "application/json")])
+                             {"Content-Type": "application/json", "Connection": "close"})
 
-            def _forward(self) -> None:
+            def _call(self, name: str, request) -> bytes | None:
+                code, details, raw = guard.grpc_guard.call(name, request.SerializeToString())
+                if code is None:
+                    return raw
+                self._json(STATUS.get(code, 500), {"error": details})
+                return None
+
+            def _route(self) -> None:
+                from tritonclient.grpc import service_pb2 as pb
+
+                path = self.path.split("?", 1)[0]
+                infer = _INFER.match(path)
+                if self.command == "POST" and infer:
+                    return self._infer(infer.group("model"), infer.group("version") or "")
+                if self.command not in ("GET", "HEAD") or self.headers.get("Content-Length",
+                                                                          "0") != "0":
+                    return self._refuse(403, f"{self.command} {path} is not offered over HTTP "
+                                        "by this server (health, metadata and, where turned "
+                                        "on, inference)")
+                if path == "/v2/health/live":
+                    raw = self._call("ServerLive", pb.ServerLiveRequest())
+                    live = raw is not None and pb.ServerLiveResponse.FromString(raw).live
+                    return self._answer(200 if live else 503, b"", {})
+                if path == "/v2/health/ready":
+                    raw = self._call("ServerReady", pb.ServerReadyRequest())
+                    ready = raw is not None and pb.ServerReadyResponse.FromString(raw).ready
+                    return self._answer(200 if ready and guard.accepting else 503, b"", {})
+                if path == "/v2":
+                    raw = self._call("ServerMetadata", pb.ServerMetadataRequest())
+                    return None if raw is None else self._json(200, server_metadata(raw))
+                if match := _MODEL_READY.match(path):
+                    raw = self._call("ModelReady", pb.ModelReadyRequest(
+                        name=match.group("model"), version=match.group("version") or ""))
+                    ready = raw is not None and pb.ModelReadyResponse.FromString(raw).ready
+                    return self._answer(200 if ready and guard.accepting else 503, b"", {})
+                if match := _MODEL_META.match(path):
+                    raw = self._call("ModelMetadata", pb.ModelMetadataRequest(
+                        name=match.group("model"), version=match.group("version") or ""))
+                    return None if raw is None else self._json(200, model_metadata(raw))
+                return self._refuse(403, f"GET {path} is not offered over HTTP by this server "
+                                    "(health and metadata; model control, config, statistics, "
+                                    "tracing and logging are not)")
+
+            def _infer(self, model: str, version: str) -> None:
+                if not guard.inference:
+                    return self._refuse(403, "inference over HTTP is off on this server (msk "
+                                        "serve --http-inference turns it on); use gRPC")
+                if not guard.accepting:
+                    return self._refuse(503, "not ready: this server is starting or shutting "
+                                        "down")
                 if self.headers.get("Transfer-Encoding"):
                     return self._refuse(411, "send a Content-Length (chunked bodies are refused)")
-                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    return self._refuse(400, "Content-Length is not a number")
                 if length > MAX_MESSAGE_BYTES:
                     return self._refuse(413, f"request body of {length} bytes; at most "
                                         f"{MAX_MESSAGE_BYTES}")
-                body = self.rfile.read(length) if length else b""
-                path = self.path.split("?", 1)[0]
-                match = _INFER.match(path)
-                if not guard.accepting and (match or _READY.match(path)):
-                    return self._refuse(503, "not ready: this server is starting or shutting "
-                                        "down")
-                if match and not guard.secret:
-                    return self._refuse(403, "inference over HTTP is off on this server (msk "
-                                        "serve --http-inference turns it on); use gRPC")
-                if match and self.command == "POST":
-                    header = self.headers.get("Inference-Header-Content-Length")
-                    try:
-                        check_http_infer(match.group(1), body, int(header) if header else None)
-                    except (RequestRefused, ValueError) as exc:
-                        return self._refuse(400, str(exc))
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
-                if match and guard.secret:  # opens inference only; the rest stays restricted
-                    headers[RESTRICTED_HEADER] = guard.secret
-                conn = http.client.HTTPConnection("127.0.0.1", guard.upstream_port)
+                body = self.rfile.read(length)
+                header = self.headers.get(BINARY_HEADER)
                 try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    response = conn.getresponse()
-                    payload = response.read()
-                except OSError as exc:
-                    return self._refuse(503, f"tritonserver is not answering ({exc})")
-                finally:
-                    conn.close()
-                self._answer(response.status, payload,
-                             [(k, v) for k, v in response.getheaders() if k.lower() not in _HOP])
+                    translation = infer_request(model, version, body,
+                                                int(header) if header else None)
+                except (BadRequest, ValueError) as exc:
+                    guard.refused += 1
+                    return self._json(400, {"error": str(exc)})
+                raw = self._call("ModelInfer", translation.request)
+                if raw is not None:
+                    payload, headers = infer_response(raw, translation)
+                    self._answer(200, payload, headers)
 
-            do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _forward
+            do_GET = do_POST = do_HEAD = do_PUT = do_DELETE = _route
 
-        self.upstream_port = upstream_port
-        self.secret = secret
+        self.grpc_guard = grpc_guard
+        self.inference = inference
         self.accepting = True
         """False while msk serve warms up or drains: readiness 503, inference 503."""
         self.refused = 0

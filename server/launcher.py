@@ -8,6 +8,11 @@ even after SIGKILL. tritonserver runs under `server/guard.py`, so it and its stu
 process that started them, whatever signal that process gets (start it from a thread that lives
 as long as the server: the kernel's parent-death signal follows the starting thread).
 
+With `internal_tls` (what `msk serve` always gives, server/internal_tls.py) tritonserver has no
+HTTP endpoint and its gRPC endpoint answers only a client holding the front door's certificate;
+readiness is then asked over that gRPC channel. Without it (the lower-level tests) Triton's HTTP
+and gRPC are plain loopback endpoints.
+
 A server that exits when nobody asked it to is a crash: `exited_unexpectedly` says so, and leaving
 the `with` block raises `ServerCrashed` with the log tail, so a crash is never silent.
 """
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from msk.constants import DEFAULT_HOST
+from server.internal_tls import InternalTls
 from server.runtime import TritonRuntime, locate_runtime
 
 SHM_DEFAULT_BYTES = 16 * 1024 * 1024      # tritonserver exits with a smaller pool (< 4 MiB)
@@ -117,6 +123,7 @@ class TritonServer:
         extra_args: tuple[str, ...] = (),
         runtime: TritonRuntime | None = None,
         gpu: bool = False,
+        internal_tls: InternalTls | None = None,
     ) -> None:
         self.repository = repository if is_remote(repository) else Path(repository).resolve()
         self.host = host
@@ -129,6 +136,7 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         self.gpu = gpu
         self.runtime = runtime or locate_runtime()
+        self.internal_tls = internal_tls
         self.shm_prefix = f"msk_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self.log_path = Path(log_path) if log_path else Path(
             tempfile.mkstemp(prefix="tritonserver-", suffix=".log")[1])
@@ -149,14 +157,27 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    def grpc_client(self):
+        """A tritonclient.grpc client of this server (over the internal mutual TLS if any)."""
+        import tritonclient.grpc as grpcclient
+
+        kwargs = self.internal_tls.client_kwargs() if self.internal_tls else {}
+        return grpcclient.InferenceServerClient(self.grpc_url, **kwargs)
+
+    def _listen_args(self) -> tuple[str, ...]:
+        if self.internal_tls is None:
+            return (f"--http-address={self.host}", f"--http-port={self.http_port}",
+                    f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}")
+        return ("--allow-http=false", f"--grpc-address={self.host}",
+                f"--grpc-port={self.grpc_port}", *self.internal_tls.triton_args())
+
     # -- lifecycle -----------------------------------------------------------------------------
     def command(self) -> list[str]:
         return [
             str(self.runtime.binary),
             f"--model-repository={self.repository}",
             f"--backend-directory={self.runtime.backend_dir}",
-            f"--http-address={self.host}", f"--http-port={self.http_port}",
-            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            *self._listen_args(),
             f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}",
             f"--allow-gpu-metrics={str(self.gpu).lower()}",
             "--strict-readiness=true",
@@ -202,11 +223,24 @@ class TritonServer:
         return describe_exit(None if self.process is None else self.process.poll())
 
     def is_ready(self) -> bool:
+        if self.internal_tls is not None:
+            return self._grpc_ready()
         try:
             with urllib.request.urlopen(f"{self.http_url}/v2/health/ready", timeout=2) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
+    def _grpc_ready(self) -> bool:
+        from tritonclient.utils import InferenceServerException
+
+        client = self.grpc_client()
+        try:
+            return bool(client.is_server_ready(client_timeout=2))
+        except InferenceServerException:
+            return False
+        finally:
+            client.close()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout

@@ -4,12 +4,14 @@ compose, Kubernetes and the benchmarks all run.
 `serve(config, stop)` composes, in this order:
   1. the checks a user needs before anything starts: the repository is there and coherent, and
      every public port is free (a port in use is an error naming the port and its flag);
-  2. tritonserver's command line: the process-level flags of `server.launcher.TritonServer` plus
-     `production_flags` - NVIDIA's deployment-guide defaults and the exposure policy
-     (server/exposure.py) - spelled here and nowhere else (no manifest spells a tritonserver flag);
-  3. the front door on the user's ports: the gRPC guard, the HTTP guard and the metrics door
-     (Triton's metrics plus `msk serve`'s own, one scrape target); Triton itself listens only on
-     loopback ports of its own;
+  2. tritonserver's command line: the process-level flags of `server.launcher.TritonServer` (its
+     loopback ports, no HTTP, gRPC behind mutual TLS with a private CA made for this start,
+     server/internal_tls.py) plus `production_flags` - NVIDIA's deployment-guide defaults -
+     spelled here and nowhere else (no manifest spells a tritonserver flag). No secret is on
+     any command line or in any environment (server/exposure.py);
+  3. the front door on the user's ports: the gRPC guard, the HTTP guard (answering over the
+     gRPC guard) and the metrics door (Triton's metrics plus `msk serve`'s own, one scrape
+     target);
   4. the supervisor (restart with backoff) with its health checks and the shared-memory janitor;
   5. the release workarounds (server/workarounds.py), decided from the version the running
      tritonserver reports.
@@ -20,12 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
-import secrets
 import socket
 import threading
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,8 @@ from msk.constants import (
     DEFAULT_METRICS_PORT,
     QUEUE_MAX_SIZE,
 )
-from server.exposure import ServerTls, exposure_args
+from server.exposure import ServerTls
+from server.internal_tls import InternalTls
 from server.runtime import TritonRuntime, container_runtime, default_runtime, locate_runtime
 
 SERVE_TARGETS = ("cpu", "gpu")
@@ -113,10 +113,10 @@ def select_runtime(name: str) -> TritonRuntime:
     return default_runtime()
 
 
-def production_flags(config: ServeConfig, secret: str) -> tuple[str, ...]:
+def production_flags() -> tuple[str, ...]:
     """The tritonserver flags of a production server (NVIDIA's deployment guide,
-    docs/customization_guide/deploy.md) and of the exposure policy: the one place they are
-    written. Triton listens on loopback only; the front door is what users reach."""
+    docs/customization_guide/deploy.md): the one place they are written. Triton listens on
+    loopback only, behind mutual TLS (server.launcher); the front door is what users reach."""
     return (
         "--model-control-mode=none",
         "--exit-on-error=true",
@@ -125,32 +125,33 @@ def production_flags(config: ServeConfig, secret: str) -> tuple[str, ...]:
         # Request/response objects kept for reuse: bounded (the front door bounds what is in
         # flight; every model's queue is bounded too, export/configs.py queue_policy).
         f"--grpc-infer-allocation-pool-size={QUEUE_MAX_SIZE}",
-        *exposure_args(http_inference=config.http_inference, secret=secret),
     )
 
 
-def triton_server(config: ServeConfig, secret: str, runtime: TritonRuntime | None = None,
-                  log_path: Path | None = None):
+def triton_server(config: ServeConfig, internal_tls: InternalTls,
+                  runtime: TritonRuntime | None = None, log_path: Path | None = None):
     """The supervised tritonserver process of `config` (not started), on loopback ports of its
-    own."""
+    own that answer only the holder of `internal_tls`'s client key."""
     from server.launcher import TritonServer
 
     return TritonServer(config.repository, host=DEFAULT_HOST, foreground=config.foreground,
                         log_path=log_path or config.log_path,
                         startup_timeout=config.startup_timeout,
-                        extra_args=production_flags(config, secret), gpu=config.target == "gpu",
-                        runtime=runtime or select_runtime(config.runtime))
+                        extra_args=production_flags(), gpu=config.target == "gpu",
+                        runtime=runtime or select_runtime(config.runtime),
+                        internal_tls=internal_tls)
 
 
 def print_command(config: ServeConfig) -> dict:
     """What `msk serve --print-command` prints: tritonserver's argv (internal ports and the
-    secret shown as placeholders) and the front door's addresses. Needs no tritonserver here:
-    a container's command is described on any machine."""
+    per-start key folder shown as placeholders) and the front door's addresses. Needs no
+    tritonserver here: a container's command is described on any machine."""
     try:
         runtime = select_runtime(config.runtime)
     except RuntimeError:                       # no wheel here: describe the container's
         runtime = container_runtime()
-    server = triton_server(config, "<secret>", runtime, log_path=Path(os.devnull))
+    server = triton_server(config, InternalTls(Path("<internal-tls>")), runtime,
+                           log_path=Path(os.devnull))
     argv = [arg.replace(f"={server.grpc_port}", "=<internal>")
             .replace(f"={server.http_port}", "=<internal>")
             .replace(f"={server.metrics_port}", "=<internal>")
@@ -192,10 +193,13 @@ def check_ports_free(config: ServeConfig) -> None:
                                  f"({exc.strerror}); pick another {flag}") from exc
 
 
-def triton_version(metrics_or_http_url: str) -> str:
-    """The version the running tritonserver reports (`GET /v2`, KServe server metadata)."""
-    with urllib.request.urlopen(f"{metrics_or_http_url}/v2", timeout=10) as reply:
-        return str(json.load(reply).get("version", ""))
+def triton_version(server) -> str:
+    """The version the running tritonserver reports (KServe server metadata, over gRPC)."""
+    client = server.grpc_client()
+    try:
+        return str(client.get_server_metadata(client_timeout=10).version)
+    finally:
+        client.close()
 
 
 def serve(config: ServeConfig, stop: threading.Event, *,
@@ -209,7 +213,7 @@ def serve(config: ServeConfig, stop: threading.Event, *,
     UNAVAILABLE (clients with several --url fail over), calls in flight finish within
     `config.drain_timeout`; only then is tritonserver stopped.
     Raises `ServeError` before anything starts when the repository or a port is unusable."""
-    from server.grpc_guard import GRPC_KEY_HEADER, GrpcGuard
+    from server.grpc_guard import GrpcGuard
     from server.health import StubWatch
     from server.http_guard import HttpGuard
     from server.launcher import ServerStartError
@@ -221,44 +225,48 @@ def serve(config: ServeConfig, stop: threading.Event, *,
 
     check_ports_free(config)
     check_repository(config.repository)
-    secret = secrets.token_hex(16)
-    server = triton_server(config, secret)
+    internal_tls = InternalTls.create()
+    server = triton_server(config, internal_tls)
     metrics = SupervisorMetrics()
     doors: list = []
     try:
-        http_guard = HttpGuard(server.http_port, config.host, config.http_port,
-                               secret if config.http_inference else None)
-        doors.append(http_guard)
         metrics_door = MetricsDoor(server.metrics_port, config.host, config.metrics_port,
                                    metrics.registry)
         doors.append(metrics_door)
         guard = GrpcGuard(f"{DEFAULT_HOST}:{server.grpc_port}", config.host, config.grpc_port,
-                          tls=config.tls, secret=secret, client_shm=config.allow_client_shm)
-        guard.accepting = http_guard.accepting = False      # until warmed
+                          tls=config.tls, upstream_credentials=internal_tls.channel_credentials(),
+                          client_shm=config.allow_client_shm)
+        guard.accepting = False                              # until warmed
         guard.start()
         doors.append(guard)
+        http_guard = HttpGuard(guard, config.host, config.http_port, config.http_inference)
+        http_guard.accepting = False
+        doors.append(http_guard)
     except (OSError, RuntimeError) as exc:
         for door in doors:
             door.stop()
+        internal_tls.remove()
         raise ServeError(f"cannot open the front door on {config.host}: {exc}") from exc
     http_guard.start()
     metrics_door.start()
-    key = {GRPC_KEY_HEADER: secret}          # our own checks use Triton's restricted APIs too
-    stub_watch = StubWatch(headers=key)
+    stub_watch = StubWatch()
     decided: dict[str, frozenset[str]] = {}
 
     def health(srv) -> str | None:      # StubWatch only where the release needs it
         return stub_watch(srv) if "stub-watch" in decided.get("on", frozenset()) else None
 
     def ready() -> None:
-        version = triton_version(server.http_url)
+        version = triton_version(server)
         on = needed(parse_version(version))
         decided["on"] = on
         guard.cancel_upstream = "grpc-no-cancel" not in on
+        client = server.grpc_client()
         try:
-            warmed = warm_up(server.grpc_url, key, config.startup_timeout)
+            warmed = warm_up(client, config.startup_timeout)
         except Exception as exc:  # noqa: BLE001 - why: any failure means "not servable"
             raise RuntimeError(f"a pipeline did not answer its warm-up request: {exc}") from exc
+        finally:
+            client.close()
         guard.accepting = http_guard.accepting = True
         endpoints = Endpoints(guard.url, http_guard.url, metrics_door.url, version, on)
         warm = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in warmed.items())
@@ -283,7 +291,7 @@ def serve(config: ServeConfig, stop: threading.Event, *,
 
     threading.Thread(target=drain, name="msk-serve-drain", daemon=True).start()
     supervisor = Supervisor(server, restart=config.restart, metrics=metrics, say=say,
-                            health_checks=(health, ShmJanitor(say=say, headers=key)))
+                            health_checks=(health, ShmJanitor(say=say)))
     try:
         return supervisor.run(supervisor_stop, on_ready=ready)
     except (ServerStartError, RuntimeError, OSError) as exc:
@@ -295,6 +303,7 @@ def serve(config: ServeConfig, stop: threading.Event, *,
         supervisor_stop.set()
         for door in doors:
             door.stop()
+        internal_tls.remove()
 
 
 class Server:

@@ -51,18 +51,16 @@ def stale_regions(status: dict) -> list[StaleRegion]:
     return stale
 
 
-def sweep(client, headers: dict[str, str] | None = None) -> list[StaleRegion]:
-    """Unregister stale regions through `client` (tritonclient.grpc, sync); returns them.
-    `headers`: the key of Triton's restricted shared-memory API (server/serve.py holds it)."""
+def sweep(client) -> list[StaleRegion]:
+    """Unregister stale regions through `client` (tritonclient.grpc, sync,
+    `TritonServer.grpc_client()`); returns them."""
     from tritonclient.utils import InferenceServerException
 
-    status = client.get_system_shared_memory_status(as_json=True, client_timeout=10,
-                                                    headers=headers)
+    status = client.get_system_shared_memory_status(as_json=True, client_timeout=10)
     swept = []
     for region in stale_regions(status):
         try:
-            client.unregister_system_shared_memory(region.name, client_timeout=10,
-                                                   headers=headers)
+            client.unregister_system_shared_memory(region.name, client_timeout=10)
         except InferenceServerException as exc:
             log.warning("could not unregister stale shared memory %s: %s", region.name, exc)
             continue
@@ -76,14 +74,12 @@ def sweep(client, headers: dict[str, str] | None = None) -> list[StaleRegion]:
 class ShmJanitor:
     """Runs `sweep` every `interval_s` on the supervisor's poll (a duty, never a restart reason)."""
 
-    def __init__(self, interval_s: float = 5.0, say=print,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, interval_s: float = 5.0, say=print) -> None:
         import time
 
         self._clock = time.monotonic
         self.interval_s = interval_s
         self.say = say
-        self.headers = headers
         self._next = 0.0
         self.swept = 0
 
@@ -91,11 +87,9 @@ class ShmJanitor:
         if self._clock() < self._next or not server.running:
             return None
         self._next = self._clock() + self.interval_s
-        import tritonclient.grpc as grpcclient
-
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+        client = server.grpc_client()
         try:
-            for region in sweep(client, self.headers):
+            for region in sweep(client):
                 self.swept += 1
                 self.say(f"msk serve: unregistered stale shared memory {region.name!r} "
                          f"({region.reason})")

@@ -16,42 +16,30 @@ import time
 import numpy as np
 
 
-def ensembles(grpc_url: str, headers: dict[str, str] | None = None) -> list[str]:
-    """Names of the READY ensembles (the pipelines) of the server at `grpc_url`."""
-    import tritonclient.grpc as grpcclient
-
-    client = grpcclient.InferenceServerClient(grpc_url)
-    try:
-        index = client.get_model_repository_index(as_json=True, client_timeout=30,
-                                                  headers=headers)
-        names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
-        return [name for name in names
-                if client.get_model_config(name, as_json=True, client_timeout=30,
-                                           headers=headers)["config"].get("platform")
-                == "ensemble"]
-    finally:
-        client.close()
+def ensembles(client) -> list[str]:
+    """Names of the READY ensembles (the pipelines), asked through `client`
+    (tritonclient.grpc, `TritonServer.grpc_client()`)."""
+    index = client.get_model_repository_index(as_json=True, client_timeout=30)
+    names = sorted({m["name"] for m in index.get("models", []) if m.get("state") == "READY"})
+    return [name for name in names
+            if client.get_model_config(name, as_json=True, client_timeout=30)["config"]
+            .get("platform") == "ensemble"]
 
 
-def warm_up(grpc_url: str, headers: dict[str, str] | None = None,
-            timeout_s: float = 600.0) -> dict[str, float]:
-    """One request per pipeline with a synthetic radiograph; seconds each took. Raises
-    (tritonclient's InferenceServerException) when a pipeline cannot answer."""
+def warm_up(client, timeout_s: float = 600.0) -> dict[str, float]:
+    """One request per pipeline with a synthetic radiograph through `client`; seconds each
+    took. Raises (tritonclient's InferenceServerException) when a pipeline cannot answer."""
     import tritonclient.grpc as grpcclient
 
     from msk.constants import IMAGE_TENSOR
     from msk.samples import radiograph
 
     image = (radiograph(512, 400, 0) * 255).astype(np.uint8)
-    client = grpcclient.InferenceServerClient(grpc_url)
     took: dict[str, float] = {}
-    try:
-        for name in ensembles(grpc_url, headers):
-            pixels = grpcclient.InferInput(IMAGE_TENSOR, list(image.shape), "UINT8")
-            pixels.set_data_from_numpy(image)
-            start = time.perf_counter()
-            client.infer(name, [pixels], client_timeout=timeout_s)
-            took[name] = time.perf_counter() - start
-    finally:
-        client.close()
+    for name in ensembles(client):
+        pixels = grpcclient.InferInput(IMAGE_TENSOR, list(image.shape), "UINT8")
+        pixels.set_data_from_numpy(image)
+        start = time.perf_counter()
+        client.infer(name, [pixels], client_timeout=timeout_s)
+        took[name] = time.perf_counter() - start
     return took

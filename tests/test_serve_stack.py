@@ -4,9 +4,9 @@
   are on (and `msk serve` says so when ready); on a release with the fixes, none;
 - tritonserver's flags come from one builder, per target, and `msk serve --print-command`
   shows them without starting anything;
-- the front door holds the key to Triton's restricted APIs: the calls our clients make pass,
-  model loading and log settings are refused, and Triton's own loopback gRPC port refuses the
-  restricted APIs to a caller without the key;
+- the front door alone holds the internal certificate: the calls our clients make pass, model
+  loading and log settings are refused, and Triton's own loopback gRPC port refuses a client
+  without the certificate (tests/test_internal_endpoints.py tries it as another local user);
 - two `msk serve` on one host with distinct ports start with no other flag, and a port already
   in use is an error naming the port and its flag (the second no longer shares it).
 """
@@ -67,19 +67,15 @@ def test_print_command_shows_the_production_flags_per_target() -> None:
                      f"--allow-gpu-metrics={'true' if target == 'gpu' else 'false'}"):
             assert flag in argv, (target, flag)
         assert ("--pinned-memory-pool-byte-size=0" in argv) == (target == "cpu")
-        http = next(a for a in argv if a.startswith("--http-restricted-api="))
-        grpc = next(a for a in argv if a.startswith("--grpc-restricted-protocol="))
-        for api in ("model-repository", "model-config", "shared-memory", "statistics", "trace",
-                    "logging"):
-            assert api in http and api in grpc, api
-        assert "inference" in http and "inference" not in grpc
-        assert http.endswith("=<secret>") and grpc.endswith("=<secret>")    # never printed
-        for listen in ("--grpc-address", "--http-address", "--metrics-address"):
+        assert "--allow-http=false" in argv and not any("restricted" in a for a in argv)
+        assert "--grpc-use-ssl-mutual=true" in argv          # the front door's certificate only
+        for tls in ("--grpc-server-cert", "--grpc-server-key", "--grpc-root-cert"):
+            assert any(a.startswith(f"{tls}=<internal-tls>/") for a in argv), tls
+        for listen in ("--grpc-address", "--metrics-address"):
             assert f"{listen}=127.0.0.1" in argv      # Triton is reached through the door only
         assert printed["front_door"] == {"grpc": "0.0.0.0:9001", "http": "0.0.0.0:8000",
                                          "metrics": "0.0.0.0:8002"}
-    http_on = _print_command("--http-inference")["tritonserver"]
-    assert "inference" not in next(a for a in http_on if a.startswith("--http-restricted-api="))
+    assert "--allow-http=false" in _print_command("--http-inference")["tritonserver"]
 
 
 def _score_one(grpc_url: str) -> None:
@@ -117,11 +113,8 @@ def test_the_front_door_holds_the_key_and_a_second_server_gets_its_own_ports(
                 call()
         internal = grpcclient.InferenceServerClient(
             f"127.0.0.1:{_internal_grpc_port(first.proc.pid)}")
-        with pytest.raises(InferenceServerException, match="restricted"):
-            internal.get_model_config(MURA_ENSEMBLE_MODEL)
-        with pytest.raises(InferenceServerException, match="restricted"):
-            internal.get_model_config(MURA_ENSEMBLE_MODEL, headers={
-                "triton-grpc-protocol-msk-restricted-key": "guess"})
+        with pytest.raises(InferenceServerException, match="UNAVAILABLE"):
+            internal.get_model_config(MURA_ENSEMBLE_MODEL, client_timeout=10)
 
         # A second server on the same host: its own ports, no other flag needed.
         with running_msk_serve("serve", "--repository", str(tiny_repository)) as second:
