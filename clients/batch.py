@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import time
 import uuid
 from collections import Counter
@@ -39,6 +38,7 @@ from clients.rows import common_fields
 from clients.study import ScoredImage, study_call
 from clients.telemetry import observe_request
 from clients.tls import GrpcTls, client_kwargs
+from msk.backoff import backoff_delay
 from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, SCORE_SHM_PREFIX
 from msk.imaging import RadiographError, load_grayscale
 
@@ -73,7 +73,7 @@ class RetryPolicy:
     give_up_after_s: float = 300.0
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_s, self.initial_s * 2 ** attempt) * random.uniform(0.5, 1.0)
+        return backoff_delay(attempt, self.initial_s, self.max_s, jitter=True)
 
 
 @dataclass

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from msk.backoff import backoff_delay
+
 
 @dataclass
 class Endpoint:
@@ -65,8 +67,8 @@ class EndpointPool:
         now = time.monotonic() if now is None else now
         endpoint.failed += 1
         endpoint.consecutive_failures += 1
-        cooldown = self.cooldown_s * 2 ** min(endpoint.consecutive_failures - 1, 10)
-        endpoint.down_until = now + min(self.max_cooldown_s, cooldown)
+        endpoint.down_until = now + backoff_delay(endpoint.consecutive_failures - 1,
+                                                  self.cooldown_s, self.max_cooldown_s)
 
     def success(self, endpoint: Endpoint) -> None:
         endpoint.succeeded += 1

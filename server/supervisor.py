@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from msk.backoff import backoff_delay
 from server.launcher import ServerStartError, TritonServer
 
 log = logging.getLogger("msk.serve")
@@ -65,9 +66,12 @@ class Supervisor:
                 return "unhealthy", f"tritonserver is unhealthy: {reason}"
         return None
 
+    def _backoff(self, attempt: int) -> float:
+        return backoff_delay(attempt, self.first_backoff_s, self.max_backoff_s)
+
     def _start(self, stop: threading.Event, *, retry: bool) -> bool:
         """Start the server; with `retry`, back off and try again until it is ready or `stop`."""
-        backoff = self.first_backoff_s
+        attempt = 0
         while not stop.is_set():
             try:
                 self.server.start()
@@ -76,12 +80,13 @@ class Supervisor:
             except ServerStartError as exc:
                 if not retry:
                     raise
+                backoff = self._backoff(attempt)
+                attempt += 1
                 self.say(f"msk serve: tritonserver did not start ({exc}); retrying in "
                          f"{backoff:.0f} s")
                 self.server.stop()
                 if stop.wait(backoff):
                     return False
-                backoff = min(backoff * 2, self.max_backoff_s)
         return False
 
     def run(self, stop: threading.Event, on_ready: Callable[[], None] = lambda: None) -> int:
@@ -93,12 +98,12 @@ class Supervisor:
             self.server.stop()
             return 0
         on_ready()
-        backoff, started = self.first_backoff_s, time.monotonic()
+        restarts, started = 0, time.monotonic()
         while not stop.wait(self.poll_s):
             problem = self._problem()
             if problem is None:
                 if time.monotonic() - started > self.stable_after_s:
-                    backoff = self.first_backoff_s
+                    restarts = 0
                 continue
             reason, message = problem
             self.metrics.up.set(0)
@@ -107,11 +112,12 @@ class Supervisor:
                 self.server.stop()
                 return 1
             self.metrics.restarts.labels(reason).inc()
+            backoff = self._backoff(restarts)
+            restarts += 1
             self.say(f"msk serve: {message}; restarting in {backoff:.0f} s")
             self.server.stop()
             if stop.wait(backoff):
                 break
-            backoff = min(backoff * 2, self.max_backoff_s)
             if not self._start(stop, retry=True):
                 break
             started = time.monotonic()

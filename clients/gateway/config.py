@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from clients.failover import url_list
+from msk.backoff import backoff_delay
 from msk.constants import DEFAULT_AE_TITLE, DEFAULT_DICOM_PORT
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -223,7 +224,7 @@ class GatewayConfig:
 
     def backoff(self, attempts: int) -> float:
         """Seconds to wait after `attempts` failed attempts (exponential, capped)."""
-        return min(self.backoff_max_s, self.backoff_base_s * 2 ** max(0, attempts - 1))
+        return backoff_delay(attempts - 1, self.backoff_base_s, self.backoff_max_s)
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
