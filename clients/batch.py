@@ -29,7 +29,13 @@ from typing import Any
 
 import numpy as np
 
-from clients.errors import Reason, error_text, is_retryable, request_reason, shared_memory_in_use
+from clients.errors import (
+    TransientError,
+    error_text,
+    is_retryable,
+    request_reason,
+    shared_memory_in_use,
+)
 from clients.failover import CircuitBreaker, Endpoint, EndpointPool, url_list
 from clients.inputs import ScoreItem
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
@@ -44,16 +50,6 @@ from msk.imaging import RadiographError, load_grayscale
 
 SHM_PREFIX = SCORE_SHM_PREFIX
 """System shared-memory regions of `msk score` are /dev/shm/msk_score_<pid>_<random>_<slot>."""
-
-class TransientError(Exception):
-    """The server could not answer now; the same request may succeed later."""
-
-    def __init__(self, message: str, overloaded: bool = False, region: bool = False) -> None:
-        super().__init__(message)
-        self.overloaded = overloaded
-        self.region = region
-        """The server refused our shared-memory region: re-registered, retried once."""
-
 
 class SharedMemoryUnavailable(ConnectionError):
     """The server cannot use system shared memory from this client (not the same host)."""
@@ -246,12 +242,12 @@ class BatchScorer:
             if is_retryable(reason):
                 if slot is not None:  # a restarted server has forgotten our regions
                     slot.registered.discard(endpoint.url)
-                raise TransientError(str(exc), reason == Reason.SERVER_OVERLOADED) from exc
+                raise TransientError(str(exc), reason) from exc
             if slot is not None and not region_retried:
                 # A server restarted between two requests answers a request naming a region
                 # it no longer has as a bad request: register again once, then believe it.
                 slot.registered.discard(endpoint.url)
-                raise TransientError(str(exc), region=True) from exc
+                raise TransientError(str(exc), reason, region=True) from exc
             raise RequestFailed(reason, error_text(exc)) from exc
 
     def _gave_up(self, item: ScoreItem, attempts: int, last: str) -> dict[str, Any]:

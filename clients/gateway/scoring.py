@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import Dataset
 
-from clients.errors import Reason, error_text, is_retryable, request_reason
+from clients.errors import Reason, TransientError, error_text, is_retryable, request_reason
 from clients.failover import url_list
 from clients.gateway.phi import uid_tag
 from clients.routing import Router
@@ -29,18 +29,6 @@ from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, WRIST_DET
 from msk.imaging import RadiographError, dataset_to_grayscale, read_dicom
 
 log = logging.getLogger("msk.gateway.scoring")
-
-
-class TransientError(RuntimeError):
-    """Worth retrying later. `outage`: the server is unreachable or not ready (retried for as
-    long as it takes); otherwise a failed request (counts towards max_attempts). `reason` is
-    the `clients.errors.Reason` code the audit records."""
-
-    def __init__(self, message: str, outage: bool = False,
-                 reason: str = Reason.SERVER_UNAVAILABLE) -> None:
-        super().__init__(message)
-        self.outage = outage
-        self.reason = reason
 
 
 class PermanentError(RuntimeError):
