@@ -23,16 +23,12 @@ from __future__ import annotations
 import csv
 import glob
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from msk.constants import IMAGE_SUFFIXES, MURA_BODY_PARTS
-
-_MURA_STUDY = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
-_MURA_PATIENT = re.compile(r"^patient\d+$", re.IGNORECASE)
-_MURA_PART = re.compile(r"^XR_([A-Z]+)$", re.IGNORECASE)
+from msk.mura_layout import mura_study
 
 
 @dataclass(frozen=True)
@@ -52,16 +48,13 @@ def normalise(path: str | os.PathLike[str]) -> str:
 
 
 def mura_fields(path: str) -> tuple[str | None, str | None, int | None]:
-    """(study key, body part, label) when `path` follows the MURA layout, else Nones."""
-    parts = Path(path).parts
-    for i in range(len(parts) - 1, 1, -1):
-        study = _MURA_STUDY.match(parts[i])
-        if study and _MURA_PATIENT.match(parts[i - 1]) and _MURA_PART.match(parts[i - 2]):
-            body = _MURA_PART.match(parts[i - 2]).group(1).lower()  # type: ignore[union-attr]
-            label = 1 if study.group(1).lower() == "positive" else 0
-            key = normalise(Path(*parts[: i + 1]))
-            return key, (body if body in MURA_BODY_PARTS else None), label
-    return None, None, None
+    """(study key, body part, label) when `path` follows the MURA layout
+    (msk.mura_layout), else Nones."""
+    found = mura_study(path)
+    if found is None:
+        return None, None, None
+    body = found.body_part if found.body_part in MURA_BODY_PARTS else None
+    return normalise(found.study_folder), body, found.label
 
 
 def _image_item(path: str, **overrides: object) -> ScoreItem:

@@ -220,3 +220,22 @@ def test_augmentation_is_seeded_and_within_the_study_ranges() -> None:
     with pytest.raises(RecipeError, match=r"test: unknown key 'augment\.rotate'"):
         parse_recipe("mura", {"name": "n", "member": "m", "architecture": "tiny",
                               "augment": {"rotate": 5}}, "test")
+
+
+def test_training_and_scoring_read_the_layout_alike(tmp_path: Path) -> None:
+    """One reader (msk/mura_layout.py): a copy whose folder names changed case is the same
+    study to `msk train` and to `msk score` (the two used to disagree)."""
+    from clients.inputs import expand_inputs
+
+    base = tmp_path / "MURA-v1.1"
+    study = base / "valid" / "xr_Wrist" / "Patient00007" / "STUDY2_Positive"
+    study.mkdir(parents=True)
+    Image.fromarray(np.full((64, 64), 90, np.uint8)).save(study / "image1.png")
+    rel = "MURA-v1.1/valid/xr_Wrist/Patient00007/STUDY2_Positive"
+    (base / "valid_image_paths.csv").write_text(f"{rel}/image1.png\n")
+    (base / "valid_labeled_studies.csv").write_text(f"{rel}/,1\n")
+    (record,) = mura_data.read_mura(tmp_path, "valid")
+    assert (record.body_part, record.label, record.study) == (
+        "wrist", 1, "mura/wrist/Patient00007/STUDY2")
+    (item,) = expand_inputs([str(study / "image1.png")])
+    assert (item.body_part, item.label, item.study) == ("wrist", 1, str(study))

@@ -11,14 +11,14 @@ from __future__ import annotations
 import csv
 import hashlib
 import random
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from msk.constants import IMAGE_SUFFIXES, MURA_BODY_PARTS
+from msk.mura_layout import LAYOUT, mura_study
 
 MURA_DIRNAME = "MURA-v1.1"
 MURA_SPLITS = ("train", "valid")
@@ -29,9 +29,6 @@ NEGATIVE_NAMES = frozenset({"normal", "negative", "not fractured", "not_fracture
                             "notfractured", "0"})
 UNKNOWN_PART = "unknown"
 """Body part of records from sets that do not say (they count in 'overall' only)."""
-
-_STUDY_RE = re.compile(r"XR_(?P<part>[A-Z]+)/(?P<patient>patient\d+)/"
-                       r"(?P<study>study\d+)_(?P<label>positive|negative)/?")
 
 
 class DatasetError(ValueError):
@@ -96,27 +93,26 @@ def read_mura(root: Path, split: str, body_parts: Iterable[str] | None = None) -
             if not row:
                 continue
             rel = row[0].strip()
-            match = _STUDY_RE.search(rel)
+            match = mura_study(PurePosixPath(rel))
             if match is None:
-                raise DatasetError(f"{images_csv}:{line_no}: {rel!r} does not follow "
-                                   "XR_<PART>/patient<id>/study<n>_<positive|negative>/")
-            part = match["part"].lower()
+                raise DatasetError(f"{images_csv}:{line_no}: {rel!r} does not follow {LAYOUT}")
+            part = match.body_part
             if wanted is not None and part not in wanted:
                 continue
-            study_key = rel[: match.end()].rstrip("/")
+            study_key = str(match.study_folder)
             if study_key not in study_labels:
                 raise DatasetError(f"{images_csv}:{line_no}: study {study_key!r} is not in "
                                    f"{studies_csv.name}")
             label = study_labels[study_key]
-            if label != int(match["label"] == "positive"):
-                raise DatasetError(f"{images_csv}:{line_no}: folder says {match['label']} but "
-                                   f"{studies_csv.name} says {label}")
+            if label != match.label:
+                raise DatasetError(f"{images_csv}:{line_no}: folder says label {match.label} "
+                                   f"but {studies_csv.name} says {label}")
             path = parent / rel
             if not path.is_file():
                 raise DatasetError(f"{images_csv}:{line_no}: image file missing: {path}")
-            patient = f"mura/{match['patient']}"
+            patient = f"mura/{match.patient}"
             records.append(Record(path=path, label=label, body_part=part, patient=patient,
-                                  study=f"mura/{part}/{match['patient']}/{match['study']}"))
+                                  study=f"mura/{part}/{match.patient}/{match.study}"))
     if not records:
         raise DatasetError(f"{images_csv}: no images (body parts {sorted(wanted or [])})")
     return records
