@@ -20,16 +20,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from clients.errors import (
+    Reason,
     TransientError,
     error_text,
     is_retryable,
@@ -47,9 +50,20 @@ from clients.tls import GrpcTls, client_kwargs
 from msk.backoff import backoff_delay
 from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, SCORE_SHM_PREFIX
 from msk.imaging import RadiographError, load_grayscale
+from msk.process import SHM_ROOT, hold_region, remove_dead_owners_regions
 
 SHM_PREFIX = SCORE_SHM_PREFIX
 """System shared-memory regions of `msk score` are /dev/shm/msk_score_<pid>_<random>_<slot>."""
+
+
+def remove_dead_clients_regions() -> list[Path]:
+    """Remove the regions that SIGKILLed `msk score` runs of this user left in /dev/shm.
+
+    Every run does it first: a killed run cannot clean up after itself, and the RAM its files
+    hold is never given back otherwise. The pid in the name must be dead and the file unlocked
+    (`msk.process.owner_gone`): a live run's regions, even in another container, stay."""
+    return remove_dead_owners_regions(SHM_PREFIX)
+
 
 class SharedMemoryUnavailable(ConnectionError):
     """The server cannot use system shared memory from this client (not the same host)."""
@@ -143,6 +157,8 @@ class _ShmSlot:
         self.key = f"/{self.name}"
         self.size = 0
         self.handle: Any = None
+        self.lock_fd: int | None = None
+        """Holds `msk.process.hold_region`'s lock: says "alive" to other processes' sweeps."""
         self.registered: set[str] = set()
         """Endpoints (URLs) this region is registered with."""
 
@@ -154,9 +170,19 @@ class _ShmSlot:
             return False
         self.destroy()
         size = 1 << max(20, (nbytes - 1).bit_length())  # next power of two, >= 1 MiB
-        self.handle = shm.create_shared_memory_region(self.name, self.key, size)
-        # Patient pixels: readable by this user only (tritonclient creates regions 0644).
-        os.chmod(f"/dev/shm{self.key}", 0o600)
+        try:
+            # create_only: never adopt a file someone else made under our name (it could be
+            # theirs, world-readable); ours is created 0600 (readable by this user only).
+            self.handle = shm.create_shared_memory_region(self.name, self.key, size,
+                                                          create_only=True)
+        except shm.SharedMemoryException as exc:
+            if isinstance(exc.__cause__, FileExistsError):
+                raise RequestFailed(Reason.INFERENCE_FAILED,
+                                    f"shared-memory region {SHM_ROOT}{self.key} exists already "
+                                    "and is not ours: not putting images in it") from exc
+            raise
+        os.chmod(f"{SHM_ROOT}{self.key}", 0o600)   # patient pixels: whatever the umask says
+        self.lock_fd = hold_region(f"{SHM_ROOT}{self.key}")
         self.size = size
         self.registered = set()
         return True
@@ -174,6 +200,9 @@ class _ShmSlot:
             self.handle = None
             self.size = 0
             self.registered = set()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 class BatchScorer:
@@ -206,6 +235,7 @@ class BatchScorer:
         self.default_threshold: float | None = None
         """The served model's default operating point, once a response has said it."""
         self.breaker = CircuitBreaker(self.retry.give_up_after_s)
+        self._dead_regions_removed = False
 
     @property
     def contract(self) -> EnsembleContract:
@@ -385,11 +415,24 @@ class BatchScorer:
             sync.close()
             probe.destroy()
 
+    def _remove_dead_regions(self) -> None:
+        """Once per scorer, first thing: the regions killed runs left (`remove_dead_clients_
+        regions`), whether or not this run uses shared memory and whether or not the server
+        answers."""
+        if self._dead_regions_removed:
+            return
+        self._dead_regions_removed = True
+        removed = remove_dead_clients_regions()
+        if removed:
+            print(f"msk score: removed {len(removed)} shared-memory region(s) left in "
+                  f"{SHM_ROOT} by killed msk score runs", file=sys.stderr)
+
     async def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait until one endpoint has the model ready (the others are tried as the run goes);
         raise a clear ConnectionError naming every endpoint if none does."""
         import tritonclient.grpc.aio as grpc_aio
 
+        self._remove_dead_regions()
         deadline = time.monotonic() + timeout_s
         last: dict[str, str] = {u: "no answer" for u in self.urls}
         clients = {u: grpc_aio.InferenceServerClient(u, **self._tls) for u in self.urls}
@@ -423,6 +466,7 @@ class BatchScorer:
                   skipped: int = 0) -> Summary:
         import tritonclient.grpc.aio as grpc_aio
 
+        self._remove_dead_regions()
         self._summary = Summary(total=len(items) + skipped, skipped=skipped)
         self.breaker = CircuitBreaker(self.retry.give_up_after_s)
         started = time.perf_counter()

@@ -3,9 +3,14 @@
 Why: a client killed while using `--shared-memory` never unregisters its regions; tritonserver
 keeps each one mapped for good (seen: 320 registrations, 346 MB, RSS 369 -> 3,282 MB after kill
 rounds). A registration is stale when its /dev/shm file no longer exists, or when it follows
-`msk score`'s naming (`msk.constants.SCORE_SHM_PREFIX` + owner pid) and that pid is dead. Stale
-regions are unregistered (Triton unmaps them); the leftover file of a dead `msk score` is removed.
+`msk score`'s naming (`msk.constants.SCORE_SHM_PREFIX` + owner pid) and that owner is gone (the
+pid is dead and nobody holds the region's lock: `msk.process.owner_gone`). Stale regions are
+unregistered (Triton unmaps them); the leftover file of a dead `msk score` is removed.
 Registrations of live clients, and of foreign clients whose file still exists, are left alone.
+
+Files of dead `msk score` runs that are not registered (killed before registering, or already
+unregistered) are removed too: /dev/shm is RAM, and nothing else would ever free it
+(`msk.process.remove_dead_owners_regions`: this user's files only, never a live owner's).
 """
 
 from __future__ import annotations
@@ -14,12 +19,10 @@ import contextlib
 import logging
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from msk.constants import SCORE_SHM_PREFIX
-from msk.process import pid_alive
+from msk.process import SHM_ROOT, owner_gone, remove_dead_owners_regions
 
-SHM_ROOT = Path("/dev/shm")
 _OWNER = re.compile(rf"^/?{re.escape(SCORE_SHM_PREFIX)}(\d+)_")
 log = logging.getLogger("msk.serve")
 
@@ -46,14 +49,15 @@ def stale_regions(status: dict) -> list[StaleRegion]:
         pid = owner_pid(key)
         if not (SHM_ROOT / key.lstrip("/")).exists():
             stale.append(StaleRegion(name, key, "region file is gone"))
-        elif pid is not None and not pid_alive(pid):
+        elif pid is not None and owner_gone(SHM_ROOT / key.lstrip("/"), pid):
             stale.append(StaleRegion(name, key, f"owner pid {pid} is dead"))
     return stale
 
 
 def sweep(client) -> list[StaleRegion]:
     """Unregister stale regions through `client` (tritonclient.grpc, sync,
-    `TritonServer.grpc_client()`); returns them."""
+    `TritonServer.grpc_client()`), then remove the unregistered files of dead `msk score` runs;
+    returns both."""
     from tritonclient.utils import InferenceServerException
 
     status = client.get_system_shared_memory_status(as_json=True, client_timeout=10)
@@ -68,6 +72,10 @@ def sweep(client) -> list[StaleRegion]:
             with contextlib.suppress(FileNotFoundError):
                 (SHM_ROOT / region.key.lstrip("/")).unlink()
         swept.append(region)
+    for path in remove_dead_owners_regions(SCORE_SHM_PREFIX, SHM_ROOT):
+        pid = owner_pid(path.name)
+        swept.append(StaleRegion(path.name, f"/{path.name}",
+                                 f"owner pid {pid} is dead; not registered, file removed"))
     return swept
 
 

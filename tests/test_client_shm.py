@@ -1,7 +1,8 @@
 """Shared memory is private (issue "Close the side doors", item 2, in part): client shared memory
 is off unless `msk serve --allow-client-shm`; when on, a client cannot register the server's own
 python-backend memory nor unregister everyone's regions at once; `msk score`'s regions are mode
-0600, so user `nobody` cannot read the pixels in them. Against the real `msk serve`."""
+0600, so user `nobody` cannot read the pixels in them. Against the real `msk serve`.
+The server's own regions, killed clients' leftovers and the janitor: tests/test_shm_private.py."""
 
 from __future__ import annotations
 
