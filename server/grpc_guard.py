@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import functools
 import math
-import re
 import threading
 from collections.abc import AsyncIterator
 
@@ -44,6 +43,8 @@ from grpc import aio
 
 from msk.constants import MAX_IMAGE_PIXELS
 from server.exposure import ServerTls
+from server.peer_identity import identify
+from server.shm_policy import SHM_METHODS, ShmPolicy, ShmRefused
 
 SERVICE = "inference.GRPCInferenceService"
 STREAM_METHODS = frozenset({"ModelStreamInfer"})
@@ -63,13 +64,6 @@ _HOP_HEADERS = ("grpc-", ":", "user-agent", "te", "content-type", "triton-grpc-p
 to present one)."""
 CLOSED_METHODS = frozenset({"RepositoryModelLoad", "RepositoryModelUnload", "TraceSetting",
                             "LogSettings"})
-SHM_METHODS = frozenset({"SystemSharedMemoryStatus", "SystemSharedMemoryRegister",
-                         "SystemSharedMemoryUnregister", "CudaSharedMemoryStatus",
-                         "CudaSharedMemoryRegister", "CudaSharedMemoryUnregister"})
-"""Client shared memory: off unless `msk serve --allow-client-shm` (as Triton itself defaults
-from 26.0x, server#8721); when on, `check_shm_request` applies."""
-SERVER_REGION = re.compile(r"^/?msk_\d+_[0-9a-f]{8}_")
-"""The python backend's own regions (server.launcher's shm prefix): never a client's."""
 """Refused at the front door: the model set is fixed at start (--model-control-mode=none), and
 tracing and logging are the operator's, not a client's."""
 
@@ -139,26 +133,6 @@ def check_byte_size(model: str, name: str, datatype: str, shape: list[int], size
                              f"is {expected} bytes; the request carries {size}")
 
 
-def check_shm_request(name: str, raw: bytes) -> None:
-    """A client may register only its own system regions, never the server's, and may
-    unregister one region at a time, by name (an empty name meant "all, everyone's")."""
-    from tritonclient.grpc import service_pb2
-
-    if name == "SystemSharedMemoryRegister":
-        request = service_pb2.SystemSharedMemoryRegisterRequest.FromString(raw)
-        if SERVER_REGION.match(request.key):
-            raise RequestRefused(f"shared-memory key {request.key!r} is the server's own "
-                                 "memory, not a client region")
-        check_region_bounds(request.key, int(request.offset), int(request.byte_size))
-    elif name == "SystemSharedMemoryUnregister":
-        request = service_pb2.SystemSharedMemoryUnregisterRequest.FromString(raw)
-        if not request.name:
-            raise RequestRefused("unregister names one region: an empty name would remove "
-                                 "every client's regions")
-    elif name.startswith("CudaSharedMemory"):
-        raise RequestRefused("CUDA shared memory is not offered by this server")
-
-
 RELEASE_AFTER_BYTES = 4 * 1024 * 1024
 
 
@@ -177,30 +151,6 @@ def release_refused_memory() -> None:
         ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
-SHM_ROOT = "/dev/shm"
-
-
-def check_region_bounds(key: str, offset: int, byte_size: int) -> None:
-    """A region to register must be an existing POSIX shared-memory object holding
-    [offset, offset + byte_size). Why: tritonserver 2.51 answers a missing key or a range past
-    the end with INTERNAL ("Unable to open/map shared memory region"), a server fault to a
-    client's retry logic, when it is the client's mistake."""
-    import os
-
-    name = key.lstrip("/")
-    if not name or "/" in name or name in (".", ".."):
-        raise RequestRefused(f"shared-memory key {key!r} is not a POSIX shared-memory name "
-                             "(one name, like /msk_score_123_0)")
-    try:
-        size = os.stat(os.path.join(SHM_ROOT, name)).st_size
-    except FileNotFoundError:
-        raise RequestRefused(f"shared-memory key {key!r} does not exist on the server's host "
-                             "(create it with shm_open before registering)") from None
-    if byte_size <= 0 or offset < 0 or offset + byte_size > size:
-        raise RequestRefused(f"shared-memory key {key!r}: offset {offset} + byte_size "
-                             f"{byte_size} is outside the region's {size} bytes")
-
-
 class GrpcGuard:
     """Listens on `host:port`, forwards to tritonserver's gRPC at `upstream` (see module doc)."""
 
@@ -209,6 +159,7 @@ class GrpcGuard:
                  client_shm: bool = True) -> None:
         self.upstream = upstream
         self.client_shm = client_shm
+        self.shm_policy = ShmPolicy()
         self.upstream_credentials = upstream_credentials
         """grpc.ChannelCredentials of the internal mutual TLS (None: a plain loopback Triton)."""
         self.accepting = True
@@ -390,19 +341,7 @@ class GrpcGuard:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{name} is not offered by this server")
         if name in SHM_METHODS:
-            if not self.client_shm:
-                self.refused += 1
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, "client shared memory is "
-                                    "off on this server (msk serve --allow-client-shm turns it "
-                                    "on); send the tensors in the request")
-            refusal = None
-            try:
-                check_shm_request(name, raw)
-            except RequestRefused as exc:
-                refusal = str(exc)
-            if refusal is not None:
-                self.refused += 1
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
+            return await self._shared_memory(method, name, raw, context)
         if not self.accepting:
             if name == "ServerReady":
                 from tritonclient.grpc import service_pb2
@@ -418,6 +357,29 @@ class GrpcGuard:
             return await self._forward(method, name, raw, context)
         finally:
             self.inflight -= 1
+
+    async def _shared_memory(self, method: str, name: str, raw: bytes,
+                             context: aio.ServicerContext) -> bytes:
+        """Client shared memory: off unless --allow-client-shm, then `ShmPolicy`'s rules."""
+        if not self.client_shm:
+            self.refused += 1
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "client shared memory is off "
+                                "on this server (msk serve --allow-client-shm turns it on); send "
+                                "the tensors in the request")
+        peer = identify(context.peer())
+        refusal: ShmRefused | None = None
+        try:
+            self.shm_policy.check(name, raw, peer)
+        except ShmRefused as exc:
+            refusal = exc
+        if refusal is not None:
+            self.refused += 1
+            code = (grpc.StatusCode.PERMISSION_DENIED if refusal.permission
+                    else grpc.StatusCode.INVALID_ARGUMENT)
+            message, refusal = str(refusal), None            # no cycle through the traceback
+            await context.abort(code, message)
+        response = await self._forward(method, name, raw, context)
+        return self.shm_policy.answered(name, raw, response, peer)
 
     async def _forward(self, method: str, name: str, raw: bytes,
                        context: aio.ServicerContext) -> bytes:
