@@ -15,10 +15,18 @@ Why it exists - three faults of tritonserver 2.51 that no flag of it avoids:
     gRPC frontend segfault (server#7368/#7877/#8034; the `grpc-no-cancel` row of
     server/workarounds.py says which releases still need this). There the
     guard never cancels an upstream call: when its client goes away the call runs to its end
-    and the answer is dropped, and a client's deadline is passed on as Triton's per-request
-    queue `timeout` parameter (the models' queue policy allows overriding it), so expired work
-    is rejected from the queue instead of cancelled. The bounded queues (export/configs.py
-    `queue_policy`) bound the dead work a crowd of killed clients can leave behind.
+    and the answer is dropped. Nor does it hand Triton a per-request `timeout`: a client's
+    deadline, and a `timeout` parameter it sent, are enforced here - past them the guard
+    answers DEADLINE_EXCEEDED (UNAVAILABLE "Request timeout expired" for the parameter, as
+    Triton would) and the upstream call finishes unseen, like a dead client's. Why: when this
+    guard still turned deadlines into Triton's queue `timeout`, tests/test_deadline_stress.py
+    broke 2.51 (no segfault seen, but): Triton's connection torn down mid-run; `densenet169_a`
+    stuck for good with 63 requests in flight while readiness stayed true; a fresh request
+    with a 120 s timeout refused "Request timeout expired"; and in 10 of the 11 runs whose log
+    was kept, ensemble requests still in flight when Triton exited, its shutdown giving up on
+    them. With the deadlines kept here: 0 of 19 runs (alone, beside two busy loops, two copies
+    at once). The bounded queues (export/configs.py `queue_policy`) bound the dead work a crowd
+    of killed or impatient clients can leave behind.
 
 Everything else our clients use passes through byte for byte (metadata, config, statistics,
 shared memory, the repository index). Triton's gRPC answers only the front door: the guard's
@@ -291,23 +299,33 @@ class GrpcGuard:
         if not self.accepting:
             return (grpc.StatusCode.UNAVAILABLE, "this server is not taking requests now "
                     "(starting or shutting down); try another", b"")
-        checked = self._refusal(name, raw, timeout)
+        checked = self._refusal(name, raw)
         if isinstance(checked, str):
             self.refused += 1
             return grpc.StatusCode.INVALID_ARGUMENT, checked, b""
-        raw = checked
+        raw, asked = checked
+        wait, expired = timeout, EXPIRED_DEADLINE
+        if not self.cancel_upstream:          # enforced here, as for gRPC clients (_forward)
+            wait, expired = front_door_wait(timeout, asked)
         self.inflight += 1
         try:
             call = self._channel.unary_unary(method)(
                 raw, timeout=timeout if self.cancel_upstream else None)
-            return await _finish(call)
+            upstream = asyncio.ensure_future(_finish(call))
+            try:
+                return await asyncio.wait_for(asyncio.shield(upstream), wait)
+            except TimeoutError:
+                self._orphan(upstream)
+                return (*expired, b"")
         finally:
             self.inflight -= 1
 
-    def _checked(self, name: str, raw: bytes, remaining: float | None) -> bytes:
-        """Validate an inference request; carry the client's deadline as Triton's queue timeout."""
+    def _checked(self, name: str, raw: bytes) -> tuple[bytes, float | None]:
+        """Validate an inference request. Returns the bytes to forward and, where the release
+        needs `grpc-no-cancel`, the client's `timeout` parameter in seconds, taken out of the
+        request: the front door enforces it, Triton never sees one (module docstring)."""
         if name not in INFER_METHODS:
-            return raw
+            return raw, None
         from google.protobuf.message import DecodeError
         from tritonclient.grpc import service_pb2
 
@@ -317,20 +335,18 @@ class GrpcGuard:
             raise RequestRefused("the request is not a valid ModelInferRequest (it could not be "
                                  "decoded)") from exc
         check_infer_request(request)
-        if self.cancel_upstream:          # the deadline travels as a gRPC deadline (unary)
-            return raw
-        if remaining is not None and "timeout" not in request.parameters:
-            request.parameters["timeout"].int64_param = max(1, int(remaining * 1e6))
-            return request.SerializeToString()
-        return raw
+        if self.cancel_upstream or "timeout" not in request.parameters:
+            return raw, None          # nothing to take out, or a fixed release: Triton gets it
+        asked = request.parameters.pop("timeout").int64_param
+        return request.SerializeToString(), max(asked, 0) / 1e6 or None
 
-    def _refusal(self, name: str, raw: bytes, remaining: float | None) -> bytes | str:
-        """`_checked`'s request, or the reason it is refused. Why a value, not the exception:
-        aborting inside `except` chains the exception (and through its traceback the decoded
-        request) into a reference cycle that only the cyclic collector frees; refused 32 MiB
-        requests then kept `msk serve` ~70 MB larger each (measured)."""
+    def _refusal(self, name: str, raw: bytes) -> tuple[bytes, float | None] | str:
+        """`_checked`'s answer, or the reason the request is refused. Why a value, not the
+        exception: aborting inside `except` chains the exception (and through its traceback the
+        decoded request) into a reference cycle that only the cyclic collector frees; refused
+        32 MiB requests then kept `msk serve` ~70 MB larger each (measured)."""
         try:
-            return self._checked(name, raw, remaining)
+            return self._checked(name, raw)
         except RequestRefused as exc:
             return str(exc)
 
@@ -383,31 +399,42 @@ class GrpcGuard:
 
     async def _forward(self, method: str, name: str, raw: bytes,
                        context: aio.ServicerContext) -> bytes:
-        refusal = self._refusal(name, raw, context.time_remaining())
-        if isinstance(refusal, str):
+        checked = self._refusal(name, raw)
+        if isinstance(checked, str):
             self.refused += 1
             if len(raw) > RELEASE_AFTER_BYTES:       # once the aborted call is done with it
                 asyncio.get_running_loop().call_later(0.2, release_refused_memory)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal)
-        raw = refusal
-        remaining = context.time_remaining() if self.cancel_upstream else None
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, checked)
+        raw, asked = checked
+        remaining = context.time_remaining()
+        wait, expired = None, EXPIRED_DEADLINE
+        if not self.cancel_upstream:      # enforced here; Triton gets no deadline (module doc)
+            wait, expired = front_door_wait(remaining, asked)
+            remaining = None
+            if wait is not None and wait <= 0:
+                await context.abort(*expired)
         call = self._channel.unary_unary(method)(raw, metadata=self._metadata(context),
                                                  timeout=remaining)
         upstream = asyncio.ensure_future(_finish(call))
         try:
-            code, details, response = await asyncio.shield(upstream)
+            code, details, response = await asyncio.wait_for(asyncio.shield(upstream), wait)
+        except TimeoutError:              # grpc-no-cancel: the client's time is up, not Triton's
+            self._orphan(upstream)
+            await context.abort(*expired)
         except asyncio.CancelledError:
             if self.cancel_upstream:      # a fixed release: the cancellation reaches Triton
                 call.cancel()
                 raise
-            # The client went away: let Triton finish rather than cancel (module docstring).
-            self.orphaned += 1
-            self._orphans.add(upstream)
-            upstream.add_done_callback(self._orphans.discard)
+            self._orphan(upstream)        # the client went away: Triton finishes unseen
             raise
         if code is not None:
             await context.abort(code, details)
         return response
+
+    def _orphan(self, upstream: asyncio.Future) -> None:
+        self.orphaned += 1
+        self._orphans.add(upstream)
+        upstream.add_done_callback(self._orphans.discard)
 
     async def stream(self, method: str, requests: AsyncIterator[bytes],
                      context: aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -419,7 +446,7 @@ class GrpcGuard:
         async def checked() -> AsyncIterator[bytes]:
             async for raw in requests:
                 try:
-                    yield self._checked("ModelStreamInfer", raw, None)
+                    yield self._checked("ModelStreamInfer", raw)[0]   # `timeout` dropped
                 except RequestRefused as exc:
                     self.refused += 1
                     refused.append(str(exc))
@@ -433,6 +460,24 @@ class GrpcGuard:
             await context.abort(exc.code(), exc.details())
         if refused:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refused[0])
+
+
+EXPIRED_DEADLINE = (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+EXPIRED_TIMEOUT = (grpc.StatusCode.UNAVAILABLE, "Request timeout expired (the request's "
+                   "`timeout` parameter, enforced by msk serve's front door)")
+"""What the front door answers when a client's time runs out (`grpc-no-cancel`): the code
+Triton itself would give, so clients classify it as before (clients/errors.py)."""
+
+
+def front_door_wait(deadline: float | None, asked: float | None
+                    ) -> tuple[float | None, tuple[grpc.StatusCode, str]]:
+    """How long the guard waits for Triton (seconds, None: no bound) and what it answers after:
+    the client's deadline, or its `timeout` parameter where that is shorter. The parameter
+    bounded only the wait in a model queue at Triton; here it bounds the whole call, which
+    answers a client no later than it asked."""
+    if asked is not None and (deadline is None or asked < deadline):
+        return asked, EXPIRED_TIMEOUT
+    return deadline, EXPIRED_DEADLINE
 
 
 async def _finish(call) -> tuple[grpc.StatusCode | None, str, bytes]:

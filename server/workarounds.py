@@ -42,10 +42,15 @@ WORKAROUNDS: tuple[Workaround, ...] = (
     Workaround(
         "grpc-no-cancel",
         "the gRPC guard never cancels an upstream call (a client that leaves has its call run "
-        "to the end and the answer dropped) and passes a client's deadline on as Triton's "
-        "queue `timeout` parameter instead of a gRPC deadline",
-        "segfaults on gRPC client cancellation and deadlines (server#7368, #7877, #8034)",
-        "server#7840 (25.01), server#8078 (25.04), server#8220 (25.06)", "25.06", (2, 73)),
+        "to the end and the answer dropped) and never hands Triton a deadline or a per-request "
+        "`timeout`: it enforces a client's deadline and `timeout` parameter itself",
+        "segfaults on gRPC client cancellation and deadlines (server#7368, #7877, #8034); "
+        "per-request timeouts also left 2.51 with stuck models and ensemble requests "
+        "(tests/test_deadline_stress.py)",
+        "server#7840 (25.01), server#8078 (25.04), server#8220 (25.06) for the segfaults; the "
+        "stuck requests are not traced to one upstream fix (on below 2.73 = 26.09, where the "
+        "stress test runs on the forwarding path)",
+        "25.06", (2, 73)),
     Workaround(
         "stub-watch",
         "StubWatch restarts tritonserver when a python-backend stub died while Triton still "

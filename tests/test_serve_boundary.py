@@ -113,24 +113,28 @@ def test_http_inference_is_opt_in_and_guarded(tiny_repository):
         assert serve.triton_alive()
 
 
-def test_a_client_deadline_becomes_the_queue_timeout_not_a_cancellation():
-    """The guard forwards a deadline as Triton's per-request `timeout` (the queue policy allows
-    overriding it) so expired work is rejected from the queue; an explicit timeout is kept."""
+def test_no_timeout_reaches_triton_where_the_release_needs_grpc_no_cancel():
+    """2.51 (`grpc-no-cancel`): a client's `timeout` parameter is taken out of the request and
+    enforced by the guard (tests/test_deadline_stress.py says why); on a fixed release the
+    request is forwarded as sent."""
     from tritonclient.grpc import service_pb2
 
-    from server.grpc_guard import GrpcGuard
+    from server.grpc_guard import EXPIRED_DEADLINE, EXPIRED_TIMEOUT, GrpcGuard, front_door_wait
 
     guard = GrpcGuard("127.0.0.1:1", "127.0.0.1", 0)
     request = service_pb2.ModelInferRequest(model_name=MURA_ENSEMBLE_MODEL)
     tensor = request.inputs.add(name="IMAGE", datatype="UINT8", shape=[96, 80])
     assert tensor.name == "IMAGE"
-    forwarded = service_pb2.ModelInferRequest.FromString(
-        guard._checked("ModelInfer", request.SerializeToString(), 2.5))
-    assert forwarded.parameters["timeout"].int64_param == 2_500_000
-    assert list(forwarded.inputs[0].shape) == [96, 80]
-    request.parameters["timeout"].int64_param = 1000
-    kept = service_pb2.ModelInferRequest.FromString(
-        guard._checked("ModelInfer", request.SerializeToString(), 2.5))
-    assert kept.parameters["timeout"].int64_param == 1000
     untouched = request.SerializeToString()
-    assert guard._checked("ModelInfer", untouched, None) == untouched
+    assert guard._checked("ModelInfer", untouched) == (untouched, None)
+    request.parameters["timeout"].int64_param = 1000
+    raw, asked = guard._checked("ModelInfer", request.SerializeToString())
+    forwarded = service_pb2.ModelInferRequest.FromString(raw)
+    assert asked == 0.001 and "timeout" not in forwarded.parameters
+    assert list(forwarded.inputs[0].shape) == [96, 80]
+    assert front_door_wait(2.5, asked) == (0.001, EXPIRED_TIMEOUT)
+    assert front_door_wait(2.5, None) == (2.5, EXPIRED_DEADLINE)
+    assert front_door_wait(None, None) == (None, EXPIRED_DEADLINE)
+    guard.cancel_upstream = True
+    sent = request.SerializeToString()
+    assert guard._checked("ModelInfer", sent) == (sent, None)
