@@ -3,7 +3,11 @@
 Why codes and not message text: the batch scorer, the gateway and the web app each used to match
 their own lists of error strings ("not found", `startswith("server")`), which disagreed and broke
 whenever Triton reworded a message. Every client now asks `request_reason(exc)` and decides
-what to do (retry, dead-letter, show the user) from the code alone (`is_retryable`).
+what to do (retry, dead-letter, show the user) from the code (`is_retryable`). Three Triton 2.51
+answers do read the message text, because their status code says the wrong thing: a full queue
+and an expired queue timeout (UNAVAILABLE, like an outage) and a dead model process (INTERNAL,
+like a model failing on this input) - `TEXT_EXCEPTIONS`, each documented - plus the
+shared-memory "in use" refusal (`shared_memory_in_use`). Nowhere else.
 
 Reasons of an *input* (unreadable file, too small...) are `msk.imaging.RadiographError.reason`
 codes; the ones here are about the server and the transport. Both end up in a row's

@@ -91,7 +91,9 @@ MURA_DEFAULT_THRESHOLD = 0.5
 """Normal/abnormal call when no calibrated operating point is stored with the models."""
 
 MURA_CALIBRATION_FILE = "ensemble_calibration.json"
-"""Written next to the checkpoints by `msk evaluate mura`, read by `msk export --checkpoints`:
+"""The ensemble's operating points, fitted on the validation split and written next to the
+checkpoints by `msk train mura` (once all four members are trained) and by `msk evaluate mura
+--fit-operating-points`; read by `msk export --checkpoints`:
 {"operating_points": {body_part: threshold, MURA_OVERALL_OPERATING_POINT: threshold}}."""
 
 MURA_OVERALL_OPERATING_POINT = "default"

@@ -25,6 +25,7 @@ from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_ARCHITECTURES, MURA_MEMBERS, MURA_TINY_ARCHITECTURE
 from server.launcher import free_ports
 from tests.msk_process import MskProcess, run_msk
+from tests.plugins.object_store import BUCKET
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -300,6 +301,27 @@ def test_train_and_evaluate_mura(home: Path, mura_run: dict) -> None:
                        cwd=home)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     assert json.loads(promoted.stdout) == {"repository": "trained", "version": 1}
+
+
+def test_publish_a_repository_to_object_storage(home: Path, s3) -> None:
+    """`msk publish DIR s3://...` as docs/scale-out.md shows it (a tiny repository: the demo's
+    weights would only make the upload slower); the second time uploads nothing."""
+    endpoint, client = s3
+    built = run_msk("export", "--tiny", "--repository", "to_publish", cwd=home)
+    assert built.returncode == 0, built.stderr[-3000:]
+    url = f"s3://{endpoint}/{BUCKET}/msk/cpu"
+    first = run_msk("publish", "to_publish", url, cwd=home)
+    assert first.returncode == 0, first.stderr[-3000:]
+    release = json.loads(first.stdout)
+    assert release["repository"] == f"{url}/releases/{release['release']}"
+    assert release["uploaded"] is True
+    current = json.loads(client.get_object(Bucket=BUCKET, Key="msk/cpu/CURRENT")["Body"].read())
+    assert current["release"] == release["release"]
+    again = run_msk("publish", "to_publish", url, cwd=home)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads(again.stdout)["uploaded"] is False
+    missing = run_msk("publish", "no_such_repository", url, cwd=home)
+    assert missing.returncode != 0 and "no_such_repository" in missing.stderr
 
 
 def test_export_for_gpu_hosts_writes_gpu_configs(home: Path) -> None:

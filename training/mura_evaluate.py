@@ -49,7 +49,6 @@ from training.recipe_schema import (
 log = logging.getLogger("msk.evaluate.mura")
 ENSEMBLE = "ensemble"
 CALIBRATION_FILE = MURA_CALIBRATION_FILE
-"""Read by `msk export --checkpoints DIR`: {"operating_points": {body_part: threshold}}."""
 
 
 @dataclass
