@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.consistency import repository_problems
 from export.manifest import load_manifest
 from export.model_specs import intra_op_threads, mura_specs
 from export.repository import latest_version
@@ -83,10 +84,15 @@ class ServedRepository:
 
 
 def served_repository(repository: Path) -> ServedRepository:
-    """Read the newest MURA version's facts; ValueError if the repository has none."""
+    """Read the newest MURA version's facts; ValueError if the repository has none or is not
+    coherent (before anything is measured, rather than when the server refuses it)."""
     from msk.flops import graph_gflop
 
     repository = Path(repository)
+    problems = repository_problems(repository, verify_hashes=False)   # msk serve hashes them
+    if problems:
+        raise ValueError(f"{repository} is inconsistent (`msk doctor --repository "
+                         f"{repository}`): " + "; ".join(problems))
     version = latest_version(repository)
     if not version:
         raise ValueError(f"{repository} holds no complete MURA version; build one with "

@@ -155,13 +155,20 @@ def test_help_lists_every_flag(home: Path) -> None:
         assert flag in done.stdout, flag
 
 
-def test_a_folder_without_a_version_is_refused_before_measuring(home: Path) -> None:
+def test_unusable_repositories_are_refused_before_measuring(home: Path,
+                                                            tiny_repository: Path) -> None:
     (home / "empty").mkdir()
     done = run_msk("bench", "--short", "--repository", "empty", "--json", "refused.json",
                    cwd=home)
     assert done.returncode == 2
     assert "empty holds no complete MURA version" in done.stderr
     assert "matrix-product peak" not in done.stderr and not (home / "refused.json").exists()
+    shutil.copytree(tiny_repository, home / "stray")
+    (home / "stray" / MURA_MEMBERS[0] / "7").mkdir()        # a version the others lack
+    done = run_msk("bench", "--short", "--repository", "model_repository", "--repository",
+                   "stray", cwd=home)
+    assert done.returncode == 2
+    assert "stray is inconsistent" in done.stderr and "matrix-product peak" not in done.stderr
     bad = run_msk("bench", "--utilisation", "1.5", cwd=home)
     assert bad.returncode == 2 and "--utilisation" in bad.stderr
 
