@@ -137,7 +137,7 @@ def _measure(served: list, plan: Plan, concurrency: int) -> list:
     images = make_images(plan.images)
     levels = sorted({1, concurrency})
     warm = 2
-    per_repository = warm + plan.alone_requests + (plan.busy_requests if concurrency > 1 else 0)
+    per_repository = warm + (plan.alone_requests if concurrency > 1 else 0) + plan.busy_requests
     out = []
     with tqdm(total=per_repository * len(served), unit="req", file=sys.stderr,
               dynamic_ncols=True) as bar:
@@ -153,7 +153,7 @@ def _measure(served: list, plan: Plan, concurrency: int) -> list:
                 runs = []
                 for level in levels:
                     bar.set_description(f"{name}: concurrency {level}")
-                    count = plan.alone_requests if level == 1 else plan.busy_requests
+                    count = plan.busy_requests if level == concurrency else plan.alone_requests
                     runs.append(closed_loop(client, images, level, count, bar.update))
                 version = server.endpoints.triton_version if server.endpoints else ""
             out.append(Measured(repository, version, tuple(runs)))
