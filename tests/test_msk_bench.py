@@ -142,6 +142,7 @@ def test_precision_rows_say_what_was_measured_and_why_not(report) -> None:
     rows = data["precisions"]
     best = max(data["repositories"], key=lambda r: r["images_per_s"])
     assert rows["fp32"]["available"] and rows["fp32"]["repository"] == best["path"]
+    assert rows["fp32"]["full_size"] is False                 # tiny stand-ins, and it says so
     assert rows["fp32"]["images_per_hour_per_core"] == pytest.approx(
         best["images_per_hour_per_core"])
     assert not rows["int8"]["available"] and "--precision int8" in rows["int8"]["reason"]
@@ -185,3 +186,23 @@ def test_capacity_model_arithmetic() -> None:
         with pytest.raises(ValueError):
             busy_replicas(1.0, 1.0, bad)
     assert math.isfinite(p99_model(1.0, 0.99))
+
+
+def test_precision_rows_prefer_the_study_networks_over_stand_ins() -> None:
+    """A fast tiny stand-in never becomes the FP32 figure when a study-size export was measured
+    in the same run (pure function over measured numbers; nothing served)."""
+    from types import SimpleNamespace
+
+    from clients.load import ClosedLoop
+    from msk.commands._bench_report import Measured, precision_rows
+
+    def measured(path: str, full_size: bool, per_s: float) -> Measured:
+        served = SimpleNamespace(path=Path(path), precision="fp32", full_size=full_size,
+                                 cpu_runtime="onnxruntime")
+        return Measured(served, "2.51.0", (ClosedLoop(8, 8, 8 / per_s, (0.1,) * 8),))
+
+    rows = precision_rows([measured("tiny", False, 40.0), measured("demo", True, 1.5)], 2,
+                          False)
+    assert rows["fp32"]["repository"] == "demo" and rows["fp32"]["full_size"] is True
+    assert rows["fp32"]["images_per_hour_per_core"] == pytest.approx(1.5 * 3600 / 2)
+    assert precision_rows([measured("tiny", False, 40.0)], 2, False)["fp32"]["full_size"] is False

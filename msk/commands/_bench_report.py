@@ -143,16 +143,18 @@ def recommend_replicas(measured: Measured, target_per_hour: float | None,
 
 
 def precision_rows(everything: list[Measured], cores: int, native_bf16: bool) -> dict:
-    """Images per hour per core for FP32, INT8 and BF16: the best measured repository of each,
+    """Images per hour per core for FP32, INT8 and BF16: the best measured repository of each
+    (of the study's networks where one was measured: a stand-in's speed is not the model's),
     or why there is none."""
     rows: dict[str, dict] = {}
     for precision in PRECISIONS:
         done = [m for m in everything if m.served.precision == precision]
-        if done:
-            best = max(done, key=lambda m: m.busy.images_per_s)
+        real = [m for m in done if m.served.full_size]
+        if done:                       # stand-ins only where no study-size network was measured
+            best = max(real or done, key=lambda m: m.busy.images_per_s)
             rows[precision] = {
                 "available": True, "repository": str(best.served.path),
-                "cpu_runtime": best.served.cpu_runtime,
+                "cpu_runtime": best.served.cpu_runtime, "full_size": best.served.full_size,
                 "images_per_s": best.busy.images_per_s,
                 "images_per_hour_per_core": images_per_hour_per_core(best.busy.images_per_s,
                                                                      cores)}

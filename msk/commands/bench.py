@@ -129,14 +129,14 @@ def _measure(served: list, plan: Plan, concurrency: int) -> list:
     """Start the front door on each repository in turn and run the closed loops."""
     from tqdm import tqdm
 
-    from clients.load import closed_loop, make_images, score_checked
+    from clients.load import closed_loop, make_images
     from clients.mura import MuraClient
     from msk.commands._bench_report import Measured
     from server.serve import front_door
 
     images = make_images(plan.images)
     levels = sorted({1, concurrency})
-    warm = 2
+    warm = concurrency      # one round at --concurrency: the backbones' first full batch is slow
     per_repository = warm + (plan.alone_requests if concurrency > 1 else 0) + plan.busy_requests
     out = []
     with tqdm(total=per_repository * len(served), unit="req", file=sys.stderr,
@@ -147,9 +147,7 @@ def _measure(served: list, plan: Plan, concurrency: int) -> list:
             with front_door(repository.path, restart=False) as server, \
                     MuraClient(server.grpc_url, concurrency=concurrency) as client:
                 bar.set_description(f"{name}: warm-up")
-                for image in images[:warm]:
-                    score_checked(client, image)
-                    bar.update()
+                closed_loop(client, images, concurrency, warm, bar.update)
                 runs = []
                 for level in levels:
                     bar.set_description(f"{name}: concurrency {level}")
@@ -267,6 +265,7 @@ def print_summary(report: dict) -> None:
     for precision, row in report["precisions"].items():
         if row["available"]:
             print(f"  {precision.upper()}: {row['images_per_hour_per_core']:,.0f} "
-                  f"({row['repository']}, {row['cpu_runtime']})")
+                  f"({row['repository']}, {row['cpu_runtime']}"
+                  + (")" if row["full_size"] else "; stand-in backbones, not the study's)"))
         else:
             print(f"  {precision.upper()}: not measured: {row['reason']}")
