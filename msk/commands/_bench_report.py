@@ -69,9 +69,12 @@ def share_of_peak(measured: Measured, peak_gflops: float) -> dict:
                 f"{' / '.join(sorted(set(MURA_ARCHITECTURES.values())))} at {MURA_IMAGE_SIZE} "
                 "px (`msk export`; untrained demo weights cost the same)"}
     value = measured.busy.images_per_s * gflop / peak_gflops
-    return {"value": value, "note": f"{measured.busy.images_per_s:.3f} images/s x {gflop:.1f} "
-            f"GFLOP per image (Conv/Gemm/MatMul of the served graphs) / {peak_gflops:.1f} "
-            "GFLOP/s"}
+    note = (f"{measured.busy.images_per_s:.3f} images/s x {gflop:.1f} GFLOP per image "
+            f"(Conv/Gemm/MatMul of the served graphs) / {peak_gflops:.1f} GFLOP/s")
+    if value > 1.0:
+        note += ("; above 100 %: other work took the cores while the peak was measured, so "
+                 "the peak is too low; rerun on an idle host")
+    return {"value": value, "note": note}
 
 
 def recommend_cpu_cores(measured: Measured, cores: int) -> dict:
