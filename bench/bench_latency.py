@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_capacity import make_images  # noqa: E402
+from clients.load import make_images  # noqa: E402
 from clients.mura import MuraClient  # noqa: E402
 from server.serve import front_door  # noqa: E402
 

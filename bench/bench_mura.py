@@ -45,48 +45,6 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """The FP32 peak this machine reaches on the most favourable kernel: a square matrix
-    product in numpy's BLAS on every core (best of `repeats`)."""
-    rng = np.random.default_rng(0)
-    a, b = (rng.random((n, n), dtype=np.float32) for _ in range(2))
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
-
-
-def graph_gflop(path: Path) -> float:
-    """GFLOP of one image through an exported graph (batch 1): 2 x multiply-adds of every Conv,
-    Gemm and MatMul, from ONNX shape inference. Everything else is a rounding error here."""
-    import onnx
-    from onnx import shape_inference
-
-    model = onnx.load(str(path))
-    for tensor in (*model.graph.input, *model.graph.output):
-        dims = tensor.type.tensor_type.shape.dim
-        if dims and not dims[0].dim_value:
-            dims[0].dim_value = 1
-    model = shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in (*model.graph.value_info, *model.graph.input, *model.graph.output)}
-    weights = {t.name: list(t.dims) for t in model.graph.initializer}
-    shapes.update(weights)
-    macs = 0
-    for node in model.graph.node:
-        out = shapes.get(node.output[0])
-        if not out:
-            continue
-        if node.op_type == "Conv":
-            _, cin_per_group, *kernel = shapes[node.input[1]]
-            macs += int(np.prod(out)) * cin_per_group * int(np.prod(kernel))
-        elif node.op_type in ("Gemm", "MatMul"):
-            a = shapes[node.input[0]]
-            transposed = node.op_type == "Gemm" and any(
-                att.name == "transA" and att.i for att in node.attribute)
-            macs += int(np.prod(out)) * (a[0] if transposed else a[-1])
-    return 2 * macs / 1e9
-
-
 def bench_torch(images, repository: Path) -> float:
     import torch
 
@@ -165,6 +123,7 @@ def _row(label: str, ips: float, gflop: float, peak: float) -> None:
 
 
 def main() -> None:
+    from msk.flops import graph_gflop, matmul_peak_gflops
     from msk.host import describe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from clients.inputs import expand_inputs
+from msk.commands._args import positive_int
 from msk.constants import (
     EXPORT_CPU_RUNTIMES,
     EXPORT_PRECISIONS,
@@ -42,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
                    help="cpu: ONNX on the onnxruntime backend; gpu: configs for TensorRT plans "
                    "and KIND_GPU (engines are built on the GPU host, see docs/gpu-deployment.md)")
-    p.add_argument("--cpu-cores", type=_positive_int, default=REFERENCE_CPU_CORES, metavar="N",
+    p.add_argument("--cpu-cores", type=positive_int, default=REFERENCE_CPU_CORES, metavar="N",
                    help="cpu target: cores the serving host gives Triton (default "
                    f"{REFERENCE_CPU_CORES}, the reference CPU); models that run side by side "
                    "share them as ONNX Runtime threads (the four backbones: N // 4 each, at least "
@@ -73,13 +74,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="int8: labelled held-out images for the accuracy gate (MURA layout "
                    "folder or a CSV manifest with path,label[,study,body_part]; repeatable)")
     p.set_defaults(handler=run)
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None]:
