@@ -38,7 +38,7 @@ class ServerTls:
                 raise FileNotFoundError(f"{flag} {path}: no such file")
 
     def credentials(self):
-        """grpc server credentials for the same files (used by the gRPC guard, server/grpc_guard.py)."""
+        """grpc server credentials for the same files (used by server/grpc_guard.py)."""
         import grpc
 
         root = Path(self.ca).read_bytes() if self.ca else None
