@@ -130,7 +130,8 @@ OOD_REFERENCE_MAX_IMAGES = 2000
 enough for the 99th percentile (20 images beyond it), and bounded export time on a CPU."""
 OOD_PCA_COMPONENTS = 32
 """Principal components of the tied covariance kept per member (the rest is one isotropic
-variance: a probabilistic-PCA Mahalanobis distance); measured in bench/bench_ood.py."""
+variance: a probabilistic-PCA Mahalanobis distance). The results at 32 are in bench/README.md
+("OOD gate"); other values are not measured yet."""
 OOD_FOLDS = 5
 """Cross-fitting folds: reference scores (hence thresholds) come from images the statistics were
 not fitted on, so a new image like the reference set is not flagged more often than stated."""
