@@ -43,12 +43,18 @@ from clients.failover import CircuitBreaker, Endpoint, EndpointPool, url_list
 from clients.inputs import ScoreItem
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
-from clients.rows import common_fields
+from clients.rows import common_fields, trust_fields
 from clients.study import ScoredImage, study_call
 from clients.telemetry import observe_request
 from clients.tls import GrpcTls, client_kwargs
 from msk.backoff import backoff_delay
-from msk.constants import MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL, SCORE_SHM_PREFIX
+from msk.constants import (
+    MURA_DEFAULT_THRESHOLD,
+    MURA_ENSEMBLE_MODEL,
+    OOD_POLICIES,
+    OOD_REFUSED_REASON,
+    SCORE_SHM_PREFIX,
+)
 from msk.imaging import RadiographError, load_grayscale
 from msk.process import SHM_ROOT, hold_region, remove_dead_owners_regions
 
@@ -136,7 +142,7 @@ def error_row(item: ScoreItem, error: str, reason: str, attempts: int = 0,
     return {
         **common_fields(item.path, error=error, error_reason=reason, latency_s=latency_s),
         "probability": None, "abnormal": None, "threshold": None, "body_part": item.body_part,
-        "members": None, "weights": None,
+        "members": None, "weights": None, **trust_fields(),
         "study": item.study, "label": item.label, "attempts": attempts,
     }
 
@@ -215,9 +221,12 @@ class BatchScorer:
     def __init__(self, url: str | list[str], concurrency: int = 4,
                  model: str = MURA_ENSEMBLE_MODEL, shared_memory: bool = False,
                  retry: RetryPolicy | None = None, request_timeout_s: float = 120.0,
-                 tls: GrpcTls | None = None) -> None:
+                 tls: GrpcTls | None = None, ood_policy: str = "flag") -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if ood_policy not in OOD_POLICIES:
+            raise ValueError(f"ood_policy must be one of {OOD_POLICIES}, got {ood_policy!r}")
+        self.ood_policy = ood_policy
         self.urls = url_list(url)
         self.url = self.urls[0]
         """The endpoint the contract was read from (the first ready one)."""
@@ -262,9 +271,8 @@ class BatchScorer:
                 inp.set_shared_memory(slot.name, image.nbytes)
             else:
                 inp.set_data_from_numpy(image)
-            wanted = [contract.probability, contract.member_probabilities]
-            wanted += [n for n in (contract.provenance,) if n]  # heatmaps are not batch output
-            outputs = [grpc_aio.InferRequestedOutput(n) for n in wanted]
+            # heatmaps are not batch output
+            outputs = [grpc_aio.InferRequestedOutput(n) for n in contract.wanted(False)]
             return await client.infer(self.model, [inp], outputs=outputs,
                                       client_timeout=self.request_timeout_s)
         except (InferenceServerException, OSError) as exc:  # OSError includes TimeoutError
@@ -334,7 +342,8 @@ class BatchScorer:
             self.pool.success(endpoint)
             self.breaker.success()
             try:
-                result = MuraClient.parse_result(response, item.path, item.body_part, self.contract)
+                result = MuraClient.parse_result(response, item.path, item.body_part,
+                                                 self.contract, self.ood_policy)
             except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
                 observe_request(self.pipeline, "bad_response", latency, sent)
                 return error_row(item, f"{item.path}: unexpected response ({exc})",
@@ -529,12 +538,15 @@ def study_rows(rows: list[dict[str, Any]],
     for study, members in sorted(groups.items()):
         call = study_call(
             (ScoredImage(None if r.get("error") else r.get("probability"), r.get("body_part"),
-                         r.get("threshold")) for r in members), default_threshold)
+                         r.get("threshold"), in_distribution=r.get("in_distribution"),
+                         refused=r.get("error_reason") == OOD_REFUSED_REASON)
+             for r in members), default_threshold)
         labels = {r.get("label") for r in members if r.get("label") is not None}
         studies.append({"study": study, "label": labels.pop() if len(labels) == 1 else None,
                         **call.to_json()})
     return studies
 
 
-STUDY_COLUMNS = ["study", "body_part", "label", "images", "scored", "probability", "threshold",
-                 "abnormal", "mixed_body_parts", "error"]
+STUDY_COLUMNS = ["study", "body_part", "label", "images", "scored", "refused",
+                 "out_of_distribution", "probability", "threshold", "abnormal",
+                 "mixed_body_parts", "error"]

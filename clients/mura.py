@@ -25,10 +25,18 @@ from tritonclient.utils import InferenceServerException
 
 from clients.errors import Reason, error_text, is_retryable, request_reason
 from clients.failover import Endpoint, EndpointPool, url_list
-from clients.rows import common_fields
+from clients.rows import common_fields, trust_fields
 from clients.telemetry import observe_request
 from clients.tls import GrpcTls, client_kwargs
-from msk.constants import DEFAULT_GRPC_URL, MURA_DEFAULT_THRESHOLD, MURA_ENSEMBLE_MODEL
+from msk.constants import (
+    DEFAULT_GRPC_URL,
+    MEMBER_SPREAD_TENSOR,
+    MURA_DEFAULT_THRESHOLD,
+    MURA_ENSEMBLE_MODEL,
+    OOD_POLICIES,
+    OOD_REFUSED_REASON,
+    OOD_SCORE_TENSOR,
+)
 from msk.imaging import RadiographError, load_grayscale
 
 ImageInput = str | Path | bytes | np.ndarray
@@ -54,10 +62,22 @@ class MuraResult:
     """A `clients.errors.Reason` or `msk.imaging` reason code when `error` is set."""
     default_threshold: float = MURA_DEFAULT_THRESHOLD
     """The model's default operating point (provenance), for studies of mixed body parts."""
+    ood_score: float | None = None
+    """Distance of the image's features to the reference set (`export.ood_stats`); ~1 typical."""
+    ood_threshold: float | None = None
+    """The body part's in-distribution threshold from the provenance (stated percentile)."""
+    in_distribution: bool | None = None
+    member_spread: float | None = None
+    """max - min of the member probabilities."""
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def refused(self) -> bool:
+        """Refused by the OOD gate (`--ood refuse`): scored by the server, no call given."""
+        return self.error_reason == OOD_REFUSED_REASON
 
     def to_json(self) -> dict:
         """The JSON-lines record (`msk score`): the shared row fields (`clients.rows`), then
@@ -72,6 +92,8 @@ class MuraResult:
             "body_part": self.body_part,
             "members": {k: round(v, 6) for k, v in self.members.items()} if scored else None,
             "weights": self.weights,
+            **trust_fields(self.ood_score, self.in_distribution, self.ood_threshold,
+                           self.member_spread),
         }
 
 
@@ -85,6 +107,14 @@ class EnsembleContract:
     heatmap: str | None
     provenance: str | None
     members: tuple[str, ...]
+    ood_score: str | None = None
+    member_spread: str | None = None
+
+    def wanted(self, heatmap: bool) -> list[str]:
+        """The outputs a scoring request asks for."""
+        names = [self.probability, self.member_probabilities, self.provenance, self.ood_score,
+                 self.member_spread, self.heatmap if heatmap else None]
+        return [n for n in names if n]
 
 
 def discover_contract(client: grpcclient.InferenceServerClient, model: str) -> EnsembleContract:
@@ -94,7 +124,9 @@ def discover_contract(client: grpcclient.InferenceServerClient, model: str) -> E
     roles: dict[str, str] = {}
     for out in meta["outputs"]:
         shape = [int(d) for d in out["shape"]]
-        if out["datatype"] == "FP32" and shape == [1]:
+        if out["name"] in (OOD_SCORE_TENSOR, MEMBER_SPREAD_TENSOR):
+            roles[out["name"]] = out["name"]     # scalars like the probability: known by name
+        elif out["datatype"] == "FP32" and shape == [1]:
             roles["probability"] = out["name"]
         elif out["datatype"] == "FP32" and len(shape) == 1:
             roles["member_probabilities"] = out["name"]
@@ -111,6 +143,7 @@ def discover_contract(client: grpcclient.InferenceServerClient, model: str) -> E
         member_probabilities=roles["member_probabilities"], heatmap=roles.get("heatmap"),
         provenance=roles.get("provenance"),
         members=tuple(m for m in members.split(",") if m),
+        ood_score=roles.get(OOD_SCORE_TENSOR), member_spread=roles.get(MEMBER_SPREAD_TENSOR),
     )
 
 
@@ -120,14 +153,20 @@ class MuraClient:
     `url` is one Triton address or several: requests go round-robin over the endpoints
     (`clients.failover.EndpointPool`), and a request that fails for a reason that says nothing
     about the image (`clients.errors.is_retryable`) is sent once to each other endpoint before
-    it becomes that image's error.
+    it becomes that image's error. `ood_policy` (`OOD_POLICIES`): "flag" scores every image
+    and says `in_distribution`; "refuse" turns an out-of-distribution image into an error
+    (`OOD_REFUSED_REASON`) without probability or call.
     """
 
     pipeline = MURA_ENSEMBLE_MODEL
 
     def __init__(self, url: str | Sequence[str] = DEFAULT_GRPC_URL,
                  model: str = MURA_ENSEMBLE_MODEL, timeout_s: float = 120.0,
-                 concurrency: int = 4, tls: GrpcTls | None = None) -> None:
+                 concurrency: int = 4, tls: GrpcTls | None = None,
+                 ood_policy: str = "flag") -> None:
+        if ood_policy not in OOD_POLICIES:
+            raise ValueError(f"ood_policy must be one of {OOD_POLICIES}, got {ood_policy!r}")
+        self.ood_policy = ood_policy
         self.urls = url_list(url)
         self.url = ", ".join(self.urls)
         self.model = model
@@ -226,11 +265,7 @@ class MuraClient:
             return
         infer_input = grpcclient.InferInput(contract.input_name, list(pixels.shape), "UINT8")
         infer_input.set_data_from_numpy(pixels)
-        wanted = [contract.probability, contract.member_probabilities]
-        wanted += [n for n in (contract.provenance,) if n]
-        if heatmaps and contract.heatmap:
-            wanted.append(contract.heatmap)
-        outputs = [grpcclient.InferRequestedOutput(n) for n in wanted]
+        outputs = [grpcclient.InferRequestedOutput(n) for n in contract.wanted(heatmaps)]
         tries = [0]
 
         def send() -> None:
@@ -245,7 +280,8 @@ class MuraClient:
                 with self._lock:
                     self.pool.success(endpoint)
                 try:
-                    parsed = self.parse_result(result, label, body_part, contract)
+                    parsed = self.parse_result(result, label, body_part, contract,
+                                               self.ood_policy)
                 except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
                     observe_request(self.pipeline, "bad_response", elapsed, pixels.nbytes)
                     finish(index, failed(Reason.BAD_RESPONSE, f"{label}: bad response: {exc}",
@@ -277,8 +313,9 @@ class MuraClient:
 
     @staticmethod
     def parse_result(result, label: str, body_part: str | None,
-                     contract: EnsembleContract) -> MuraResult:
-        """Turn one ensemble response into a MuraResult (shared with the batch scorer)."""
+                     contract: EnsembleContract, ood_policy: str = "flag") -> MuraResult:
+        """Turn one ensemble response into a MuraResult (shared with the batch scorer), with
+        the OOD policy applied (`apply_ood_policy`)."""
         probability = float(result.as_numpy(contract.probability).reshape(-1)[0])
         member_values = result.as_numpy(contract.member_probabilities).reshape(-1)
         members = dict(zip(contract.members, (float(v) for v in member_values), strict=True))
@@ -291,7 +328,14 @@ class MuraClient:
                                      provenance.get("default_threshold", MURA_DEFAULT_THRESHOLD)))
         member_info = provenance.get("members", {})
         heatmap = result.as_numpy(contract.heatmap) if contract.heatmap else None
-        return MuraResult(
+        ood = provenance.get("ood") or {}
+        ood_score = (float(result.as_numpy(contract.ood_score).reshape(-1)[0])
+                     if contract.ood_score else None)
+        ood_threshold = ood.get("thresholds", {}).get(body_part or "",
+                                                      ood.get("default_threshold"))
+        spread = (float(result.as_numpy(contract.member_spread).reshape(-1)[0])
+                  if contract.member_spread else None)
+        return apply_ood_policy(MuraResult(
             source=label, probability=probability, members=members,
             versions={"pipeline": provenance.get("version", "?"),
                       **{m: info.get("version", "?") for m, info in member_info.items()}},
@@ -300,7 +344,27 @@ class MuraClient:
             weights=provenance.get("weights"), heatmap=heatmap,
             default_threshold=float(provenance.get("default_threshold",
                                                    MURA_DEFAULT_THRESHOLD)),
-        )
+            ood_score=ood_score,
+            ood_threshold=None if ood_threshold is None else float(ood_threshold),
+            in_distribution=(None if ood_score is None or ood_threshold is None
+                             else ood_score <= float(ood_threshold)),
+            member_spread=spread,
+        ), ood_policy)
+
+
+def apply_ood_policy(result: MuraResult, policy: str) -> MuraResult:
+    """"refuse": an out-of-distribution result loses its probability, members and call and
+    becomes an `OOD_REFUSED_REASON` error (the OOD fields stay, to say why). "flag": unchanged.
+    The one place the policy is applied (score, web, gateway)."""
+    if policy != "refuse" or result.in_distribution is not False:
+        return result
+    result.error = (f"{result.source}: not assessed: the image is out of distribution for "
+                    f"this model (OOD score {result.ood_score:.3g} > threshold "
+                    f"{result.ood_threshold:.3g})")
+    result.error_reason = OOD_REFUSED_REASON
+    result.probability, result.abnormal, result.threshold = None, None, None
+    result.members, result.heatmap = {}, None
+    return result
 
 
 def _label(image: ImageInput, index: int) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from clients.errors import RETRYABLE
-from clients.rows import SHARED_FIELDS
+from clients.rows import SHARED_FIELDS, TRUST_FIELDS
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_MEMBERS
 
@@ -29,7 +29,7 @@ TRANSIENT_REASONS = RETRYABLE
 """Error reasons that say nothing about the image: `--resume` scores these rows again."""
 
 BASE_COLUMNS = ("input", "study", "body_part", "label", "probability", "threshold", "abnormal",
-                "default_threshold")
+                "default_threshold", *TRUST_FIELDS)
 TAIL_COLUMNS = ("versions", "weights", "latency_s", "attempts", "error", "error_reason", "notice")
 
 
@@ -75,6 +75,10 @@ def _unflatten(flat: dict[str, str]) -> dict[str, Any]:
         "threshold": num(flat.get("threshold")),
         "default_threshold": num(flat.get("default_threshold")),
         "abnormal": {"True": True, "False": False}.get(flat.get("abnormal") or ""),
+        "ood_score": num(flat.get("ood_score")),
+        "in_distribution": {"True": True, "False": False}.get(flat.get("in_distribution") or ""),
+        "ood_threshold": num(flat.get("ood_threshold")),
+        "member_spread": num(flat.get("member_spread")),
         "members": {k[2:]: num(v) for k, v in flat.items() if k.startswith("p_") and v},
         "versions": json.loads(flat["versions"]) if flat.get("versions") else None,
         "weights": flat.get("weights") or None,

@@ -19,11 +19,16 @@ the way the standard says, so this module only decides *what* to say:
 * for wrists one TID 1410 planar ROI group per detected structure: the box as a closed POLYLINE
   SCOORD on the source image, the structure as finding type (SNOMED CT where it has a code) and
   the detector's confidence as `Certainty of Finding` (DCM 111012);
+* in every image group, the out-of-distribution score and its threshold and the members'
+  spread (issue 21: how far the result can be trusted); an image the OOD gate refused (the
+  gateway's default policy) gets a group of its own, source image referenced, with no
+  probability and no call but the coded statement `Assessment` = `Not assessed`, `Reason not
+  assessed` = `Out of distribution for the model`, and its OOD score and threshold;
 * a root "Qualitative Evaluations" container (TID 1500 row 12) with the research-use `Comment`
   and one TEXT per instance that was not scored, with the reason: `Failed Analyses` (routed but
-  unreadable) or `Not Attempted` (not an image, not routed).
+  unreadable), `Not Attempted` (not an image, not routed, or refused as out of distribution).
 
-What has no standard code (four of the six wrist structures) uses the private
+What has no standard code (four of the six wrist structures, the OOD statements) uses the private
 scheme 99MSK, declared once in the Coding Scheme Identification Sequence. VerificationFlag is
 UNVERIFIED, the series description says research use, and the IHE AIR Contributing Equipment
 item carries manufacturer, model, software versions and the Device UID.
@@ -77,6 +82,17 @@ MORPHOLOGICALLY_ABNORMAL = Code("49755003", "SCT", "Morphologically abnormal str
 FAILED_ANALYSES = Code("111024", "DCM", "Failed Analyses")
 NOT_ATTEMPTED = Code("111225", "DCM", "Not Attempted")
 
+OOD_SCORE = Code("OODSCORE", PRIVATE_SCHEME, "Out-of-distribution score")
+OOD_THRESHOLD = Code("OODTHRESH", PRIVATE_SCHEME, "Out-of-distribution threshold")
+MEMBER_SPREAD = Code("SPREAD", PRIVATE_SCHEME, "Ensemble member spread")
+ASSESSMENT = Code("ASSESSMENT", PRIVATE_SCHEME, "Assessment")
+NOT_ASSESSED = Code("NOTASSESSED", PRIVATE_SCHEME, "Not assessed")
+REASON_NOT_ASSESSED = Code("REASONNA", PRIVATE_SCHEME, "Reason not assessed")
+OUT_OF_DISTRIBUTION = Code("OOD", PRIVATE_SCHEME, "Out of distribution for the model")
+"""The OOD gate's statements (issue 21): no standard code says "not assessed because the image
+is unlike the model's training data", so they are private, declared like the wrist codes."""
+REFUSED_IMAGES = Code("NREFUSED", PRIVATE_SCHEME, "Images not assessed (out of distribution)")
+
 STUDY_GROUP = "Study result"
 """Tracking identifier of the study-level measurement group (images: 'Image <n>')."""
 
@@ -121,6 +137,12 @@ class ImageFinding:
     structures: list[Structure] = field(default_factory=list)
     threshold: float | None = None
     """The body part's operating point the call was made against (None: the study's)."""
+    ood_score: float | None = None
+    ood_threshold: float | None = None
+    in_distribution: bool | None = None
+    member_spread: float | None = None
+    refused: bool = False
+    """Refused by the OOD gate: not assessed (no probability, no call)."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +175,8 @@ class StudyResult:
     def call(self) -> StudyCall:
         """The study's probability and call by the one study rule (`clients.study`)."""
         default = self.threshold if self.default_threshold is None else self.default_threshold
-        return study_call((ScoredImage(i.probability, i.body_part, i.threshold)
+        return study_call((ScoredImage(i.probability, i.body_part, i.threshold,
+                                       in_distribution=i.in_distribution, refused=i.refused)
                            for i in self.images), default)
 
     @property
@@ -260,6 +283,14 @@ def _scores(probability: float, members: dict[str, float], abnormal: bool, thres
     return measurements, [call]
 
 
+def _trust(image: ImageFinding) -> list[hd.sr.Measurement]:
+    """The OOD score, its threshold and the member spread of one image (those known)."""
+    values = [(OOD_SCORE, image.ood_score), (OOD_THRESHOLD, image.ood_threshold),
+              (MEMBER_SPREAD, image.member_spread)]
+    return [hd.sr.Measurement(name=name, value=float(v), unit=NO_UNITS)
+            for name, v in values if v is not None]
+
+
 def _structure_group(image: ImageFinding, index: int, s: Structure,
                      models: dict[str, ModelProvenance]
                      ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
@@ -306,11 +337,27 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
                                                          identifier=STUDY_GROUP),
-            algorithm_id=_pipeline(result.models), measurements=measurements,
+            algorithm_id=_pipeline(result.models),
+            measurements=measurements + ([hd.sr.Measurement(
+                name=REFUSED_IMAGES, value=float(result.call.refused), unit=NO_UNITS)]
+                if result.call.refused else []),
             qualitative_evaluations=evaluations,
             source_images=[hd.sr.SourceImageForMeasurementGroup(
                 i.sop_class_uid, i.sop_instance_uid) for i in scored]))
     for index, image in enumerate(result.images, start=1):
+        site = BODY_PART_CODES.get(image.body_part or "")
+        if image.refused:
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
+                                                             identifier=f"Image {index}"),
+                finding_sites=[hd.sr.FindingSite(site)] if site else None,
+                measurements=_trust(image) or None,
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(ASSESSMENT, NOT_ASSESSED),
+                    hd.sr.QualitativeEvaluation(REASON_NOT_ASSESSED, OUT_OF_DISTRIBUTION)],
+                source_images=[hd.sr.SourceImageForMeasurementGroup(
+                    image.sop_class_uid, image.sop_instance_uid)]))
+            continue
         if image.probability is None:
             continue
         threshold = result.threshold if image.threshold is None else image.threshold
@@ -318,12 +365,11 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
             image.probability >= threshold
         measurements, evaluations = _scores(image.probability, image.members, abnormal,
                                             threshold, models, MURA_ENSEMBLE_MODEL)
-        site = BODY_PART_CODES.get(image.body_part or "")
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
                                                          identifier=f"Image {index}"),
             finding_sites=[hd.sr.FindingSite(site)] if site else None,
-            measurements=measurements, qualitative_evaluations=evaluations,
+            measurements=measurements + _trust(image), qualitative_evaluations=evaluations,
             source_images=[hd.sr.SourceImageForMeasurementGroup(image.sop_class_uid,
                                                                 image.sop_instance_uid)]))
         groups.extend(_structure_group(image, index, s, models) for s in image.structures)
@@ -333,7 +379,8 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
 
     notes = [hd.sr.TextContentItem(name=COMMENT, value=RESEARCH_USE_NOTICE,
                                    relationship_type="CONTAINS")]
-    notes.extend(hd.sr.TextContentItem(name=FAILED_ANALYSES, value=f"{i.sop_instance_uid}: "
+    notes.extend(hd.sr.TextContentItem(name=NOT_ATTEMPTED if i.refused else FAILED_ANALYSES,
+                                       value=f"{i.sop_instance_uid}: "
                                        f"{i.error or 'not scored'}"[:1024],
                                        relationship_type="CONTAINS")
                  for i in result.images if i.probability is None)
@@ -345,8 +392,9 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
     report[0].ContentSequence[-1].ContentSequence = hd.sr.ContentSequence(notes)
 
     header = _study_header(source)
-    evidence = [header] + [_reference(source.StudyInstanceUID, i) for i in scored
-                           if i.sop_instance_uid != header.get("SOPInstanceUID")]
+    evidence = [header] + [_reference(source.StudyInstanceUID, i) for i in result.images
+                           if (i.probability is not None or i.refused)
+                           and i.sop_instance_uid != header.get("SOPInstanceUID")]
     sr = hd.sr.Comprehensive3DSR(
         evidence=evidence, content=report[0],
         series_instance_uid=series_uid or generate_uid(), series_number=SR_SERIES_NUMBER,
@@ -476,6 +524,16 @@ def _scores_of(group, ensemble: str) -> dict:
     calls = group.get_qualitative_evaluations(name=IMPRESSION)
     if calls:
         out["call"] = calls[0].value.meaning
+    for key, name in (("ood_score", OOD_SCORE), ("ood_threshold", OOD_THRESHOLD),
+                      ("member_spread", MEMBER_SPREAD), ("refused_images", REFUSED_IMAGES)):
+        found = _num(group, name)
+        if found:
+            out[key] = found[0][0]
+    assessment = group.get_qualitative_evaluations(name=ASSESSMENT)
+    if assessment:
+        out["assessment"] = assessment[0].value.meaning
+        reasons = group.get_qualitative_evaluations(name=REASON_NOT_ASSESSED)
+        out["reason_not_assessed"] = reasons[0].value.meaning if reasons else None
     return out
 
 

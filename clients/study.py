@@ -13,6 +13,12 @@ Mixed body parts in one study (e.g. a wrist and a hand view under one accession)
 body-part operating point for the study as a whole, so the call uses the model's DEFAULT
 operating point (`default_threshold` from the provenance, else `MURA_DEFAULT_THRESHOLD`) and the
 result says `mixed_body_parts: true`. Images without a body part take the study's.
+
+Out-of-distribution images (issue 21): an image the OOD gate refused (`--ood refuse`, the
+gateway's default) has no probability, so it does not vote, and the study says how many were
+`refused`; a study whose every image was refused has no call and says so. Under `--ood flag`
+every scored image votes and the study says how many of them were `out_of_distribution`, so a
+reader sees that the call rests on images unlike the model's reference set.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import Any
 from msk.constants import MURA_DEFAULT_THRESHOLD
 
 NO_IMAGE_SCORED = "no image of this study could be scored"
+ALL_REFUSED = ("not assessed: every image of this study is out of distribution for this model "
+               "(refused by the OOD gate)")
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,10 @@ class ScoredImage:
     probability: float | None
     body_part: str | None = None
     threshold: float | None = None
+    in_distribution: bool | None = None
+    """The OOD gate's verdict (None when unknown: an old row, a failed request)."""
+    refused: bool = False
+    """Refused by the OOD gate (then `probability` is None)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,10 @@ class StudyCall:
 
     images: int
     scored: int
+    refused: int
+    """Images refused by the OOD gate (they do not vote)."""
+    out_of_distribution: int
+    """Scored images the OOD gate flagged (they vote: policy flag)."""
     probability: float | None
     threshold: float | None
     abnormal: bool | None
@@ -50,7 +66,9 @@ class StudyCall:
     error: str | None
 
     def to_json(self) -> dict[str, Any]:
-        return {"images": self.images, "scored": self.scored, "probability": self.probability,
+        return {"images": self.images, "scored": self.scored, "refused": self.refused,
+                "out_of_distribution": self.out_of_distribution,
+                "probability": self.probability,
                 "threshold": self.threshold, "abnormal": self.abnormal,
                 "body_part": self.body_part, "mixed_body_parts": self.mixed_body_parts,
                 "error": self.error}
@@ -70,8 +88,11 @@ def study_call(images: Iterable[ScoredImage],
     parts = {i.body_part for i in (ok or items) if i.body_part}
     mixed = len(parts) > 1
     body_part = next(iter(parts)) if len(parts) == 1 else None
+    refused = sum(1 for i in items if i.refused)
+    flagged = sum(1 for i in ok if i.in_distribution is False)
     if not ok:
-        return StudyCall(len(items), 0, None, None, None, body_part, mixed, NO_IMAGE_SCORED)
+        error = ALL_REFUSED if items and refused == len(items) else NO_IMAGE_SCORED
+        return StudyCall(len(items), 0, refused, 0, None, None, None, body_part, mixed, error)
     probability = sum(float(i.probability) for i in ok) / len(ok)  # type: ignore[arg-type]
     # The operating point comes from an image scored AS the study's body part (each carries that
     # part's point; an image without a body part carries the default one), so the order of the
@@ -79,5 +100,5 @@ def study_call(images: Iterable[ScoredImage],
     points = [float(i.threshold) for i in ok
               if i.threshold is not None and i.body_part == body_part]
     threshold = points[0] if points and not mixed else float(default_threshold)
-    return StudyCall(len(items), len(ok), probability, threshold, probability >= threshold,
-                     body_part, mixed, None)
+    return StudyCall(len(items), len(ok), refused, flagged, probability, threshold,
+                     probability >= threshold, body_part, mixed, None)

@@ -32,11 +32,13 @@ from msk.constants import (
     CLASSES_TENSOR,
     DETECTOR_INPUT_TENSOR,
     DETECTOR_OUTPUT_TENSOR,
+    FEATURES_TENSOR,
     GEOMETRY_FIELDS,
     GEOMETRY_TENSOR,
     HEATMAP_TENSOR,
     IMAGE_TENSOR,
     MEMBER_PROBABILITIES_TENSOR,
+    MEMBER_SPREAD_TENSOR,
     MURA_ARCHITECTURES,
     MURA_BACKBONE_MAX_BATCH,
     MURA_CAM_STRIDE,
@@ -46,6 +48,7 @@ from msk.constants import (
     MURA_MEAN_MODEL,
     MURA_MEMBERS,
     MURA_PREPROCESS_MODEL,
+    OOD_SCORE_TENSOR,
     PIXELS_TENSOR,
     PROBABILITY_TENSOR,
     PROVENANCE_TENSOR,
@@ -58,6 +61,7 @@ from msk.constants import (
     WRIST_PROVENANCE_TENSOR,
     detector_raw_tensor,
     member_cam_tensor,
+    member_features_tensor,
     member_probability_tensor,
 )
 
@@ -167,7 +171,14 @@ def _mura_outputs(image_size: int) -> tuple[Tensor, ...]:
         Tensor(MEMBER_PROBABILITIES_TENSOR, "TYPE_FP32", (len(MURA_MEMBERS),)),
         Tensor(HEATMAP_TENSOR, "TYPE_UINT8", (image_size, image_size)),
         Tensor(PROVENANCE_TENSOR, "TYPE_STRING", (1,)),
+        Tensor(OOD_SCORE_TENSOR, "TYPE_FP32", (1,)),
+        Tensor(MEMBER_SPREAD_TENSOR, "TYPE_FP32", (1,)),
     )
+
+
+FEATURE_DIMS = (-1,)
+"""A backbone's pooled features: 1664 (DenseNet-169), 2048 (ResNet-101), 32 (the tiny stand-in).
+Left variable so that configs stay independent of the weights (the mean graph fixes the width)."""
 
 
 def mura_specs(image_size: int = MURA_IMAGE_SIZE) -> tuple[ModelSpec, ...]:
@@ -181,16 +192,22 @@ def mura_specs(image_size: int = MURA_IMAGE_SIZE) -> tuple[ModelSpec, ...]:
     mean_inputs: list[Tensor] = []
     for member in MURA_MEMBERS:
         prob, cam = member_probability_tensor(member), member_cam_tensor(member)
+        feats = member_features_tensor(member)
         specs.append(ModelSpec(
             member, "onnxruntime",
             (Tensor(PIXELS_TENSOR, "TYPE_FP32", (MURA_CHANNELS, image_size, image_size)),),
             (Tensor(PROBABILITY_TENSOR, "TYPE_FP32", (1,)),
-             Tensor(CAM_TENSOR, "TYPE_FP32", (c, c))),
+             Tensor(CAM_TENSOR, "TYPE_FP32", (c, c)),
+             Tensor(FEATURES_TENSOR, "TYPE_FP32", FEATURE_DIMS)),
             batching=BATCHED, gpu_platform="tensorrt_plan", parallel=len(MURA_MEMBERS),
             openvino=MURA_ARCHITECTURES[member] in OPENVINO_ARCHITECTURES))
         steps.append(Step(member, _same(PIXELS_TENSOR),
-                          ((PROBABILITY_TENSOR, prob), (CAM_TENSOR, cam))))
+                          ((PROBABILITY_TENSOR, prob), (CAM_TENSOR, cam),
+                           (FEATURES_TENSOR, feats))))
         mean_inputs += [Tensor(prob, "TYPE_FP32", (1, 1)), Tensor(cam, "TYPE_FP32", (1, c, c))]
+    # The features follow the probabilities and CAMs (the graph's input order).
+    mean_inputs += [Tensor(member_features_tensor(m), "TYPE_FP32", (1, *FEATURE_DIMS))
+                    for m in MURA_MEMBERS]
     outputs = _mura_outputs(image_size)
     specs.append(ModelSpec(MURA_MEAN_MODEL, "onnxruntime", tuple(mean_inputs), outputs))
     steps.append(Step(MURA_MEAN_MODEL, _same(*(t.name for t in mean_inputs)),

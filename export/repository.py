@@ -33,6 +33,9 @@ from export.manifest import (
     merged_manifest,
     sha256_file,
 )
+from export.ood_reference import ReferenceSet, demo_reference
+from export.ood_stats import METHOD as OOD_METHOD
+from export.ood_stats import MIN_REFERENCE_IMAGES, Reference
 from export.staging import ExportAborted, RepositoryTransaction
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import (
@@ -48,6 +51,8 @@ from msk.constants import (
     MURA_OVERALL_OPERATING_POINT,
     MURA_PREPROCESS_MODEL,
     MURA_TINY_ARCHITECTURE,
+    OOD_PCA_COMPONENTS,
+    OOD_REFERENCE_FILE,
     REFERENCE_CPU_CORES,
     WRIST_DETECT_MODEL,
 )
@@ -71,17 +76,21 @@ def _next_version(repository: Path, models: tuple[str, ...]) -> int:
 def source_fingerprint(kind: str, image_size: int, checkpoints: dict[str, Path] | None,
                        imagenet_weights: dict[str, Path] | None,
                        operating_points: dict[str, float] | None,
-                       calibration: str | None = None) -> str:
+                       calibration: str | None = None, ood: dict | None = None) -> str:
     """What an export is made from; the same fingerprint twice means the same weights, so no
     new version (`msk export` is idempotent). `calibration` is the INT8 calibration set's
     fingerprint: an INT8 version differs from the FP32 one of the same weights, and from INT8
-    versions calibrated on other images (FP32 fingerprints are unchanged by it)."""
+    versions calibrated on other images (FP32 fingerprints are unchanged by it). `ood` is the
+    OOD reference set's fingerprint and the percentiles: statistics and thresholds are part of
+    the version, so another reference set (or percentile) is another version."""
     files = {member: sha256_file(Path(path)) for member, path in sorted(
         (checkpoints or imagenet_weights or {}).items())}
     source = {"kind": kind, "image_size": image_size, "files": files,
               "operating_points": operating_points or {}}
     if calibration is not None:
         source |= {"precision": "int8", "calibration": calibration}
+    if ood is not None:
+        source |= {"ood": ood}
     return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
 
 
@@ -141,6 +150,8 @@ def build_repository(
     holdout: Sequence = (),
     cpu_cores: int = REFERENCE_CPU_CORES,
     cpu_runtime: str = "onnxruntime",
+    reference: ReferenceSet | None = None,
+    ood_percentiles: dict[str, float] | None = None,
 ) -> int:
     """Write the repository into `out_dir`; return the MURA pipeline version now served.
 
@@ -153,6 +164,10 @@ def build_repository(
     configs for the serving host (`export.model_specs.intra_op_threads`); configs are not
     versioned, so changing it rewrites them without a new version; so does `cpu_runtime`
     (cpu target: "openvino" serves the same backbone graphs on Triton's OpenVINO backend).
+    `reference` is the OOD reference set (`export.ood_reference`; default: the demo's synthetic
+    set, which a trained export should not rely on) and `ood_percentiles` the in-distribution
+    percentile per body part and `"default"` (`OOD_DEFAULT_PERCENTILE`); both are part of the
+    version (`export.ood_stats`).
     """
     import torch
 
@@ -180,13 +195,24 @@ def build_repository(
         current = latest_version(out_dir)
         if precision == "int8" and not calibration:
             raise ExportAborted("--precision int8 needs calibration images (--calibration)")
+        percentiles = check_percentiles(ood_percentiles)
+        if reference is None:
+            if kind == WEIGHTS_TRAINED:
+                log.warning("no OOD reference set given: fitting on the demo's synthetic images; "
+                            "pass the training images (msk export --reference DIR|CSV)")
+            reference = demo_reference()
+        if len(reference.images) < MIN_REFERENCE_IMAGES:
+            raise ExportAborted(f"the OOD reference set ({reference.source}) has "
+                                f"{len(reference.images)} image(s); at least "
+                                f"{MIN_REFERENCE_IMAGES} are needed")
         fingerprint = source_fingerprint(
             kind, image_size, checkpoints, imagenet_weights, operating_points,
-            calibration_fingerprint(calibration) if precision == "int8" else None)
+            calibration_fingerprint(calibration) if precision == "int8" else None,
+            ood={"reference": reference.fingerprint(), "percentiles": percentiles})
         newest = manifest["versions"].get(f"{MURA_ENSEMBLE_MODEL}/{current}", {})
         same = newest.get("source_fingerprint") == fingerprint or (
             "source_fingerprint" not in newest and kind != WEIGHTS_TRAINED
-            and newest.get("weights") == kind)
+            and newest.get("weights") == kind and "ood" in newest)
         if current and same and not force:
             log.info("repository already serves these %s weights as version %d", kind, current)
             version = current
@@ -199,8 +225,10 @@ def build_repository(
             if precision == "int8":
                 new, extra = _quantize(tx.stage, version, new, members, biases, temperatures,
                                        image_size, operating_points, calibration, holdout)
+            ood = _fit_ood(tx.stage, version, reference, image_size)
             new, mura_provenance = _finish(tx.stage, version, kind, new, members, biases,
-                                           temperatures, image_size, operating_points, extra)
+                                           temperatures, image_size, operating_points, extra,
+                                           (ood, reference, percentiles))
             mura_provenance["source_fingerprint"] = fingerprint
             records += new
             provenance[f"{MURA_ENSEMBLE_MODEL}/{version}"] = mura_provenance
@@ -246,6 +274,33 @@ def _export_members(out_dir: Path, version: int, kind: str, checkpoints, tiny: b
     return records, members, biases, temperatures
 
 
+def check_percentiles(given: dict[str, float] | None) -> dict[str, float]:
+    """The OOD percentiles as given (body part or "default" -> percentile in (0, 100])."""
+    out = {}
+    for part, value in sorted((given or {}).items()):
+        if part not in (*MURA_BODY_PARTS, MURA_OVERALL_OPERATING_POINT):
+            raise ValueError(f"OOD percentile for unknown body part {part!r}; expected one of "
+                             f"{', '.join(MURA_BODY_PARTS)} or {MURA_OVERALL_OPERATING_POINT}")
+        if not 0.0 < float(value) <= 100.0:
+            raise ValueError(f"OOD percentile for {part} must be in (0, 100], got {value}")
+        out[part] = float(value)
+    return out
+
+
+def _fit_ood(stage: Path, version: int, reference: ReferenceSet, image_size: int) -> Reference:
+    """Fit the version's OOD statistics on the features of its own (staged) backbones."""
+    from export.ood_reference import member_features
+    from export.ood_stats import fit_reference
+
+    models = {m: stage / m / str(version) / "model.onnx" for m in MURA_MEMBERS}
+    features = member_features(models, reference, image_size)
+    stats = fit_reference(features, [i.label for i in reference.images],
+                          [i.body_part for i in reference.images])
+    log.info("OOD reference: %d %s images, 99th percentile score %.3f", len(reference.images),
+             reference.kind, stats.threshold(99.0))
+    return stats
+
+
 def _points(operating_points: dict[str, float] | None) -> tuple[dict[str, float], float]:
     """(operating point per body part, default threshold) as the served version calls them."""
     given = operating_points or {}
@@ -275,9 +330,13 @@ def _quantize(stage: Path, version: int, records: list[dict], members: dict,
 def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members: dict,
             biases: list[float], temperatures: list[float], image_size: int,
             operating_points: dict[str, float] | None,
-            extra: dict | None = None) -> tuple[list[dict], dict]:
+            extra: dict | None = None,
+            ood: tuple[Reference, ReferenceSet, dict[str, float]] | None = None,
+            ) -> tuple[list[dict], dict]:
     """Write the preprocessing and averaging graphs and the ensemble folder; return the records
-    and the version's provenance (`extra`: precision, calibration, accuracy gate)."""
+    and the version's provenance (`extra`: precision, calibration, accuracy gate; `ood`: the
+    fitted statistics, their reference set and percentiles, stored beside the averaging graph
+    that bakes them in)."""
     from export.mura_mean_graph import build_mean_graph
     from msk.graphs.mura_preprocess import build_preprocess_graph
 
@@ -294,14 +353,38 @@ def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members
         "operating_points": points, "default_threshold": default_threshold,
         "commit": current_commit(), "notice": RESEARCH_USE_NOTICE, **(extra or {}),
     }
-    mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
-                            json.dumps(provenance, sort_keys=True), image_size)
     mean_path = out_dir / MURA_MEAN_MODEL / str(version) / "model.onnx"
     mean_path.parent.mkdir(parents=True, exist_ok=True)
+    stats = None
+    if ood is not None:
+        stats, reference, percentiles = ood
+        stats_path = mean_path.parent / OOD_REFERENCE_FILE
+        stats_path.write_bytes(stats.to_bytes())
+        records.append(artifact_record(out_dir, MURA_MEAN_MODEL, version, stats_path))
+        provenance["ood"] = _ood_provenance(stats, reference, percentiles, records[-1])
+    mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
+                            json.dumps(provenance, sort_keys=True), image_size, ood=stats)
     mean_path.write_bytes(mean.SerializeToString())
     records.append(artifact_record(out_dir, MURA_MEAN_MODEL, version, mean_path))
     (out_dir / MURA_ENSEMBLE_MODEL / str(version)).mkdir(parents=True, exist_ok=True)
     return records, provenance
+
+
+def _ood_provenance(stats: Reference, reference: ReferenceSet, percentiles: dict[str, float],
+                    record: dict) -> dict:
+    """What PROVENANCE says of the OOD gate: method, reference set, statistics file, thresholds
+    (the clients read `thresholds`/`default_threshold` the way they read operating points)."""
+    qs, thresholds, default_q, default_t = stats.thresholds(percentiles, MURA_BODY_PARTS)
+    return {
+        "method": OOD_METHOD, "components": OOD_PCA_COMPONENTS,
+        "classes": list(stats.classes),
+        "members": {m: {"dimension": int(g.means.shape[1]), "scale": g.scale}
+                    for m, g in stats.members.items()},
+        "reference": reference.describe(),
+        "statistics": {"path": record["path"], "sha256": record["sha256"]},
+        "percentiles": qs, "thresholds": thresholds,
+        "default_percentile": default_q, "default_threshold": default_t,
+    }
 
 
 def _add_wrist(repository: Path, stage: Path, wrist_weights: dict[str, Path], target: str,

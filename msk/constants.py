@@ -43,6 +43,9 @@ MEMBER_PROBABILITIES_TENSOR = "MEMBER_PROBABILITIES"  # FP32 [n], MURA_MEMBERS o
 CAM_TENSOR = "CAM"                        # FP32 [h, w] class activation map (logit units, no bias)
 HEATMAP_TENSOR = "HEATMAP"                # UINT8 [S, S] ensemble heatmap (sigmoid x 255)
 PROVENANCE_TENSOR = "PROVENANCE"          # BYTES [1] JSON: versions, SHA-256s, operating points
+FEATURES_TENSOR = "FEATURES"              # FP32 [D] a backbone's pooled penultimate features
+OOD_SCORE_TENSOR = "OOD_SCORE"            # FP32 [1] distance to the reference set (1 ~ typical)
+MEMBER_SPREAD_TENSOR = "MEMBER_SPREAD"    # FP32 [1] max - min of the member probabilities
 
 
 def member_probability_tensor(member: str) -> str:
@@ -53,6 +56,11 @@ def member_probability_tensor(member: str) -> str:
 def member_cam_tensor(member: str) -> str:
     """Name of the ensemble-internal tensor carrying one member's class activation map."""
     return f"{member.upper()}_CAM"
+
+
+def member_features_tensor(member: str) -> str:
+    """Name of the ensemble-internal tensor carrying one member's pooled features."""
+    return f"{member.upper()}_FEATURES"
 
 
 MURA_CAM_STRIDE = 32
@@ -101,6 +109,34 @@ MURA_OVERALL_OPERATING_POINT = "default"
 
 MURA_DEMO_SEED = 0
 """Seed of the untrained demo weights (deterministic, so the demo repository is reproducible)."""
+
+# Out-of-distribution gate (issue 21): fitted by `msk export`, computed by `mura_mean`, applied by
+# the clients (like the operating points: the threshold per body part travels in PROVENANCE).
+OOD_DEFAULT_PERCENTILE = 99.0
+"""An image is in distribution when its OOD score is at most this percentile of the reference
+set's (out-of-fold) scores: 1 % of images like the reference set are flagged by construction."""
+OOD_POLICIES = ("flag", "refuse")
+"""`--ood` choices: flag (score every image, say `in_distribution: false`) or refuse (an
+out-of-distribution image gets no probability and no call, only `error_reason`
+`OOD_REFUSED_REASON`)."""
+OOD_REFUSED_REASON = "out_of_distribution"
+"""`error_reason` of an image refused by the OOD gate (`--ood refuse`)."""
+OOD_REFERENCE_FILE = "ood_reference.npz"
+"""The fitted reference statistics, stored in `mura_mean/<version>/` (its SHA-256 in the manifest
+and in PROVENANCE); the graph's constants are built from it."""
+OOD_REFERENCE_CSV = "reference_images.csv"
+"""Written by `msk train mura` next to the checkpoints (the training images: path, label,
+body_part): `msk export --checkpoints DIR` fits the OOD reference on them unless `--reference`."""
+OOD_REFERENCE_MAX_IMAGES = 2000
+"""At most this many reference images are used (a deterministic sample by SHA-256 of the path):
+enough for the 99th percentile (20 images beyond it), and bounded export time on a CPU."""
+OOD_PCA_COMPONENTS = 32
+"""Principal components of the tied covariance kept per member (the rest is one isotropic
+variance: a probabilistic-PCA Mahalanobis distance). The results at 32 are in bench/README.md
+("OOD gate"); other values are not measured yet."""
+OOD_FOLDS = 5
+"""Cross-fitting folds: reference scores (hence thresholds) come from images the statistics were
+not fitted on, so a new image like the reference set is not flagged more often than stated."""
 
 # --------------------------------------------------------------------------------------------
 # Wrist structure detectors (YOLO study)

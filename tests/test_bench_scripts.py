@@ -39,3 +39,20 @@ def test_bench_gpu_fp16_is_ready_and_refuses_clearly_without_a_gpu() -> None:
     if not torch.cuda.is_available():
         refused = _run("bench_gpu_fp16.py")
         assert refused.returncode == 2 and "no CUDA device here" in refused.stderr
+
+
+def test_bench_ood_separates_clearly_foreign_images() -> None:
+    """Issue 21, item 4: members trained on the synthetic radiographs (tiny stand-ins, the
+    script's default), exported with the OOD statistics of their training images; held-out
+    synthetic radiographs against photographs, rendered text and flat/noise images."""
+    done = _run("bench_ood.py", "--out", str(ROOT / ".cache" / "bench-ood-ci"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.strip().splitlines()
+    assert "ISA:" in lines[0]
+    rows = {r["kind"]: r for r in map(json.loads, (x for x in lines if x.startswith('{"kind"')))}
+    assert {"photographs", "text", "flat_noise", "chest_like", "ct_like", "inverted"} <= set(rows)
+    for kind in ("photographs", "text", "flat_noise"):
+        assert rows[kind]["auroc_ood_score"] >= 0.95, rows[kind]
+    setup = json.loads(lines[1])
+    assert setup["flagged_in_distribution"] <= 0.1, setup      # 1 % stated; 57 images
+    assert lines[-1].startswith("bench-ood: min_foreign_auroc=")

@@ -26,6 +26,7 @@ from tests.plugins.pacs import (
     SyntheticPatient,
     assert_no_phi,
     dciodvfy_errors,
+    make_dx_image,
     make_study,
     make_text_sr,
     storescu,
@@ -202,4 +203,29 @@ def test_permanent_failures_land_in_dead_letter(tiny_triton, orthanc, start_gate
     reasons = sorted((gateway.data_dir / "dead").glob("*/reason.json"))
     assert len(reasons) == 2
     assert orthanc.instances(dcmread(files[0]).StudyInstanceUID) == []
+    assert_no_phi(gateway.log_paths(), [patient])
+
+
+def test_out_of_distribution_image_is_not_assessed_by_default(tiny_triton, orthanc,
+                                                              start_gateway,
+                                                              tmp_path: Path) -> None:
+    """The gateway's default OOD policy (refuse): a noise image in a wrist study gets no call;
+    the SR reaches the PACS and says "not assessed" with the coded reason; the other image is
+    called alone and the study says one image was refused."""
+    gateway = start_gateway(tiny_triton.grpc_url, orthanc.destination, "--ood", "refuse")
+    patient = SyntheticPatient("Oyelaran^Temperance", "PHI-7731-0021")
+    study_uid = generate_uid()
+    noise = np.random.default_rng(21).integers(0, 256, (320, 300), dtype=np.uint8)
+    files = [make_dx_image(tmp_path / "noise.dcm", patient, noise, "WRIST", study_uid)]
+    storescu(files, gateway.port, GATEWAY_AET)
+    (sr,) = orthanc.wait_for_sr(study_uid, diagnostics=gateway.logs)
+    summary = summarize(sr)
+    (image,) = summary["images"]
+    assert image["assessment"] == "Not assessed"
+    assert image["reason_not_assessed"] == "Out of distribution for the model"
+    assert "probability" not in image and image["ood_score"] > image["ood_threshold"]
+    assert "probability" not in summary                     # no study call on nothing
+    assert any("not assessed" in note for note in summary["not_scored"])
+    scored = gateway.wait_audit("scored")[0]
+    assert scored["refused"] == 1 and scored["images"][0]["in_distribution"] is False
     assert_no_phi(gateway.log_paths(), [patient])

@@ -130,3 +130,17 @@ def test_studies_from_written_rows_use_the_models_recorded_default(tmp_path, suf
     sink.close()
     (study,) = study_rows(read_rows(out))
     assert study["mixed_body_parts"] and study["threshold"] == 0.4 and study["abnormal"] is True
+
+
+def test_refused_images_do_not_vote_and_are_counted():
+    from clients.study import ALL_REFUSED
+
+    call = study_call([ScoredImage(0.8, "wrist", 0.5, in_distribution=True),
+                       ScoredImage(None, "wrist", refused=True, in_distribution=False),
+                       ScoredImage(0.2, "wrist", 0.5, in_distribution=False)])
+    assert call.probability == pytest.approx(0.5) and call.scored == 2
+    assert call.refused == 1 and call.out_of_distribution == 1
+    none = study_call([ScoredImage(None, "hand", refused=True)] * 2)
+    assert none.error == ALL_REFUSED and none.refused == 2 and none.probability is None
+    mixed = study_call([ScoredImage(None, "hand", refused=True), ScoredImage(None, "hand")])
+    assert mixed.error == NO_IMAGE_SCORED

@@ -301,6 +301,11 @@ def test_train_and_evaluate_mura(home: Path, mura_run: dict) -> None:
                        cwd=home)
     assert promoted.returncode == 0, promoted.stderr[-3000:]
     assert json.loads(promoted.stdout) == {"repository": "trained", "version": 1}
+    # The OOD statistics were fitted on the training images `msk train mura` listed.
+    manifest = json.loads((home / "trained" / "manifest.json").read_text())
+    reference = manifest["versions"]["mura_ensemble/1"]["ood"]["reference"]
+    listed = (home / "runs" / "mura" / "reference_images.csv").read_text().splitlines()
+    assert reference["kind"] == "training-images" and reference["images"] == len(listed) - 1
 
 
 def test_publish_a_repository_to_object_storage(home: Path, s3) -> None:

@@ -14,7 +14,13 @@ import logging
 import sys
 from pathlib import Path
 
-from msk.constants import MURA_BODY_PARTS, MURA_IMAGE_SIZE, MURA_MEMBERS, MURA_TRAIN_BATCH_SIZE
+from msk.constants import (
+    MURA_BODY_PARTS,
+    MURA_IMAGE_SIZE,
+    MURA_MEMBERS,
+    MURA_TRAIN_BATCH_SIZE,
+    OOD_REFERENCE_CSV,
+)
 from training.recipe_schema import (
     DEFAULT_OPERATING_POINT,
     DEFAULT_TARGET_SENSITIVITY,
@@ -167,7 +173,7 @@ def _with_overrides(recipe: MuraRecipe, args: argparse.Namespace) -> MuraRecipe:
 def run_train(args: argparse.Namespace) -> int:
     import shutil
 
-    from training.mura_data import DatasetError, describe
+    from training.mura_data import DatasetError, describe, write_reference_csv
     from training.mura_models import WeightsUnavailable
     from training.mura_train import load_recipe, train_member
 
@@ -192,6 +198,8 @@ def run_train(args: argparse.Namespace) -> int:
     (args.out / "splits.json").write_text(json.dumps(
         {name: describe(records) for name, records in splits.items()}
         | {"test_fraction": args.test_fraction, "split_seed": args.split_seed}, indent=2) + "\n")
+    # The OOD reference of the export (issue 21): the images the members are trained on.
+    write_reference_csv(splits["train"], args.out / OOD_REFERENCE_CSV)
     for recipe in recipes:
         result = train_member(
             recipe, splits["train"], splits["valid"], args.out / recipe.member,

@@ -265,6 +265,20 @@ def fingerprint(records: Sequence[Record]) -> str:
     return h.hexdigest()
 
 
+def write_reference_csv(records: Sequence[Record], path: Path) -> Path:
+    """The training images as the OOD reference list `msk export` reads
+    (`msk.constants.OOD_REFERENCE_CSV`: path,label,body_part; absolute paths, so the list does
+    not depend on the folder export runs from)."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["path", "label", "body_part"])
+        for r in records:
+            writer.writerow([Path(r.path).absolute().as_posix(), r.label,
+                             "" if r.body_part == UNKNOWN_PART else r.body_part])
+    return path
+
+
 def describe(records: Sequence[Record]) -> dict[str, dict[str, int]]:
     """Per body part: images, abnormal images, studies and patients (for logs and reports)."""
     out: dict[str, dict[str, int]] = {}

@@ -76,10 +76,17 @@ class MuraBackbone(nn.Module):
 
     def forward_with_cam(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit [B, 1], CAM [B, h, w]) for inference; CAM excludes the bias."""
+        logit, cam, _ = self.forward_with_features(x)
+        return logit, cam
+
+    def forward_with_features(self, x: torch.Tensor
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logit [B, 1], CAM [B, h, w], pooled features [B, C]) from one pass over the feature
+        map: the pooled penultimate features are what the out-of-distribution score measures."""
         feats = self.features(x)
         cam = torch.einsum("bchw,c->bhw", feats, self.head.weight[0])
         logit = cam.mean(dim=(1, 2)).unsqueeze(1) + self.head.bias
-        return logit, cam
+        return logit, cam, feats.mean(dim=(2, 3))
 
 
 class WeightsUnavailable(RuntimeError):

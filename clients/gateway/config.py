@@ -17,7 +17,7 @@ import yaml
 
 from clients.failover import url_list
 from msk.backoff import backoff_delay
-from msk.constants import DEFAULT_AE_TITLE, DEFAULT_DICOM_PORT
+from msk.constants import DEFAULT_AE_TITLE, DEFAULT_DICOM_PORT, OOD_POLICIES
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 """PS3.5: AE titles are 1-16 characters of the default repertoire without backslash."""
@@ -117,6 +117,10 @@ class GatewayConfig:
     """Also send each scored image's class-activation heatmap (a Segmentation)."""
     wrist: str = "auto"
     """'auto' = run wrist_detect for wrists when the server has it; 'off' never; 'on' require."""
+    ood: str = "refuse"
+    """Out-of-distribution policy (`msk.constants.OOD_POLICIES`): a PACS route sends whatever
+    its rule matches, so by default an image unlike the model's reference set gets no call and
+    the SR says "not assessed" with the reason; 'flag' calls it and records the OOD score."""
     audit_log: Path | None = None
     log_file: Path | None = None
     log_level: str = "INFO"
@@ -174,6 +178,8 @@ class GatewayConfig:
             setattr(self, name, Path(value) if value else None)
         if not 0 < int(self.port) < 65536:
             raise ValueError(f"port {self.port} out of range")
+        if self.ood not in OOD_POLICIES:
+            raise ValueError(f"ood {self.ood!r} must be one of {', '.join(OOD_POLICIES)}")
         if self.stable_seconds < 0 or self.backoff_base_s <= 0 or self.max_attempts < 1:
             raise ValueError("stable_seconds must be >= 0, backoff_base_s > 0, max_attempts >= 1")
         if self.wrist not in ("auto", "on", "off"):

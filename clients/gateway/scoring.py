@@ -64,7 +64,8 @@ class StudyScorer:
     as `msk score` does); discovers `wrist_detect` on every readiness check."""
 
     def __init__(self, triton_url: str | Sequence[str], router: Router, wrist: str = "auto",
-                 timeout_s: float = 120.0, tls: GrpcTls | None = None) -> None:
+                 timeout_s: float = 120.0, tls: GrpcTls | None = None,
+                 ood_policy: str = "refuse") -> None:
         import tritonclient.grpc as grpcclient
 
         from clients.mura import MuraClient
@@ -77,7 +78,7 @@ class StudyScorer:
         self.tls = tls
         self._control = {u: grpcclient.InferenceServerClient(u, **client_kwargs(tls))
                          for u in self.urls}
-        self._mura = MuraClient(self.urls, timeout_s=timeout_s, tls=tls)
+        self._mura = MuraClient(self.urls, timeout_s=timeout_s, tls=tls, ood_policy=ood_policy)
         self._wrist = None
         self._wrist_models: dict[str, ModelProvenance] = {}
 
@@ -179,6 +180,15 @@ class StudyScorer:
         for cand, res in zip(candidates, mura, strict=True):
             sop = str(cand.ds.SOPInstanceUID)
             finding = _finding(cand.ds, cand.body_part, error=res.error)
+            finding.ood_score, finding.ood_threshold = res.ood_score, res.ood_threshold
+            finding.in_distribution, finding.member_spread = res.in_distribution, \
+                res.member_spread
+            finding.refused = res.refused
+            if res.refused:         # refused by the OOD gate: the SR says "not assessed"
+                for name, version in res.versions.items():
+                    model = MURA_ENSEMBLE_MODEL if name == "pipeline" else name
+                    models.setdefault(model, ModelProvenance(
+                        model, str(version), res.artifacts.get(name, "")))
             if res.error is None:
                 finding.probability = res.probability
                 finding.members = dict(res.members)
@@ -194,7 +204,7 @@ class StudyScorer:
             findings.append(finding)
             scored.images[sop] = cand.image
             scored.sources[sop] = cand.ds
-        ok = [r for r in mura if r.error is None]
+        ok = [r for r in mura if r.error is None or r.refused]
         if not ok:
             raise PermanentError("no image could be scored: " + "; ".join(
                 sorted({f.error or "" for f in findings if f.error})),
@@ -204,7 +214,9 @@ class StudyScorer:
         scored.result.models = list(models.values())
         scored.result.default_threshold = ok[0].default_threshold
         call = scored.result.call
-        scored.result.threshold = float(call.threshold)  # type: ignore[arg-type]
+        # Every image refused by the OOD gate: no call, the default point is only reported.
+        scored.result.threshold = float(call.threshold if call.threshold is not None
+                                        else ok[0].default_threshold)
         return scored
 
     def _detect(self, candidates: list[_Candidate]) -> dict[str, list[Structure]]:

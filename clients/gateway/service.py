@@ -28,6 +28,7 @@ from clients.gateway.scu import DeliveryError, send
 from clients.gateway.stow_in import StowServer
 from clients.gateway.stow_out import send_stow
 from clients.routing import Router
+from clients.rows import trust_fields
 from clients.sr import build_heatmap, build_sr
 
 log = logging.getLogger("msk.gateway")
@@ -48,7 +49,7 @@ class Gateway:
         self.audit = AuditLog(config.audit_log)
         self.router = Router.from_file(config.rules)
         self.scorer = StudyScorer(config.triton_url, self.router, wrist=config.wrist,
-                                  tls=config.triton_tls())
+                                  tls=config.triton_tls(), ood_policy=config.ood)
         self.scp = StoreSCP(config, self.queue)
         self.stow = StowServer(config, self.queue) if config.dicomweb_port is not None else None
         self._stop = threading.Event()
@@ -190,6 +191,10 @@ class Gateway:
             "probability": None if res.probability is None else round(res.probability, 6),
             "abnormal": res.abnormal, "threshold": res.threshold,
             "mixed_body_parts": res.call.mixed_body_parts,
+            "refused": res.call.refused, "out_of_distribution": res.call.out_of_distribution,
+            "images": [{"sop": uid_tag(i.sop_instance_uid),
+                        **trust_fields(i.ood_score, i.in_distribution, i.ood_threshold,
+                                       i.member_spread)} for i in res.images],
             "models": [{"name": m.name, "version": m.version, "sha256": m.sha256}
                        for m in res.models],
             "result_uids": {"sr_sop_instance_uid": str(sr.SOPInstanceUID),

@@ -17,7 +17,7 @@ import numpy as np
 
 from clients.errors import Reason, error_text, request_reason
 from clients.failover import url_list
-from clients.rows import common_fields
+from clients.rows import common_fields, trust_fields
 from clients.study import ScoredImage, study_call
 from clients.tls import GrpcTls, client_kwargs
 from clients.web import rendering
@@ -26,6 +26,7 @@ from msk.constants import (
     MURA_DEFAULT_THRESHOLD,
     MURA_ENSEMBLE_MODEL,
     MURA_MEMBERS,
+    OOD_REFUSED_REASON,
     WRIST_DETECT_MODEL,
 )
 from msk.imaging import RadiographError
@@ -197,13 +198,14 @@ class WebService:
             if not message.startswith(f"{upload.filename}:"):
                 message = f"{upload.filename}: {message}"
             return {**common_fields(upload.filename, error=message, error_reason=reason,
-                                    latency_s=getattr(result, "latency_s", None)), **payload}
+                                    latency_s=getattr(result, "latency_s", None)),
+                    **payload, **_trust(result)}
         payload.update({
             "probability": float(result.probability),
             "threshold": float(result.threshold),
             "abnormal": bool(result.abnormal) if result.abnormal is not None else None,
             "members": {m: float(result.members[m]) for m in MURA_MEMBERS if m in result.members},
-            "weights": result.weights,
+            "weights": result.weights, **_trust(result),
         })
         if result.heatmap is not None:
             payload["heatmap"] = rendering.heatmap_views(np.asarray(result.heatmap, np.uint8))
@@ -225,6 +227,14 @@ class WebService:
                 "wrist_versions": dict(detection.versions)}
 
 
+def _trust(result: Any) -> dict[str, Any]:
+    """The row schema's trust fields (`clients.rows.trust_fields`) of a MuraResult, or nulls."""
+    if result is None:
+        return dict(trust_fields())
+    return dict(trust_fields(result.ood_score, result.in_distribution, result.ood_threshold,
+                             result.member_spread))
+
+
 def box_json(box: Any) -> dict[str, Any]:
     """One `clients.wrist.Detection` as {label, score, x1, y1, x2, y2, colour} (original pixels;
     the colour per structure is the one `msk detect --overlay-dir` PNGs use)."""
@@ -242,12 +252,15 @@ def aggregate(images: list[dict[str, Any]],
     images, called against the body part's operating point (the default one when the images'
     body parts differ: `mixed_body_parts`)."""
     scored = [im for im in images if im.get("probability") is not None]
+    call = study_call((ScoredImage(im.get("probability"), im.get("body_part"),
+                                   im.get("threshold"), in_distribution=im.get("in_distribution"),
+                                   refused=im.get("error_reason") == OOD_REFUSED_REASON)
+                       for im in images), default_threshold)
     study: dict[str, Any] = {"n_images": len(images), "n_scored": len(scored),
-                             "n_errors": len(images) - len(scored)}
+                             "n_errors": len(images) - len(scored), "n_refused": call.refused,
+                             "n_out_of_distribution": call.out_of_distribution}
     if not scored:
         return study
-    call = study_call((ScoredImage(im.get("probability"), im.get("body_part"),
-                                   im.get("threshold")) for im in images), default_threshold)
     members = {m: float(np.mean([im["members"][m] for im in scored if m in im["members"]]))
                for m in MURA_MEMBERS if any(m in im["members"] for im in scored)}
     study.update({"probability": call.probability, "threshold": call.threshold,

@@ -14,8 +14,13 @@ from msk.commands._args import positive_int
 from msk.constants import (
     EXPORT_CPU_RUNTIMES,
     EXPORT_PRECISIONS,
+    MURA_BODY_PARTS,
     MURA_CALIBRATION_FILE,
     MURA_MEMBERS,
+    MURA_OVERALL_OPERATING_POINT,
+    OOD_DEFAULT_PERCENTILE,
+    OOD_REFERENCE_CSV,
+    OOD_REFERENCE_MAX_IMAGES,
     REFERENCE_CPU_CORES,
 )
 
@@ -73,7 +78,61 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--holdout", action="append", default=[], metavar="DIR|CSV",
                    help="int8: labelled held-out images for the accuracy gate (MURA layout "
                    "folder or a CSV manifest with path,label[,study,body_part]; repeatable)")
+    p.add_argument("--reference", action="append", default=[], metavar="DIR|CSV",
+                   help="images the out-of-distribution statistics are fitted on (a folder or a "
+                   "CSV manifest, as `msk score` reads them; labels and body parts optional; "
+                   f"repeatable; at most {OOD_REFERENCE_MAX_IMAGES} are used). Default: the "
+                   f"training images (<checkpoints>/{OOD_REFERENCE_CSV}, written by `msk train "
+                   "mura`); the demo and --tiny use synthetic images and say so. Another "
+                   "reference set makes a new version")
+    p.add_argument("--ood-percentile", action="append", default=[], metavar="[PART=]Q",
+                   type=_percentile,
+                   help="in-distribution threshold: the Q-th percentile of the reference set's "
+                   f"OOD scores (default {OOD_DEFAULT_PERCENTILE:g}); PART=Q sets it for one body "
+                   f"part ({', '.join(MURA_BODY_PARTS)}); repeatable. A change makes a new "
+                   "version")
     p.set_defaults(handler=run)
+
+
+def _percentile(text: str) -> tuple[str, float]:
+    part, _, value = text.rpartition("=")
+    part = part.strip().lower() or MURA_OVERALL_OPERATING_POINT
+    if part not in (*MURA_BODY_PARTS, MURA_OVERALL_OPERATING_POINT):
+        raise argparse.ArgumentTypeError(f"unknown body part {part!r} (expected one of "
+                                         f"{', '.join(MURA_BODY_PARTS)})")
+    try:
+        q = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentile: {value!r}") from None
+    if not 0.0 < q <= 100.0:
+        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100], got {q:g}")
+    return part, q
+
+
+def _reference(specs: list[str], checkpoints: Path | None):
+    """The OOD reference set: --reference, else the checkpoints' training-image list, else None
+    (the demo's synthetic set, chosen by the export). Read by the one input expander."""
+    from export.ood_reference import GIVEN_KIND, TRAINING_KIND, reference_from_files
+
+    if specs:
+        kind, source = GIVEN_KIND, ", ".join(specs)
+    elif checkpoints is not None and (checkpoints / OOD_REFERENCE_CSV).is_file():
+        kind, source = TRAINING_KIND, str(checkpoints / OOD_REFERENCE_CSV)
+        specs = [source]
+    else:
+        if checkpoints is not None:
+            log.warning("%s has no %s (written by `msk train mura`) and no --reference was "
+                        "given: the OOD statistics are fitted on the demo's synthetic images",
+                        checkpoints, OOD_REFERENCE_CSV)
+        return None
+    items = expand_inputs(specs)
+    errors = [item.error for item in items if item.error]
+    if errors:
+        raise ValueError(f"--reference: {errors[0]}")
+    if not items:
+        raise ValueError("--reference: no images")
+    return reference_from_files(((item.path, item.label, item.body_part) for item in items),
+                                kind, source)
 
 
 def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None]:
@@ -156,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     try:
         calibration, holdout = _precision_inputs(args)
+        reference = _reference(args.reference, args.checkpoints)
         if args.target != "cpu" and (args.cpu_cores != REFERENCE_CPU_CORES
                                      or args.cpu_runtime != EXPORT_CPU_RUNTIMES[0]):
             raise ValueError("--cpu-cores and --cpu-runtime are for --target cpu (GPU targets "
@@ -179,7 +239,8 @@ def run(args: argparse.Namespace) -> int:
                                 imagenet_weights=imagenet, wrist_weights=wrist, force=args.force,
                                 precision=args.precision, calibration=calibration,
                                 holdout=holdout, cpu_cores=args.cpu_cores,
-                                cpu_runtime=args.cpu_runtime)
+                                cpu_runtime=args.cpu_runtime, reference=reference,
+                                ood_percentiles=dict(args.ood_percentile))
 
     try:
         if str(args.repository).startswith("s3://"):

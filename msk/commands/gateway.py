@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from msk.constants import OOD_POLICIES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -85,6 +87,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="routing rule table (JSON/YAML) put in front of the default rules")
     p.add_argument("--wrist", choices=("auto", "on", "off"),
                    help="run wrist_detect on wrists: auto = when the server has it (default)")
+    p.add_argument("--ood", choices=OOD_POLICIES,
+                   help="out-of-distribution policy: refuse (default) gives an image unlike the "
+                   "model's reference set no call, and the SR says 'not assessed' with the "
+                   "reason; flag calls it and records its OOD score")
     p.add_argument("--heatmaps", "--secondary-capture", dest="heatmaps", action="store_const",
                    const=True, help="also send each scored image's heatmap as a Segmentation "
                    "a viewer overlays (--secondary-capture: the old name)")
@@ -119,8 +125,8 @@ SETTINGS = ("ae_title", "host", "port", "triton_url", "destination", "destinatio
             "dicom_tls_key", "dicom_tls_ca", "dicomweb_port", "dicomweb_allowed_clients",
             "require_called_aet", "stable_seconds", "data_dir", "max_attempts",
             "backoff_base_s", "backoff_max_s", "artim_timeout_s", "max_associations",
-            "max_associations_per_peer", "reserved_associations", "rules", "wrist", "heatmaps",
-            "metrics_port", "metrics_host", "audit_log", "log_file", "log_level",
+            "max_associations_per_peer", "reserved_associations", "rules", "wrist", "ood",
+            "heatmaps", "metrics_port", "metrics_host", "audit_log", "log_file", "log_level",
             "triton_tls_ca", "triton_tls_cert", "triton_tls_key",
             "shared_queue")
 

@@ -16,7 +16,12 @@ import sys
 from pathlib import Path
 
 from clients.tls import TlsConfigError, add_tls_arguments, tls_from_args
-from msk.constants import DEFAULT_GRPC_URL, MURA_ENSEMBLE_MODEL
+from msk.constants import (
+    DEFAULT_GRPC_URL,
+    MURA_ENSEMBLE_MODEL,
+    OOD_POLICIES,
+    OOD_REFUSED_REASON,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -74,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-stdout", action="store_true",
                    help="do not print rows on stdout (with --out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--ood", choices=OOD_POLICIES, default="flag",
+                   help="out-of-distribution policy: flag (default) scores every image and says "
+                   "in_distribution true/false; refuse gives an image whose OOD score is above "
+                   "its body part's threshold no probability and no call, only error_reason "
+                   f"{OOD_REFUSED_REASON} (its study is called on the other images and says "
+                   "how many were refused)")
     add_tls_arguments(p)
     p.set_defaults(handler=run)
 
@@ -200,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     scorer = BatchScorer(args.url, concurrency=args.concurrency, model=args.model,
                          shared_memory=args.shared_memory,
                          retry=RetryPolicy(give_up_after_s=args.retry_for),
-                         request_timeout_s=args.timeout, tls=tls)
+                         request_timeout_s=args.timeout, tls=tls, ood_policy=args.ood)
     printer = None if args.no_stdout else stdout_sink()
     if todo:
         try:

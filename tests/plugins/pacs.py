@@ -345,7 +345,12 @@ def make_text_sr(out_dir: Path, patient: SyntheticPatient, study_uid: str) -> Pa
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class GatewayProcess:
-    """`msk gateway` in a subprocess; kill() = SIGKILL (a crash), start() again = restart."""
+    """`msk gateway` in a subprocess; kill() = SIGKILL (a crash), start() again = restart.
+
+    It runs with `--ood flag` unless the test gives `--ood`: the test repositories' OOD
+    reference is the demo's synthetic set, and the real CR radiographs these tests send are,
+    rightly, out of distribution for it; the default policy (refuse) has its own tests
+    (tests/test_gateway_e2e.py, tests/test_ood_commands.py)."""
 
     root: Path
     triton_url: str
@@ -378,7 +383,8 @@ class GatewayProcess:
                 str(self.data_dir), "--stable-seconds", "2", "--backoff-base", "0.5",
                 "--backoff-max", "2", "--metrics-port", str(self.metrics_port),
                 "--allowed-calling-ae", MODALITY_AET, "--allowed-calling-ae", PACS_AET,
-                "--ready-file", str(self.root / "ready"), *self.extra]
+                "--ready-file", str(self.root / "ready"),
+                *([] if "--ood" in self.extra else ["--ood", "flag"]), *self.extra]
 
     def start(self, timeout: float = 60.0) -> GatewayProcess:
         self.root.mkdir(parents=True, exist_ok=True)

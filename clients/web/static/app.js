@@ -66,6 +66,10 @@ function imageCard(item) {
   card.append(el("h2", { text: item.filename }));
   if (item.error) {
     card.classList.add("failed");
+    if (item.error_reason === "out_of_distribution") {
+      card.classList.add("out-of-distribution");
+      card.append(el("p", { class: "error ood", text: "Not assessed: this image is not like the images the model was built on (out of distribution), so no probability or call is given." }));
+    }
     card.append(el("p", { class: "error image-error", text: item.error }));
     return card;
   }
@@ -91,6 +95,15 @@ function imageCard(item) {
     document.createTextNode(" probability of abnormality "),
     callBadge(item.abnormal, item.threshold));
   card.append(summary);
+  if (item.in_distribution === false) {
+    card.classList.add("out-of-distribution");
+    card.append(el("p", { class: "warn ood", text: `Out of distribution: this image is not like the images the model was built on (OOD score ${fmt(item.ood_score)} above its threshold ${fmt(item.ood_threshold)}). Do not rely on this result.` }));
+  } else if (item.ood_score !== null && item.ood_score !== undefined) {
+    card.append(el("p", { class: "note ood", text: `In distribution (OOD score ${fmt(item.ood_score)}, threshold ${fmt(item.ood_threshold)}).` }));
+  }
+  if (item.member_spread !== null && item.member_spread !== undefined) {
+    card.append(el("p", { class: "note spread", text: `Members disagree by ${fmt(item.member_spread)} (max - min of the four probabilities).` }));
+  }
   if (item.body_part) card.append(el("p", { class: "note", text: `body part: ${item.body_part}` }));
   if (item.boxes_error) card.append(el("p", { class: "warn", text: `Wrist structures: ${item.boxes_error}` }));
   else if (item.boxes && !item.boxes.length) card.append(el("p", { class: "note", text: "No wrist structures detected." }));
@@ -109,7 +122,10 @@ function renderStudy(study) {
   section.hidden = false;
   section.append(el("h1", { text: "Study" }));
   if (study.probability === undefined) {
-    section.append(el("p", { class: "error", text: `No image of this study could be scored (${study.n_errors} of ${study.n_images} failed).` }));
+    const why = study.n_refused === study.n_images && study.n_images
+      ? "Not assessed: every image of this study is out of distribution for the model."
+      : `No image of this study could be scored (${study.n_errors} of ${study.n_images} failed).`;
+    section.append(el("p", { class: "error", text: why }));
     return;
   }
   section.append(el("p", {},
@@ -118,6 +134,8 @@ function renderStudy(study) {
     document.createTextNode(` mean over ${study.n_scored} image${study.n_scored === 1 ? "" : "s"} `),
     callBadge(study.abnormal, study.threshold)));
   if (study.n_errors) section.append(el("p", { class: "warn", text: `${study.n_errors} image(s) could not be scored; see below.` }));
+  if (study.n_refused) section.append(el("p", { class: "warn ood", text: `${study.n_refused} image(s) were not assessed (out of distribution); the study call uses the other ${study.n_scored}.` }));
+  if (study.n_out_of_distribution) section.append(el("p", { class: "warn ood", text: `${study.n_out_of_distribution} scored image(s) are out of distribution; the study call includes them.` }));
   if (study.mixed_body_parts) section.append(el("p", { class: "note", text: "Images have different body parts; the default threshold is used for the study call." }));
   section.append(memberTable(study.members));
 }
