@@ -4,9 +4,10 @@ Why append-and-flush per row: a run killed at any point keeps every row already 
 `--resume` reads the file back to skip them. A kill can leave half a line at the end; `open_sink`
 cuts the file back to its last complete line before appending, so the file stays parseable.
 Rows are written in completion order (concurrent requests finish out of order); `input` is the
-key. Rows start with the shared row fields (`clients.rows`). Files written before the shared
-schema (key `path`, `latency_ms`) are still read, for `--resume` and `--merge`: `read_rows`
-upgrades their rows, and a resumed old file is rewritten in the new form before appending.
+key. Rows start with the shared row fields (`clients.rows`). A CSV written with other columns (a
+version that had fewer, such as the OOD fields) is rewritten with the current header when it is
+resumed, so one file has one header. Nothing has been released, so files from before the shared
+row schema (`path`, `latency_ms`) are not read (no compatibility shims before 1.0).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any, Protocol, TextIO
 
 from clients.errors import RETRYABLE
 from clients.rows import SHARED_FIELDS, TRUST_FIELDS
-from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_MEMBERS
 
 TRANSIENT_REASONS = RETRYABLE
@@ -67,7 +67,7 @@ def _unflatten(flat: dict[str, str]) -> dict[str, Any]:
         return float(value) if value not in (None, "") else None
 
     row: dict[str, Any] = {
-        "input": flat.get("input") or flat.get("path", ""),
+        "input": flat.get("input", ""),
         "study": flat.get("study") or None,
         "body_part": flat.get("body_part") or None,
         "label": int(float(flat["label"])) if flat.get("label") else None,
@@ -88,24 +88,7 @@ def _unflatten(flat: dict[str, str]) -> dict[str, Any]:
         "error_reason": flat.get("error_reason") or None,
         "notice": flat.get("notice") or None,
     }
-    if flat.get("latency_ms") and row["latency_s"] is None:
-        row["latency_s"] = round(float(flat["latency_ms"]) / 1000, 4)
-    return upgrade(row)
-
-
-def upgrade(row: dict[str, Any]) -> dict[str, Any]:
-    """A row of a file written before the shared schema, in the current form (same values):
-    `path` -> `input`, `latency_ms` -> `latency_s`, the notice added. Current rows unchanged."""
-    if "path" in row:
-        path = row.pop("path")
-        row["input"] = row.get("input") or path
-    if "latency_ms" in row:
-        ms = row.pop("latency_ms")
-        if row.get("latency_s") is None:
-            row["latency_s"] = None if ms is None else round(float(ms) / 1000, 4)
-    row.setdefault("latency_s", None)
-    row["notice"] = row.get("notice") or RESEARCH_USE_NOTICE
-    # The shared fields lead every row (docs/outputs.md), old files' rows included.
+    # The shared fields lead every row (docs/outputs.md).
     return {**{k: row.get(k) for k in SHARED_FIELDS}, **row}
 
 
@@ -174,7 +157,7 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         rows = []
         for line in complete.splitlines():
             if line.strip():
-                rows.append(upgrade(json.loads(line)))
+                rows.append(json.loads(line))
         return rows
     return [_unflatten(r) for r in csv.DictReader(io.StringIO(complete))]
 
@@ -195,7 +178,7 @@ def open_sink(path: Path | None, resume: bool) -> tuple[Sink | None, dict[str, d
         for row in rows:
             if is_final(row):
                 kept[row_key(row)] = row
-        if len(kept) != len(rows) or _old_schema(path, fmt):
+        if len(kept) != len(rows) or _other_columns(path, fmt):
             _rewrite(path, fmt, list(kept.values()))
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,15 +190,13 @@ def open_sink(path: Path | None, resume: bool) -> tuple[Sink | None, dict[str, d
     return CsvSink(handle, write_header=fresh, columns=csv_columns()), kept
 
 
-def _old_schema(path: Path, fmt: str) -> bool:
-    """True for a file written before the shared row schema (its first row names `path`)."""
+def _other_columns(path: Path, fmt: str) -> bool:
+    """True for a CSV whose header is not today's (JSON lines name their fields per row)."""
+    if fmt != "csv":
+        return False
     with path.open(encoding="utf-8") as handle:
         first = handle.readline()
-    if not first.strip():
-        return False
-    if fmt == "csv":
-        return next(csv.reader([first])) != csv_columns()
-    return "input" not in json.loads(first) or "path" in json.loads(first)
+    return bool(first.strip()) and next(csv.reader([first])) != csv_columns()
 
 
 def _rewrite(path: Path, fmt: str, rows: list[dict[str, Any]]) -> None:

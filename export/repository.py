@@ -210,9 +210,7 @@ def build_repository(
             calibration_fingerprint(calibration) if precision == "int8" else None,
             ood={"reference": reference.fingerprint(), "percentiles": percentiles})
         newest = manifest["versions"].get(f"{MURA_ENSEMBLE_MODEL}/{current}", {})
-        same = newest.get("source_fingerprint") == fingerprint or (
-            "source_fingerprint" not in newest and kind != WEIGHTS_TRAINED
-            and newest.get("weights") == kind and "ood" in newest)
+        same = newest.get("source_fingerprint") == fingerprint
         if current and same and not force:
             log.info("repository already serves these %s weights as version %d", kind, current)
             version = current

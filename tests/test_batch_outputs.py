@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 
@@ -19,15 +18,6 @@ def _row(path: str, error: str | None = None, reason: str | None = None) -> dict
             "threshold": None if error else 0.5, "abnormal": None if error else False,
             "body_part": None, "members": None if error else {"densenet169_a": 0.2},
             "weights": None, "attempts": 1}
-
-
-def _old_row(path: str, error: str | None = None, reason: str | None = None) -> dict:
-    """A row as `msk score` wrote it before the shared schema (`path`, `latency_ms`)."""
-    row = _row(path, error, reason)
-    row["path"] = row.pop("input")
-    row["latency_ms"] = 1000 * row.pop("latency_s")
-    del row["notice"]
-    return row
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
@@ -54,34 +44,31 @@ def test_resume_cuts_partial_line_and_drops_transient_errors(tmp_path, suffix):
     assert all(r["notice"] == RESEARCH_USE_NOTICE for r in rows)
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_resume_reads_a_file_written_before_the_shared_schema(tmp_path, suffix):
-    """Old files (key `path`, `latency_ms`) still resume: their kept rows are rewritten in the
-    new form before new rows are appended, so the file has one schema afterwards."""
-    out = tmp_path / f"old{suffix}"
-    old = [_old_row("a.png"), _old_row("b.png", "b.png: server unavailable", "server_unavailable")]
-    if suffix == ".jsonl":
-        out.write_text("".join(json.dumps(r) + "\n" for r in old))
-    else:
-        columns = ["path", "study", "body_part", "label", "probability", "threshold", "abnormal",
-                   "versions", "weights", "latency_ms", "attempts", "error", "error_reason"]
-        with out.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for r in old:
-                r["versions"] = json.dumps(r["versions"]) if r["versions"] else None
-                writer.writerow({k: "" if r.get(k) is None else r[k] for k in columns})
+def test_resume_rewrites_a_csv_with_other_columns_under_todays_header(tmp_path):
+    """A CSV from a version with fewer columns (here: before the OOD fields) resumes: its kept
+    rows are rewritten under today's header before new rows are appended."""
+    out = tmp_path / "older.csv"
+    columns = [c for c in csv_columns() if c not in ("ood_score", "in_distribution",
+                                                     "ood_threshold", "member_spread")]
+    assert len(columns) < len(csv_columns())
+    sink, _ = open_sink(out, resume=False)
+    sink.write(_row("a.png"))
+    sink.write(_row("b.png", "b.png: server unavailable", "server_unavailable"))
+    sink.close()
+    with out.open(newline="") as handle:
+        old = list(csv.DictReader(handle))
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(old)
     sink, kept = open_sink(out, resume=True)
     assert sorted(kept) == ["a.png"]
     sink.write(_row("b.png"))
     sink.close()
+    assert out.read_text().splitlines()[0].split(",") == csv_columns()
     rows = read_rows(out)
     assert sorted(r["input"] for r in rows) == ["a.png", "b.png"]
-    assert all("path" not in r and r["latency_s"] == 0.0035 for r in rows)
-    if suffix == ".csv":
-        assert out.read_text().splitlines()[0].split(",") == csv_columns()
-    else:
-        assert all("input" in json.loads(line) for line in out.read_text().splitlines())
+    assert all(r["latency_s"] == 0.0035 and r["notice"] == RESEARCH_USE_NOTICE for r in rows)
 
 
 def test_rows_start_with_the_shared_fields_in_both_formats(tmp_path):

@@ -238,7 +238,7 @@ class GatewayConfig:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
 
-FIELD_NAMES = {f.name for f in fields(GatewayConfig)} | {"secondary_capture"}
+FIELD_NAMES = {f.name for f in fields(GatewayConfig)}
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -266,9 +266,6 @@ def load_file(path: str | Path) -> dict[str, Any]:
 def build_config(file_settings: dict[str, Any], overrides: dict[str, Any]) -> GatewayConfig:
     """Defaults < file < overrides (None in overrides = not given)."""
     merged = {**file_settings, **{k: v for k, v in overrides.items() if v is not None}}
-    if "secondary_capture" in merged:      # the setting's old name (a Secondary Capture then)
-        merged["heatmaps"] = bool(merged.pop("secondary_capture")) or merged.get("heatmaps",
-                                                                              False)
     missing = [k for k in ("triton_url",) if not merged.get(k)]
     if missing:
         raise ValueError(f"gateway settings missing: {missing} (give them as flags or in the "

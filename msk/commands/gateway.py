@@ -91,9 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="out-of-distribution policy: refuse (default) gives an image unlike the "
                    "model's reference set no call, and the SR says 'not assessed' with the "
                    "reason; flag calls it and records its OOD score")
-    p.add_argument("--heatmaps", "--secondary-capture", dest="heatmaps", action="store_const",
+    p.add_argument("--heatmaps", dest="heatmaps", action="store_const",
                    const=True, help="also send each scored image's heatmap as a Segmentation "
-                   "a viewer overlays (--secondary-capture: the old name)")
+                   "a viewer overlays")
     p.add_argument("--metrics-port", type=int,
                    help="serve Prometheus metrics on this port (default off)")
     p.add_argument("--metrics-host",
