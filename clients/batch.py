@@ -547,6 +547,6 @@ def study_rows(rows: list[dict[str, Any]],
     return studies
 
 
-STUDY_COLUMNS = ["study", "body_part", "label", "images", "scored", "refused",
+STUDY_COLUMNS = ["study", "body_part", "label", "images", "scored", "failed", "refused",
                  "out_of_distribution", "probability", "threshold", "abnormal",
                  "mixed_body_parts", "error"]

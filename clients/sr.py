@@ -49,7 +49,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from clients.study import ScoredImage, StudyCall, study_call
+from clients.study import ScoredImage, StudyCall, member_means, study_call
 from clients.wrist import Detection
 from msk import RESEARCH_USE_NOTICE, __version__
 
@@ -190,12 +190,8 @@ class StudyResult:
 
     @property
     def members(self) -> dict[str, float]:
-        """Per member: mean over scored images (the same aggregation as the ensemble)."""
-        names: list[str] = []
-        for image in self.scored:
-            names.extend(n for n in image.members if n not in names)
-        return {n: float(np.mean([i.members[n] for i in self.scored if n in i.members]))
-                for n in names}
+        """Per member: mean over scored images (`clients.study.member_means`)."""
+        return member_means(image.members for image in self.scored)
 
 
 def device_uid(sha256s: Iterable[str]) -> str:

@@ -23,7 +23,7 @@ reader sees that the call rests on images unlike the model's reference set.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +65,15 @@ class StudyCall:
     mixed_body_parts: bool
     error: str | None
 
+    @property
+    def failed(self) -> int:
+        """Images that could not be scored (unreadable, a server error); refused ones apart."""
+        return self.images - self.scored - self.refused
+
     def to_json(self) -> dict[str, Any]:
-        return {"images": self.images, "scored": self.scored, "refused": self.refused,
+        """The study's fields, named as everywhere a study is shown (studies file, web API)."""
+        return {"images": self.images, "scored": self.scored, "failed": self.failed,
+                "refused": self.refused,
                 "out_of_distribution": self.out_of_distribution,
                 "probability": self.probability,
                 "threshold": self.threshold, "abnormal": self.abnormal,
@@ -102,3 +109,15 @@ def study_call(images: Iterable[ScoredImage],
     threshold = points[0] if points and not mixed else float(default_threshold)
     return StudyCall(len(items), len(ok), refused, flagged, probability, threshold,
                      probability >= threshold, body_part, mixed, None)
+
+
+def member_means(members: Iterable[Mapping[str, float]]) -> dict[str, float]:
+    """Per ensemble member: its mean probability over a study's scored images (`members` holds
+    each scored image's {member: probability}), the same aggregation as the study probability.
+    The one place it is computed: the web API's study and the SR's study group use it."""
+    per_image = list(members)
+    names: list[str] = []
+    for image in per_image:
+        names.extend(n for n in image if n not in names)
+    return {n: sum(float(i[n]) for i in per_image if n in i) / sum(1 for i in per_image if n in i)
+            for n in names}

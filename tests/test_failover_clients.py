@@ -75,7 +75,7 @@ def test_web_with_a_dead_and_a_live_url_scores_every_upload(web_triton, tmp_path
     for image in body["images"]:
         assert set(SHARED_FIELDS) <= set(image) and image["notice"] == RESEARCH_USE_NOTICE
         assert image["error"] is None and 0.0 <= image["probability"] <= 1.0, image
-    assert body["study"]["n_scored"] == len(files)
+    assert body["study"]["scored"] == len(files)
     assert body["study"]["mixed_body_parts"] is False
 
 

@@ -161,7 +161,7 @@ def test_web_api_says_it(home: Path, server, tmp_path: Path) -> None:
         assert {"ood_score", "in_distribution", "ood_threshold", "member_spread"} <= set(image)
     noise = next(im for im in images if im["input"] == "noise.png")
     assert noise["in_distribution"] is False and noise["probability"] is not None   # flag
-    assert reply.json()["study"]["n_out_of_distribution"] >= 1
+    assert reply.json()["study"]["out_of_distribution"] >= 1
 
 
 def test_sr_says_not_assessed_in_coded_form(tmp_path: Path) -> None:

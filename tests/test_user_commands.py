@@ -217,7 +217,7 @@ def test_web_answers_a_score_request(home: Path, served: dict) -> None:
                                   data={"body_part": "elbow"}, timeout=120)
         assert reply.status_code == 200, reply.text
         body = reply.json()
-        assert body["notice"] == RESEARCH_USE_NOTICE and body["study"]["n_scored"] == 1
+        assert body["notice"] == RESEARCH_USE_NOTICE and body["study"]["scored"] == 1
         assert 0.0 <= body["study"]["probability"] <= 1.0
         # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught
         assert web.stop() in (0, -signal.SIGTERM)

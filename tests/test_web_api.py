@@ -93,7 +93,7 @@ def test_scores_equal_the_python_client(web_app, web_triton, study_files):
                       ).mean() < 8
     # Study view: mean probability over the scored images, called at the same operating point.
     study = body["study"]
-    assert study["n_images"] == study["n_scored"] == len(study_files)
+    assert study["images"] == study["scored"] == len(study_files)
     assert study["probability"] == pytest.approx(np.mean([r.probability for r in expected]),
                                                  abs=1e-6)
     assert study["abnormal"] == (study["probability"] >= study["threshold"])
@@ -171,7 +171,7 @@ def test_bad_files_are_named_and_the_rest_is_scored(web_app):
         assert phrase in error, error
         assert len(error) < 400
     study = response.json()["study"]
-    assert (study["n_scored"], study["n_errors"]) == (1, len(files) - 1)
+    assert (study["scored"], study["failed"]) == (1, len(files) - 1)
     assert study["probability"] == pytest.approx(images["good.png"]["probability"])
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from clients.errors import Reason, error_text, request_reason
 from clients.failover import url_list
 from clients.rows import common_fields, trust_fields
-from clients.study import ScoredImage, study_call
+from clients.study import ScoredImage, member_means, study_call
 from clients.tls import GrpcTls, client_kwargs
 from clients.web import rendering
 from clients.web.uploads import DecodedUpload
@@ -256,14 +256,7 @@ def aggregate(images: list[dict[str, Any]],
                                    im.get("threshold"), in_distribution=im.get("in_distribution"),
                                    refused=im.get("error_reason") == OOD_REFUSED_REASON)
                        for im in images), default_threshold)
-    study: dict[str, Any] = {"n_images": len(images), "n_scored": len(scored),
-                             "n_errors": len(images) - len(scored), "n_refused": call.refused,
-                             "n_out_of_distribution": call.out_of_distribution}
-    if not scored:
-        return study
-    members = {m: float(np.mean([im["members"][m] for im in scored if m in im["members"]]))
-               for m in MURA_MEMBERS if any(m in im["members"] for im in scored)}
-    study.update({"probability": call.probability, "threshold": call.threshold,
-                  "abnormal": call.abnormal, "members": members, "body_part": call.body_part,
-                  "mixed_body_parts": call.mixed_body_parts})
+    study: dict[str, Any] = call.to_json()
+    if scored:
+        study["members"] = member_means(im["members"] for im in scored)
     return study

@@ -121,21 +121,21 @@ function renderStudy(study) {
   section.replaceChildren();
   section.hidden = false;
   section.append(el("h1", { text: "Study" }));
-  if (study.probability === undefined) {
-    const why = study.n_refused === study.n_images && study.n_images
+  if (study.probability == null) {
+    const why = study.refused === study.images && study.images
       ? "Not assessed: every image of this study is out of distribution for the model."
-      : `No image of this study could be scored (${study.n_errors} of ${study.n_images} failed).`;
+      : `No image of this study could be scored (${study.failed} of ${study.images} failed).`;
     section.append(el("p", { class: "error", text: why }));
     return;
   }
   section.append(el("p", {},
     el("span", { class: "probability study-probability", "data-value": String(study.probability),
                  text: fmt(study.probability) }),
-    document.createTextNode(` mean over ${study.n_scored} image${study.n_scored === 1 ? "" : "s"} `),
+    document.createTextNode(` mean over ${study.scored} image${study.scored === 1 ? "" : "s"} `),
     callBadge(study.abnormal, study.threshold)));
-  if (study.n_errors) section.append(el("p", { class: "warn", text: `${study.n_errors} image(s) could not be scored; see below.` }));
-  if (study.n_refused) section.append(el("p", { class: "warn ood", text: `${study.n_refused} image(s) were not assessed (out of distribution); the study call uses the other ${study.n_scored}.` }));
-  if (study.n_out_of_distribution) section.append(el("p", { class: "warn ood", text: `${study.n_out_of_distribution} scored image(s) are out of distribution; the study call includes them.` }));
+  if (study.failed) section.append(el("p", { class: "warn", text: `${study.failed} image(s) could not be scored; see below.` }));
+  if (study.refused) section.append(el("p", { class: "warn ood", text: `${study.refused} image(s) were not assessed (out of distribution); the study call uses the other ${study.scored}.` }));
+  if (study.out_of_distribution) section.append(el("p", { class: "warn ood", text: `${study.out_of_distribution} scored image(s) are out of distribution; the study call includes them.` }));
   if (study.mixed_body_parts) section.append(el("p", { class: "note", text: "Images have different body parts; the default threshold is used for the study call." }));
   section.append(memberTable(study.members));
 }
