@@ -80,7 +80,8 @@ def test_built_repositories_use_the_committed_configs(demo_repository, tiny_repo
     for repo in (demo_repository, tiny_repository):
         for name, text in render_mura_configs("cpu").items():
             assert (repo / name / "config.pbtxt").read_text() == text
-            assert text == (ROOT / "model_repository" / name / "config.pbtxt").read_text()
+            assert text == (ROOT / "export" / "generated" / "cpu" / name / "config.pbtxt"
+                            ).read_text()
 
 
 def test_the_wrist_export_writes_the_rendered_configs(wrist_repository: Path) -> None:
