@@ -12,22 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from export.manifest import load_manifest, sha256_file
+from export.model_specs import mura_specs, study_detector_input, wrist_specs
 from export.staging import JOURNAL_NAME
-from msk.constants import (
-    MURA_ENSEMBLE_MODEL,
-    MURA_MEAN_MODEL,
-    MURA_MEMBERS,
-    MURA_PREPROCESS_MODEL,
-    WRIST_BONES_MODEL,
-    WRIST_DETECT_MODEL,
-    WRIST_JOINTS_MODEL,
-    WRIST_POSTPROCESS_MODEL,
-    WRIST_PREPROCESS_MODEL,
-)
 
-MURA_MODELS = (MURA_PREPROCESS_MODEL, *MURA_MEMBERS, MURA_MEAN_MODEL, MURA_ENSEMBLE_MODEL)
-WRIST_MODELS = (WRIST_PREPROCESS_MODEL, WRIST_JOINTS_MODEL, WRIST_BONES_MODEL,
-                WRIST_POSTPROCESS_MODEL, WRIST_DETECT_MODEL)
+MURA_MODELS = tuple(spec.name for spec in mura_specs())
+WRIST_MODELS = tuple(spec.name for spec in wrist_specs(*study_detector_input()))
+"""Each pipeline's models, read from the one description (export/model_specs.py): a model added
+there is checked here without anyone listing it twice."""
 PIPELINES = {"MURA": MURA_MODELS, "wrist": WRIST_MODELS}
 
 
