@@ -94,3 +94,30 @@ def test_bad_connection_limit_flags_are_refused_naming_them(tmp_path: Path) -> N
         assert name in proc.stderr and not proc.stdout, (flags, proc.stderr)
     proc = _run(*base, "--max-associations", "many")       # argparse: not an int
     assert proc.returncode == 2 and "--max-associations" in proc.stderr
+
+
+def test_every_setting_has_one_description_reachable_from_file_and_flags(tmp_path: Path) -> None:
+    """Issue "one settings model": each GatewayConfig field is a flag (with its default in
+    --help) and a config-file key, from the field's own metadata; nothing is listed twice."""
+    import argparse
+    from dataclasses import fields
+
+    from clients.gateway.config import GatewayConfig, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    by_dest = {a.dest: a for a in parser._actions if a.dest != "help"}
+    assert set(by_dest) == {f.name for f in fields(GatewayConfig)}
+    assert "(default 30.0)" in by_dest["dicom_timeout_s"].help          # shown from the field
+    assert by_dest["dicom_timeout_s"].option_strings == ["--dicom-timeout"]
+    base = ("--triton-url", "127.0.0.1:1", "--destination", "PACS@127.0.0.1:104",
+            "--allowed-calling-ae", "PACS", "--data-dir", str(tmp_path / "q"))
+    from_flag = json.loads(_run(*base, "--dicom-timeout", "7", "--poll-interval", "0.25",
+                                "--print-config").stdout)
+    assert (from_flag["dicom_timeout_s"], from_flag["poll_interval_s"]) == (7.0, 0.25)
+    config = tmp_path / "gateway.yaml"
+    config.write_text("dicom-timeout-s: 9\npoll_interval_s: 2\n")
+    from_file = json.loads(_run(*base, "--config", str(config), "--print-config").stdout)
+    assert (from_file["dicom_timeout_s"], from_file["poll_interval_s"]) == (9, 2)
+    refused = _run(*base, "--dicom-timeout", "0", "--print-config")
+    assert refused.returncode == 2 and "dicom_timeout_s" in refused.stderr

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -71,81 +71,138 @@ class CallingPeer:
         return f"{self.ae_title}@{self.address}" if self.address else self.ae_title
 
 
+TRITON_TLS_GROUP = "TLS to Triton's gRPC endpoint"
+
+
+def setting(default: Any, flag: str, help: str, **argparse_kwargs: Any):  # noqa: A002
+    """A GatewayConfig field and its command-line flag: the one description of a setting.
+    `default` may be a factory (`list`); `argparse_kwargs` go to `add_argument` (type, action,
+    choices, metavar; `group` names an argument group)."""
+    meta = {"flag": flag, "help": help, **argparse_kwargs}
+    if callable(default) and default in (list, dict):
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class GatewayConfig:
-    """All gateway settings (see docs/pacs.md for what each one means in a hospital)."""
+    """All gateway settings (see docs/pacs.md for what each one means in a hospital).
 
-    triton_url: str | list[str]
-    """Triton gRPC endpoint(s): one `HOST:PORT`, a comma-separated string or a list; stored
-    as the list (requests are spread over them and fail over, `clients.failover`)."""
-    destination: Destination | None = None
-    """C-STORE destination (AET@HOST:PORT); this and/or `destination_dicomweb`."""
-    destination_dicomweb: str | None = None
-    """STOW-RS destination (the DICOMweb base URL); auth from MSK_DICOMWEB_* variables."""
-    ae_title: str = DEFAULT_AE_TITLE
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_DICOM_PORT
-    allowed_calling_aes: list[str] = field(default_factory=list)
-    """Senders allowed to store: `AET` or `AET@ADDRESS`. Empty = nobody, unless
-    `accept_any_calling_ae` says otherwise (see `check_senders`)."""
-    accept_any_calling_ae: bool = False
-    require_called_aet: bool = True
-    dicom_tls_cert: Path | None = None
-    """PEM certificate (and `dicom_tls_key`) of the gateway: DICOM TLS on the SCP (and STOW-RS),
-    and the client certificate for TLS deliveries. (`--tls-*` on `msk gateway` is gRPC TLS to
-    Triton; these are the DICOM side.)"""
-    dicom_tls_key: Path | None = None
-    dicom_tls_ca: Path | None = None
-    """PEM CA bundle: senders must present a certificate it signed (mutual TLS), and a TLS
-    destination must too."""
-    destination_tls: bool = False
-    """Deliver by C-STORE over DICOM TLS (verifying the destination with `dicom_tls_ca`)."""
-    dicomweb_port: int | None = None
-    """Serve STOW-RS (`POST /dicomweb/studies`) on this port, on `host`."""
-    dicomweb_allowed_clients: list[str] = field(default_factory=list)
-    """Client addresses allowed to STOW without a token (tokens: MSK_GATEWAY_STOW_TOKENS)."""
-    stable_seconds: float = 30.0
-    data_dir: Path = Path(".cache/gateway")
-    max_attempts: int = 20
-    backoff_base_s: float = 5.0
-    backoff_max_s: float = 300.0
-    poll_interval_s: float = 0.5
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
-    rules: Path | None = None
-    heatmaps: bool = False
-    """Also send each scored image's class-activation heatmap (a Segmentation)."""
-    wrist: str = "auto"
-    """'auto' = run wrist_detect for wrists when the server has it; 'off' never; 'on' require."""
-    ood: str = "refuse"
-    """Out-of-distribution policy (`msk.constants.OOD_POLICIES`): a PACS route sends whatever
-    its rule matches, so by default an image unlike the model's reference set gets no call and
-    the SR says "not assessed" with the reason; 'flag' calls it and records the OOD score."""
-    audit_log: Path | None = None
-    log_file: Path | None = None
-    log_level: str = "INFO"
-    dicom_timeout_s: float = 30.0
-    artim_timeout_s: float = 5.0
-    """Seconds a new DICOM connection has to finish its TLS handshake and send its
-    A-ASSOCIATE-RQ (the PS3.8 ARTIM timer); then it is closed, so silent sockets cannot hold
-    association slots."""
-    max_associations: int = 32
-    """Connections the SCP holds at once, in every state (before and after association)."""
-    max_associations_per_peer: int = 8
-    """Connections one peer address may hold at once; more are closed at accept."""
-    reserved_associations: int = 16
-    """Part of `max_associations` kept for addresses bound in `allowed_calling_aes`
-    (`AET@ADDRESS`): every other address shares only the rest, so strangers cannot lock the
-    PACS out. Titles without an address are known only after association: they share the rest
-    (and with no address pinned at all there is no reserve)."""
-    triton_tls_ca: Path | None = None
-    triton_tls_cert: Path | None = None
-    triton_tls_key: Path | None = None
-    """gRPC TLS to Triton (`--tls-ca/--tls-cert/--tls-key`); none set = plain gRPC."""
-    shared_queue: bool = False
-    """Several gateway processes share `data_dir` (each batch is claimed by one of them)."""
+    The one description of every setting: each field's metadata (`setting`) gives its flag and
+    help, from which `msk gateway`'s flags (`add_arguments`), the config-file keys (the field
+    names), the defaults shown in `--help`, `--print-config` (`to_json`) and the validation
+    (`__post_init__`) all come. Built in Python it is as closed as the CLI: storing needs an
+    allow-list or `accept_any_calling_ae` (`check_senders`, run by the SCP at start)."""
+
+    triton_url: str | list[str] = setting(
+        None, "--triton-url", "Triton gRPC endpoint; repeat it (or give a comma-separated list; "
+        "in --config: a list) for several replicas: requests are spread round-robin and fail "
+        "over to the others when one is down", action="append", metavar="HOST:PORT")
+    destination: Destination | None = setting(
+        None, "--destination", "where results go by C-STORE: AET@HOST:PORT (the PACS)")
+    destination_dicomweb: str | None = setting(
+        None, "--destination-dicomweb", "where results go by STOW-RS: the DICOMweb base URL "
+        "(e.g. https://pacs/dicom-web); auth from MSK_DICOMWEB_TOKEN (bearer) or "
+        "MSK_DICOMWEB_USER/MSK_DICOMWEB_PASSWORD (basic)", metavar="URL")
+    ae_title: str = setting(DEFAULT_AE_TITLE, "--ae-title", "this gateway's AE title")
+    host: str = setting("127.0.0.1", "--host", "address to listen on, DICOM and STOW-RS "
+                        "(0.0.0.0 = every interface)")
+    port: int = setting(DEFAULT_DICOM_PORT, "--port", "DICOM port to listen on", type=int)
+    allowed_calling_aes: list[str] = setting(
+        list, "--allowed-calling-ae", "accept stores only from this calling AE title, "
+        "optionally only from this address (repeatable; required unless "
+        "--accept-any-calling-ae)", action="append", metavar="AET[@ADDRESS]")
+    accept_any_calling_ae: bool = setting(
+        False, "--accept-any-calling-ae", "accept stores from any calling AE and any STOW-RS "
+        "client (not for production)", action="store_const", const=True)
+    require_called_aet: bool = setting(
+        True, "--no-require-called-aet", "accept associations addressed to any called AE title",
+        action="store_const", const=False)
+    dicom_tls_cert: Path | None = setting(
+        None, "--dicom-tls-cert", "PEM certificate of the gateway: the SCP (and STOW-RS) speak "
+        "TLS only; also the client certificate of TLS deliveries", type=Path)
+    dicom_tls_key: Path | None = setting(None, "--dicom-tls-key",
+                                         "PEM private key of --dicom-tls-cert", type=Path)
+    dicom_tls_ca: Path | None = setting(
+        None, "--dicom-tls-ca", "PEM CA bundle: senders must present a certificate it signed "
+        "(mutual TLS); TLS destinations are verified with it", type=Path)
+    destination_tls: bool = setting(
+        False, "--destination-tls", "C-STORE to --destination over DICOM TLS, verified with "
+        "--dicom-tls-ca", action="store_const", const=True)
+    dicomweb_port: int | None = setting(
+        None, "--dicomweb-port", "also accept STOW-RS (POST /dicomweb/studies) on this port",
+        type=int)
+    dicomweb_allowed_clients: list[str] = setting(
+        list, "--dicomweb-allowed-client", "client address allowed to STOW-RS without a token "
+        "(repeatable; tokens: MSK_GATEWAY_STOW_TOKENS, comma-separated)", action="append",
+        metavar="ADDRESS")
+    stable_seconds: float = setting(
+        30.0, "--stable-seconds", "a study is processed after this many seconds without a new "
+        "instance", type=float)
+    data_dir: Path = setting(Path(".cache/gateway"), "--data-dir", "durable queue folder",
+                             type=Path)
+    max_attempts: int = setting(20, "--max-attempts",
+                                "attempts per stage before a study goes to dead/", type=int)
+    backoff_base_s: float = setting(5.0, "--backoff-base", "first retry delay in seconds, "
+                                    "doubled per attempt", type=float)
+    backoff_max_s: float = setting(300.0, "--backoff-max", "longest retry delay in seconds",
+                                   type=float)
+    poll_interval_s: float = setting(0.5, "--poll-interval", "seconds between looks at the "
+                                     "queue for studies that are due", type=float)
+    metrics_port: int | None = setting(None, "--metrics-port",
+                                       "serve Prometheus metrics on this port", type=int)
+    metrics_host: str = setting("127.0.0.1", "--metrics-host", "address for the metrics port "
+                                "(0.0.0.0 in a container)")
+    rules: Path | None = setting(None, "--rules", "routing rule table (JSON/YAML) put in front "
+                                 "of the default rules", type=Path)
+    heatmaps: bool = setting(False, "--heatmaps", "also send each scored image's heatmap as a "
+                             "Segmentation a viewer overlays", action="store_const", const=True)
+    wrist: str = setting("auto", "--wrist", "run wrist_detect on wrists: auto = when the server "
+                         "has it; on = require it; off = never", choices=("auto", "on", "off"))
+    ood: str = setting("refuse", "--ood", "out-of-distribution policy: refuse gives an image "
+                       "unlike the model's reference set no call, and the SR says 'not "
+                       "assessed' with the reason (a PACS route sends whatever its rule "
+                       "matches); flag calls it and records its OOD score", choices=OOD_POLICIES)
+    audit_log: Path | None = setting(None, "--audit-log", "JSON-lines audit log (default "
+                                     "DATA_DIR/audit.jsonl)", type=Path)
+    log_file: Path | None = setting(None, "--log-file", "also write logs to this file", type=Path)
+    log_level: str = setting("INFO", "--log-level", "log level",
+                             choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    dicom_timeout_s: float = setting(
+        30.0, "--dicom-timeout", "seconds a DICOM peer may stay silent inside an association "
+        "(DIMSE and network timeouts), for the SCP and for deliveries", type=float)
+    artim_timeout_s: float = setting(
+        5.0, "--artim-timeout", "seconds a new DICOM connection has to finish its TLS handshake "
+        "and send its A-ASSOCIATE-RQ (the PS3.8 ARTIM timer); then it is closed, so silent "
+        "sockets cannot hold association slots", type=float)
+    max_associations: int = setting(
+        32, "--max-associations", "connections the SCP holds at once, in any state (before and "
+        "after association)", type=int)
+    max_associations_per_peer: int = setting(
+        8, "--max-associations-per-peer", "connections one source address may hold at once; "
+        "more are closed at accept", type=int)
+    reserved_associations: int = setting(
+        16, "--reserved-associations", "part of --max-associations only senders pinned as "
+        "AET@ADDRESS in --allowed-calling-ae may use: every other address shares only the "
+        "rest, so strangers cannot lock the PACS out", type=int)
+    triton_tls_ca: Path | None = setting(
+        None, "--tls-ca", "connect to Triton with TLS, verifying it against this CA (PEM)",
+        type=Path, metavar="PEM", group=TRITON_TLS_GROUP)
+    triton_tls_cert: Path | None = setting(
+        None, "--tls-cert", "client certificate (PEM) for mutual TLS to Triton; needs "
+        "--tls-key", type=Path, metavar="PEM", group=TRITON_TLS_GROUP)
+    triton_tls_key: Path | None = setting(
+        None, "--tls-key", "client private key (PEM) for mutual TLS to Triton; needs --tls-cert",
+        type=Path, metavar="PEM", group=TRITON_TLS_GROUP)
+    shared_queue: bool = setting(
+        False, "--shared-queue", "share --data-dir with other gateway processes (replicas on "
+        "one ReadWriteMany volume): each study is scored and delivered by exactly one",
+        action="store_const", const=True)
 
     def __post_init__(self) -> None:
+        if not self.triton_url:
+            raise ValueError("gateway settings missing: ['triton_url'] (give them as flags or "
+                             "in the config file)")
         self.triton_url = url_list(self.triton_url)
         self.ae_title = check_ae_title(self.ae_title)
         self.allowed_calling_aes = [str(CallingPeer.parse(a)) for a in self.allowed_calling_aes]
@@ -182,6 +239,8 @@ class GatewayConfig:
             raise ValueError(f"ood {self.ood!r} must be one of {', '.join(OOD_POLICIES)}")
         if self.stable_seconds < 0 or self.backoff_base_s <= 0 or self.max_attempts < 1:
             raise ValueError("stable_seconds must be >= 0, backoff_base_s > 0, max_attempts >= 1")
+        if not self.dicom_timeout_s > 0 or not self.poll_interval_s > 0:
+            raise ValueError("dicom_timeout_s and poll_interval_s must be > 0 seconds")
         if self.wrist not in ("auto", "on", "off"):
             raise ValueError(f"wrist must be auto, on or off, not {self.wrist!r}")
         self._check_connection_limits()
@@ -239,6 +298,28 @@ class GatewayConfig:
 
 
 FIELD_NAMES = {f.name for f in fields(GatewayConfig)}
+
+
+def _shown_default(f) -> str:
+    default = f.default if f.default_factory is MISSING else f.default_factory()  # type: ignore[misc]
+    if default in (None, [], False) or f.metadata.get("action") == "store_const":
+        return ""
+    return f" (default {default})"
+
+
+def add_arguments(parser) -> None:
+    """One flag per GatewayConfig field, from its `setting` metadata; defaults from the field
+    (argparse's own default stays None, meaning "not given": the config file may set it)."""
+    groups: dict[str, Any] = {}
+    for f in fields(GatewayConfig):
+        meta = dict(f.metadata)
+        flag, text = meta.pop("flag"), meta.pop("help")
+        group = meta.pop("group", None)
+        if meta.get("action") != "store_const":
+            meta.setdefault("metavar", flag.removeprefix("--").upper().replace("-", "_"))
+        target = parser if group is None else groups.setdefault(
+            group, parser.add_argument_group(group))
+        target.add_argument(flag, dest=f.name, help=text + _shown_default(f), **meta)
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
