@@ -240,8 +240,11 @@ def run(args: argparse.Namespace) -> int:
             bar.set_postfix(errors=errors, refresh=False)
 
     # SIGTERM (docker stop, a scheduler's kill) ends the run like Ctrl-C: rows written so far are
-    # kept and shared-memory regions are unregistered and removed.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # kept and shared-memory regions are unregistered and removed. It is turned into SIGINT,
+    # whose handler asyncio.run installs: that cancels the run's main task from the event loop.
+    # Raising KeyboardInterrupt straight from a SIGTERM handler instead interrupted whatever
+    # code ran (gRPC's own callbacks included) and once left a run hanging, pending forever.
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
     write_failed = False
     try:
         summary = asyncio.run(scorer.run(todo, sink, on_row=on_row, skipped=skipped))
