@@ -89,8 +89,8 @@ def test_the_image_pins_one_release_installs_from_the_lock_and_runs_msk_serve() 
                      re.MULTILINE)
     installs = re.findall(r"pip install [^\n]*", text)
     assert installs and all("--no-deps" in line for line in installs), installs
-    assert any("-r requirements-server.lock" in line for line in installs)
-    lock = (ROOT / "deploy" / "requirements-server.lock").read_text().splitlines()
+    assert any("-r locks/serve.lock" in line for line in installs)
+    lock = (ROOT / "locks" / "serve.lock").read_text().splitlines()
     pins = [line for line in lock if line and not line.startswith("#")]
     assert pins and all("==" in line for line in pins), "every requirement pinned"
     assert re.search(r"^USER (?!root)\S+$", text, re.MULTILINE), "a non-root user"
@@ -103,19 +103,21 @@ def test_the_image_pins_one_release_installs_from_the_lock_and_runs_msk_serve() 
     assert "tritonserver" not in {i["name"] for i in kustomization["images"]}
 
 
-def test_the_client_image_installs_from_its_lock_at_the_project_versions() -> None:
+def test_the_client_image_installs_its_parts_from_their_locks_at_the_project_versions() -> None:
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     installs = re.findall(r"pip install [^\n]*", text)
     assert installs and all("--no-deps" in line for line in installs), installs
-    assert any("-r requirements-client.lock" in line for line in installs)
+    locks = [ROOT / path for line in installs for path in re.findall(r"-r (\S+)", line)]
+    assert {path.name for path in locks} == {"client.lock", "gateway.lock", "web.lock"}
     def pins(path: Path) -> dict[str, str]:
         return dict(line.split(" ;")[0].split("==", 1) for line in path.read_text().splitlines()
                     if line and not line.startswith("#"))
-    client, project = pins(ROOT / "deploy" / "requirements-client.lock"), pins(
-        ROOT / "requirements.lock")
-    assert {"torch", "torchvision", "ultralytics", "onnxruntime"}.isdisjoint(client)
-    assert {name: version for name, version in client.items()
-            if project.get(name, version) != version} == {}, "same versions as the project"
+    project = pins(ROOT / "requirements.lock")
+    for lock in locks:
+        client = pins(lock)
+        assert {"torch", "torchvision", "ultralytics", "onnxruntime"}.isdisjoint(client), lock
+        assert {name: version for name, version in client.items()
+                if project.get(name, version) != version} == {}, "same versions as the project"
 
 
 def test_every_deployment_runs_msk_serve_with_the_production_flags_of_its_target() -> None:
