@@ -249,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
     except ExportAborted as exc:
         print(f"msk export: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError:
+        raise           # a part not installed: msk.cli names the part to install
     except Exception as exc:  # why: any exporter's failure is reported; the repo is untouched
         log.exception("export failed")
         print(f"msk export: failed ({type(exc).__name__}: {exc}); {args.repository} was left "
