@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         # module of the project itself is a bug and keeps its traceback.
         if not exc.name or exc.name.split(".")[0] in PROJECT_PACKAGES:
             raise
-        print(f"msk {args.command}: {exc}; {install_hint(part_providing(exc.name))}",
+        print(f"msk {args.command}: {exc}; {install_hint(part_providing(exc.name, args.command))}",
               file=sys.stderr)
         return EXIT_MISSING_PART
 

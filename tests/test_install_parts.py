@@ -179,8 +179,11 @@ def test_the_client_part_scores_against_tritonserver(client_venv: Path, tiny_tri
     assert 0.0 <= row["probability"] <= 1.0 and row["notice"] == RESEARCH_USE_NOTICE
 
 
-def test_a_command_of_another_part_names_the_part_to_install(client_venv: Path) -> None:
-    web = _run(client_venv / "bin" / "msk", "web", "--port", "0", cwd=client_venv, timeout=120)
-    assert web.returncode == 2, web.stderr[-3000:]
-    assert "No module named" in web.stderr and "msk-triton[web]" in web.stderr, web.stderr
-    assert "locks/web.lock" in web.stderr and "Traceback" not in web.stderr
+@pytest.mark.parametrize(("command", "part"), [(("web", "--port", "0"), "web"),
+                                               (("export",), "export")])
+def test_a_command_of_another_part_names_the_part_to_install(
+        client_venv: Path, tmp_path: Path, command: tuple[str, ...], part: str) -> None:
+    res = _run(client_venv / "bin" / "msk", *command, cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "No module named" in res.stderr and f"msk-triton[{part}]" in res.stderr, res.stderr
+    assert f"locks/{part}.lock" in res.stderr and "Traceback" not in res.stderr

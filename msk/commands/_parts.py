@@ -37,7 +37,8 @@ def _canonical(name: str) -> str:
 
 
 def _requirements() -> dict[str, list[str]]:
-    """{extra or "" for the base dependencies: [distribution names it lists directly]}."""
+    """{extra or "" for the base dependencies: [distribution names it lists directly, and
+    "[part]" for each part of this project it includes]}."""
     listed: dict[str, list[str]] = {}
     try:
         meta = metadata.metadata(DISTRIBUTION)
@@ -56,9 +57,15 @@ def _requirements() -> dict[str, list[str]]:
     for line in lines:
         name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", line)
         extra = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", line)
-        if name:
-            listed.setdefault(extra.group(1) if extra else "", []).append(
-                _canonical(name.group(1)))
+        if not name:
+            continue
+        entries = listed.setdefault(extra.group(1) if extra else "", [])
+        if _canonical(name.group(1)) == DISTRIBUTION:       # msk-triton[client, ...]
+            included = re.search(r"\[([^\]]*)\]", line)
+            entries += [f"[{part.strip()}]" for part in included.group(1).split(",")] \
+                if included else []
+        else:
+            entries.append(_canonical(name.group(1)))
     return listed
 
 
@@ -67,15 +74,28 @@ def parts() -> list[str]:
     return [extra for extra in _requirements() if extra and extra not in NOT_PARTS]
 
 
-def part_providing(module: str) -> str | None:
-    """The first part that lists the distribution of `module` (a dotted import name) directly;
-    "" for the base dependencies every part shares; None when no part names it."""
+def _provides(part: str, distribution: str, listed: dict[str, list[str]],
+              seen: frozenset[str] = frozenset()) -> bool:
+    """Whether `part` lists `distribution`, itself or through the parts it includes."""
+    entries = listed.get(part, [])
+    return distribution in entries or any(
+        _provides(entry[1:-1], distribution, listed, seen | {part}) for entry in entries
+        if entry.startswith("[") and entry[1:-1] not in seen | {part})
+
+
+def part_providing(module: str, command: str = "") -> str | None:
+    """The part to install for a missing `module` (a dotted import name): the command's own
+    part when one has its name (`msk export` -> export), else the first part that provides
+    it; "" for the base dependencies every part shares; None when no part names it."""
     top = module.split(".")[0]
     wanted = _canonical(PROVIDED_BY.get(top, top))
     listed = _requirements()
-    for extra in ["", *parts()]:
-        if wanted in listed.get(extra, []):
-            return extra
+    if wanted in listed.get("", []):
+        return ""
+    candidates = [command] if command in parts() else []
+    for part in candidates + parts():
+        if _provides(part, wanted, listed):
+            return part
     return None
 
 
