@@ -2,11 +2,12 @@
 
 Why BINARY at stated levels and not FRACTIONAL: OHIF, the most used open web viewer, refuses
 FRACTIONAL segmentations ("Fractional segmentations are not supported", OHIF/Viewers#1346, open
-since 2020) and so does dcmqi, which 3D Slicer reads SEG with (QIICR/dcmqi#356); BINARY SEG is
-what every viewer with SEG support overlays. So the activation is thresholded at a few stated
-levels (`HEATMAP_LEVELS`), one segment per level, nested (>= 0.9 inside >= 0.75 inside >= 0.5),
-each level in the segment's label and description and each with its own display colour: a viewer
-shows contour-like bands of the heatmap, and a reader can still tell which band a pixel is in.
+since 2020), and dcmqi, which 3D Slicer reads SEG with, has an open request for them
+(QIICR/dcmqi#356); BINARY SEG is what every viewer with SEG support overlays (docs/pacs.md).
+So the activation is thresholded at a few stated levels (`HEATMAP_LEVELS`), one segment per
+level, nested (>= 0.9 inside >= 0.75 inside >= 0.5), each level in the segment's label and
+description and each with its own display colour: a viewer shows contour-like bands of the
+heatmap, and a reader can still tell which band a pixel is in.
 The levels are activation levels of the CAM scaled to 0..1, not probabilities of abnormality.
 
 The Segmentation sits on the source image's pixel grid and references it (no frame of reference:

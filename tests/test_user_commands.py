@@ -314,7 +314,7 @@ def test_train_and_evaluate_mura(home: Path, mura_run: dict) -> None:
 def test_evaluate_mura_reports_ood_and_member_spread(home: Path, mura_run: dict) -> None:
     """`msk evaluate mura --ood-set DIR` (issue 21, item 7): the OOD score's AUROC and FPR at
     95 % TPR against the evaluated split, with statistics fitted on the training images that
-    `msk train mura` listed (as `msk export` fits them), and the members' spread vs wrong calls."""
+    `msk train mura` listed (by `msk export`'s own fit), and the members' spread vs wrong calls."""
     assert mura_run["train"].returncode == 0, mura_run["train"].stderr[-3000:]
     plain = json.loads((home / "runs" / "mura" / "report" / "report.json").read_text())
     assert "ood" not in plain and plain["member_spread"]["n"] == plain["meta"]["images"]
@@ -326,7 +326,8 @@ def test_evaluate_mura_reports_ood_and_member_spread(home: Path, mura_run: dict)
             ood_dir / f"noise{k}.png")
     res = run_msk("evaluate", "mura", "--data", "data", "--checkpoints", "runs/mura", "--out",
                   "runs/mura/report-ood", "--test-fraction", "0.25", "--bootstrap", "20",
-                  "--ood-set", "ood", cwd=home)
+                  "--ood-set", "ood", "--ood-reference", "runs/mura/reference_images.csv",
+                  cwd=home)
     assert res.returncode == 0, res.stderr[-3000:]
     line = json.loads(res.stdout.strip().splitlines()[-1])
     report = json.loads((home / "runs" / "mura" / "report-ood" / "report.json").read_text())
@@ -334,8 +335,7 @@ def test_evaluate_mura_reports_ood_and_member_spread(home: Path, mura_run: dict)
     assert line["ood"]["n_out"] == ood["n_out"] == 12
     assert ood["n_in"] == report["meta"]["images"]
     listed = (home / "runs" / "mura" / "reference_images.csv").read_text().splitlines()
-    assert ood["reference_images"] == len(listed) - 1 and ood["reference_kind"] == \
-        "training-images"
+    assert ood["reference_images"] == len(listed) - 1 and ood["reference_kind"] == "given"
     assert 0.5 < ood["auroc"] <= 1.0 and 0.0 <= ood["fpr_at_95_tpr"] <= 1.0   # noise is unlike
     assert 0.0 <= ood["flagged_in"] <= 1.0 and ood["percentile"] == 99.0
     spread = report["member_spread"]
