@@ -1,6 +1,6 @@
 """DICOM results for one scored study, built by highdicom: a TID 1500 Measurement Report SR and,
-opt-in, one Segmentation (FRACTIONAL, probability) per scored image holding its class-activation
-heatmap.
+opt-in, one Segmentation per scored image holding its class-activation heatmap (written by
+`clients.heatmap_seg`, with the names and provenance helpers defined here).
 
 Why TID 1500 and a Segmentation: the viewers that display AI results (OHIF and the commercial
 ones following IHE AI Results) read TID 1500 measurement groups and overlay Segmentations on
@@ -424,59 +424,6 @@ def _code_items(item: Dataset) -> Iterable[Dataset]:
         yield from item.get(keyword, [])
     for child in item.get("ContentSequence", []):
         yield from _code_items(child)
-
-
-def build_heatmap(source: Dataset, heatmap: np.ndarray, models: Sequence[ModelProvenance], *,
-                  series_uid: str | None = None, instance_number: int = 1,
-                  now: dt.datetime | None = None) -> hd.seg.Segmentation:
-    """FRACTIONAL (probability) Segmentation of the ensemble's class activation on `source`.
-
-    `heatmap` is the ensemble's uint8 map (any size), resized here to the source's rows and
-    columns so that a viewer overlays it pixel for pixel on the referenced image (stored as
-    0..255 = activation 0..1). A Parametric Map would be the closer IOD, but highdicom 0.28
-    cannot build one for a projection radiograph (no frame of reference): its constructor fails
-    with "Unexpected mismatch between dimension index values" (checked here).
-    """
-    from PIL import Image
-
-    from msk.constants import MURA_ENSEMBLE_MODEL
-
-    now = (now or dt.datetime.now(dt.UTC)).astimezone()
-    rows, columns = int(source.Rows), int(source.Columns)
-    pixels = np.asarray(Image.fromarray(np.asarray(heatmap, dtype=np.uint8)).resize(
-        (columns, rows), Image.BILINEAR), dtype=np.float32) / 255.0
-    ensemble = next((m for m in models if m.name == MURA_ENSEMBLE_MODEL), None)
-    segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label="Abnormality heatmap (class activation)",
-        segmented_property_category=MORPHOLOGICALLY_ABNORMAL, segmented_property_type=ABNORMAL,
-        algorithm_type="AUTOMATIC", algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=MURA_ENSEMBLE_MODEL, family=codes.DCM.ArtificialIntelligence,
-            version=(ensemble.version if ensemble else "") or "unknown"))
-    uid = device_uid(m.sha256 for m in models)
-    seg = hd.seg.Segmentation(
-        source_images=[source], pixel_array=pixels, segmentation_type="FRACTIONAL",
-        fractional_type="PROBABILITY", max_fractional_value=255,
-        segment_descriptions=[segment], series_instance_uid=series_uid or generate_uid(),
-        series_number=HEATMAP_SERIES_NUMBER, sop_instance_uid=generate_uid(),
-        instance_number=instance_number, manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME, software_versions=software_versions(models),
-        device_serial_number=uid[-16:], content_label="CAM",
-        content_description="Abnormality heatmap; research use only",
-        series_description=HEATMAP_SERIES_DESCRIPTION,
-        contributing_equipment=[_equipment(models, now)])
-    # Type 2C in General Image when there is no frame of reference (a radiograph): copy it
-    seg.PatientOrientation = source.get("PatientOrientation", "") or ""
-    seg.DeviceUID = uid
-    return seg
-
-
-def read_heatmap(ds: Dataset) -> tuple[str, np.ndarray]:
-    """(source SOP Instance UID, activation 0..1 as float32 rows x columns), via highdicom."""
-    seg = hd.seg.Segmentation.from_dataset(ds)
-    ((_, _, source_uid),) = seg.get_source_image_uids()
-    pixels = seg.get_pixels_by_source_instance([source_uid], segment_numbers=[1],
-                                               rescale_fractional=True)
-    return source_uid, np.asarray(pixels[0, :, :, 0], dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,11 +20,11 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from pydicom import dcmread
 
+from clients.heatmap_seg import read_heatmap
 from clients.mura import MuraClient
 from clients.sr import (
     COMPREHENSIVE_3D_SR_STORAGE,
     SEGMENTATION_STORAGE,
-    read_heatmap,
     summarize,
 )
 from msk.imaging import load_grayscale

@@ -17,8 +17,9 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from clients.heatmap_seg import read_heatmap
 from clients.mura import MuraClient
-from clients.sr import SR_SERIES_DESCRIPTION, device_uid, read_heatmap, summarize
+from clients.sr import SR_SERIES_DESCRIPTION, device_uid, summarize
 from msk.imaging import load_grayscale
 from tests.plugins.pacs import (
     GATEWAY_AET,
@@ -119,6 +120,7 @@ def test_pacs_forwards_study_and_gets_sr_back(tiny_triton, orthanc, start_gatewa
     (sr,) = orthanc.wait_for_sr(study_uid, diagnostics=gateway.logs)
     assert summarize(sr)["images"][0]["finding_site"] == "Elbow region structure"
     (heatmap,) = orthanc.instances(study_uid, "SEG")
+    assert heatmap.SegmentationType == "BINARY"          # what OHIF displays (docs/pacs.md)
     source_uid, activation = read_heatmap(heatmap)
     assert source_uid == dcmread(files[0]).SOPInstanceUID
     assert activation.shape == (heatmap.Rows, heatmap.Columns)

@@ -164,6 +164,41 @@ def test_web_api_says_it(home: Path, server, tmp_path: Path) -> None:
     assert reply.json()["study"]["out_of_distribution"] >= 1
 
 
+def test_web_refuse_policy_gives_no_call(home: Path, server, tmp_path: Path) -> None:
+    """`msk web --ood refuse`: the refused image is an error row "out_of_distribution" that keeps
+    its trust fields, and the study is called on the other image (as `msk score --ood refuse`)."""
+    with running_web_app(server.grpc_url, tmp_path / "web.log", ["--ood", "refuse"]) as app:
+        files = [("files", ("noise.png", (home / "images/noise.png").read_bytes(), "image/png")),
+                 ("files", ("wrist.png", (home / "images/wrist_like_reference.png").read_bytes(),
+                            "image/png"))]
+        reply = requests.post(f"{app.url}/api/score", files=files,
+                              data={"body_part": "wrist"}, timeout=120)
+        noise_alone = requests.post(f"{app.url}/api/score", files=files[:1],
+                                    data={"body_part": "hand"}, timeout=120)
+    assert reply.status_code == 200, reply.text[:2000]
+    body = reply.json()
+    assert body["ood_policy"] == "refuse"
+    for image in body["images"]:
+        assert image["ood_score"] is not None and image["ood_threshold"] is not None
+        refused = image["ood_score"] > image["ood_threshold"]
+        assert (image["error_reason"] == OOD_REFUSED_REASON) == refused, image
+        assert (image.get("probability") is None) == refused
+    wrist = next(im for im in body["images"] if im["input"] == "wrist.png")
+    assert wrist["in_distribution"] is True and wrist["probability"] is not None
+    # the hand threshold is the 1st percentile: noise is refused for certain
+    (noise,) = noise_alone.json()["images"]
+    assert noise["error_reason"] == OOD_REFUSED_REASON and noise["in_distribution"] is False
+    assert noise.get("probability") is None and noise["member_spread"] is not None
+    study = noise_alone.json()["study"]
+    assert study["refused"] == 1 and study["probability"] is None
+
+
+def test_web_help_names_the_policy(home: Path) -> None:
+    res = run_msk("web", "--help", cwd=home)
+    assert res.returncode == 0
+    assert "--ood {flag,refuse}" in res.stdout and OOD_REFUSED_REASON in res.stdout
+
+
 def test_sr_says_not_assessed_in_coded_form(tmp_path: Path) -> None:
     from pydicom import Dataset
     from pydicom.uid import generate_uid

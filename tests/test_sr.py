@@ -12,29 +12,24 @@ import subprocess
 from pathlib import Path
 
 import highdicom as hd
-import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from clients.sr import (
     COMPREHENSIVE_3D_SR_STORAGE,
-    HEATMAP_SERIES_DESCRIPTION,
     PRIVATE_SCHEME,
-    SEGMENTATION_STORAGE,
     SR_SERIES_DESCRIPTION,
     ImageFinding,
     ModelProvenance,
     Structure,
     StudyResult,
-    build_heatmap,
     build_sr,
     device_uid,
-    read_heatmap,
     summarize,
 )
 from msk import RESEARCH_USE_NOTICE
-from tests.plugins.pacs import _tool, dciodvfy, real_radiograph
+from tests.plugins.pacs import _tool, dciodvfy
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 SHAS = {"densenet169_a": "a" * 64, "densenet169_b": "b" * 64, "resnet101_a": "c" * 64,
@@ -215,30 +210,3 @@ def test_sr_with_missing_type2_source_attributes(tmp_path: Path) -> None:
     summary = summarize(dcmread(path))
     assert summary["call"] == "Normal" and summary["operating_point"] == pytest.approx(0.55)
     assert dcmread(path).AccessionNumber == ""
-
-
-def test_heatmap_segmentation_on_a_real_radiograph(tmp_path: Path) -> None:
-    source = dcmread(real_radiograph())               # CR, 1760 x 1760, no frame of reference
-    heat = np.zeros((10, 10), np.uint8)
-    heat[:, 5:] = 255
-    heat[0, 0] = 128
-    models = [ModelProvenance("mura_ensemble", "1", ""), ModelProvenance("densenet169_a", "1",
-                                                                        "a" * 64)]
-    seg = build_heatmap(source, heat, models)
-    path = tmp_path / "seg.dcm"
-    seg.save_as(path, enforce_file_format=True)
-    assert dciodvfy(path) == []
-    back = dcmread(path)
-    assert back.SOPClassUID == SEGMENTATION_STORAGE
-    assert back.SegmentationType == "FRACTIONAL" and back.SegmentationFractionalType == \
-        "PROBABILITY"
-    assert back.StudyInstanceUID == source.StudyInstanceUID
-    assert back.SeriesDescription == HEATMAP_SERIES_DESCRIPTION
-    assert back.DeviceUID == device_uid(["a" * 64])
-    source_uid, activation = read_heatmap(back)                 # highdicom reads it back
-    assert source_uid == source.SOPInstanceUID
-    assert activation.shape == (source.Rows, source.Columns)
-    # the left half is 0, the right half 1 (bilinear resize keeps the plateaus)
-    assert activation[900, :700].max() == 0.0
-    assert activation[900, 1000:].min() == pytest.approx(1.0)
-    assert activation[0, 0] == pytest.approx(128 / 255, abs=1 / 255)

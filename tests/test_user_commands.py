@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from clients.rows import TRUST_FIELDS
 from export.model_specs import OPENVINO_ARCHITECTURES
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import MURA_ARCHITECTURES, MURA_MEMBERS, MURA_TINY_ARCHITECTURE
@@ -201,6 +202,8 @@ def test_detect_wrist_structures(home: Path, served: dict) -> None:
     (row,) = _json_lines(res.stdout)
     assert row["input"] == "wrist.png" and row.get("error") is None
     assert isinstance(row["boxes"], list) and row["width"] > 0 and row["versions"]
+    # the trust fields are MURA's (docs/outputs.md says why a detector row has none)
+    assert not set(TRUST_FIELDS) & set(row), row
     assert (home / "overlays").is_dir() and list((home / "overlays").iterdir())
 
 
@@ -306,6 +309,46 @@ def test_train_and_evaluate_mura(home: Path, mura_run: dict) -> None:
     reference = manifest["versions"]["mura_ensemble/1"]["ood"]["reference"]
     listed = (home / "runs" / "mura" / "reference_images.csv").read_text().splitlines()
     assert reference["kind"] == "training-images" and reference["images"] == len(listed) - 1
+
+
+def test_evaluate_mura_reports_ood_and_member_spread(home: Path, mura_run: dict) -> None:
+    """`msk evaluate mura --ood-set DIR` (issue 21, item 7): the OOD score's AUROC and FPR at
+    95 % TPR against the evaluated split, with statistics fitted on the training images that
+    `msk train mura` listed (by `msk export`'s own fit), and the members' spread vs wrong calls."""
+    assert mura_run["train"].returncode == 0, mura_run["train"].stderr[-3000:]
+    plain = json.loads((home / "runs" / "mura" / "report" / "report.json").read_text())
+    assert "ood" not in plain and plain["member_spread"]["n"] == plain["meta"]["images"]
+    ood_dir = home / "ood"
+    ood_dir.mkdir(exist_ok=True)
+    rng = np.random.default_rng(11)
+    for k in range(12):
+        Image.fromarray(rng.integers(0, 256, (96 + 4 * k, 110), dtype=np.uint8)).save(
+            ood_dir / f"noise{k}.png")
+    res = run_msk("evaluate", "mura", "--data", "data", "--checkpoints", "runs/mura", "--out",
+                  "runs/mura/report-ood", "--test-fraction", "0.25", "--bootstrap", "20",
+                  "--ood-set", "ood", "--ood-reference", "runs/mura/reference_images.csv",
+                  cwd=home)
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = json.loads(res.stdout.strip().splitlines()[-1])
+    report = json.loads((home / "runs" / "mura" / "report-ood" / "report.json").read_text())
+    ood = report["ood"]
+    assert line["ood"]["n_out"] == ood["n_out"] == 12
+    assert ood["n_in"] == report["meta"]["images"]
+    listed = (home / "runs" / "mura" / "reference_images.csv").read_text().splitlines()
+    assert ood["reference_images"] == len(listed) - 1 and ood["reference_kind"] == "given"
+    assert 0.5 < ood["auroc"] <= 1.0 and 0.0 <= ood["fpr_at_95_tpr"] <= 1.0   # noise is unlike
+    assert 0.0 <= ood["flagged_in"] <= 1.0 and ood["percentile"] == 99.0
+    spread = report["member_spread"]
+    assert sum(b["n"] for b in spread["bins"]) == report["meta"]["images"]
+    text = (home / "runs" / "mura" / "report-ood" / "report.md").read_text()
+    assert "## Out-of-distribution detection" in text and "## Member spread vs wrong calls" in text
+    # a folder that holds no image is a usage error, not a report
+    (home / "empty").mkdir(exist_ok=True)
+    empty = run_msk("evaluate", "mura", "--data", "data", "--checkpoints", "runs/mura", "--out",
+                    "runs/mura/report-none", "--ood-set", "empty", cwd=home)
+    assert empty.returncode == 2 and "--ood-set" in empty.stderr
+    helped = run_msk("evaluate", "mura", "--help", cwd=home)
+    assert "--ood-set DIR|CSV" in helped.stdout and "--ood-reference DIR|CSV" in helped.stdout
 
 
 def test_publish_a_repository_to_object_storage(home: Path, s3) -> None:

@@ -240,7 +240,9 @@ def _device(requested: str) -> str:
     return str(resolve(requested))
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def run_evaluate(args: argparse.Namespace, ood=None) -> int:
+    """`msk evaluate mura`; `ood` (`training.mura_evaluate.OodSet`) is prepared by the command
+    layer from `--ood-set` (msk/commands/evaluate.py: the statistics' fit lives in export)."""
     from training.mura_data import DatasetError
     from training.mura_evaluate import CALIBRATION_FILE, evaluate
 
@@ -275,11 +277,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
         calibration = args.checkpoints / CALIBRATION_FILE
         if calibration.is_file():
             points = json.loads(calibration.read_text())["operating_points"]
-    results = evaluate(checkpoints, splits[args.split], args.out, split_name=args.split,
-                       ensemble_points=points, device=_device(args.device),
-                       batch_size=args.batch_size, n_bootstrap=args.bootstrap)
+    try:
+        results = evaluate(checkpoints, splits[args.split], args.out, split_name=args.split,
+                           ensemble_points=points, device=_device(args.device),
+                           batch_size=args.batch_size, n_bootstrap=args.bootstrap, ood=ood)
+    except (DatasetError, ValueError) as exc:
+        print(f"msk evaluate mura: {exc}", file=sys.stderr)
+        return 2
+    trust = results.pop("_trust", {})
     summary = {name: {"study_auroc": res["study"]["overall"]["auroc"]["value"],
                       "image_auroc": res["image"]["overall"]["auroc"]["value"]}
                for name, res in results.items() if not name.startswith("_")}
-    print(json.dumps({"report": str(args.out / "report.md"), "models": summary}), flush=True)
+    line: dict = {"report": str(args.out / "report.md"), "models": summary}
+    if "member_spread" in trust:
+        line["member_spread"] = {k: trust["member_spread"][k]
+                                 for k in ("auroc_wrong", "error_rate")}
+    if "ood" in trust:
+        line["ood"] = {k: trust["ood"][k] for k in ("auroc", "fpr_at_95_tpr", "n_in", "n_out")}
+    print(json.dumps(line), flush=True)
     return 0

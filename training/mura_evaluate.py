@@ -8,15 +8,25 @@ Probabilities are computed exactly as the server computes them: each member give
 sigmoid(logit / T) with its fitted temperature, and the ensemble is the mean of the members.
 Normal/abnormal calls use the stored per-body-part operating points (members: their own;
 ensemble: `ensemble_calibration.json` next to the checkpoints, else the default threshold).
+
+Knowing when not to answer (issue 21, item 7): with several members the report says whether the
+members' spread (max - min of their probabilities, the served `MEMBER_SPREAD`) tracks wrong
+calls (error rate per spread bin, AUROC of the spread for a wrong call); given an OOD set
+(`OodSet`) it says how well the OOD score separates that set from the evaluated one (AUROC, FPR
+at 95 % TPR) and what share of each the threshold at the stated percentile flags. The OOD score
+is the served one: the members' pooled features from the same pass as their logits, scored by
+statistics fitted on the reference set with the export's own fit (injected by the command, since
+the statistics live in `export`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -38,7 +48,9 @@ from training.mura_metrics import (
     METRIC_NAMES,
     labelled_study_means,
     metrics_with_intervals,
+    ood_detection,
     roc_curve,
+    spread_calibration,
 )
 from training.recipe_schema import (
     DEFAULT_OPERATING_POINT,
@@ -60,12 +72,37 @@ class Predictions:
     logits: np.ndarray | None = None  # members only (for ECE before temperature scaling)
     temperature: float = 1.0
     points: dict[str, float] = field(default_factory=dict)
+    features: np.ndarray | None = None  # members, when asked: pooled penultimate features [N, D]
+
+
+class OodScorer(Protocol):
+    """What the OOD part needs of fitted statistics (`export.ood_stats.Reference` is one)."""
+
+    def score(self, features: Mapping[str, np.ndarray]) -> np.ndarray: ...
+
+    def threshold(self, percentile: float) -> float: ...
+
+
+@dataclass
+class OodSet:
+    """An out-of-distribution evaluation: the OOD images, the reference set the statistics are
+    fitted on (labels and body parts as `export.ood_stats.fit_reference` takes them), the fit
+    itself, and the percentile whose threshold is reported."""
+
+    records: Sequence[Record]
+    reference: Sequence[Record]
+    reference_labels: Sequence[int | None]
+    fit: Callable[[Mapping[str, np.ndarray], Sequence[int | None], Sequence[str | None]],
+                  OodScorer]
+    percentile: float
+    description: dict = field(default_factory=dict)
 
 
 def member_predictions(checkpoint_path: Path, records: Sequence[Record], device: str = "cpu",
                        batch_size: int = PREDICT_BATCH_SIZE, cache: bool = False,
-                       progress: bool = False) -> Predictions:
-    """Run one checkpoint over the records at the image size it was trained at."""
+                       progress: bool = False, features: bool = False) -> Predictions:
+    """Run one checkpoint over the records at the image size it was trained at (with
+    `features`, also keep each image's pooled features from the same pass)."""
     from training.mura_data import MuraImageDataset
     from training.mura_models import load_checkpoint
     from training.mura_train import _device, predict_logits
@@ -74,11 +111,36 @@ def member_predictions(checkpoint_path: Path, records: Sequence[Record], device:
     model, meta = load_checkpoint(Path(checkpoint_path))
     model = model.to(device)
     dataset = MuraImageDataset(records, int(meta.get("image_size", MURA_IMAGE_SIZE)), cache=cache)
-    logits = predict_logits(model, dataset, batch_size, device, progress=progress)
+    pooled = None
+    if features:
+        logits, pooled = _logits_and_features(model, dataset, batch_size, device)
+    else:
+        logits = predict_logits(model, dataset, batch_size, device, progress=progress)
     temperature = float(meta.get("temperature") or 1.0)
     return Predictions(name=meta.get("member", Path(checkpoint_path).stem),
                        probabilities=apply_temperature(logits, temperature), logits=logits,
-                       temperature=temperature, points=dict(meta.get("operating_points") or {}))
+                       temperature=temperature, points=dict(meta.get("operating_points") or {}),
+                       features=pooled)
+
+
+def _logits_and_features(model, dataset, batch_size: int, device: str
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-mode logits [N] and pooled features [N, D] from one pass (`forward_with_features`,
+    what the exported backbone's LOGIT and FEATURES outputs are)."""
+    import torch
+
+    from training.mura_train import _batches
+
+    model.eval()
+    logits, pooled = [], []
+    with torch.inference_mode():
+        for x, _ in _batches(dataset, list(range(len(dataset))), batch_size, 0):
+            logit, _, feats = model.forward_with_features(x.to(device))
+            logits.append(logit.float().cpu().numpy()[:, 0])
+            pooled.append(feats.float().cpu().numpy())
+    if not logits:
+        return np.zeros(0, np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(logits), np.concatenate(pooled)
 
 
 def ensemble_predictions(members: Sequence[Predictions],
@@ -224,21 +286,68 @@ def _markdown(results: dict[str, dict], meta: dict, plots: dict[str, str]) -> st
     return "\n".join(lines) + "\n"
 
 
+def member_spread_report(members: Sequence[Predictions], ensemble: Predictions,
+                         records: Sequence[Record]) -> dict:
+    """Image level: the members' spread (max - min of their calibrated probabilities, what
+    `mura_mean` serves as MEMBER_SPREAD) against the ensemble's wrong calls."""
+    spread = np.ptp(np.stack([m.probabilities for m in members]), axis=0)
+    labels = np.array([r.label for r in records])
+    calls = ensemble.probabilities >= _thresholds(ensemble.points, [r.body_part for r in records])
+    return spread_calibration(spread, calls != labels.astype(bool))
+
+
+def ood_report(ood: OodSet, in_features: Mapping[str, np.ndarray],
+               checkpoints: Mapping[str, Path], device: str, batch_size: int) -> dict:
+    """The OOD score's separation of `ood.records` (positives) from the evaluated set (its
+    members' features `in_features`), with statistics fitted on `ood.reference`."""
+    def features_on(records: Sequence[Record]) -> dict[str, np.ndarray]:
+        return {m: member_predictions(checkpoints[m], records, device, batch_size,
+                                      features=True).features for m in checkpoints}
+
+    log.info("OOD: features of %d reference and %d OOD images", len(ood.reference),
+             len(ood.records))
+    stats = ood.fit(features_on(ood.reference), ood.reference_labels,
+                    [r.body_part or None for r in ood.reference])
+    in_scores = stats.score(in_features)
+    out_scores = stats.score(features_on(ood.records))
+    threshold = stats.threshold(ood.percentile)
+    return {**ood_detection(in_scores, out_scores), **ood.description,
+            "percentile": ood.percentile, "threshold": threshold,
+            "flagged_in": float(np.mean(in_scores > threshold)),
+            "flagged_out": float(np.mean(out_scores > threshold)),
+            "reference_images": len(ood.reference)}
+
+
 def evaluate(checkpoints: dict[str, Path], records: Sequence[Record], out_dir: Path, *,
              split_name: str = "test", ensemble_points: dict[str, float] | None = None,
              device: str = "cpu", batch_size: int = PREDICT_BATCH_SIZE, n_bootstrap: int = 1000,
-             seed: int = 0, cache: bool = False, progress: bool = False) -> dict:
-    """Score every checkpoint (and their mean when there are several); write the report."""
+             seed: int = 0, cache: bool = False, progress: bool = False,
+             ood: OodSet | None = None) -> dict:
+    """Score every checkpoint (and their mean when there are several); write the report.
+
+    With several members the report has `member_spread` (spread vs wrong calls); with `ood`
+    (every member needed: the OOD score is the four members' mean) it has `ood`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if ood is not None and set(checkpoints) != set(MURA_MEMBERS):
+        raise ValueError("an OOD evaluation needs all four members (the OOD score is their "
+                         f"mean); have {', '.join(sorted(checkpoints))}")
     preds = []
-    for member in sorted(checkpoints, key=lambda m: MURA_MEMBERS.index(m)
-                         if m in MURA_MEMBERS else len(MURA_MEMBERS)):
+    order = sorted(checkpoints, key=lambda m: MURA_MEMBERS.index(m)
+                   if m in MURA_MEMBERS else len(MURA_MEMBERS))
+    for member in order:
         log.info("predicting %s on %d images", member, len(records))
         preds.append(member_predictions(checkpoints[member], records, device, batch_size, cache,
-                                        progress))
+                                        progress, features=ood is not None))
+    members = list(preds)
+    trust: dict = {}
     if len(preds) > 1:
         preds.append(ensemble_predictions(preds, ensemble_points))
+        trust["member_spread"] = member_spread_report(members, preds[-1], records)
+    if ood is not None:
+        trust["ood"] = ood_report(ood, {m: p.features for m, p in zip(order, members,
+                                                                      strict=True)},
+                                  checkpoints, device, batch_size)
     results = {p.name: score_model(p, records, n_bootstrap, seed) for p in preds}
     plots = _plots(results, out_dir)
     meta = {"split": split_name, "images": len(records),
@@ -246,10 +355,44 @@ def evaluate(checkpoints: dict[str, Path], records: Sequence[Record], out_dir: P
             "patients": len({r.patient for r in records}),
             "fingerprint": fingerprint(records), "n_bootstrap": n_bootstrap,
             "checkpoints": {k: str(v) for k, v in checkpoints.items()}}
-    (out_dir / "report.md").write_text(_markdown(results, meta, plots))
+    (out_dir / "report.md").write_text(_markdown(results, meta, plots) + _trust_markdown(trust))
     public = {name: {k: v for k, v in res.items() if not k.startswith("_")}
               for name, res in results.items()}
-    (out_dir / "report.json").write_text(json.dumps({"meta": meta, "models": public}, indent=2,
-                                                    default=float) + "\n")
+    (out_dir / "report.json").write_text(json.dumps({"meta": meta, "models": public, **trust},
+                                                    indent=2, default=float) + "\n")
     public["_probabilities"] = {p.name: p.probabilities for p in preds}
+    public["_trust"] = trust
     return public
+
+
+def _number(value: float) -> str:
+    return "n/a" if value is None or np.isnan(value) else f"{value:.3f}"
+
+
+def _trust_markdown(trust: dict) -> str:
+    """The report's "knowing when not to answer" sections (issue 21)."""
+    lines: list[str] = []
+    spread = trust.get("member_spread")
+    if spread:
+        lines += ["", "## Member spread vs wrong calls (image level, ensemble)", "",
+                  "Spread = max - min of the members' calibrated probabilities (the served "
+                  "`member_spread`); a wrong call = the ensemble's call at its operating point "
+                  f"differs from the label. AUROC of the spread for a wrong call: "
+                  f"{_number(spread['auroc_wrong'])} (0.5 = no information); overall error "
+                  f"rate {_number(spread['error_rate'])}.", "",
+                  "| spread from | to | images | wrong | error rate |", "|---|---|---|---|---|"]
+        lines += [f"| {b['low']:.3g} | {b['high']:.3g} | {b['n']} | {b['wrong']} | "
+                  f"{b['error_rate']:.3f} |" for b in spread["bins"]]
+    ood = trust.get("ood")
+    if ood:
+        lines += ["", "## Out-of-distribution detection", "",
+                  f"In distribution: the evaluated split ({ood['n_in']} images); out of "
+                  f"distribution: {ood.get('ood_set', 'the OOD set')} ({ood['n_out']} images). "
+                  f"Statistics fitted on {ood['reference_images']} reference images "
+                  f"({ood.get('reference', 'given')}).", "",
+                  "| AUROC | FPR at 95 % TPR | threshold (percentile) | flagged in | "
+                  "flagged out |", "|---|---|---|---|---|",
+                  f"| {_number(ood['auroc'])} | {_number(ood['fpr_at_95_tpr'])} | "
+                  f"{ood['threshold']:.3f} ({ood['percentile']:g}) | "
+                  f"{ood['flagged_in']:.3f} | {ood['flagged_out']:.3f} |"]
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -183,3 +183,49 @@ def labelled_study_means(study_ids: Sequence[str], labels: Sequence[int],
         study_labels[k] = lab[idx[0]]
         study_probs[k] = reduce(prob[idx])
     return ids, study_labels, study_probs
+
+
+# --------------------------------------------------------------------------------------------
+# Knowing when not to answer (issue 21, item 7): the OOD score and the members' spread
+# --------------------------------------------------------------------------------------------
+OOD_TARGET_TPR = 0.95
+"""FPR is reported at this share of the OOD set caught (the usual "FPR at 95 % TPR")."""
+SPREAD_BINS = 5
+"""Quantile bins of `member_spread` in its calibration against wrong calls."""
+
+
+def ood_detection(in_scores: np.ndarray, out_scores: np.ndarray) -> dict:
+    """How well a score separates an OOD set (positives) from the evaluated set (negatives):
+    AUROC, and the share of in-distribution images flagged at the lowest threshold that still
+    flags `OOD_TARGET_TPR` of the OOD set (FPR at 95 % TPR); NaN when a side is empty."""
+    s_in = np.asarray(in_scores, np.float64)
+    s_out = np.asarray(out_scores, np.float64)
+    y = np.r_[np.zeros(len(s_in), bool), np.ones(len(s_out), bool)]
+    scores = np.r_[s_in, s_out]
+    out = {"n_in": len(s_in), "n_out": len(s_out), "auroc": auroc(y, scores),
+           "fpr_at_95_tpr": float("nan"), "target_tpr": OOD_TARGET_TPR}
+    if len(s_in) and len(s_out):
+        fpr, tpr, _ = roc_curve(y, scores)
+        out["fpr_at_95_tpr"] = float(fpr[np.argmax(tpr >= OOD_TARGET_TPR - 1e-12)])
+    return out
+
+
+def spread_calibration(spread: np.ndarray, wrong: np.ndarray, bins: int = SPREAD_BINS) -> dict:
+    """Does a larger `member_spread` mean more wrong calls? Error rate per quantile bin of the
+    spread (ties kept together, so there may be fewer bins), and the AUROC of the spread as a
+    predictor of a wrong call (0.5 = no information; NaN when every call is right or wrong)."""
+    s = np.asarray(spread, np.float64)
+    w = np.asarray(wrong).astype(bool)
+    edges = np.unique(np.quantile(s, np.linspace(0.0, 1.0, bins + 1))) if len(s) else \
+        np.zeros(1)
+    which = np.searchsorted(edges[1:-1], s, side="right")
+    table = []
+    for b in range(max(len(edges) - 1, 1)):
+        mask = which == b
+        if not mask.any():
+            continue
+        table.append({"low": float(s[mask].min()), "high": float(s[mask].max()),
+                      "n": int(mask.sum()), "wrong": int(w[mask].sum()),
+                      "error_rate": float(w[mask].mean())})
+    return {"n": len(s), "error_rate": float(w.mean()) if len(w) else float("nan"),
+            "auroc_wrong": auroc(w, s), "bins": table}

@@ -27,9 +27,10 @@ from clients.gateway.scp import StoreSCP
 from clients.gateway.scu import DeliveryError, send
 from clients.gateway.stow_in import StowServer
 from clients.gateway.stow_out import send_stow
+from clients.heatmap_seg import build_heatmap
 from clients.routing import Router
 from clients.rows import trust_fields
-from clients.sr import build_heatmap, build_sr
+from clients.sr import build_sr
 
 log = logging.getLogger("msk.gateway")
 

@@ -51,9 +51,11 @@ MAX_FILES_PER_STUDY = 32
 """A MURA study has 1-11 images; the cap keeps one request from tying up the server."""
 
 
-def create_app(triton_url: str, tls: GrpcTls | None = None) -> FastAPI:
-    """Build the app for one Triton server (gRPC `host:port`, over TLS when `tls` is given)."""
-    service = WebService(triton_url, tls=tls)
+def create_app(triton_url: str, tls: GrpcTls | None = None, ood_policy: str = "flag"
+               ) -> FastAPI:
+    """Build the app for one Triton server (gRPC `host:port`, over TLS when `tls` is given);
+    `ood_policy` (`msk.constants.OOD_POLICIES`) is `msk web --ood`."""
+    service = WebService(triton_url, tls=tls, ood_policy=ood_policy)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app = FastAPI(title="msk-triton web", version=__version__, description=RESEARCH_USE_NOTICE,
                   docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")

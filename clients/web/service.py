@@ -26,6 +26,7 @@ from msk.constants import (
     MURA_DEFAULT_THRESHOLD,
     MURA_ENSEMBLE_MODEL,
     MURA_MEMBERS,
+    OOD_POLICIES,
     OOD_REFUSED_REASON,
     WRIST_DETECT_MODEL,
 )
@@ -79,7 +80,13 @@ class ServerStatus:
 class WebService:
     """Holds the gRPC clients for one Triton server; safe to share between request threads."""
 
-    def __init__(self, triton_url: str | Sequence[str], tls: GrpcTls | None = None) -> None:
+    def __init__(self, triton_url: str | Sequence[str], tls: GrpcTls | None = None,
+                 ood_policy: str = "flag") -> None:
+        if ood_policy not in OOD_POLICIES:
+            raise ValueError(f"ood_policy must be one of {OOD_POLICIES}, got {ood_policy!r}")
+        self.ood_policy = ood_policy
+        """What an out-of-distribution image gets (`msk web --ood`, docs/ood.md): flag = scored
+        with a warning; refuse = "not assessed", no probability and no call."""
         self.urls = url_list(triton_url)
         self.url = ", ".join(self.urls)
         """All endpoints, for messages; requests are spread over them (`clients.failover`)."""
@@ -92,7 +99,7 @@ class WebService:
         if self._mura is None:
             from clients.mura import MuraClient
 
-            self._mura = MuraClient(self.urls, tls=self.tls)
+            self._mura = MuraClient(self.urls, tls=self.tls, ood_policy=self.ood_policy)
         return self._mura
 
     def _wrist_client(self):
@@ -143,8 +150,9 @@ class WebService:
         """Score every decodable upload; a `RadiographError` entry is an upload that could not
         be read, reported as that image's error.
 
-        Returns {"images": [...], "study": {...}, "status": {...}}; never raises for bad input
-        or an unreachable server. Each image carries the shared row fields (`clients.rows`).
+        Returns {"images": [...], "study": {...}, "status": {...}, "ood_policy": ...}; never
+        raises for bad input or an unreachable server. Each image carries the shared row
+        fields (`clients.rows`).
         """
         status = self.status()
         decoded = [u for u in uploads if isinstance(u, DecodedUpload)]
@@ -176,7 +184,7 @@ class WebService:
         default = next((r.default_threshold for r in results if r.error is None),
                        MURA_DEFAULT_THRESHOLD)
         return {"images": images, "study": aggregate(images, default),
-                "status": status.to_json()}
+                "status": status.to_json(), "ood_policy": self.ood_policy}
 
     def _image_payload(self, upload: DecodedUpload, part: str | None, result: Any,
                        global_error: tuple[str, str] | None, status: ServerStatus

@@ -13,10 +13,12 @@ FAMILIES = ("mura", "wrist")
 
 
 def add_family_command(subparsers: argparse._SubParsersAction, name: str, help_text: str,
-                       description: str, hook: str) -> None:
-    """Add `msk <name> FAMILY`, letting each `training.<family>_cli.<hook>` add its parser."""
+                       description: str, hook: str) -> argparse._SubParsersAction:
+    """Add `msk <name> FAMILY`, letting each `training.<family>_cli.<hook>` add its parser;
+    returns the families (`.choices[family]` is a family's parser)."""
     p = subparsers.add_parser(name, help=help_text, description=description)
     families = p.add_subparsers(dest="family", metavar="FAMILY")
     families.required = True
     for family in FAMILIES:
         getattr(importlib.import_module(f"training.{family}_cli"), hook)(families)
+    return families

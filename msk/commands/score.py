@@ -16,11 +16,10 @@ import sys
 from pathlib import Path
 
 from clients.tls import TlsConfigError, add_tls_arguments, tls_from_args
+from msk.commands._args import add_ood_argument
 from msk.constants import (
     DEFAULT_GRPC_URL,
     MURA_ENSEMBLE_MODEL,
-    OOD_POLICIES,
-    OOD_REFUSED_REASON,
 )
 
 
@@ -79,12 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-stdout", action="store_true",
                    help="do not print rows on stdout (with --out)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    p.add_argument("--ood", choices=OOD_POLICIES, default="flag",
-                   help="out-of-distribution policy: flag (default) scores every image and says "
-                   "in_distribution true/false; refuse gives an image whose OOD score is above "
-                   "its body part's threshold no probability and no call, only error_reason "
-                   f"{OOD_REFUSED_REASON} (its study is called on the other images and says "
-                   "how many were refused)")
+    add_ood_argument(p, default="flag")
     add_tls_arguments(p)
     p.set_defaults(handler=run)
 

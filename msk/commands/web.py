@@ -11,6 +11,7 @@ import logging
 import sys
 
 from clients.tls import TlsConfigError, add_tls_arguments, tls_from_args
+from msk.commands._args import add_ood_argument
 from msk.constants import DEFAULT_GRPC_URL, DEFAULT_HOST, DEFAULT_WEB_PORT
 
 """Default port of `msk web` (local to this command; the lead may move it to msk.constants)."""
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--log-level", default="info",
                    choices=("critical", "error", "warning", "info", "debug"),
                    help="log level of the web server (logs go to stderr)")
+    add_ood_argument(p, default="flag")
     add_tls_arguments(p)
     p.set_defaults(handler=run)
 
@@ -53,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"msk web: {exc}", file=sys.stderr)
         return 2
     urls = url_list(args.triton_url or [DEFAULT_GRPC_URL])
-    app = create_app(urls, tls=tls)
-    print(f"msk web: http://{args.host}:{args.port}/ (Triton gRPC {', '.join(urls)})",
+    app = create_app(urls, tls=tls, ood_policy=args.ood)
+    print(f"msk web: http://{args.host}:{args.port}/ (Triton gRPC {', '.join(urls)}; "
+          f"out-of-distribution images: {args.ood})",
           file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
                 access_log=False)

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +83,10 @@ class WebApp:
 
 
 @contextmanager
-def running_web_app(triton_url: str | list[str], log_path: Path) -> Iterator[WebApp]:
+def running_web_app(triton_url: str | list[str], log_path: Path,
+                    extra_args: Sequence[str] = ()) -> Iterator[WebApp]:
     """Start `msk web` as a subprocess and yield it once /api/status answers; several URLs are
-    given as repeated `--triton-url` flags."""
+    given as repeated `--triton-url` flags, `extra_args` after them (e.g. `--ood refuse`)."""
     urls = [triton_url] if isinstance(triton_url, str) else list(triton_url)
     url_flags = [flag for u in urls for flag in ("--triton-url", u)]
     port = free_port()
@@ -94,7 +95,7 @@ def running_web_app(triton_url: str | list[str], log_path: Path) -> Iterator[Web
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "msk.cli", "web", "--port", str(port),
-             *url_flags, "--log-level", "warning"],
+             *url_flags, "--log-level", "warning", *extra_args],
             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         url = f"http://127.0.0.1:{port}"
