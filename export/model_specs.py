@@ -43,6 +43,7 @@ from msk.constants import (
     MURA_BACKBONE_MAX_BATCH,
     MURA_CAM_STRIDE,
     MURA_CHANNELS,
+    MURA_DRIFT_MODEL,
     MURA_ENSEMBLE_MODEL,
     MURA_IMAGE_SIZE,
     MURA_MEAN_MODEL,
@@ -181,8 +182,27 @@ FEATURE_DIMS = (-1,)
 Left variable so that configs stay independent of the weights (the mean graph fixes the width)."""
 
 
+DRIFT_OBSERVED = (PROBABILITY_TENSOR, OOD_SCORE_TENSOR, MEMBER_SPREAD_TENSOR)
+"""mura_mean's outputs that `mura_drift` observes and passes on unchanged to the ensemble's
+outputs (the others go from mura_mean to the ensemble's outputs directly)."""
+
+
+def _drift_internal(name: str) -> str:
+    """Ensemble-internal name of a mura_mean output: `MEAN_<name>` when `mura_drift` observes it
+    (the drift step then gives the ensemble output of that name), else the output itself."""
+    return f"MEAN_{name}" if name in DRIFT_OBSERVED else name
+
+
+def drift_spec(outputs: tuple[Tensor, ...]) -> ModelSpec:
+    """`mura_drift` (python, numpy only, KIND_CPU on every target): the last ensemble step, so
+    every served image is counted server side whatever the client (issue 21, item 5)."""
+    observed = tuple(t for t in outputs if t.name in DRIFT_OBSERVED)
+    return ModelSpec(MURA_DRIFT_MODEL, "python", observed, observed, cpu_only=True)
+
+
 def mura_specs(image_size: int = MURA_IMAGE_SIZE) -> tuple[ModelSpec, ...]:
-    """mura_preprocess -> four backbones -> mura_mean, and the mura_ensemble that chains them."""
+    """mura_preprocess -> four backbones -> mura_mean -> mura_drift, and the mura_ensemble that
+    chains them."""
     c = cam_size(image_size)
     image = Tensor(IMAGE_TENSOR, "TYPE_UINT8", (-1, -1))
     specs = [ModelSpec(
@@ -211,7 +231,10 @@ def mura_specs(image_size: int = MURA_IMAGE_SIZE) -> tuple[ModelSpec, ...]:
     outputs = _mura_outputs(image_size)
     specs.append(ModelSpec(MURA_MEAN_MODEL, "onnxruntime", tuple(mean_inputs), outputs))
     steps.append(Step(MURA_MEAN_MODEL, _same(*(t.name for t in mean_inputs)),
-                      _same(*(t.name for t in outputs))))
+                      tuple((t.name, _drift_internal(t.name)) for t in outputs)))
+    specs.append(drift_spec(outputs))
+    steps.append(Step(MURA_DRIFT_MODEL, tuple((n, _drift_internal(n)) for n in DRIFT_OBSERVED),
+                      _same(*DRIFT_OBSERVED)))
     specs.append(ModelSpec(MURA_ENSEMBLE_MODEL, "ensemble", (image,), outputs, batching=None,
                            steps=tuple(steps),
                            parameters=(("members", ",".join(MURA_MEMBERS)),)))

@@ -30,6 +30,7 @@ from msk.constants import (
     MURA_BODY_PARTS,
     OOD_REFERENCE_MAX_IMAGES,
     PIXELS_TENSOR,
+    PROBABILITY_TENSOR,
 )
 
 DEMO_KIND = "demo-synthetic"
@@ -133,6 +134,15 @@ def reference_from_files(entries: Iterable[tuple[str, int | None, str | None]], 
 def member_features(models: Mapping[str, Path], reference: ReferenceSet, image_size: int,
                     batch: int = 8, threads: int = 2) -> dict[str, np.ndarray]:
     """Pooled features [N, D] of every member (ONNX Runtime on the version's artifacts)."""
+    return member_outputs(models, reference, image_size, batch, threads)[0]
+
+
+def member_outputs(models: Mapping[str, Path], reference: ReferenceSet, image_size: int,
+                   batch: int = 8, threads: int = 2
+                   ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(pooled features [N, D], probability [N]) of every member, from one ONNX Runtime pass
+    over the version's artifacts: the probabilities give the drift reference
+    (`export.mura_drift`) at no extra cost."""
     import onnxruntime as ort
 
     from training.mura_preprocess import preprocess_mura
@@ -143,11 +153,15 @@ def member_features(models: Mapping[str, Path], reference: ReferenceSet, image_s
                                         providers=["CPUExecutionProvider"])
                 for m, p in models.items()}
     chunks: dict[str, list[np.ndarray]] = {m: [] for m in models}
+    probs: dict[str, list[np.ndarray]] = {m: [] for m in models}
     images = reference.images
     for start in range(0, len(images), batch):
         pixels = np.stack([preprocess_mura(i.load(), size=image_size)
                            for i in images[start:start + batch]])
         for member, session in sessions.items():
-            (features,) = session.run([FEATURES_TENSOR], {PIXELS_TENSOR: pixels})
+            features, probability = session.run([FEATURES_TENSOR, PROBABILITY_TENSOR],
+                                                {PIXELS_TENSOR: pixels})
             chunks[member].append(features)
-    return {m: np.concatenate(c) for m, c in chunks.items()}
+            probs[member].append(np.asarray(probability).reshape(-1))
+    return ({m: np.concatenate(c) for m, c in chunks.items()},
+            {m: np.concatenate(c) for m, c in probs.items()})

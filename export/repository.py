@@ -19,6 +19,8 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from export.configs import cam_size, render_mura_configs, write_configs
 from export.consistency import (
     MURA_MODELS,
@@ -33,6 +35,7 @@ from export.manifest import (
     merged_manifest,
     sha256_file,
 )
+from export.mura_drift import drift_parameters, write_drift_model
 from export.ood_reference import ReferenceSet, demo_reference
 from export.ood_stats import METHOD as OOD_METHOD
 from export.ood_stats import MIN_REFERENCE_IMAGES, Reference
@@ -223,10 +226,12 @@ def build_repository(
             if precision == "int8":
                 new, extra = _quantize(tx.stage, version, new, members, biases, temperatures,
                                        image_size, operating_points, calibration, holdout)
-            ood = _fit_ood(tx.stage, version, reference, image_size)
+            ood, probabilities = _fit_ood(tx.stage, version, reference, image_size)
             new, mura_provenance = _finish(tx.stage, version, kind, new, members, biases,
                                            temperatures, image_size, operating_points, extra,
                                            (ood, reference, percentiles))
+            new += write_drift_model(tx.stage, version, drift_parameters(
+                probabilities, ood.scores, mura_provenance["ood"]))
             mura_provenance["source_fingerprint"] = fingerprint
             records += new
             provenance[f"{MURA_ENSEMBLE_MODEL}/{version}"] = mura_provenance
@@ -285,18 +290,21 @@ def check_percentiles(given: dict[str, float] | None) -> dict[str, float]:
     return out
 
 
-def _fit_ood(stage: Path, version: int, reference: ReferenceSet, image_size: int) -> Reference:
-    """Fit the version's OOD statistics on the features of its own (staged) backbones."""
-    from export.ood_reference import member_features
+def _fit_ood(stage: Path, version: int, reference: ReferenceSet, image_size: int
+             ) -> tuple[Reference, np.ndarray]:
+    """Fit the version's OOD statistics on the features of its own (staged) backbones; also
+    return the members' probabilities [N, members] of the reference images (same pass), the
+    drift reference's source (`export.mura_drift`)."""
+    from export.ood_reference import member_outputs
     from export.ood_stats import fit_reference
 
     models = {m: stage / m / str(version) / "model.onnx" for m in MURA_MEMBERS}
-    features = member_features(models, reference, image_size)
+    features, probabilities = member_outputs(models, reference, image_size)
     stats = fit_reference(features, [i.label for i in reference.images],
                           [i.body_part for i in reference.images])
     log.info("OOD reference: %d %s images, 99th percentile score %.3f", len(reference.images),
              reference.kind, stats.threshold(99.0))
-    return stats
+    return stats, np.stack([probabilities[m] for m in MURA_MEMBERS], axis=1)
 
 
 def _points(operating_points: dict[str, float] | None) -> tuple[dict[str, float], float]:

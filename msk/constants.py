@@ -34,6 +34,7 @@ MURA_MEMBERS: tuple[str, ...] = tuple(MURA_ARCHITECTURES)
 MURA_PREPROCESS_MODEL = "mura_preprocess"
 MURA_MEAN_MODEL = "mura_mean"
 MURA_ENSEMBLE_MODEL = "mura_ensemble"
+MURA_DRIFT_MODEL = "mura_drift"           # python step after mura_mean: drift metrics (issue 21.5)
 
 # Triton tensor names
 IMAGE_TENSOR = "IMAGE"                    # UINT8 [H, W] grayscale image of any size
@@ -137,6 +138,23 @@ variance: a probabilistic-PCA Mahalanobis distance). The results at 32 are in be
 OOD_FOLDS = 5
 """Cross-fitting folds: reference scores (hence thresholds) come from images the statistics were
 not fitted on, so a new image like the reference set is not flagged more often than stated."""
+
+# Drift on the dashboards (issue 21, item 5): `mura_drift` observes every served image's
+# probability, OOD score and member spread into Prometheus histograms with these upper bucket
+# edges (+Inf implied), and exports the reference set's shares in the same buckets, recorded at
+# export: live and reference are compared bucket by bucket (population stability index).
+DRIFT_BUCKETS: dict[str, tuple[float, ...]] = {
+    "probability": (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95),
+    "ood_score": (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0),
+    "member_spread": (0.02, 0.05, 0.1, 0.2, 0.3, 0.5),
+}
+"""Quantity -> upper bucket edges. The OOD score is about 1 for a typical reference image; the
+spread is max - min of four probabilities. One definition: the live histograms and the
+reference shares of a version use the edges stored with that version (`mura_drift/<v>/`)."""
+DRIFT_BODY_PART_PARAMETER = "body_part"
+"""Request parameter `mura_drift` reads the body part from (label `body_part`); absent or not
+one of MURA_BODY_PARTS -> `DRIFT_UNKNOWN_BODY_PART`, so a label value is never free text."""
+DRIFT_UNKNOWN_BODY_PART = "unknown"
 
 # --------------------------------------------------------------------------------------------
 # Wrist structure detectors (YOLO study)

@@ -35,6 +35,7 @@ DEPLOY = ROOT / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "msk-triton.json"
 PROMETHEUS_YML = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS_YML = DEPLOY / "prometheus" / "alerts.yml"
+DRIFT_YML = DEPLOY / "prometheus" / "drift.yml"   # recording rules the drift panels read
 RATE_INTERVAL = "10s"   # what Grafana's $__rate_interval becomes at this test's 1 s scrape interval
 _COMPARISON = re.compile(r"^(?P<lhs>.*\S)\s*(==|!=|>=|<=|>|<)\s*[-+0-9.eE]+\s*$", re.DOTALL)
 
@@ -91,7 +92,7 @@ def _test_config(tmp_path: Path, triton: TritonServer, client_ports: list[int]) 
     """The shipped prometheus.yml with loopback targets and a 1 s scrape interval."""
     config = yaml.safe_load(PROMETHEUS_YML.read_text())
     config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(ALERTS_YML)]
+    config["rule_files"] = [str(ALERTS_YML), str(DRIFT_YML)]
     targets = {
         "triton": f"127.0.0.1:{triton.metrics_port}",
         "triton-ready": f"127.0.0.1:{triton.http_port}",
@@ -184,6 +185,7 @@ def test_every_dashboard_and_alert_expression_returns_data(tiny_repository, star
             prom.wait_for(f'count(up{{job="{job}"}} == 1) == {targets}')
         prom.wait_for('sum(rate(nv_inference_request_success{model="mura_ensemble"}[10s])) > 0')
         prom.wait_for('sum(rate(msk_client_requests_total{outcome="ok"}[10s])) > 0')
+        prom.wait_for("msk:mura_drift_psi:1h")       # the drift rules have run on the traffic
 
         missing, skipped = [], []
         for title, description, expr in dashboard_queries():
