@@ -144,3 +144,21 @@ class TransientError(RuntimeError):
     @property
     def overloaded(self) -> bool:
         return self.reason == Reason.SERVER_OVERLOADED
+
+
+class RequestFailed(RuntimeError):
+    """A request that will not be answered: the server refused it for a reason that retrying
+    cannot fix, its answer could not be read, or the run's outage budget is spent
+    (`clients.transport`). The one error every client's request path ends in, so the MURA
+    client, the batch scorer and the wrist client report a failure the same way.
+
+    `reason`: the `Reason` code for the row. `attempts`: requests sent for it (0: refused
+    without sending, the circuit being open). `latency_s`: from the first attempt to the end.
+    """
+
+    def __init__(self, reason: str, message: str, *, attempts: int = 0,
+                 latency_s: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.attempts = attempts
+        self.latency_s = latency_s
