@@ -7,7 +7,8 @@ each must behave the same way.
 - an outage beyond the budget: the server is killed and stays down -> the same classified
   error (`server_unavailable`, "outage budget") from all three;
 - a failover: `--url dead --url live` -> served by the live one after a failed attempt at the
-  dead one.
+  dead one;
+- Ctrl-C in the caller of a synchronous client ends its call (the core runs on a private loop).
 """
 
 from __future__ import annotations
@@ -152,3 +153,46 @@ def test_a_dead_first_url_fails_over_to_the_live_one(path: str, servers, images)
     assert outcome.ok, outcome
     assert report[dead]["ok"] == 0 and report[dead]["failed_attempts"] >= 1, report
     assert report[live]["ok"] >= 1 and report[live]["failed_attempts"] == 0, report
+
+
+_INTERRUPTED = r'''
+import sys
+import numpy as np
+from clients.transport import RetryPolicy
+if sys.argv[1] == "mura":
+    from clients.mura import MuraClient as Client
+    call = lambda c, img: c.score([img] * 4)
+else:
+    from clients.wrist import WristClient as Client
+    call = lambda c, img: c.detect([img] * 4)
+client = Client(sys.argv[2], retry=RetryPolicy(give_up_after_s=3600))
+image = np.full((300, 300), 100, np.uint8)
+try:
+    print("waiting out the outage", flush=True)
+    call(client, image)
+except KeyboardInterrupt:
+    client.close()
+    print("interrupted and closed", flush=True)
+    sys.exit(130)
+'''
+
+
+@pytest.mark.parametrize("path", ("mura", "wrist"))
+def test_ctrl_c_ends_a_synchronous_client_call_during_an_outage(path: str) -> None:
+    """The synchronous clients wait on the core's private loop: SIGINT in the caller cancels
+    the requests there and returns, instead of waiting out the hour-long outage budget (the
+    only endpoint is dead)."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTED, path, _dead_url()],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[1],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "waiting out the outage"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)     # a hang guard: the budget is an hour
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted and closed" in out
