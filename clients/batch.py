@@ -1,18 +1,20 @@
 """Asynchronous batch scoring of many radiographs against the MURA ensemble on Triton.
 
-Why its own gRPC loop instead of a loop over `MuraClient.score`: a batch of thousands of images
-needs (1) a fixed number of requests in flight, (2) the gRPC status of every failure to tell a
-server restart (retry with backoff) from a bad image (one error row), and (3) optional Triton
-system shared memory, which puts the pixels in a region the server maps instead of the request.
+Why not a loop over `MuraClient.score`: a batch of thousands of images needs (1) a fixed number
+of requests in flight, fed from a queue, (2) one row per image written as it completes, and (3)
+optional Triton system shared memory, which puts the pixels in a region the server maps instead
+of the request. Sending, retrying, failing over and the run's one outage budget are the one
+transport's (`clients.transport`, as for `MuraClient` and `WristClient`); this module is the
+codec (`ScoreItem` -> request, response -> row) plus the queue and the shared-memory regions.
 Decoding uses the one radiograph reader (`msk.imaging`) as every other client, and rows carry the
 same fields as `MuraResult.to_json()` (+ path, study, error reason, attempts).
 
 Guarantees (tested by killing the real server mid-batch, and one of three replicas behind a
 balancer): every input ends up in exactly one row; a server restart costs retries, never rows; a
-bad file is one error row. Several endpoints are spread over and failed over between
-(`clients.failover.EndpointPool`); the run has one outage budget (`CircuitBreaker`), not one per
-image; an overloaded server's fast rejections (RESOURCE_EXHAUSTED, or UNAVAILABLE from a full
-queue) are backed off and retried like an outage, but any success closes the outage.
+bad file is one error row. Several endpoints are spread over and failed over between; the run
+has one outage budget (`clients.failover.CircuitBreaker`), not one per image; an overloaded
+server's fast rejections (RESOURCE_EXHAUSTED, or UNAVAILABLE from a full queue) are backed off
+and retried like an outage, but any success closes the outage.
 """
 
 from __future__ import annotations
@@ -31,15 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from clients.errors import (
-    Reason,
-    TransientError,
-    error_text,
-    is_retryable,
-    request_reason,
-    shared_memory_in_use,
-)
-from clients.failover import CircuitBreaker, Endpoint, EndpointPool, url_list
+from clients.errors import Reason, RequestFailed, shared_memory_in_use
+from clients.failover import Endpoint, url_list
 from clients.inputs import ScoreItem
 from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
 from clients.outputs import Sink
@@ -47,7 +42,7 @@ from clients.rows import common_fields, trust_fields
 from clients.study import ScoredImage, study_call
 from clients.telemetry import observe_request
 from clients.tls import GrpcTls, client_kwargs
-from msk.backoff import backoff_delay
+from clients.transport import Inputs, RetryPolicy, Run, Transport
 from msk.constants import (
     MURA_DEFAULT_THRESHOLD,
     MURA_ENSEMBLE_MODEL,
@@ -73,23 +68,6 @@ def remove_dead_clients_regions() -> list[Path]:
 
 class SharedMemoryUnavailable(ConnectionError):
     """The server cannot use system shared memory from this client (not the same host)."""
-
-
-@dataclass
-class RetryPolicy:
-    """Exponential backoff with jitter, bounded by total time rather than a count.
-
-    A restart of a large repository takes tens of seconds: a count of retries would either give
-    up too early or hammer the server; a time budget says what the user means. The budget
-    (`give_up_after_s`, `--retry-for`) is the whole run's, not each image's (`CircuitBreaker`).
-    """
-
-    initial_s: float = 0.2
-    max_s: float = 5.0
-    give_up_after_s: float = 300.0
-
-    def delay(self, attempt: int) -> float:
-        return backoff_delay(attempt, self.initial_s, self.max_s, jitter=True)
 
 
 @dataclass
@@ -145,14 +123,6 @@ def error_row(item: ScoreItem, error: str, reason: str, attempts: int = 0,
         "members": None, "weights": None, **trust_fields(),
         "study": item.study, "label": item.label, "attempts": attempts,
     }
-
-
-class RequestFailed(RuntimeError):
-    """The server answered this request with an error that retrying cannot fix."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 class _ShmSlot:
@@ -211,6 +181,40 @@ class _ShmSlot:
             self.lock_fd = None
 
 
+class _ShmInputs(Inputs):
+    """The image in a `_ShmSlot` instead of the request: registered with each endpoint it goes
+    to, registered again when a (restarted) server may have forgotten it."""
+
+    def __init__(self, name: str, array: np.ndarray, slot: _ShmSlot) -> None:
+        super().__init__(name, array)
+        self.slot = slot
+
+    @property
+    def sent_bytes(self) -> int:
+        return 0
+
+    async def build(self, endpoint: Endpoint) -> list[Any]:
+        import tritonclient.grpc.aio as grpc_aio
+        from tritonclient.utils import InferenceServerException
+
+        slot, client, nbytes = self.slot, endpoint.client, self.array.nbytes
+        if slot.ensure(nbytes) or endpoint.url not in slot.registered:
+            with contextlib.suppress(InferenceServerException):
+                await client.unregister_system_shared_memory(slot.name)
+            await client.register_system_shared_memory(slot.name, slot.key, slot.size)
+            slot.registered.add(endpoint.url)
+        slot.write(self.array)
+        tensor = grpc_aio.InferInput(self.name, list(self.array.shape), "UINT8")
+        tensor.set_shared_memory(slot.name, nbytes)
+        return [tensor]
+
+    def lost(self, endpoint: Endpoint) -> bool:
+        """A restarted server has forgotten our regions; one that restarted between two
+        requests answers a request naming a region it no longer has as a bad request."""
+        self.slot.registered.discard(endpoint.url)
+        return True
+
+
 class BatchScorer:
     """Score `ScoreItem`s with at most `concurrency` requests in flight.
 
@@ -240,10 +244,13 @@ class BatchScorer:
         self._contract: EnsembleContract | None = None
         self._shm_prefix = f"{SHM_PREFIX}{os.getpid()}_{uuid.uuid4().hex[:6]}"
         self._summary = Summary()
-        self.pool = EndpointPool(self.urls)
+        self.transport = Transport(self.urls, pipeline=self.pipeline, tls=tls,
+                                   timeout_s=request_timeout_s, retry=self.retry)
+        self.pool = self.transport.pool
         self.default_threshold: float | None = None
         """The served model's default operating point, once a response has said it."""
-        self.breaker = CircuitBreaker(self.retry.give_up_after_s)
+        self.breaker = self.transport.new_run().breaker
+        """The last run's outage budget (`Summary.circuit`)."""
         self._dead_regions_removed = False
 
     @property
@@ -252,50 +259,8 @@ class BatchScorer:
             raise RuntimeError("call wait_ready() first: the contract comes from the server")
         return self._contract
 
-    async def _infer(self, endpoint: Endpoint, image: np.ndarray, slot: _ShmSlot | None,
-                     region_retried: bool = False) -> Any:
-        import tritonclient.grpc.aio as grpc_aio
-        from tritonclient.utils import InferenceServerException
-
-        contract = self.contract
-        client = endpoint.client
-        inp = grpc_aio.InferInput(contract.input_name, list(image.shape), "UINT8")
-        try:
-            if slot is not None:
-                if slot.ensure(image.nbytes) or endpoint.url not in slot.registered:
-                    with contextlib.suppress(InferenceServerException):
-                        await client.unregister_system_shared_memory(slot.name)
-                    await client.register_system_shared_memory(slot.name, slot.key, slot.size)
-                    slot.registered.add(endpoint.url)
-                slot.write(image)
-                inp.set_shared_memory(slot.name, image.nbytes)
-            else:
-                inp.set_data_from_numpy(image)
-            # heatmaps are not batch output
-            outputs = [grpc_aio.InferRequestedOutput(n) for n in contract.wanted(False)]
-            return await client.infer(self.model, [inp], outputs=outputs,
-                                      client_timeout=self.request_timeout_s)
-        except (InferenceServerException, OSError) as exc:  # OSError includes TimeoutError
-            reason = request_reason(exc)
-            if is_retryable(reason):
-                if slot is not None:  # a restarted server has forgotten our regions
-                    slot.registered.discard(endpoint.url)
-                raise TransientError(str(exc), reason) from exc
-            if slot is not None and not region_retried:
-                # A server restarted between two requests answers a request naming a region
-                # it no longer has as a bad request: register again once, then believe it.
-                slot.registered.discard(endpoint.url)
-                raise TransientError(str(exc), reason, region=True) from exc
-            raise RequestFailed(reason, error_text(exc)) from exc
-
-    def _gave_up(self, item: ScoreItem, attempts: int, last: str) -> dict[str, Any]:
-        self.breaker.refused += attempts == 0
-        return error_row(item, f"{item.path}: server unavailable for more than "
-                         f"{self.breaker.budget_s:.0f} s, the run's outage budget (--retry-for); "
-                         f"not scored{f' ({last})' if last else ''}",
-                         "server_unavailable", attempts)
-
-    async def _score_one(self, item: ScoreItem, slot: _ShmSlot | None) -> dict[str, Any]:
+    async def _score_one(self, run: Run, item: ScoreItem,
+                         slot: _ShmSlot | None) -> dict[str, Any]:
         if item.error:
             return error_row(item, item.error, "input_not_found")
         try:
@@ -303,55 +268,21 @@ class BatchScorer:
         except RadiographError as exc:
             observe_request(self.pipeline, "invalid_input", 0.0, 0)
             return error_row(item, str(exc), exc.reason)
-        sent = 0 if slot is not None else image.nbytes
-        attempts = 0
-        failures = 0
-        last = ""
-        region_retried = False
-        while True:
-            if self.breaker.open:
-                return self._gave_up(item, attempts, last)
-            attempts += 1
-            endpoint = self.pool.pick()
-            started = time.perf_counter()
-            try:
-                response = await self._infer(endpoint, image, slot, region_retried)
-            except TransientError as exc:
-                if exc.region:
-                    region_retried = True
-                    self._summary.retries += 1
-                    continue
-                observe_request(self.pipeline, "overloaded" if exc.overloaded else "unavailable",
-                                time.perf_counter() - started, sent)
-                self._summary.overload_rejections += exc.overloaded
-                self.pool.failure(endpoint)
-                last = str(exc)
-                if self.breaker.failure():
-                    return self._gave_up(item, attempts, last)
-                self._summary.retries += 1
-                # Another replica may take it now; when none is healthy, back off.
-                if not self.pool.any_healthy():
-                    failures += 1
-                    await asyncio.sleep(self.retry.delay(failures - 1))
-                continue
-            except RequestFailed as exc:
-                latency = time.perf_counter() - started
-                observe_request(self.pipeline, "server_error", latency, sent)
-                return error_row(item, f"{item.path}: {exc}", exc.reason, attempts, latency)
-            latency = time.perf_counter() - started
-            self.pool.success(endpoint)
-            self.breaker.success()
-            try:
-                result = MuraClient.parse_result(response, item.path, item.body_part,
-                                                 self.contract, self.ood_policy)
-            except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                observe_request(self.pipeline, "bad_response", latency, sent)
-                return error_row(item, f"{item.path}: unexpected response ({exc})",
-                                 "bad_response", attempts, latency)
-            observe_request(self.pipeline, "ok", latency, sent)
-            result.latency_s = latency
-            self.default_threshold = result.default_threshold
-            return result_row(item, result, attempts)
+        contract = self.contract
+        inputs = (Inputs(contract.input_name, image) if slot is None
+                  else _ShmInputs(contract.input_name, image, slot))
+        try:
+            reply = await self.transport.infer(     # heatmaps are not batch output
+                run, self.model, inputs, contract.wanted(False),
+                lambda response: MuraClient.parse_result(response, item.path, item.body_part,
+                                                         contract, self.ood_policy))
+        except RequestFailed as exc:
+            return error_row(item, f"{item.path}: {exc}", exc.reason, exc.attempts,
+                             exc.latency_s)
+        result = reply.value
+        result.latency_s = reply.latency_s
+        self.default_threshold = result.default_threshold
+        return result_row(item, result, reply.attempts)
 
     def _discover(self, url: str) -> EnsembleContract:
         import tritonclient.grpc as grpcclient
@@ -473,17 +404,15 @@ class BatchScorer:
     async def run(self, items: list[ScoreItem], sink: Sink | None,
                   on_row: Callable[[dict[str, Any]], None] | None = None,
                   skipped: int = 0) -> Summary:
-        import tritonclient.grpc.aio as grpc_aio
-
         self._remove_dead_regions()
         self._summary = Summary(total=len(items) + skipped, skipped=skipped)
-        self.breaker = CircuitBreaker(self.retry.give_up_after_s)
+        run = self.transport.new_run()
+        self.breaker = run.breaker
         started = time.perf_counter()
         queue: asyncio.Queue[ScoreItem] = asyncio.Queue()
         for item in items:
             queue.put_nowait(item)
-        for endpoint in self.pool.endpoints:
-            endpoint.client = grpc_aio.InferenceServerClient(endpoint.url, **self._tls)
+        await self.transport.connect()
         slots = ([_ShmSlot(self._shm_prefix, i) for i in range(self.concurrency)]
                  if self.shared_memory else [None] * self.concurrency)
 
@@ -493,7 +422,7 @@ class BatchScorer:
                     item = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                row = await self._score_one(item, slot)
+                row = await self._score_one(run, item, slot)
                 if row["error"]:
                     self._summary.errors += 1
                     self._summary.errors_by_reason[row["error_reason"]] += 1
@@ -508,10 +437,10 @@ class BatchScorer:
             await asyncio.gather(*(worker(s) for s in slots))
         finally:
             self._release([s for s in slots if s is not None])
-            for endpoint in self.pool.endpoints:
-                with contextlib.suppress(Exception):
-                    await endpoint.client.close()
+            await self.transport.aclose()
         self._summary.elapsed_s = time.perf_counter() - started
+        self._summary.retries = run.retries
+        self._summary.overload_rejections = run.overload_rejections
         self._summary.circuit = self.breaker.report()
         self._summary.endpoints = self.pool.report()
         return self._summary

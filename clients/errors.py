@@ -126,21 +126,37 @@ def error_text(exc: BaseException) -> str:
 
 
 class TransientError(RuntimeError):
-    """The server could not answer now; the same request may succeed later (the one such type
-    of the batch scorer and the gateway).
+    """The server could not answer now; the same study may succeed later (the gateway's; the
+    clients' requests end in `RequestFailed`, retried by `clients.transport`).
 
     `reason`: the `Reason` code rows and the audit record. `outage`: the server is unreachable
     or not ready (retried for as long as the outage budget allows) rather than one failed
-    request (which counts towards a retry limit). `region`: the server refused our
-    shared-memory region (a restarted server forgot it): register again and retry once."""
+    request (which counts towards a retry limit)."""
 
     def __init__(self, message: str, reason: str = Reason.SERVER_UNAVAILABLE, *,
-                 outage: bool = False, region: bool = False) -> None:
+                 outage: bool = False) -> None:
         super().__init__(message)
         self.reason = reason
         self.outage = outage
-        self.region = region
 
     @property
     def overloaded(self) -> bool:
         return self.reason == Reason.SERVER_OVERLOADED
+
+
+class RequestFailed(RuntimeError):
+    """A request that will not be answered: the server refused it for a reason that retrying
+    cannot fix, its answer could not be read, or the run's outage budget is spent
+    (`clients.transport`). The one error every client's request path ends in, so the MURA
+    client, the batch scorer and the wrist client report a failure the same way.
+
+    `reason`: the `Reason` code for the row. `attempts`: requests sent for it (0: refused
+    without sending, the circuit being open). `latency_s`: from the first attempt to the end.
+    """
+
+    def __init__(self, reason: str, message: str, *, attempts: int = 0,
+                 latency_s: float | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.attempts = attempts
+        self.latency_s = latency_s

@@ -7,8 +7,9 @@ cooldown and sends the work to the others, so losing a replica costs retries, no
 
 Why a circuit breaker: retrying each image for its own time budget turned a dead server into
 hours for a large batch. The run has ONE outage budget: it starts counting at
-the first failure after the last success anywhere; if nothing succeeds within it, the circuit
-opens and every remaining image fails at once (as `server_unavailable`, which `--resume`
+the first failure with every endpoint cooling down, after the last success anywhere (a failure
+while another endpoint is healthy is a failover, not an outage); if nothing succeeds within it,
+the circuit opens and every remaining image fails at once (as `server_unavailable`, which `--resume`
 scores again later). Any success closes an outage, so an overloaded server that still answers
 some requests never opens it.
 """
@@ -110,11 +111,13 @@ class CircuitBreaker:
             self.longest_outage_s = max(self.longest_outage_s, duration)
 
     def failure(self, now: float | None = None) -> bool:
-        """Record a failed attempt; True when the budget is spent (the circuit is open)."""
+        """Record an attempt that failed with no endpoint left to fail over to; True when the
+        budget is spent (the circuit is open). A budget of 0 opens at the first such failure:
+        each endpoint once, no waiting (the interactive clients' default)."""
         now = time.monotonic() if now is None else now
         if self.outage_started is None:
             self.outage_started = now
-        if not self.open and now - self.outage_started > self.budget_s:
+        if not self.open and now - self.outage_started >= self.budget_s:
             self.opened_at = now
             self._close(now - self.outage_started)
         return self.open

@@ -12,22 +12,21 @@ ensemble's `members` parameter, and versions, artifact SHA-256s and operating po
 
 from __future__ import annotations
 
+import asyncio
 import json
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
 
-from clients.errors import Reason, error_text, is_retryable, request_reason
-from clients.failover import Endpoint, EndpointPool, url_list
+from clients.errors import RequestFailed
 from clients.rows import common_fields, trust_fields
 from clients.telemetry import observe_request
 from clients.tls import GrpcTls, client_kwargs
+from clients.transport import NO_WAITING, BlockingLoop, Inputs, RetryPolicy, Run, Transport
 from msk.constants import (
     DEFAULT_GRPC_URL,
     MEMBER_SPREAD_TENSOR,
@@ -118,8 +117,20 @@ class EnsembleContract:
 
 
 def discover_contract(client: grpcclient.InferenceServerClient, model: str) -> EnsembleContract:
-    meta = client.get_model_metadata(model, as_json=True)
-    config = client.get_model_config(model, as_json=True)["config"]
+    """The contract from a synchronous client (`discover_contract_async` for the asyncio one)."""
+    return contract_from(client.get_model_metadata(model, as_json=True),
+                         client.get_model_config(model, as_json=True)["config"], model)
+
+
+async def discover_contract_async(client: Any, model: str) -> EnsembleContract:
+    """The contract from a `tritonclient.grpc.aio` client (what `clients.transport` holds)."""
+    meta = await client.get_model_metadata(model, as_json=True)
+    config = await client.get_model_config(model, as_json=True)
+    return contract_from(meta, config["config"], model)
+
+
+def contract_from(meta: dict, config: dict, model: str) -> EnsembleContract:
+    """Read the ensemble's roles from its metadata and config (as JSON)."""
     (image_input,) = meta["inputs"]
     roles: dict[str, str] = {}
     for out in meta["outputs"]:
@@ -150,12 +161,13 @@ def discover_contract(client: grpcclient.InferenceServerClient, model: str) -> E
 class MuraClient:
     """Thin gRPC client for `mura_ensemble`; `score` never raises for a bad image.
 
-    `url` is one Triton address or several: requests go round-robin over the endpoints
-    (`clients.failover.EndpointPool`), and a request that fails for a reason that says nothing
-    about the image (`clients.errors.is_retryable`) is sent once to each other endpoint before
-    it becomes that image's error. `ood_policy` (`OOD_POLICIES`): "flag" scores every image
-    and says `in_distribution`; "refuse" turns an out-of-distribution image into an error
-    (`OOD_REFUSED_REASON`) without probability or call.
+    A codec over the one transport (`clients.transport`): images in, `MuraResult`s out. `url`
+    is one Triton address or several: requests go round-robin over the endpoints and a request
+    that fails for a reason that says nothing about the image is sent to another endpoint;
+    `retry` is the outage budget of each `score` call (default: each endpoint once, no
+    waiting; `RetryPolicy(give_up_after_s=60)` waits out a restart). `ood_policy`
+    (`OOD_POLICIES`): "flag" scores every image and says `in_distribution`; "refuse" turns an
+    out-of-distribution image into an error (`OOD_REFUSED_REASON`) without probability or call.
     """
 
     pipeline = MURA_ENSEMBLE_MODEL
@@ -163,48 +175,52 @@ class MuraClient:
     def __init__(self, url: str | Sequence[str] = DEFAULT_GRPC_URL,
                  model: str = MURA_ENSEMBLE_MODEL, timeout_s: float = 120.0,
                  concurrency: int = 4, tls: GrpcTls | None = None,
-                 ood_policy: str = "flag") -> None:
+                 ood_policy: str = "flag", retry: RetryPolicy | None = None) -> None:
         if ood_policy not in OOD_POLICIES:
             raise ValueError(f"ood_policy must be one of {OOD_POLICIES}, got {ood_policy!r}")
         self.ood_policy = ood_policy
-        self.urls = url_list(url)
+        self.transport = Transport(url, pipeline=self.pipeline, tls=tls, timeout_s=timeout_s,
+                                   retry=retry or NO_WAITING)
+        self.urls = self.transport.urls
         self.url = ", ".join(self.urls)
         self.model = model
         self.timeout_s = timeout_s
         self.concurrency = max(1, concurrency)
-        self.pool = EndpointPool(self.urls)
-        for endpoint in self.pool.endpoints:
-            endpoint.client = grpcclient.InferenceServerClient(endpoint.url, **client_kwargs(tls))
-        self.client = self.pool.endpoints[0].client
-        """The first endpoint's client (kept for callers that ask one server directly)."""
+        self.pool = self.transport.pool
+        self._tls = tls
+        self._loop = BlockingLoop()
+        self._client: grpcclient.InferenceServerClient | None = None
         self._contract: EnsembleContract | None = None
-        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> grpcclient.InferenceServerClient:
+        """A synchronous client of the first endpoint, for callers that ask one server
+        directly (health, metadata); scoring goes through the transport."""
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(self.urls[0],
+                                                            **client_kwargs(self._tls))
+        return self._client
 
     @property
     def contract(self) -> EnsembleContract:
-        """The ensemble's contract, read from the first endpoint that answers."""
+        """The ensemble's contract, read from the first endpoint that answers; raises
+        `RequestFailed` when none does."""
+        return self._loop.run(self._contract_for(self.transport.new_run()))
+
+    async def _contract_for(self, run: Run) -> EnsembleContract:
         if self._contract is None:
-            last: InferenceServerException | None = None
-            for _ in self.pool.endpoints:
-                endpoint = self._pick()
-                try:
-                    self._contract = discover_contract(endpoint.client, self.model)
-                    break
-                except InferenceServerException as exc:
-                    self.pool.failure(endpoint)
-                    last = exc
-            else:
-                assert last is not None
-                raise last
+            await self.transport.connect()
+            reply = await self.transport.call(
+                run, lambda endpoint: discover_contract_async(endpoint.client, self.model))
+            self._contract = reply.value
         return self._contract
 
-    def _pick(self) -> Endpoint:
-        with self._lock:
-            return self.pool.pick()
-
     def close(self) -> None:
-        for endpoint in self.pool.endpoints:
-            endpoint.client.close()
+        if self._loop.started:
+            self._loop.run(self.transport.aclose())
+        self._loop.close()
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> MuraClient:
         return self
@@ -219,97 +235,45 @@ class MuraClient:
         parts = list(body_parts) if body_parts is not None else [None] * len(images)
         labels = list(names) if names is not None else [_label(img, i) for i, img in
                                                          enumerate(images)]
-        results: list[MuraResult | None] = [None] * len(images)
-        slots = threading.Semaphore(self.concurrency)
-        done = threading.Event()
-        remaining = [len(images)]
-        lock = threading.Lock()
-
-        def finish(index: int, result: MuraResult) -> None:
-            results[index] = result
-            slots.release()
-            with lock:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    done.set()
-
         if not images:
             return []
-        for index, image in enumerate(images):
-            slots.acquire()
-            self._submit(index, image, labels[index], parts[index], heatmaps, finish)
-        done.wait()
-        return [r for r in results if r is not None]
+        return self._loop.run(self._score(list(images), labels, parts, heatmaps))
 
     def score_one(self, image: ImageInput, body_part: str | None = None,
                   heatmap: bool = True, name: str | None = None) -> MuraResult:
         return self.score([image], [body_part], heatmap, [name] if name else None)[0]
 
-    def _submit(self, index, image, label, body_part, heatmaps, finish) -> None:
-        start = time.perf_counter()
+    async def _score(self, images: list[ImageInput], labels: list[str],
+                     parts: list[str | None], heatmaps: bool) -> list[MuraResult]:
+        run = self.transport.new_run()
+        slots = asyncio.Semaphore(self.concurrency)
 
-        def failed(reason: str, error: str, elapsed: float | None = None) -> MuraResult:
-            return MuraResult(source=label, body_part=body_part, latency_s=elapsed,
-                              error=error, error_reason=reason)
+        async def one(index: int) -> MuraResult:
+            async with slots:
+                return await self._score_one(run, images[index], labels[index], parts[index],
+                                             heatmaps)
 
+        return list(await asyncio.gather(*(one(i) for i in range(len(images)))))
+
+    async def _score_one(self, run: Run, image: ImageInput, label: str,
+                         body_part: str | None, heatmaps: bool) -> MuraResult:
         try:
-            pixels = load_grayscale(image, name=label)
+            pixels = await asyncio.to_thread(load_grayscale, image, name=label)
         except RadiographError as exc:
             observe_request(self.pipeline, "invalid_input", 0.0, 0)
-            finish(index, failed(exc.reason, str(exc)))
-            return
+            return MuraResult(source=label, body_part=body_part, error=str(exc),
+                              error_reason=exc.reason)
         try:
-            contract = self.contract
-        except InferenceServerException as exc:
-            finish(index, failed(request_reason(exc), f"{label}: server: {error_text(exc)}"))
-            return
-        infer_input = grpcclient.InferInput(contract.input_name, list(pixels.shape), "UINT8")
-        infer_input.set_data_from_numpy(pixels)
-        outputs = [grpcclient.InferRequestedOutput(n) for n in contract.wanted(heatmaps)]
-        tries = [0]
-
-        def send() -> None:
-            endpoint = self._pick()
-            tries[0] += 1
-
-            def callback(result, error) -> None:
-                elapsed = time.perf_counter() - start
-                if error is not None:
-                    retry(endpoint, error, elapsed)
-                    return
-                with self._lock:
-                    self.pool.success(endpoint)
-                try:
-                    parsed = self.parse_result(result, label, body_part, contract,
-                                               self.ood_policy)
-                except (KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                    observe_request(self.pipeline, "bad_response", elapsed, pixels.nbytes)
-                    finish(index, failed(Reason.BAD_RESPONSE, f"{label}: bad response: {exc}",
-                                         elapsed))
-                    return
-                parsed.latency_s = elapsed
-                observe_request(self.pipeline, "ok", elapsed, pixels.nbytes)
-                finish(index, parsed)
-
-            try:
-                endpoint.client.async_infer(self.model, [infer_input], callback,
-                                            outputs=outputs, client_timeout=self.timeout_s)
-            except InferenceServerException as exc:
-                retry(endpoint, exc, time.perf_counter() - start)
-
-        def retry(endpoint: Endpoint, exc: InferenceServerException, elapsed: float) -> None:
-            reason = request_reason(exc)
-            if is_retryable(reason):
-                with self._lock:
-                    self.pool.failure(endpoint)
-                if tries[0] < len(self.pool.endpoints):  # each other endpoint once
-                    observe_request(self.pipeline, "unavailable", elapsed, pixels.nbytes)
-                    send()
-                    return
-            observe_request(self.pipeline, "server_error", elapsed, pixels.nbytes)
-            finish(index, failed(reason, f"{label}: server: {error_text(exc)}", elapsed))
-
-        send()
+            contract = await self._contract_for(run)
+            reply = await self.transport.infer(
+                run, self.model, Inputs(contract.input_name, pixels), contract.wanted(heatmaps),
+                lambda response: self.parse_result(response, label, body_part, contract,
+                                                   self.ood_policy))
+        except RequestFailed as exc:
+            return MuraResult(source=label, body_part=body_part, latency_s=exc.latency_s,
+                              error=f"{label}: server: {exc}", error_reason=exc.reason)
+        reply.value.latency_s = reply.latency_s
+        return reply.value
 
     @staticmethod
     def parse_result(result, label: str, body_part: str | None,

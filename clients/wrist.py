@@ -9,6 +9,7 @@ yields a result with `error` set and the rest of the batch continues.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Sequence
@@ -17,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clients.errors import Reason, error_text, is_retryable, request_reason
-from clients.failover import EndpointPool, url_list
+from clients.errors import RequestFailed
 from clients.rows import common_fields
-from clients.tls import GrpcTls, client_kwargs
+from clients.tls import GrpcTls
+from clients.transport import NO_WAITING, BlockingLoop, Inputs, RetryPolicy, Run, Transport
 from msk.constants import (
     BOXES_TENSOR,
     CLASSES_TENSOR,
@@ -103,30 +104,36 @@ def parse_outputs(boxes: np.ndarray, classes: np.ndarray, scores: np.ndarray,
     return dets, versions, prov
 
 
+WRIST_OUTPUTS: tuple[str, ...] = (BOXES_TENSOR, CLASSES_TENSOR, SCORES_TENSOR,
+                                  WRIST_PROVENANCE_TENSOR)
+"""What a `wrist_detect` request asks for, in `parse_outputs`' argument order (listed once)."""
+
+
 class WristClient:
     """`WristClient(url).detect(images) -> list[WristResult]` (same order, never raises for a bad
-    image). `url` is one gRPC "host:port" or several: requests go round-robin over them and a
-    request refused for a reason that says nothing about the image is sent once to each other
-    endpoint (`clients.failover.EndpointPool`, as `msk score`)."""
+    image). A codec over the one transport (`clients.transport`, as `msk score`): `url` is one
+    gRPC "host:port" or several, requests go round-robin over them and one refused for a
+    reason that says nothing about the image goes to another endpoint; `retry` is the outage
+    budget of each `detect` call (default: each endpoint once, no waiting)."""
+
+    pipeline = WRIST_DETECT_MODEL
 
     def __init__(self, url: str | Sequence[str] = DEFAULT_GRPC_URL, *,
                  model: str = WRIST_DETECT_MODEL, timeout_s: float = 120.0,
-                 tls: GrpcTls | None = None) -> None:
-        import tritonclient.grpc as grpcclient
-
-        self._grpc = grpcclient
-        self.urls = url_list(url)
+                 tls: GrpcTls | None = None, retry: RetryPolicy | None = None) -> None:
+        self.transport = Transport(url, pipeline=self.pipeline, tls=tls, timeout_s=timeout_s,
+                                   retry=retry or NO_WAITING)
+        self.urls = self.transport.urls
         self.url = ", ".join(self.urls)
         self.model = model
         self.timeout_s = timeout_s
-        self.pool = EndpointPool(self.urls)
-        for endpoint in self.pool.endpoints:
-            endpoint.client = grpcclient.InferenceServerClient(url=endpoint.url,
-                                                               **client_kwargs(tls))
+        self.pool = self.transport.pool
+        self._loop = BlockingLoop()
 
     def close(self) -> None:
-        for endpoint in self.pool.endpoints:
-            endpoint.client.close()
+        if self._loop.started:
+            self._loop.run(self.transport.aclose())
+        self._loop.close()
 
     def __enter__(self) -> WristClient:
         return self
@@ -136,52 +143,37 @@ class WristClient:
 
     def infer_array(self, img: np.ndarray) -> tuple[list[Detection], dict, dict]:
         """One uint8 HxW image through the ensemble, failing over between the endpoints;
-        raises the last InferenceServerException when none could answer."""
-        from tritonclient.utils import InferenceServerException
+        raises `clients.errors.RequestFailed` when none could answer."""
+        return self._loop.run(self._infer(self.transport.new_run(), img))
 
-        g = self._grpc
-        inp = g.InferInput(IMAGE_TENSOR, list(img.shape), "UINT8")
-        inp.set_data_from_numpy(img)
-        outs = [g.InferRequestedOutput(n) for n in (BOXES_TENSOR, CLASSES_TENSOR, SCORES_TENSOR,
-                                                    WRIST_PROVENANCE_TENSOR)]
-        for attempt in range(len(self.pool.endpoints)):
-            endpoint = self.pool.pick()
-            try:
-                res = endpoint.client.infer(self.model, [inp], outputs=outs,
-                                            client_timeout=self.timeout_s)
-            except InferenceServerException as exc:
-                if not is_retryable(request_reason(exc)):
-                    raise
-                self.pool.failure(endpoint)
-                if attempt == len(self.pool.endpoints) - 1:
-                    raise
-                continue
-            self.pool.success(endpoint)
-            return parse_outputs(res.as_numpy(BOXES_TENSOR), res.as_numpy(CLASSES_TENSOR),
-                                 res.as_numpy(SCORES_TENSOR),
-                                 res.as_numpy(WRIST_PROVENANCE_TENSOR))
-        raise AssertionError("unreachable: the pool has at least one endpoint")
+    async def _infer(self, run: Run, img: np.ndarray) -> tuple[list[Detection], dict, dict]:
+        await self.transport.connect()
+        reply = await self.transport.infer(
+            run, self.model, Inputs(IMAGE_TENSOR, img), WRIST_OUTPUTS,
+            lambda response: parse_outputs(*(response.as_numpy(n) for n in WRIST_OUTPUTS)))
+        return reply.value
 
     def detect(self, images: Sequence[ImageSource]) -> list[WristResult]:
-        from tritonclient.utils import InferenceServerException
+        """Every image, one after another (the detectors are heavy), under one outage budget."""
+        return self._loop.run(self._detect(list(images)))
 
+    async def _detect(self, images: list[ImageSource]) -> list[WristResult]:
+        run = self.transport.new_run()
         results = []
         for item in images:
             source = str(item) if isinstance(item, str | Path) else None
             start = time.perf_counter()
             result = WristResult(source=source)
             try:
-                img = load_grayscale(item)
+                img = await asyncio.to_thread(load_grayscale, item)
                 result.height, result.width = img.shape
-                result.detections, result.versions, result.provenance = self.infer_array(img)
+                result.detections, result.versions, result.provenance = await self._infer(
+                    run, img)
             except RadiographError as exc:
                 result.error, result.error_reason = str(exc), exc.reason
-            except InferenceServerException as exc:  # report, continue the batch
-                result.error = f"{source or 'image'}: inference failed: {error_text(exc)}"
-                result.error_reason = request_reason(exc)
-            except (KeyError, ValueError, TypeError, AttributeError) as exc:
-                result.error = f"{source or 'image'}: bad response: {exc}"
-                result.error_reason = Reason.BAD_RESPONSE
+            except RequestFailed as exc:  # report, continue the batch
+                result.error = f"{source or 'image'}: inference failed: {exc}"
+                result.error_reason = exc.reason
             result.latency_s = time.perf_counter() - start
             results.append(result)
         return results
