@@ -36,7 +36,13 @@ import numpy as np
 from clients.errors import Reason, RequestFailed, shared_memory_in_use
 from clients.failover import Endpoint, url_list
 from clients.inputs import ScoreItem
-from clients.mura import EnsembleContract, MuraClient, MuraResult, discover_contract
+from clients.mura import (
+    EnsembleContract,
+    MuraClient,
+    MuraResult,
+    discover_contract,
+    request_parameters,
+)
 from clients.outputs import Sink
 from clients.rows import common_fields, trust_fields
 from clients.study import ScoredImage, study_call
@@ -275,7 +281,8 @@ class BatchScorer:
             reply = await self.transport.infer(     # heatmaps are not batch output
                 run, self.model, inputs, contract.wanted(False),
                 lambda response: MuraClient.parse_result(response, item.path, item.body_part,
-                                                         contract, self.ood_policy))
+                                                         contract, self.ood_policy),
+                request_parameters(item.body_part))
         except RequestFailed as exc:
             return error_row(item, f"{item.path}: {exc}", exc.reason, exc.attempts,
                              exc.latency_s)

@@ -29,6 +29,7 @@ from clients.tls import GrpcTls, client_kwargs
 from clients.transport import NO_WAITING, BlockingLoop, Inputs, RetryPolicy, Run, Transport
 from msk.constants import (
     DEFAULT_GRPC_URL,
+    DRIFT_BODY_PART_PARAMETER,
     MEMBER_SPREAD_TENSOR,
     MURA_DEFAULT_THRESHOLD,
     MURA_ENSEMBLE_MODEL,
@@ -268,7 +269,8 @@ class MuraClient:
             reply = await self.transport.infer(
                 run, self.model, Inputs(contract.input_name, pixels), contract.wanted(heatmaps),
                 lambda response: self.parse_result(response, label, body_part, contract,
-                                                   self.ood_policy))
+                                                   self.ood_policy),
+                request_parameters(body_part))
         except RequestFailed as exc:
             return MuraResult(source=label, body_part=body_part, latency_s=exc.latency_s,
                               error=f"{label}: server: {exc}", error_reason=exc.reason)
@@ -329,6 +331,12 @@ def apply_ood_policy(result: MuraResult, policy: str) -> MuraResult:
     result.probability, result.abnormal, result.threshold = None, None, None
     result.members, result.heatmap = {}, None
     return result
+
+
+def request_parameters(body_part: str | None) -> dict[str, str]:
+    """What a MURA request tells the server besides the image: its body part, which labels the
+    drift metrics of the ensemble's `mura_drift` step (docs/ood.md); nothing when unknown."""
+    return {DRIFT_BODY_PART_PARAMETER: body_part} if body_part else {}
 
 
 def _label(image: ImageInput, index: int) -> str:

@@ -25,7 +25,7 @@ import contextlib
 import threading
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -149,16 +149,19 @@ class Transport:
                 endpoint.client = None
 
     async def infer(self, run: Run, model: str, inputs: Inputs, outputs: Sequence[str],
-                    parse: Callable[[Any], T]) -> Reply[T]:
+                    parse: Callable[[Any], T],
+                    parameters: Mapping[str, str] | None = None) -> Reply[T]:
         """One inference with the outputs the codec names, its response `parse`d; raises
-        `RequestFailed` (a `Reason.BAD_RESPONSE` when `parse` cannot read the answer)."""
+        `RequestFailed` (a `Reason.BAD_RESPONSE` when `parse` cannot read the answer).
+        `parameters` are request parameters the models read (the MURA body part, which labels
+        the server's drift metrics)."""
         import tritonclient.grpc.aio as grpc_aio
 
         async def send(endpoint: Endpoint) -> Any:
             tensors = await inputs.build(endpoint)
             return await endpoint.client.infer(
                 model, tensors, outputs=[grpc_aio.InferRequestedOutput(n) for n in outputs],
-                client_timeout=self.timeout_s)
+                client_timeout=self.timeout_s, parameters=dict(parameters or {}) or None)
 
         reply = await self.call(run, send, sent_bytes=inputs.sent_bytes, lost=inputs.lost)
         try:

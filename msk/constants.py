@@ -155,6 +155,10 @@ DRIFT_BODY_PART_PARAMETER = "body_part"
 """Request parameter `mura_drift` reads the body part from (label `body_part`); absent or not
 one of MURA_BODY_PARTS -> `DRIFT_UNKNOWN_BODY_PART`, so a label value is never free text."""
 DRIFT_UNKNOWN_BODY_PART = "unknown"
+WARMUP_PARAMETER = "msk_warmup"
+"""Request parameter of `msk serve`'s own warm-up request (server/warmup.py): `mura_drift` does
+not count it, so a restart adds no image to the drift metrics; the front door refuses it from
+callers, so nobody can hide images from those metrics."""
 
 # --------------------------------------------------------------------------------------------
 # Wrist structure detectors (YOLO study)

@@ -49,7 +49,7 @@ from collections.abc import AsyncIterator
 import grpc
 from grpc import aio
 
-from msk.constants import MAX_IMAGE_PIXELS
+from msk.constants import MAX_IMAGE_PIXELS, WARMUP_PARAMETER
 from server.exposure import ServerTls
 from server.peer_identity import identify
 from server.shm_policy import SHM_METHODS, ShmPolicy, ShmRefused
@@ -117,6 +117,9 @@ def check_infer_request(request) -> None:
             raise RequestRefused(f"parameter {key!r} is not used by model {model!r} (no "
                                  "priority levels or sequences here); send the request without "
                                  "it")
+    if WARMUP_PARAMETER in request.parameters:
+        raise RequestRefused(f"parameter {WARMUP_PARAMETER!r} is reserved for the server's own "
+                             "warm-up; send the request without it")
     for index, tensor in enumerate(request.inputs):
         shape = [int(d) for d in tensor.shape]
         if 0 in shape:

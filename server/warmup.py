@@ -31,7 +31,7 @@ def warm_up(client, timeout_s: float = 600.0) -> dict[str, float]:
     took. Raises (tritonclient's InferenceServerException) when a pipeline cannot answer."""
     import tritonclient.grpc as grpcclient
 
-    from msk.constants import IMAGE_TENSOR
+    from msk.constants import IMAGE_TENSOR, WARMUP_PARAMETER
     from msk.samples import radiograph
 
     image = (radiograph(512, 400, 0) * 255).astype(np.uint8)
@@ -40,6 +40,7 @@ def warm_up(client, timeout_s: float = 600.0) -> dict[str, float]:
         pixels = grpcclient.InferInput(IMAGE_TENSOR, list(image.shape), "UINT8")
         pixels.set_data_from_numpy(image)
         start = time.perf_counter()
-        client.infer(name, [pixels], client_timeout=timeout_s)
+        client.infer(name, [pixels], client_timeout=timeout_s,
+                     parameters={WARMUP_PARAMETER: True})
         took[name] = time.perf_counter() - start
     return took

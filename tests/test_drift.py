@@ -209,8 +209,9 @@ def test_prometheus_sees_a_shifted_stream_drift(tiny_repository: Path, start_pro
         prom = start_prometheus(_prometheus_config(tmp_path, serve.metrics_url))
         prom.wait_for('up{job="triton"} == 1')
         prom.wait_for("msk_mura_drift_reference_share")
-        # msk serve's warm-up image went through the ensemble before it said ready (unknown).
+        # msk serve's warm-up image went through the ensemble but is not counted.
         base = _one(prom.wait_for("sum(msk_mura_ood_score_count)"))
+        assert base == 0
 
         # Phase 1: new images like the reference set.
         _score(serve.grpc_url, reference)
@@ -262,3 +263,64 @@ def test_prometheus_sees_a_shifted_stream_drift(tiny_repository: Path, start_pro
                    if not prom.query(expr.replace("$__rate_interval", RATE_INTERVAL))]
         assert len(_drift_queries()) >= 8
         assert not missing, "dashboard drift queries without data:\n" + "\n".join(missing)
+
+
+def _counts_by_part(metrics_url: str) -> dict[str, float]:
+    """`msk_mura_ood_score_count` per body part, as msk serve's metrics port shows it."""
+    import urllib.request
+
+    with urllib.request.urlopen(metrics_url, timeout=30) as reply:
+        text = reply.read().decode()
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("msk_mura_ood_score_count{"):
+            part = line.split('body_part="', 1)[1].split('"', 1)[0]
+            counts[part] = counts.get(part, 0.0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def test_the_clients_label_the_body_part_and_the_warm_up_is_not_counted(
+        tiny_repository: Path, tmp_path: Path):
+    """The project's own clients send the body part (MuraClient in Python, `msk score` from a
+    CSV manifest); msk serve's warm-up image is not a served image; nobody else may mark a
+    request as the warm-up."""
+    import os
+    import sys
+
+    import tritonclient.grpc as grpcclient
+    from PIL import Image
+    from tritonclient.utils import InferenceServerException
+
+    from clients.mura import MuraClient
+    from msk.constants import WARMUP_PARAMETER
+    from msk.samples import radiograph
+
+    pixels = (radiograph(300, 240, 3) * 255).astype(np.uint8)
+    image = tmp_path / "a.png"
+    Image.fromarray(pixels).save(image)
+    manifest = tmp_path / "images.csv"
+    manifest.write_text(f"path,body_part\n{image},shoulder\n")
+    with running_msk_serve("serve", "--repository", str(tiny_repository)) as serve:
+        assert sum(_counts_by_part(serve.metrics_url).values()) == 0   # the warm-up ran
+        with MuraClient(serve.grpc_url) as client:
+            result = client.score_one(pixels, body_part="elbow", heatmap=False)
+        assert result.error is None, result.error
+        score = subprocess.run(
+            [str(Path(sys.executable).parent / "msk"), "score", "--url", serve.grpc_url,
+             "--no-progress", str(manifest)],
+            capture_output=True, text=True, timeout=300, cwd=ROOT, env=os.environ.copy())
+        assert score.returncode == 0, score.stderr[-2000:]
+        row = json.loads(score.stdout.splitlines()[0])
+        assert row.get("error") is None and row["body_part"] == "shoulder", row
+
+        plain = grpcclient.InferenceServerClient(serve.grpc_url)
+        try:
+            inp = grpcclient.InferInput(IMAGE_TENSOR, list(pixels.shape), "UINT8")
+            inp.set_data_from_numpy(pixels)
+            with pytest.raises(InferenceServerException, match=WARMUP_PARAMETER):
+                plain.infer(MURA_ENSEMBLE_MODEL, [inp], parameters={WARMUP_PARAMETER: True})
+        finally:
+            plain.close()
+        counts = _counts_by_part(serve.metrics_url)
+        assert counts.get("elbow") == 1 and counts.get("shoulder") == 1, counts
+        assert sum(counts.values()) == 2, counts

@@ -45,6 +45,7 @@ from msk.constants import (  # noqa: E402 - importable only once _vendored is on
     MURA_DRIFT_MODEL,
     OOD_SCORE_TENSOR,
     PROBABILITY_TENSOR,
+    WARMUP_PARAMETER,
 )
 
 PARAMS_FILE = "drift_reference.json"
@@ -130,12 +131,15 @@ class TritonPythonModel:
         return self.thresholds.get(part, self.default_threshold)
 
     @staticmethod
-    def _body_part(request) -> str:
+    def _parameters(request) -> dict:
         try:
             params = json.loads(request.parameters() or "{}")
         except (ValueError, AttributeError):
-            return DRIFT_UNKNOWN_BODY_PART
-        part = params.get(DRIFT_BODY_PART_PARAMETER)
+            return {}
+        return params if isinstance(params, dict) else {}
+
+    def _body_part(self, request) -> str:
+        part = self._parameters(request).get(DRIFT_BODY_PART_PARAMETER)
         return part if part in MURA_BODY_PARTS else DRIFT_UNKNOWN_BODY_PART
 
     def _observe(self, part: str, values: dict) -> None:
@@ -154,8 +158,9 @@ class TritonPythonModel:
                    for q, name in TENSORS.items()}
         arrays = {q: t.as_numpy() for q, t in tensors.items()}
         try:
-            self._observe(self._body_part(request),
-                          {q: float(a.reshape(-1)[0]) for q, a in arrays.items()})
+            if WARMUP_PARAMETER not in self._parameters(request):   # warm-up: not served
+                self._observe(self._body_part(request),
+                              {q: float(a.reshape(-1)[0]) for q, a in arrays.items()})
         except Exception as exc:  # noqa: BLE001 - why: a metrics failure must not fail a result
             pb_utils.Logger.log_warn(f"{MURA_DRIFT_MODEL}: not observed: {exc}")
         return pb_utils.InferenceResponse(output_tensors=[
