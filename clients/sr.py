@@ -6,7 +6,9 @@ Why TID 1500 and a Segmentation: the viewers that display AI results (OHIF and t
 ones following IHE AI Results) read TID 1500 measurement groups and overlay Segmentations on
 their source image; other SR templates show as text at best, and a Secondary Capture is a new
 picture, not an overlay. highdicom is the well-kept library that writes both
-the way the standard says, so this module only decides *what* to say:
+the way the standard says, so this module only decides *what* to say about a
+`clients.findings.StudyResult` (the study's one `study_call`, the models' provenance as Triton
+returned it; a model whose output is written without its provenance raises `ProvenanceError`):
 
 * observation context: the device observer (Device Observer UID = a UID derived from the model
   artifacts' SHA-256, so the same weights always give the same UID, name, manufacturer, model);
