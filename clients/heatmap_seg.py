@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import highdicom as hd
 import numpy as np
@@ -27,6 +26,7 @@ from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from clients.findings import ModelProvenance
 from clients.sr import (
     ABNORMAL,
     HEATMAP_SERIES_DESCRIPTION,
@@ -38,9 +38,6 @@ from clients.sr import (
     device_uid,
     software_versions,
 )
-
-if TYPE_CHECKING:
-    from clients.sr import ModelProvenance
 
 HEATMAP_LEVELS: tuple[float, ...] = (0.5, 0.75, 0.9)
 """Activation levels (CAM scaled to 0..1) at which the heatmap is thresholded: one BINARY

@@ -6,7 +6,9 @@ Why TID 1500 and a Segmentation: the viewers that display AI results (OHIF and t
 ones following IHE AI Results) read TID 1500 measurement groups and overlay Segmentations on
 their source image; other SR templates show as text at best, and a Secondary Capture is a new
 picture, not an overlay. highdicom is the well-kept library that writes both
-the way the standard says, so this module only decides *what* to say:
+the way the standard says, so this module only decides *what* to say about a
+`clients.findings.StudyResult` (the study's one `study_call`, the models' provenance as Triton
+returned it; a model whose output is written without its provenance raises `ProvenanceError`):
 
 * observation context: the device observer (Device Observer UID = a UID derived from the model
   artifacts' SHA-256, so the same weights always give the same UID, name, manufacturer, model);
@@ -39,7 +41,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 
 import highdicom as hd
 import numpy as np
@@ -49,9 +50,9 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
-from clients.study import ScoredImage, StudyCall, member_means, study_call
-from clients.wrist import Detection
+from clients.findings import ImageFinding, ModelProvenance, Structure, StudyResult
 from msk import RESEARCH_USE_NOTICE, __version__
+from msk.constants import WRIST_DETECTORS
 
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -118,83 +119,7 @@ STRUCTURE_CODES: dict[str, Code] = {
 CLASS_BY_CODE = {(c.value, c.scheme_designator): name for name, c in STRUCTURE_CODES.items()}
 
 
-Structure = Detection
-"""A detected wrist structure in source-image pixel coordinates (the wrist client's type)."""
-
-
-@dataclass
-class ImageFinding:
-    """One source instance of the study and what the models said about it."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    series_instance_uid: str
-    body_part: str | None
-    probability: float | None = None
-    members: dict[str, float] = field(default_factory=dict)
-    abnormal: bool | None = None
-    error: str | None = None
-    structures: list[Structure] = field(default_factory=list)
-    threshold: float | None = None
-    """The body part's operating point the call was made against (None: the study's)."""
-    ood_score: float | None = None
-    ood_threshold: float | None = None
-    in_distribution: bool | None = None
-    member_spread: float | None = None
-    refused: bool = False
-    """Refused by the OOD gate: not assessed (no probability, no call)."""
-
-
-@dataclass(frozen=True)
-class ModelProvenance:
-    """One deployed model: Triton name, version and the SHA-256 of its artifact."""
-
-    name: str
-    version: str
-    sha256: str
-
-
-@dataclass
-class StudyResult:
-    """Everything the SR says about one study."""
-
-    images: list[ImageFinding]
-    models: list[ModelProvenance]
-    threshold: float
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    """(SOP Instance UID, reason) for received instances that were not scored."""
-    default_threshold: float | None = None
-    """The model's default operating point (provenance), used for mixed body parts; None =
-    `threshold`."""
-
-    @property
-    def scored(self) -> list[ImageFinding]:
-        return [i for i in self.images if i.probability is not None]
-
-    @property
-    def call(self) -> StudyCall:
-        """The study's probability and call by the one study rule (`clients.study`)."""
-        default = self.threshold if self.default_threshold is None else self.default_threshold
-        return study_call((ScoredImage(i.probability, i.body_part, i.threshold,
-                                       in_distribution=i.in_distribution, refused=i.refused)
-                           for i in self.images), default)
-
-    @property
-    def probability(self) -> float | None:
-        return self.call.probability
-
-    @property
-    def abnormal(self) -> bool | None:
-        p = self.probability
-        return None if p is None else p >= self.threshold
-
-    @property
-    def members(self) -> dict[str, float]:
-        """Per member: mean over scored images (`clients.study.member_means`)."""
-        return member_means(image.members for image in self.scored)
-
-
-def device_uid(sha256s: Iterable[str]) -> str:
+def device_uid(sha256s: Iterable[str | None]) -> str:
     """A UID (2.25 form) fixed by the set of model artifact digests: same weights, same UID."""
     digests = sorted(s.lower() for s in sha256s if s)
     digest = hashlib.sha256("\n".join(digests).encode()).hexdigest()
@@ -235,21 +160,27 @@ def _reference(study_uid: str, image: ImageFinding) -> Dataset:
     return ref
 
 
-def _algorithm(model: ModelProvenance | None, fallback: str) -> hd.sr.AlgorithmIdentification:
-    if model is None:
-        return hd.sr.AlgorithmIdentification(name=fallback, version="unknown")
+DETECTOR_OF_CLASS: dict[str, str] = {name: model for model, classes in WRIST_DETECTORS.values()
+                                     for name in classes}
+"""Wrist structure class -> the detector model that finds it: a structure's confidence is that
+detector's output, so its algorithm is that detector (with its version and SHA-256)."""
+
+
+def _algorithm(model: ModelProvenance) -> hd.sr.AlgorithmIdentification:
+    """A model as TID 4019 says it: name, version as Triton reported it, and its SHA-256 as a
+    parameter when it has one (an ensemble has none)."""
     return hd.sr.AlgorithmIdentification(
-        name=model.name, version=model.version or "unknown",
+        name=model.name, version=model.version,
         parameters=[f"sha256={model.sha256}"] if model.sha256 else None)
 
 
 def _pipeline(models: Sequence[ModelProvenance]) -> hd.sr.AlgorithmIdentification:
     """The study group's algorithm: msk-triton, every deployed model one parameter
-    (`model=NAME;version=V;sha256=HEX`) - the set the Device UID is derived from."""
+    (`model=NAME;version=V[;sha256=HEX]`) - the set the Device UID is derived from."""
     return hd.sr.AlgorithmIdentification(
         name="msk-triton", version=__version__, manufacturer=MANUFACTURER,
-        parameters=[f"model={m.name};version={m.version or 'unknown'};sha256={m.sha256}"
-                    for m in models] or None)
+        parameters=[f"model={m.name};version={m.version}"
+                    + (f";sha256={m.sha256}" if m.sha256 else "") for m in models] or None)
 
 
 def _equipment(models: Sequence[ModelProvenance], now: dt.datetime
@@ -265,15 +196,17 @@ def _equipment(models: Sequence[ModelProvenance], now: dt.datetime
 
 
 def _scores(probability: float, members: dict[str, float], abnormal: bool, threshold: float,
-            models: dict[str, ModelProvenance], ensemble: str
+            result: StudyResult, ensemble: str
             ) -> tuple[list[hd.sr.Measurement], list[hd.sr.QualitativeEvaluation]]:
+    """Probability, operating point and call; each probability names the model that gave it
+    (`StudyResult.model` raises when the result lacks that model's provenance)."""
     measurements = [
         hd.sr.Measurement(name=PROBABILITY, value=float(probability), unit=NO_UNITS,
-                          algorithm_id=_algorithm(models.get(ensemble), ensemble)),
+                          algorithm_id=_algorithm(result.model(ensemble))),
         hd.sr.Measurement(name=OPERATING_POINT, value=float(threshold), unit=NO_UNITS)]
     measurements.extend(
         hd.sr.Measurement(name=PROBABILITY, value=float(p), unit=NO_UNITS,
-                          algorithm_id=_algorithm(models.get(m), m))
+                          algorithm_id=_algorithm(result.model(m)))
         for m, p in members.items())
     call = hd.sr.QualitativeEvaluation(IMPRESSION, ABNORMAL if abnormal else NORMAL)
     return measurements, [call]
@@ -287,8 +220,7 @@ def _trust(image: ImageFinding) -> list[hd.sr.Measurement]:
             for name, v in values if v is not None]
 
 
-def _structure_group(image: ImageFinding, index: int, s: Structure,
-                     models: dict[str, ModelProvenance]
+def _structure_group(image: ImageFinding, index: int, s: Structure, result: StudyResult
                      ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     code = STRUCTURE_CODES.get(s.class_name, Code(s.class_name[:16], PRIVATE_SCHEME,
                                                   s.class_name))
@@ -297,19 +229,13 @@ def _structure_group(image: ImageFinding, index: int, s: Structure,
     region = hd.sr.ImageRegion(
         graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=corners,
         source_image=hd.sr.SourceImageForRegion(image.sop_class_uid, image.sop_instance_uid))
-    from msk.constants import WRIST_DETECT_MODEL
-
-    detector = models.get(WRIST_DETECT_MODEL)
-    if detector is None:   # the server reports the detectors it composes, not the pipeline
-        parts = sorted(f"{m.name}:{m.version}" for n, m in models.items()
-                       if n.startswith("wrist"))
-        detector = ModelProvenance(WRIST_DETECT_MODEL, ",".join(parts)[:64] or "unknown", "")
+    detector = result.model(DETECTOR_OF_CLASS.get(s.class_name, s.class_name))
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier=f"Image {index} {s.class_name}"),
         referenced_region=region, finding_category=ANATOMICAL_STRUCTURE, finding_type=code,
         measurements=[hd.sr.Measurement(name=CERTAINTY, value=float(s.score), unit=NO_UNITS,
-                                        algorithm_id=_algorithm(detector, WRIST_DETECT_MODEL))])
+                                        algorithm_id=_algorithm(detector))])
 
 
 def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = None,
@@ -318,7 +244,6 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
     from msk.constants import MURA_ENSEMBLE_MODEL
 
     now = (now or dt.datetime.now(dt.UTC)).astimezone()
-    models = {m.name: m for m in result.models}
     uid = device_uid(m.sha256 for m in result.models)
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -329,7 +254,7 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
     if scored:
         measurements, evaluations = _scores(
             result.probability, result.members, bool(result.abnormal), result.threshold,
-            models, MURA_ENSEMBLE_MODEL)
+            result, MURA_ENSEMBLE_MODEL)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
                                                          identifier=STUDY_GROUP),
@@ -360,7 +285,7 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
         abnormal = image.abnormal if image.abnormal is not None else \
             image.probability >= threshold
         measurements, evaluations = _scores(image.probability, image.members, abnormal,
-                                            threshold, models, MURA_ENSEMBLE_MODEL)
+                                            threshold, result, MURA_ENSEMBLE_MODEL)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(),
                                                          identifier=f"Image {index}"),
@@ -368,7 +293,7 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
             measurements=measurements + _trust(image), qualitative_evaluations=evaluations,
             source_images=[hd.sr.SourceImageForMeasurementGroup(image.sop_class_uid,
                                                                 image.sop_instance_uid)]))
-        groups.extend(_structure_group(image, index, s, models) for s in image.structures)
+        groups.extend(_structure_group(image, index, s, result) for s in image.structures)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=PROCEDURE_REPORTED, imaging_measurements=groups or None)
@@ -380,9 +305,10 @@ def build_sr(source: Dataset, result: StudyResult, *, now: dt.datetime | None = 
                                        f"{i.error or 'not scored'}"[:1024],
                                        relationship_type="CONTAINS")
                  for i in result.images if i.probability is None)
-    notes.extend(hd.sr.TextContentItem(name=NOT_ATTEMPTED, value=f"{sop}: {why}"[:1024],
+    notes.extend(hd.sr.TextContentItem(name=NOT_ATTEMPTED,
+                                       value=f"{s.sop_instance_uid}: {s.reason}"[:1024],
                                        relationship_type="CONTAINS")
-                 for sop, why in result.skipped)
+                 for s in result.skipped)
     report[0].ContentSequence.append(hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS"))
     report[0].ContentSequence[-1].ContentSequence = hd.sr.ContentSequence(notes)
@@ -522,11 +448,12 @@ def summarize(ds: Dataset) -> dict:
     for group in rois:
         finding = group.finding_type
         region = group.roi
-        (certainty,) = _num(group, CERTAINTY)
+        (certainty,) = group.get_measurements(name=CERTAINTY)
         structure = {
             "class": CLASS_BY_CODE.get((finding.value, finding.scheme_designator),
                                        finding.value),
-            "meaning": finding.meaning, "confidence": certainty[0],
+            "meaning": finding.meaning, "confidence": float(certainty.value),
+            "algorithm": _algorithm_of(certainty),
             "region": [float(v) for v in np.asarray(region.value).ravel()],
             "graphic_type": region.graphic_type.value,
             "selected_from": region.ReferencedSOPSequence[0].ReferencedSOPInstanceUID

@@ -80,6 +80,11 @@ def test_wrist_structures_reach_the_pacs_as_scoord(mura_wrist_triton, orthanc, s
             assert found["graphic_type"] == "POLYLINE"
             assert found["region"] == pytest.approx(corners, rel=1e-6, abs=1e-3)
             assert found["selected_from"] == image["source"]
+            # the confidence names the detector that gave it, as the server reported it
+            detector = found["algorithm"]
+            assert detector["name"] in ("wrist_joints", "wrist_bones")
+            assert detector["version"] == result.versions[detector["name"]]
+            assert detector["sha256"] == result.artifacts[detector["name"]]
 
     # provenance covers the detectors too: their SHA-256 are part of the Device UID
     names = {a["name"] for a in summary["algorithms"]}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
+from clients.findings import ModelProvenance
 from clients.heatmap_seg import (
     HEATMAP_LEVELS,
     build_heatmap,
@@ -24,12 +25,11 @@ from clients.heatmap_seg import (
 from clients.sr import (
     HEATMAP_SERIES_DESCRIPTION,
     SEGMENTATION_STORAGE,
-    ModelProvenance,
     device_uid,
 )
 from tests.plugins.pacs import dciodvfy, real_radiograph
 
-MODELS = [ModelProvenance("mura_ensemble", "1", ""),
+MODELS = [ModelProvenance("mura_ensemble", "1"),
           ModelProvenance("densenet169_a", "1", "a" * 64)]
 
 

@@ -19,7 +19,8 @@ import pytest
 import requests
 from PIL import Image
 
-from clients.sr import ImageFinding, ModelProvenance, StudyResult, build_sr, summarize
+from clients.findings import ImageFinding, ModelProvenance, StudyResult
+from clients.sr import build_sr, summarize
 from export.manifest import load_manifest
 from export.ood_reference import demo_reference
 from msk.constants import MURA_ENSEMBLE_MODEL, OOD_REFUSED_REASON
@@ -220,7 +221,9 @@ def test_sr_says_not_assessed_in_coded_form(tmp_path: Path) -> None:
                            error="not assessed: out of distribution", ood_score=9.0,
                            ood_threshold=2.0, in_distribution=False, member_spread=0.5,
                            refused=True)
-    result = StudyResult([scored, refused], [ModelProvenance("mura_ensemble", "1", "")], 0.5)
+    models = [ModelProvenance("mura_ensemble", "1")] + [
+        ModelProvenance(m, "1", f"{i}" * 64) for i, m in enumerate(members)]
+    result = StudyResult.of([scored, refused], models, default_threshold=0.5)
     sr = build_sr(source, result)
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)

@@ -16,14 +16,18 @@ import pytest
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
+from clients.findings import (
+    ImageFinding,
+    ModelProvenance,
+    NotScored,
+    ProvenanceError,
+    Structure,
+    StudyResult,
+)
 from clients.sr import (
     COMPREHENSIVE_3D_SR_STORAGE,
     PRIVATE_SCHEME,
     SR_SERIES_DESCRIPTION,
-    ImageFinding,
-    ModelProvenance,
-    Structure,
-    StudyResult,
     build_sr,
     device_uid,
     summarize,
@@ -69,11 +73,14 @@ def study_result(source: Dataset, structures: bool = True) -> StudyResult:
         threshold=0.45)
     second = image("elbow", 0.2, members_2, threshold=0.55)
     broken = image("wrist", None, {}, error="cannot decode pixel data (JPEG 2000)")
-    models = [ModelProvenance("mura_ensemble", "1", "")] + [
+    models = [ModelProvenance("mura_ensemble", "1")] + [
         ModelProvenance(m, "1", sha) for m, sha in SHAS.items()] + [
-        ModelProvenance("wrist_detect", "2", "e" * 64)]
-    return StudyResult([wrist, second, broken], models, 0.5,
-                       skipped=[(generate_uid(), "not an image (SOP class Basic Text SR)")])
+        ModelProvenance("wrist_joints", "2", "e" * 64),
+        ModelProvenance("wrist_bones", "2", "f" * 64),
+        ModelProvenance("wrist_postprocess", "2")]
+    return StudyResult.of([wrist, second, broken], models, default_threshold=0.5,
+                          skipped=[NotScored(generate_uid(),
+                                             "not an image (SOP class Basic Text SR)")])
 
 
 @pytest.fixture()
@@ -164,6 +171,10 @@ def test_sr_wrist_structures_as_scoord(sr_file) -> None:
     assert radcar["region"] == [100.0, 200.5, 180.0, 200.5, 180.0, 260.0, 100.0, 260.0,
                                 100.0, 200.5]
     assert radcar["selected_from"] == result.images[0].sop_instance_uid
+    # each confidence names the detector that gave it, with its version and SHA-256
+    assert radcar["algorithm"] == {"name": "wrist_joints", "version": "2", "sha256": "e" * 64}
+    assert structures[1]["algorithm"] == {"name": "wrist_bones", "version": "2",
+                                          "sha256": "f" * 64}
 
 
 def test_private_codes_are_declared_once(sr_file) -> None:
@@ -181,14 +192,51 @@ def test_sr_provenance(sr_file) -> None:
     assert equipment.ManufacturerModelName
     assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
     assert "densenet169_a:1" in list(equipment.SoftwareVersions)
-    assert ds.DeviceUID == device_uid([*SHAS.values(), "e" * 64])
+    assert ds.DeviceUID == device_uid([*SHAS.values(), "e" * 64, "f" * 64])
     summary = summarize(ds)
     assert summary["device_observer_uid"] == ds.DeviceUID
     by_name = {a["name"]: a for a in summary["algorithms"]}
     assert by_name["resnet101_b"]["sha256"] == "d" * 64
     assert by_name["resnet101_b"]["version"] == "1"
-    assert by_name["wrist_detect"]["sha256"] == "e" * 64
-    assert set(by_name) == {"mura_ensemble", *SHAS, "wrist_detect"}
+    assert by_name["wrist_joints"]["sha256"] == "e" * 64
+    assert set(by_name) == {"mura_ensemble", *SHAS, "wrist_joints", "wrist_bones",
+                            "wrist_postprocess"}
+    # what Triton did not return is absent, never a placeholder: the ensemble has no artifact
+    assert by_name["mura_ensemble"] == {"name": "mura_ensemble", "version": "1", "sha256": None}
+    assert by_name["wrist_postprocess"]["sha256"] is None
+    texts = [str(e.value) for e in ds.iterall() if e.keyword == "TextValue"]
+    assert not any(t.endswith("sha256=") or "latest" in t or "unknown" in t for t in texts)
+
+
+@pytest.mark.parametrize(("version", "sha"), [("latest", None), ("", None), ("?", None),
+                                              ("1", ""), ("1", "abc"), ("1", "E" * 64)])
+def test_provenance_refuses_placeholders(version: str, sha: str | None) -> None:
+    with pytest.raises(ProvenanceError):
+        ModelProvenance("wrist_joints", version, sha)
+
+
+def test_sr_without_a_models_provenance_fails_instead_of_guessing() -> None:
+    source = source_header()
+    result = study_result(source)
+    for missing in ("wrist_joints", "resnet101_a", "mura_ensemble"):
+        partial = StudyResult.of(result.images, [m for m in result.models if m.name != missing],
+                                 default_threshold=0.5)
+        with pytest.raises(ProvenanceError, match=missing):
+            build_sr(source, partial)
+
+
+def test_the_study_result_is_the_one_study_call() -> None:
+    """No second rule: every study-level value of a result is its `study_call`'s."""
+    source = source_header()
+    images = [ImageFinding(DX, generate_uid(), source.SeriesInstanceUID, "wrist", p,
+                           threshold=0.3) for p in (0.2, 0.35)]
+    result = StudyResult.of(images, [], default_threshold=0.5)
+    assert (result.probability, result.threshold, result.abnormal) == \
+        (pytest.approx(0.275), 0.3, False)
+    assert result.call.threshold == 0.3 and result.call.abnormal is False
+    refused = ImageFinding(DX, generate_uid(), source.SeriesInstanceUID, "wrist", refused=True)
+    none = StudyResult.of([refused], [], default_threshold=0.5)
+    assert none.abnormal is None and none.probability is None and none.threshold == 0.5
 
 
 def test_device_uid_is_tied_to_artifacts() -> None:
@@ -201,9 +249,11 @@ def test_device_uid_is_tied_to_artifacts() -> None:
 def test_sr_with_missing_type2_source_attributes(tmp_path: Path) -> None:
     source = source_header()
     del source.AccessionNumber      # type-2 attributes missing in the source stay present
-    result = StudyResult([ImageFinding(DX, generate_uid(), source.SeriesInstanceUID, "elbow",
-                                       0.4, {"densenet169_a": 0.4}, False)],
-                         [ModelProvenance("densenet169_a", "3", "f" * 64)], 0.55)
+    result = StudyResult.of([ImageFinding(DX, generate_uid(), source.SeriesInstanceUID,
+                                          "elbow", 0.4, {"densenet169_a": 0.4}, False)],
+                            [ModelProvenance("mura_ensemble", "3"),
+                             ModelProvenance("densenet169_a", "3", "f" * 64)],
+                            default_threshold=0.55)
     path = tmp_path / "sr.dcm"
     build_sr(source, result).save_as(path, enforce_file_format=True)
     assert dciodvfy(path) == []

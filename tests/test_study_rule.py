@@ -10,7 +10,7 @@ from tritonclient.utils import InferenceServerException
 
 from clients.batch import study_rows
 from clients.errors import Reason, is_retryable, request_reason
-from clients.sr import ImageFinding, StudyResult
+from clients.findings import ImageFinding, StudyResult
 from clients.study import NO_IMAGE_SCORED, ScoredImage, study_call
 from clients.web.service import aggregate
 
@@ -71,7 +71,7 @@ def test_batch_web_and_gateway_apply_the_same_rule():
                      if p is not None else {"error": "x"} for p, b, t in images], 0.5)
     findings = [ImageFinding("1.2", f"1.{i}", "1.3", b, probability=p, threshold=t)
                 for i, (p, b, t) in enumerate(images)]
-    gateway = StudyResult(findings, [], threshold=0.0, default_threshold=0.5).call
+    gateway = StudyResult.of(findings, [], default_threshold=0.5).call
     for got in (batch, web, gateway.to_json()):
         assert got["probability"] == pytest.approx(0.3)
         assert got["threshold"] == 0.0 and got["abnormal"] is True

@@ -11,13 +11,15 @@ epoch is calibrated (temperature + operating points on the validation split) and
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -30,11 +32,15 @@ from training.mura_data import (
 )
 from training.recipe_schema import (
     PREDICT_BATCH_SIZE,
+    AugmentSpec,
     MuraRecipe,
     RecipeError,
     parse_recipe,
     read_recipe,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("msk.train.mura")
 HISTORY_FIELDS = ("epoch", "train_loss", "val_loss", "val_auroc", "lr", "seconds")
@@ -129,6 +135,40 @@ def _write_history(path: Path, history: list[dict]) -> None:
         writer.writerows({k: row[k] for k in HISTORY_FIELDS} for row in history)
 
 
+@dataclass
+class _Plan:
+    """Everything the epoch loop and the calibration need, decided before the first step: the
+    data, the model and its optimiser state, and where a resumed run starts."""
+
+    recipe: MuraRecipe
+    out_dir: Path
+    dev: torch.device
+    class_weights: tuple[float, float]
+    train_set: MuraImageDataset
+    valid_set: MuraImageDataset
+    valid_records: Sequence[Record]
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    history: list[dict]
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    start_epoch: int = 1
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.dev.type == "cuda"
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_state_path(self) -> Path:
+        return self.out_dir / "best_state.pt"
+
+
 def train_member(
     recipe: MuraRecipe,
     train_records: Sequence[Record],
@@ -145,44 +185,59 @@ def train_member(
 ) -> TrainResult:
     """Train one member; returns the calibrated checkpoint `<out_dir>/<member>.pt`.
 
+    validate (device, both classes, a resumable `last.pt` of the same recipe) -> plan (data,
+    model, optimiser, resumed state) -> run the epochs -> calibrate the best one and write it.
     `max_steps_per_epoch` caps an epoch (CI smoke runs); `on_step(step, loss)` observes every
     optimiser step (the CI test uses it to assert that the loss falls).
     """
-    import torch
-    from tqdm import tqdm
+    out_dir = Path(out_dir)
+    dev, balance, state = _validate_training(recipe, train_records, out_dir, device, resume)
+    plan = _plan_training(recipe, train_records, valid_records, out_dir, dev, balance, state,
+                          weights=weights, cache=cache)
+    _run_epochs(plan, num_workers=0 if cache else recipe.num_workers,
+                max_steps_per_epoch=max_steps_per_epoch, progress=progress, on_step=on_step)
+    return _calibrate_and_write(plan, train_records)
 
-    from msk.provenance import current_commit
-    from training.mura_augment import augment_batch
-    from training.mura_calibration import (
-        apply_temperature,
-        expected_calibration_error,
-        fit_temperature,
-        operating_points,
-    )
-    from training.mura_metrics import auroc, labelled_study_means
+
+def _validate_training(recipe: MuraRecipe, train_records: Sequence[Record], out_dir: Path,
+                       device: str, resume: bool
+                       ) -> tuple[torch.device, tuple[float, float], dict | None]:
+    """(device, class weights, the state to resume from) or the error that stops the run before
+    any work: no such device, a training set of one class, a `last.pt` of another recipe."""
+    import torch
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = _device(device)
+    weights = class_weights(train_records)
+    last_path = out_dir / "last.pt"
+    if not (resume and last_path.is_file()):
+        return dev, weights, None
+    state = torch.load(last_path, map_location=dev, weights_only=False)
+    if not _same_recipe(state["recipe"], recipe, last_path):
+        raise ValueError(f"{last_path} was written by a different recipe; use a new output "
+                         "folder or --no-resume")
+    return dev, weights, state
+
+
+def _plan_training(recipe: MuraRecipe, train_records: Sequence[Record],
+                   valid_records: Sequence[Record], out_dir: Path, dev: torch.device,
+                   balance: tuple[float, float], state: dict | None, *, weights: str | Path,
+                   cache: bool) -> _Plan:
+    """The datasets, the model, its optimiser, scheduler and scaler, and the resumed state."""
+    import torch
+
     from training.mura_models import build_backbone
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    member = recipe.member
-    seed = recipe.seed
-    dev = _device(device)
-    on_gpu = dev.type == "cuda"
-    image_size = recipe.image_size
-    batch_size = recipe.batch_size
-    num_workers = 0 if cache else recipe.num_workers
-
-    w_neg, w_pos = class_weights(train_records)
+    w_neg, w_pos = balance
     epoch_records = (with_duplicated_abnormal(train_records)
                      if recipe.duplicate_abnormal else list(train_records))
-    train_set = MuraImageDataset(epoch_records, image_size, cache=cache)
-    valid_set = MuraImageDataset(valid_records, image_size, cache=cache)
-    spec = recipe.augment if recipe.augment.enabled else None
+    train_set = MuraImageDataset(epoch_records, recipe.image_size, cache=cache)
+    valid_set = MuraImageDataset(valid_records, recipe.image_size, cache=cache)
     log.info("%s: %d training samples (%d abnormal), %d validation images, class weights "
-             "normal=%.3f abnormal=%.3f, device %s", member, len(epoch_records),
+             "normal=%.3f abnormal=%.3f, device %s", recipe.member, len(epoch_records),
              sum(r.label for r in epoch_records), len(valid_records), w_neg, w_pos, dev)
-
-    model = build_backbone(recipe.architecture, weights=weights, seed=seed,
+    on_gpu = dev.type == "cuda"
+    model = build_backbone(recipe.architecture, weights=weights, seed=recipe.seed,
                            dropout=recipe.dropout).to(dev)
     if on_gpu and recipe.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -192,90 +247,142 @@ def train_member(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=plateau.factor, patience=plateau.patience,
         min_lr=plateau.min_lr)
-    use_amp = on_gpu and recipe.amp
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    patience = recipe.early_stopping.patience
-    min_delta = recipe.early_stopping.min_delta
-
-    history: list[dict] = []
-    best_loss, best_epoch, start_epoch = math.inf, 0, 1
-    last_path, best_state_path = out_dir / "last.pt", out_dir / "best_state.pt"
-    if resume and last_path.is_file():
-        state = torch.load(last_path, map_location=dev, weights_only=False)
-        if not _same_recipe(state["recipe"], recipe, last_path):
-            raise ValueError(f"{last_path} was written by a different recipe; use a new output "
-                             "folder or --no-resume")
+    scaler = torch.amp.GradScaler("cuda", enabled=on_gpu and recipe.amp)
+    plan = _Plan(recipe, out_dir, dev, balance, train_set, valid_set, valid_records, model,
+                 optimizer, scheduler, scaler, history=[])
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        history, best_loss, best_epoch = state["history"], state["best_loss"], state["best_epoch"]
-        start_epoch = state["epoch"] + 1
-        log.info("%s: resuming after epoch %d", member, state["epoch"])
+        plan.history, plan.best_loss = state["history"], state["best_loss"]
+        plan.best_epoch, plan.start_epoch = state["best_epoch"], state["epoch"] + 1
+        log.info("%s: resuming after epoch %d", recipe.member, state["epoch"])
+    return plan
 
+
+def _run_epochs(plan: _Plan, *, num_workers: int, max_steps_per_epoch: int | None,
+                progress: bool, on_step: Callable[[int, float], None] | None) -> None:
+    """The epochs from `plan.start_epoch` until the recipe's last or early stopping; after each,
+    `last.pt`, `best_state.pt` (when it improved) and `metrics.csv` are written."""
+    import torch
+
+    from training.mura_metrics import auroc
+
+    recipe, model, dev = plan.recipe, plan.model, plan.dev
+    seed, batch_size, member = recipe.seed, recipe.batch_size, recipe.member
+    spec = recipe.augment if recipe.augment.enabled else None
+    w_neg, w_pos = plan.class_weights
     w = torch.tensor([w_neg, w_pos], device=dev)
-    step = sum(int(h.get("steps", 0)) for h in history)
-    for epoch in range(start_epoch, recipe.epochs + 1):
-        if best_epoch and epoch - best_epoch > patience:
+    step = sum(int(h.get("steps", 0)) for h in plan.history)
+    y_val = np.array([r.label for r in plan.valid_records])
+    for epoch in range(plan.start_epoch, recipe.epochs + 1):
+        if plan.best_epoch and epoch - plan.best_epoch > recipe.early_stopping.patience:
             break
         started = time.perf_counter()
         order_gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         aug_gen = torch.Generator().manual_seed(seed * 100_003 + epoch + 50_000)
         torch.manual_seed(seed * 100_003 + epoch + 70_000)  # dropout
-        order = torch.randperm(len(train_set), generator=order_gen).tolist()
+        order = torch.randperm(len(plan.train_set), generator=order_gen).tolist()
         n_batches = math.ceil(len(order) / batch_size)
         if max_steps_per_epoch:
             n_batches = min(n_batches, max_steps_per_epoch)
             order = order[: n_batches * batch_size]
         model.train()
         losses: list[float] = []
-        bar = tqdm(_batches(train_set, order, batch_size, num_workers), total=n_batches,
-                   disable=not progress, desc=f"{member} epoch {epoch}", leave=False)
+        with contextlib.closing(_epoch_steps(plan, order, num_workers, spec, aug_gen, w,
+                                             desc=f"{member} epoch {epoch}", total=n_batches,
+                                             progress=progress)) as steps:
+            for loss in steps:
+                step += 1
+                losses.append(loss)
+                if on_step is not None:
+                    on_step(step, loss)
+        val_logits = predict_logits(model, plan.valid_set, batch_size * 2, str(dev))
+        val_w = np.where(y_val == 1, w_pos, w_neg)
+        val_loss = float(np.mean(val_w * (np.logaddexp(0.0, val_logits) - y_val * val_logits)))
+        val_auroc = auroc(y_val, val_logits)
+        plan.scheduler.step(val_loss)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+               "val_auroc": val_auroc,
+               "lr": plan.optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - started, 1), "steps": len(losses)}
+        plan.history.append(row)
+        log.info("%s epoch %d: train_loss %.4f val_loss %.4f val_auroc %.4f lr %.1e (%.0f s)",
+                 member, epoch, row["train_loss"], val_loss, val_auroc, row["lr"],
+                 row["seconds"])
+        if val_loss < plan.best_loss - recipe.early_stopping.min_delta:
+            plan.best_loss, plan.best_epoch = val_loss, epoch
+            torch.save(model.state_dict(), plan.best_state_path)
+        torch.save({"model": model.state_dict(),
+                    "optimizer": plan.optimizer.state_dict(),
+                    "scheduler": plan.scheduler.state_dict(),
+                    "scaler": plan.scaler.state_dict(),
+                    "history": plan.history, "best_loss": plan.best_loss,
+                    "best_epoch": plan.best_epoch, "epoch": epoch,
+                    "recipe": recipe.to_dict()}, plan.last_path)
+        _write_history(plan.out_dir / "metrics.csv", plan.history)
+
+
+def _epoch_steps(plan: _Plan, order: list[int], num_workers: int, spec: AugmentSpec | None,
+                 aug_gen: torch.Generator, w: torch.Tensor, *, desc: str, total: int,
+                 progress: bool) -> Iterator[float]:
+    """One epoch's optimiser steps, yielding the loss after each. The progress bar and the
+    batch source (DataLoader workers) are released in one place, the ExitStack, also when the
+    caller stops early (an exception from `on_step`, Ctrl-C)."""
+    import torch
+    from tqdm import tqdm
+
+    from training.mura_augment import augment_batch
+
+    recipe, model, dev = plan.recipe, plan.model, plan.dev
+    use_amp = plan.on_gpu and recipe.amp
+    with contextlib.ExitStack() as cleanup:
+        batches = cleanup.enter_context(contextlib.closing(
+            _batches(plan.train_set, order, recipe.batch_size, num_workers)))
+        bar = cleanup.enter_context(tqdm(batches, total=total, disable=not progress, desc=desc,
+                                         leave=False))
+        recent: list[float] = []
         for x, y in bar:
             if spec is not None:
                 x = augment_batch(x, spec, aug_gen)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            if on_gpu and recipe.channels_last:
+            if plan.on_gpu and recipe.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(dev.type, enabled=use_amp):
                 logit = model(x)[:, 0].float()
             loss = (torch.nn.functional.binary_cross_entropy_with_logits(logit, y, reduction="none")
                     * w[y.long()]).mean()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            if on_step is not None:
-                on_step(step, losses[-1])
-        val_logits = predict_logits(model, valid_set, batch_size * 2, str(dev))
-        y_val = np.array([r.label for r in valid_records])
-        val_w = np.where(y_val == 1, w_pos, w_neg)
-        val_loss = float(np.mean(val_w * (np.logaddexp(0.0, val_logits) - y_val * val_logits)))
-        val_auroc = auroc(y_val, val_logits)
-        scheduler.step(val_loss)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
-               "val_auroc": val_auroc, "lr": optimizer.param_groups[0]["lr"],
-               "seconds": round(time.perf_counter() - started, 1), "steps": len(losses)}
-        history.append(row)
-        log.info("%s epoch %d: train_loss %.4f val_loss %.4f val_auroc %.4f lr %.1e (%.0f s)",
-                 member, epoch, row["train_loss"], val_loss, val_auroc, row["lr"],
-                 row["seconds"])
-        if val_loss < best_loss - min_delta:
-            best_loss, best_epoch = val_loss, epoch
-            torch.save(model.state_dict(), best_state_path)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
-                    "epoch": epoch, "recipe": recipe.to_dict()}, last_path)
-        _write_history(out_dir / "metrics.csv", history)
+            plan.optimizer.zero_grad(set_to_none=True)
+            plan.scaler.scale(loss).backward()
+            plan.scaler.step(plan.optimizer)
+            plan.scaler.update()
+            value = float(loss.detach())
+            recent = (recent + [value])[-20:]
+            bar.set_postfix(loss=f"{np.mean(recent):.4f}")
+            yield value
 
-    # Calibrate the best epoch on the validation split.
-    model.load_state_dict(torch.load(best_state_path, map_location=dev, weights_only=True))
+
+def _calibrate_and_write(plan: _Plan, train_records: Sequence[Record]) -> TrainResult:
+    """Calibrate the best epoch on the validation split (temperature, operating points) and
+    write `<member>.pt` in the format `export.repository.build_repository` reads."""
+    import torch
+
+    from msk.provenance import current_commit
+    from training.mura_calibration import (
+        apply_temperature,
+        expected_calibration_error,
+        fit_temperature,
+        operating_points,
+    )
+    from training.mura_metrics import auroc, labelled_study_means
+
+    recipe, dev, valid_records = plan.recipe, plan.dev, plan.valid_records
+    model = plan.model
+    model.load_state_dict(
+        torch.load(plan.best_state_path, map_location=dev, weights_only=True))
     model = model.to(memory_format=torch.contiguous_format)
-    val_logits = predict_logits(model, valid_set, batch_size * 2, str(dev))
+    val_logits = predict_logits(model, plan.valid_set, recipe.batch_size * 2, str(dev))
     y_val = np.array([r.label for r in valid_records])
     calib = recipe.calibration
     temperature = fit_temperature(val_logits, y_val) if calib.temperature else 1.0
@@ -285,24 +392,26 @@ def train_member(
                               method=calib.operating_point,
                               target_sensitivity=calib.target_sensitivity)
     _, s_lab, s_prob = labelled_study_means([r.study for r in valid_records], y_val, p_after)
+    w_neg, w_pos = plan.class_weights
     metrics = {
-        "best_epoch": best_epoch, "val_loss": best_loss,
+        "best_epoch": plan.best_epoch, "val_loss": plan.best_loss,
         "val_image_auroc": auroc(y_val, val_logits), "val_study_auroc": auroc(s_lab, s_prob),
         "ece_before": expected_calibration_error(p_before, y_val),
         "ece_after": expected_calibration_error(p_after, y_val),
         "class_weights": {"normal": w_neg, "abnormal": w_pos},
-        "epochs_run": len(history),
+        "epochs_run": len(plan.history),
     }
     checkpoint = {
-        "member": member, "architecture": recipe.architecture,
+        "member": recipe.member, "architecture": recipe.architecture,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "image_size": image_size, "recipe": recipe.to_dict(),
+        "image_size": recipe.image_size, "recipe": recipe.to_dict(),
         "dataset_fingerprint": fingerprint(list(train_records) + list(valid_records)),
         "metrics": metrics, "temperature": float(temperature), "operating_points": points,
         "commit": current_commit(),
     }
-    final_path = out_dir / f"{member}.pt"
+    final_path = plan.out_dir / f"{recipe.member}.pt"
     torch.save(checkpoint, final_path)
-    log.info("%s: best epoch %d, T=%.3f, ECE %.3f -> %.3f, wrote %s", member, best_epoch,
-             temperature, metrics["ece_before"], metrics["ece_after"], final_path)
-    return TrainResult(final_path, history, best_epoch, float(temperature), points)
+    log.info("%s: best epoch %d, T=%.3f, ECE %.3f -> %.3f, wrote %s", recipe.member,
+             plan.best_epoch, temperature, metrics["ece_before"], metrics["ece_after"],
+             final_path)
+    return TrainResult(final_path, plan.history, plan.best_epoch, float(temperature), points)

@@ -1,5 +1,7 @@
-"""The gateway loop: receive (C-STORE, STOW-RS) -> wait for stability -> score -> build SR
-(and heatmaps) -> deliver (C-STORE and/or STOW-RS).
+"""The gateway loop: receive (C-STORE, STOW-RS) -> wait for stability -> score
+(`clients.gateway.scoring`: select -> score -> detect -> provenance -> call, typed steps of
+`clients.gateway.steps`) -> build the SR and heatmaps (`clients.gateway.results`) -> deliver
+(C-STORE and/or STOW-RS).
 
 One worker thread walks the queue; the SCP threads only write files. Keeping the work in one
 thread makes ordering and retries easy to reason about, and scoring is bound by Triton anyway.
@@ -14,31 +16,19 @@ import threading
 import time
 from pathlib import Path
 
-from pydicom.filebase import DicomBytesIO
-from pydicom.uid import generate_uid
-
 from clients.errors import Reason
 from clients.gateway.audit import AuditLog
 from clients.gateway.config import GatewayConfig
-from clients.gateway.phi import uid_tag
 from clients.gateway.queue import StudyQueue
-from clients.gateway.scoring import PermanentError, ScoredStudy, StudyScorer, TransientError
+from clients.gateway.results import build_objects
+from clients.gateway.scoring import PermanentError, StudyScorer, TransientError
 from clients.gateway.scp import StoreSCP
 from clients.gateway.scu import DeliveryError, send
 from clients.gateway.stow_in import StowServer
 from clients.gateway.stow_out import send_stow
-from clients.heatmap_seg import build_heatmap
 from clients.routing import Router
-from clients.rows import trust_fields
-from clients.sr import build_sr
 
 log = logging.getLogger("msk.gateway")
-
-
-def _encode(ds) -> bytes:
-    buffer = DicomBytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 class Gateway:
@@ -166,44 +156,14 @@ class Gateway:
                               detail="no instance routed for scoring")
             self.queue.done("pending", batch)
             return
-        results, summary = self._results(scored, batch)
-        self.queue.stage_outbox(batch, results, summary)
+        objects = build_objects(scored, batch, heatmaps=self.config.heatmaps,
+                                destination=self.destinations)
+        summary = objects.summary
+        self.queue.stage_outbox(batch, objects.files, summary)
         self.audit.record("scored", input=batch, versions=_versions(summary),
                           latency_s=time.perf_counter() - started, **summary)
         log.info("batch %s scored: %d image(s), study probability %s", batch[-13:],
                  summary["images_scored"], summary["probability"])
-
-    def _results(self, scored: ScoredStudy, batch: str) -> tuple[dict[str, bytes], dict]:
-        sr = build_sr(scored.source, scored.result)
-        results = {"sr.dcm": _encode(sr)}
-        heatmaps: list[str] = []
-        if self.config.heatmaps:
-            series = generate_uid()
-            for index, (sop, heatmap) in enumerate(sorted(scored.heatmaps.items())):
-                seg = build_heatmap(scored.sources[sop], heatmap, scored.result.models,
-                                    series_uid=series, instance_number=index + 1)
-                results[f"seg-{index:03d}.dcm"] = _encode(seg)
-                heatmaps.append(str(seg.SOPInstanceUID))
-        res = scored.result
-        summary = {
-            "batch": batch, "study": uid_tag(scored.source.StudyInstanceUID),
-            "instances": scored.received, "images_scored": len(res.scored),
-            "skipped": len(res.skipped) + len(res.images) - len(res.scored),
-            "probability": None if res.probability is None else round(res.probability, 6),
-            "abnormal": res.abnormal, "threshold": res.threshold,
-            "mixed_body_parts": res.call.mixed_body_parts,
-            "refused": res.call.refused, "out_of_distribution": res.call.out_of_distribution,
-            "images": [{"sop": uid_tag(i.sop_instance_uid),
-                        **trust_fields(i.ood_score, i.in_distribution, i.ood_threshold,
-                                       i.member_spread)} for i in res.images],
-            "models": [{"name": m.name, "version": m.version, "sha256": m.sha256}
-                       for m in res.models],
-            "result_uids": {"sr_sop_instance_uid": str(sr.SOPInstanceUID),
-                            "sr_series_instance_uid": str(sr.SeriesInstanceUID),
-                            "heatmap_sop_instance_uids": heatmaps},
-            "destination": self.destinations,
-        }
-        return results, summary
 
     def _deliver(self, batch: str) -> None:
         paths = sorted(Path(p) for p in (self.queue.dir("outbox") / batch).glob("*.dcm"))

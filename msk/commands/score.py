@@ -12,15 +12,25 @@ Scale-out (docs/scale-out.md): several `--url`s are spread over and failed over 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from clients.tls import TlsConfigError, add_tls_arguments, tls_from_args
+from clients.tls import GrpcTls, TlsConfigError, add_tls_arguments, tls_from_args
 from msk.commands._args import add_ood_argument
 from msk.constants import (
     DEFAULT_GRPC_URL,
     MURA_ENSEMBLE_MODEL,
 )
+
+if TYPE_CHECKING:
+    from clients.batch import Summary
+    from clients.inputs import ScoreItem
+    from clients.outputs import Sink
+    from clients.shards import Shard
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -130,58 +140,99 @@ def _merge(args: argparse.Namespace) -> int:
     return 1 if counts["errors"] else 0
 
 
+class UsageError(ValueError):
+    """A flag or combination of flags that cannot work: exit 2 before anything starts."""
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    """What a run will do, decided before any request: the images still to score, how many the
+    output already holds (`--resume`), where rows go."""
+
+    todo: list[ScoreItem]
+    skipped: int
+    output: _Output | None
+    """The `--out` file (None: stdout only)."""
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    """A run that went to the end: what the report and the studies file need."""
+
+    summary: Summary
+    default_threshold: float | None
+    """The served model's default operating point (mixed body parts)."""
+    collected: list[dict]
+    """The rows with a study, when there is no `--out` to read them back from."""
+
+
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-    import json
-    import signal
-
-    from tqdm import tqdm
-
-    from clients.batch import BatchScorer, RetryPolicy
-    from clients.inputs import expand_inputs
-    from clients.outputs import open_sink, output_format, read_rows, stdout_sink
-    from clients.shards import Shard
-
+    """validate -> plan -> score -> report; everything opened on the way (metrics pusher,
+    output file, progress bar) is closed in one place, the ExitStack, whatever the exit."""
     args.url = args.url or [DEFAULT_GRPC_URL]
     if args.merge:
         return _merge(args)
-    shard = None
-    if args.shard is not None:
-        try:
-            shard = Shard.parse(args.shard)
-        except ValueError as exc:
-            print(f"msk score: {exc}", file=sys.stderr)
-            return 2
-    if args.concurrency < 1:
-        print("msk score: --concurrency must be at least 1", file=sys.stderr)
-        return 2
-    if args.no_stdout and args.out is None:
-        print("msk score: --no-stdout needs --out", file=sys.stderr)
-        return 2
-    if args.resume and args.out is None:
-        print("msk score: --resume needs --out (the file it resumes)", file=sys.stderr)
-        return 2
-    for path in (args.out, args.studies):
-        if path is not None:
-            try:
-                output_format(path)
-            except ValueError as exc:
-                print(f"msk score: {exc}", file=sys.stderr)
-                return 2
     try:
-        tls = tls_from_args(args)
-    except TlsConfigError as exc:
+        shard, tls = _validate(args)
+    except UsageError as exc:
         print(f"msk score: {exc}", file=sys.stderr)
         return 2
+    with contextlib.ExitStack() as cleanup:
+        _start_metrics(args, cleanup)
+        try:
+            plan = _plan(args, shard, cleanup)
+        except UsageError as exc:
+            print(f"msk score: {exc}", file=sys.stderr)
+            return 2
+        outcome = _score(args, plan, tls, cleanup)
+    if isinstance(outcome, int):
+        return outcome
+    return _report(args, outcome)
+
+
+def _validate(args: argparse.Namespace) -> tuple[Shard | None, GrpcTls | None]:
+    """The flags, checked before anything starts; UsageError says what is wrong."""
+    from clients.outputs import output_format
+    from clients.shards import Shard
+
+    def checked(parse: Callable[[Any], Any], value: object) -> Any:
+        try:
+            return parse(value)
+        except (ValueError, TlsConfigError) as exc:
+            raise UsageError(str(exc)) from exc
+
+    shard = None if args.shard is None else checked(Shard.parse, args.shard)
+    if args.concurrency < 1:
+        raise UsageError("--concurrency must be at least 1")
+    if args.no_stdout and args.out is None:
+        raise UsageError("--no-stdout needs --out")
+    if args.resume and args.out is None:
+        raise UsageError("--resume needs --out (the file it resumes)")
+    for path in (args.out, args.studies):
+        if path is not None:
+            checked(output_format, path)
+    return shard, checked(tls_from_args, args)
+
+
+def _start_metrics(args: argparse.Namespace, cleanup: contextlib.ExitStack) -> None:
+    """The metrics endpoint and the Pushgateway pusher (stopped by `cleanup`, so that a batch
+    pod that fails fast still reports)."""
     if args.metrics_port is not None:
         from clients.telemetry import start_metrics_server
 
         start_metrics_server(args.metrics_port)
-    pusher = None
     if args.metrics_push is not None:
         from clients.metrics_push import MetricsPusher
 
-        pusher = MetricsPusher(args.metrics_push).start()
+        cleanup.callback(MetricsPusher(args.metrics_push).start().stop)
+
+
+def _plan(args: argparse.Namespace, shard: Shard | None, cleanup: contextlib.ExitStack
+          ) -> ScorePlan:
+    """The inputs (this shard's), the output opened (closed by `cleanup`) and what it already
+    holds; UsageError when the output cannot be used."""
+    from clients.inputs import expand_inputs
+    from clients.outputs import open_sink
 
     items = expand_inputs(args.inputs)
     if shard is not None:
@@ -192,33 +243,60 @@ def run(args: argparse.Namespace) -> int:
     try:
         sink, kept = open_sink(args.out, resume=args.resume)
     except (OSError, ValueError) as exc:
-        print(f"msk score: cannot use {args.out}: {exc}", file=sys.stderr)
-        if pusher is not None:
-            pusher.stop()               # a batch pod that fails fast still reports
-        return 2
+        raise UsageError(f"cannot use {args.out}: {exc}") from exc
+    output = None if sink is None else _Output(sink)
+    if output is not None:
+        cleanup.callback(output.close)
     todo = [item for item in items if item.path not in kept]
     skipped = len(items) - len(todo)
     if skipped:
         print(f"msk score: resuming, {skipped} of {len(items)} images already in {args.out}",
               file=sys.stderr)
+    return ScorePlan(todo, skipped, output)
+
+
+class _Output:
+    """The `--out` sink and whether writing it failed: then a second failure while closing it
+    (the same full disk) is not raised over the first, already reported."""
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.write_failed = False
+
+    def close(self) -> None:
+        try:
+            self.sink.close()
+        except OSError:
+            if not self.write_failed:
+                raise
+
+
+def _score(args: argparse.Namespace, plan: ScorePlan, tls: GrpcTls | None,
+           cleanup: contextlib.ExitStack) -> int | ScoreOutcome:
+    """Wait for the server, score `plan.todo` into the output; an exit code when the run ends
+    early."""
+    import asyncio
+    import signal
+
+    from tqdm import tqdm
+
+    from clients.batch import BatchScorer, RetryPolicy
+    from clients.outputs import stdout_sink
 
     scorer = BatchScorer(args.url, concurrency=args.concurrency, model=args.model,
                          shared_memory=args.shared_memory,
                          retry=RetryPolicy(give_up_after_s=args.retry_for),
                          request_timeout_s=args.timeout, tls=tls, ood_policy=args.ood)
     printer = None if args.no_stdout else stdout_sink()
-    if todo:
+    if plan.todo:
         try:
             asyncio.run(scorer.wait_ready(args.wait))
         except ConnectionError as exc:
             print(f"msk score: {exc}", file=sys.stderr)
-            if sink is not None:
-                sink.close()
-            if pusher is not None:
-                pusher.stop()
             return 3
-    bar = tqdm(total=len(todo), unit="img", file=sys.stderr, dynamic_ncols=True,
-               disable=args.no_progress or not todo, desc="scoring")
+    bar = cleanup.enter_context(tqdm(total=len(plan.todo), unit="img", file=sys.stderr,
+                                     dynamic_ncols=True, desc="scoring",
+                                     disable=args.no_progress or not plan.todo))
     errors = 0
     collected: list[dict] = []  # rows for study aggregation when there is no --out to re-read
 
@@ -239,33 +317,33 @@ def run(args: argparse.Namespace) -> int:
     # Raising KeyboardInterrupt straight from a SIGTERM handler instead interrupted whatever
     # code ran (gRPC's own callbacks included) and once left a run hanging, pending forever.
     signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
-    write_failed = False
     try:
-        summary = asyncio.run(scorer.run(todo, sink, on_row=on_row, skipped=skipped))
+        summary = asyncio.run(scorer.run(plan.todo, plan.output and plan.output.sink,
+                                         on_row=on_row, skipped=plan.skipped))
     except KeyboardInterrupt:
         print("msk score: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
     except OSError as exc:      # ENOSPC, EFBIG (ulimit -f), EIO: the output cannot grow
-        write_failed = True
         print(f"msk score: cannot write {exc.filename or args.out or 'the output'}: "
               f"{exc.strerror or exc}; the rows written so far are kept - make room, then rerun "
               "with --resume", file=sys.stderr)
+        if plan.output is not None:
+            plan.output.write_failed = True
         return 4
-    finally:
-        bar.close()
-        if sink is not None:
-            try:
-                sink.close()
-            except OSError:
-                if not write_failed:
-                    raise
-        if pusher is not None:
-            pusher.stop()
+    return ScoreOutcome(summary, scorer.default_threshold, collected)
 
-    rows = read_rows(args.out) if args.out is not None else collected
-    studies, studies_path = _write_studies(args, rows, scorer.default_threshold)
-    summary.studies = len(studies)  # type: ignore[attr-defined]
-    report = summary.to_json()  # type: ignore[attr-defined]
+
+def _report(args: argparse.Namespace, outcome: ScoreOutcome) -> int:
+    """The studies file and the summary on stderr; exit 1 when any image failed."""
+    import json
+
+    from clients.outputs import read_rows
+
+    summary = outcome.summary
+    rows = read_rows(args.out) if args.out is not None else outcome.collected
+    studies, studies_path = _write_studies(args, rows, outcome.default_threshold)
+    summary.studies = len(studies)
+    report = summary.to_json()
     print(
         f"msk score: {report['scored']} scored, {report['errors']} errors, "
         f"{report['skipped_resume']} skipped (resume), {report['retries']} retries, "
@@ -282,7 +360,7 @@ def run(args: argparse.Namespace) -> int:
         spread = ", ".join(f"{u}: {e['ok']} ok, {e['failed_attempts']} failed attempts"
                            for u, e in report["endpoints"].items())
         print(f"msk score: endpoints: {spread}", file=sys.stderr)
-    note = summary.outage_note()  # type: ignore[attr-defined]
+    note = summary.outage_note()
     if note:
         print(f"msk score: {note}", file=sys.stderr)
     print("msk score: summary " + json.dumps(report, sort_keys=True), file=sys.stderr)
