@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from export.backbone_serving import Launch
 from export.configs import cam_size, render_mura_configs, write_configs
 from export.consistency import (
     MURA_MODELS,
@@ -36,6 +37,7 @@ from export.manifest import (
 from export.ood_reference import ReferenceSet, demo_reference
 from export.ood_stats import METHOD as OOD_METHOD
 from export.ood_stats import MIN_REFERENCE_IMAGES, Reference
+from export.runtime_choice import FULL, TINY, RuntimePlan
 from export.staging import ExportAborted, RepositoryTransaction
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import (
@@ -152,6 +154,8 @@ def build_repository(
     cpu_runtime: str = "onnxruntime",
     reference: ReferenceSet | None = None,
     ood_percentiles: dict[str, float] | None = None,
+    launch: Launch | None = None,
+    cores_source: str = "given",
 ) -> int:
     """Write the repository into `out_dir`; return the MURA pipeline version now served.
 
@@ -167,7 +171,10 @@ def build_repository(
     `reference` is the OOD reference set (`export.ood_reference`; default: the demo's synthetic
     set, which a trained export should not rely on) and `ood_percentiles` the in-distribution
     percentile per body part and `"default"` (`OOD_DEFAULT_PERCENTILE`); both are part of the
-    version (`export.ood_stats`).
+    version (`export.ood_stats`). `cpu_runtime="auto"` measures each backbone on each runtime
+    through `launch` (the server composition, `server.launcher.TritonServer`) and writes the
+    fastest per backbone (`export.runtime_choice`); the INT8 accuracy gate also serves through
+    `launch`, so int8 needs it.
     """
     import torch
 
@@ -188,7 +195,11 @@ def build_repository(
                 + "\n  - ".join(problems)
                 + "\nMove the stray version folders out of the repository (or export into a "
                 "new folder) and run `msk doctor --repository` on it again.")
-        write_configs(tx.stage, render_mura_configs(target, image_size, cpu_cores, cpu_runtime))
+        plan = RuntimePlan(cpu_runtime, cpu_cores=cpu_cores, cores_source=cores_source,
+                           image_size=image_size, precision=precision, launch=launch,
+                           budget=TINY if tiny else FULL)
+        write_configs(tx.stage, render_mura_configs(target, image_size, cpu_cores,
+                                                    plan.base_runtime))
         manifest = load_manifest(out_dir)
         records: list[dict] = []
         provenance: dict[str, dict] = {}
@@ -222,7 +233,8 @@ def build_repository(
             extra = {"precision": precision}
             if precision == "int8":
                 new, extra = _quantize(tx.stage, version, new, members, biases, temperatures,
-                                       image_size, operating_points, calibration, holdout)
+                                       image_size, operating_points, calibration, holdout,
+                                       plan, launch)
             ood = _fit_ood(tx.stage, version, reference, image_size)
             new, mura_provenance = _finish(tx.stage, version, kind, new, members, biases,
                                            temperatures, image_size, operating_points, extra,
@@ -236,8 +248,10 @@ def build_repository(
             if wrist:
                 records += wrist[0]
                 provenance.update(wrist[1])
-        tx.write_manifest(merged_manifest(manifest, records, provenance)
-                          if records else manifest)
+        final = merged_manifest(manifest, records, provenance) if records else manifest
+        if target == "cpu":
+            plan.finish(tx.stage, out_dir if version == current else tx.stage, version, final)
+        tx.write_manifest(final)
         tx.commit()
     return version
 
@@ -310,19 +324,24 @@ def _points(operating_points: dict[str, float] | None) -> tuple[dict[str, float]
 def _quantize(stage: Path, version: int, records: list[dict], members: dict,
               biases: list[float], temperatures: list[float], image_size: int,
               operating_points: dict[str, float] | None, calibration: Sequence[Path],
-              holdout: Sequence) -> tuple[list[dict], dict]:
+              holdout: Sequence, plan: RuntimePlan,
+              launch: Launch | None) -> tuple[list[dict], dict]:
     """INT8 backbones for the staged version, gated against its FP32 ones
     (`export.mura_int8_version`); the gate averages with the same graph the version will serve
     (provenance aside)."""
     from export.mura_int8_version import quantize_version
     from export.mura_mean_graph import build_mean_graph
 
+    if launch is None:
+        raise ValueError("the INT8 accuracy gate serves through Triton: pass launch "
+                         "(server.launcher.TritonServer)")
     points, default_threshold = _points(operating_points)
     mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
                             "{}", image_size).SerializeToString()
     return quantize_version(stage, version, members, records, calibration=calibration,
                             holdout=holdout, image_size=image_size, mean_graph=mean,
-                            points=points, default_threshold=default_threshold)
+                            points=points, default_threshold=default_threshold,
+                            launch=launch, cpu_cores=plan.cpu_cores, runtimes=plan)
 
 
 def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members: dict,
