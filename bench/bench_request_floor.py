@@ -114,8 +114,23 @@ def in_process_ms(graph: Path, feeds: dict[str, np.ndarray], repeats: int = 20) 
     return min(times)
 
 
-def random_feeds(graph: Path, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Inputs of the graph's shapes: uint8 images get `image`, dynamic dims 1."""
+def config_dims(repository: Path, model: str) -> dict[str, list[int]]:
+    """input name -> full shape of one request from the model's config (batch 1 prepended when
+    it batches); what Triton hands the runtime for a lone request."""
+    text = (repository / model / "config.pbtxt").read_text()
+    batching = int(re.search(r"max_batch_size: (\d+)", text).group(1)) > 0
+    block = re.search(r"^input \[(.*?)^\]", text, re.S | re.M).group(1)
+    shapes = {}
+    for name, dims in re.findall(r'name: "([^"]+)" data_type: \w+ dims: \[([^\]]*)\]', block):
+        shape = [int(d) for d in dims.replace(",", " ").split()]
+        shapes[name] = [1, *shape] if batching else shape
+    return shapes
+
+
+def random_feeds(graph: Path, image: np.ndarray, shapes: dict[str, list[int]]
+                 ) -> dict[str, np.ndarray]:
+    """Inputs of the graph's shapes, its dynamic dims from the config (else 1); 2-D uint8
+    images get `image`."""
     import onnxruntime as ort
 
     types = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
@@ -126,7 +141,10 @@ def random_feeds(graph: Path, image: np.ndarray) -> dict[str, np.ndarray]:
         if dtype == np.uint8 and len(spec.shape) == 2:
             feeds[spec.name] = image
             continue
-        shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+        given = shapes.get(spec.name, [None] * len(spec.shape))
+        shape = [d if isinstance(d, int) and d > 0 else (c if isinstance(c, int) and c > 0
+                                                          else 1)
+                 for d, c in zip(spec.shape, given, strict=False)]
         feeds[spec.name] = (rng.random(shape) * (255 if dtype == np.uint8 else 1)).astype(dtype)
     return feeds
 
@@ -237,7 +255,14 @@ def report(name: str, repository: Path, ensemble: str, result: dict, image: np.n
         s = steps.get(model, {})
         compute = sum(s.get(c, 0.0) for c in COUNTERS[2:])
         graph = newest_graph(repository, model)
-        local = in_process_ms(graph, random_feeds(graph, image)) if graph else None
+        local = None
+        if graph is not None:
+            try:
+                local = in_process_ms(graph, random_feeds(graph, image,
+                                                          config_dims(repository, model)))
+            except Exception as exc:  # why: a step we cannot feed is reported as "-"
+                print(f"{model}: not run in-process ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
         rows.append({"step": model, "request_ms": s.get("request_duration", 0.0),
                      "queue_ms": s.get("queue_duration", 0.0), "compute_ms": compute,
                      "in_process_ms": local,
