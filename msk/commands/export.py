@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 from clients.inputs import expand_inputs
@@ -27,6 +28,10 @@ from msk.constants import (
 )
 
 log = logging.getLogger("msk.export")
+MEASURE_STARTUP_TIMEOUT_S = 1800.0
+"""How long the export's own tritonserver (runtime measurement, accuracy gate) may take to load:
+it loads every candidate at once, and OpenVINO compiles each batch size of each full-size
+backbone at load (minutes on 2 cores), far beyond a serving start-up."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -284,7 +289,9 @@ def run(args: argparse.Namespace) -> int:
                                 holdout=holdout, cpu_cores=cores,
                                 cpu_runtime=args.cpu_runtime, reference=reference,
                                 ood_percentiles=dict(args.ood_percentile),
-                                launch=TritonServer, cores_source=cores_source)
+                                launch=partial(TritonServer,
+                                               startup_timeout=MEASURE_STARTUP_TIMEOUT_S),
+                                cores_source=cores_source)
 
     try:
         if str(args.repository).startswith("s3://"):
