@@ -113,9 +113,9 @@ class GateResult:
 class AccuracyGateFailed(ExportAborted):
     """The INT8 version scores the held-out set differently from FP32; it is not promoted."""
 
-    def __init__(self, result: GateResult) -> None:
-        super().__init__(f"INT8 version not promoted: it fails the accuracy gate against FP32 on "
-                         f"the held-out set: {result.summary()}")
+    def __init__(self, result: GateResult, candidate: str = "INT8") -> None:
+        super().__init__(f"{candidate} version not promoted: it fails the accuracy gate against "
+                         f"FP32 on the held-out set: {result.summary()}")
         self.result = result
 
 

@@ -29,7 +29,7 @@ from export.mura_accuracy_gate import (
 )
 from export.mura_quantize import calibration_fingerprint, preprocess_images, quantize_backbone
 from export.staging import ExportAborted
-from msk.constants import MURA_MEMBERS
+from msk.constants import EXPORT_BF16, MURA_MEMBERS
 from msk.host import describe, isa
 from training.mura_data import Record
 
@@ -133,3 +133,25 @@ def gate_through_triton(launch: Launch, fp32_paths: Sequence[Path],
               "backbones": {m: {k: s.record() for k, s in v.items()}
                             for m, v in servings.items()}}
     return result, served
+
+
+def gate_bf16(graphs: dict[str, Path], *, holdout: Sequence[Record], image_size: int,
+              mean_graph: bytes, points: dict[str, float], default_threshold: float,
+              launch: Launch, cpu_cores: int,
+              runtimes: Callable[[dict[str, Path]], dict[str, str]]) -> dict:
+    """`--precision bf16`: the version's FP32 graphs served by OpenVINO at bf16 against the same
+    graphs at fp32 on the same runtime and threads; the provenance to add, or
+    `AccuracyGateFailed`. Only hosts with native bfloat16 get here (the CLI refuses others, and
+    the OpenVINO backend refuses to load a bf16 config the CPU would run at f32)."""
+    if not holdout:
+        raise ExportAborted("--precision bf16 needs a labelled held-out set (--holdout)")
+    paths = [graphs[m] for m in MURA_MEMBERS]
+    chosen = runtimes(dict(graphs))
+    result, served = gate_through_triton(
+        launch, paths, paths, chosen, EXPORT_BF16, cpu_cores=cpu_cores, holdout=holdout,
+        image_size=image_size, mean_graph=mean_graph, points=points,
+        default_threshold=default_threshold)
+    if not result.passed:
+        raise AccuracyGateFailed(result, candidate="bf16")
+    log.info("bf16 accuracy gate passed: %s", result.summary())
+    return {"precision": EXPORT_BF16, "accuracy_gate": result.record() | {"served": served}}

@@ -41,6 +41,7 @@ from export.runtime_choice import FULL, TINY, RuntimePlan
 from export.staging import ExportAborted, RepositoryTransaction
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import (
+    EXPORT_BF16,
     EXPORT_PRECISIONS,
     MURA_ARCHITECTURES,
     MURA_BODY_PARTS,
@@ -78,7 +79,8 @@ def _next_version(repository: Path, models: tuple[str, ...]) -> int:
 def source_fingerprint(kind: str, image_size: int, checkpoints: dict[str, Path] | None,
                        imagenet_weights: dict[str, Path] | None,
                        operating_points: dict[str, float] | None,
-                       calibration: str | None = None, ood: dict | None = None) -> str:
+                       calibration: str | None = None, ood: dict | None = None,
+                       served_precision: str | None = None) -> str:
     """What an export is made from; the same fingerprint twice means the same weights, so no
     new version (`msk export` is idempotent). `calibration` is the INT8 calibration set's
     fingerprint: an INT8 version differs from the FP32 one of the same weights, and from INT8
@@ -93,6 +95,8 @@ def source_fingerprint(kind: str, image_size: int, checkpoints: dict[str, Path] 
         source |= {"precision": "int8", "calibration": calibration}
     if ood is not None:
         source |= {"ood": ood}
+    if served_precision is not None:       # bf16: FP32 graphs, gated and served at bf16
+        source |= {"precision": served_precision}
     return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
 
 
@@ -180,8 +184,11 @@ def build_repository(
 
     from export.mura_quantize import calibration_fingerprint
 
-    if precision not in EXPORT_PRECISIONS:
-        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got {precision!r}")
+    if precision not in (*EXPORT_PRECISIONS, EXPORT_BF16):
+        raise ValueError(f"precision must be one of {(*EXPORT_PRECISIONS, EXPORT_BF16)}, got "
+                         f"{precision!r}")
+    if precision == EXPORT_BF16 and target != "cpu":
+        raise ValueError("bf16 (OpenVINO) is for the CPU target only")
     if precision == "int8" and target != "cpu":
         raise ValueError("INT8 (ONNX Runtime QDQ) is for the CPU target only; GPU targets build "
                          "TensorRT engines from the FP32 graphs")
@@ -219,7 +226,8 @@ def build_repository(
         fingerprint = source_fingerprint(
             kind, image_size, checkpoints, imagenet_weights, operating_points,
             calibration_fingerprint(calibration) if precision == "int8" else None,
-            ood={"reference": reference.fingerprint(), "percentiles": percentiles})
+            ood={"reference": reference.fingerprint(), "percentiles": percentiles},
+            served_precision=EXPORT_BF16 if precision == EXPORT_BF16 else None)
         newest = manifest["versions"].get(f"{MURA_ENSEMBLE_MODEL}/{current}", {})
         same = newest.get("source_fingerprint") == fingerprint
         if current and same and not force:
@@ -235,6 +243,9 @@ def build_repository(
                 new, extra = _quantize(tx.stage, version, new, members, biases, temperatures,
                                        image_size, operating_points, calibration, holdout,
                                        plan, launch)
+            elif precision == EXPORT_BF16:
+                extra = _gate_bf16(tx.stage, version, biases, temperatures, image_size,
+                                   operating_points, holdout, plan, launch)
             ood = _fit_ood(tx.stage, version, reference, image_size)
             new, mura_provenance = _finish(tx.stage, version, kind, new, members, biases,
                                            temperatures, image_size, operating_points, extra,
@@ -342,6 +353,25 @@ def _quantize(stage: Path, version: int, records: list[dict], members: dict,
                             holdout=holdout, image_size=image_size, mean_graph=mean,
                             points=points, default_threshold=default_threshold,
                             launch=launch, cpu_cores=plan.cpu_cores, runtimes=plan)
+
+
+def _gate_bf16(stage: Path, version: int, biases: list[float], temperatures: list[float],
+               image_size: int, operating_points: dict[str, float] | None, holdout: Sequence,
+               plan: RuntimePlan, launch: Launch | None) -> dict:
+    """The staged FP32 backbones served at bf16 by OpenVINO, gated against themselves at fp32
+    (`export.mura_int8_version.gate_bf16`)."""
+    from export.mura_int8_version import gate_bf16
+    from export.mura_mean_graph import build_mean_graph
+
+    if launch is None:
+        raise ValueError("the bf16 accuracy gate serves through Triton: pass launch")
+    points, default_threshold = _points(operating_points)
+    mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
+                            "{}", image_size).SerializeToString()
+    graphs = {m: stage / m / str(version) / "model.onnx" for m in MURA_MEMBERS}
+    return gate_bf16(graphs, holdout=holdout, image_size=image_size, mean_graph=mean,
+                     points=points, default_threshold=default_threshold, launch=launch,
+                     cpu_cores=plan.cpu_cores, runtimes=plan)
 
 
 def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members: dict,

@@ -25,7 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from export.backbone_serving import BackboneServer, Candidate, Launch, backbone_config, serving_of
-from msk.constants import EXPORT_AUTO, EXPORT_CPU_RUNTIMES, MURA_CHANNELS, MURA_MEMBERS
+from msk.constants import (
+    EXPORT_AUTO,
+    EXPORT_BF16,
+    EXPORT_CPU_RUNTIMES,
+    MURA_CHANNELS,
+    MURA_MEMBERS,
+)
 from msk.host import describe, isa
 
 log = logging.getLogger("msk.export")
@@ -144,6 +150,8 @@ class RuntimePlan:
         if cpu_runtime != EXPORT_AUTO and cpu_runtime not in EXPORT_CPU_RUNTIMES:
             raise ValueError(f"cpu_runtime must be {EXPORT_AUTO} or one of "
                              f"{EXPORT_CPU_RUNTIMES}, got {cpu_runtime!r}")
+        if precision == EXPORT_BF16 and cpu_runtime == "onnxruntime":
+            raise ValueError("bf16 is served by OpenVINO only (--cpu-runtime openvino or auto)")
         if cpu_runtime == EXPORT_AUTO and launch is None:
             raise ValueError("cpu_runtime auto measures through a server: pass launch")
         self.cpu_runtime, self.cpu_cores, self.cores_source = cpu_runtime, cpu_cores, cores_source
@@ -158,13 +166,16 @@ class RuntimePlan:
 
     def __call__(self, graphs: dict[str, Path]) -> dict[str, str]:
         """member -> runtime for these graphs (measured on them for `auto`, once)."""
+        if self.precision == EXPORT_BF16 and self.cpu_runtime != EXPORT_AUTO:
+            return {m: "openvino" for m in MURA_MEMBERS}
         if self.cpu_runtime != EXPORT_AUTO:
             return fixed_runtimes(self.cpu_runtime, self.image_size)
         if self.choice is None:
             assert self.launch is not None
             self.choice = choose_runtimes(
                 self.launch, graphs, precision=self.precision, cpu_cores=self.cpu_cores,
-                cores_source=self.cores_source, image_size=self.image_size, budget=self.budget)
+                cores_source=self.cores_source, image_size=self.image_size, budget=self.budget,
+                runtimes=("openvino",) if self.precision == EXPORT_BF16 else None)
         return dict(self.choice.runtimes)
 
     def finish(self, stage: Path, graphs_root: Path, version: int, manifest: dict) -> dict:
@@ -172,6 +183,17 @@ class RuntimePlan:
         write the chosen configs into `stage` and the record into the manifest. A fixed
         runtime drops any earlier measured record, which would no longer describe the
         configs. Returns the manifest."""
+        if self.precision == EXPORT_BF16 and self.cpu_runtime != EXPORT_AUTO:
+            runtimes = self({})
+            for member, runtime in runtimes.items():
+                (stage / member).mkdir(parents=True, exist_ok=True)
+                (stage / member / "config.pbtxt").write_text(backbone_config(
+                    member, self.image_size, self.cpu_cores, runtime, EXPORT_BF16))
+            manifest["serving"] = {"cpu_runtime": self.cpu_runtime, "backbones": runtimes,
+                                   "precision": EXPORT_BF16, "cpu_cores": self.cpu_cores,
+                                   "cpu_cores_source": self.cores_source, "host": describe(),
+                                   "isa": isa(), "version": str(version)}
+            return manifest
         if self.cpu_runtime != EXPORT_AUTO:
             manifest.pop("serving", None)
             return manifest

@@ -180,3 +180,55 @@ def test_the_gate_scores_what_triton_serves(tiny_repository: Path, tmp_path: Pat
         if runtime == "openvino":
             assert re.search(rf"fp32__{member}: OpenVINO \S+ CPU inference precision f32",
                              seen["log"]), member
+
+
+def test_bf16_configs_name_bf16_on_openvino_for_every_backbone(tmp_path: Path) -> None:
+    """What a bf16 export writes (on hosts with native bfloat16): every backbone on OpenVINO with
+    the bf16 hint asked for explicitly, and the manifest saying so. Rendering needs no bf16 CPU."""
+    from export.runtime_choice import RuntimePlan
+
+    with pytest.raises(ValueError, match="bf16 is served by OpenVINO only"):
+        RuntimePlan("onnxruntime", cpu_cores=4, cores_source="given", image_size=64,
+                    precision="bf16", launch=None)
+    plan = RuntimePlan("openvino", cpu_cores=4, cores_source="given", image_size=64,
+                       precision="bf16", launch=None)
+    manifest = plan.finish(tmp_path, tmp_path, 3, {"serving": {"stale": True}})
+    assert manifest["serving"]["precision"] == "bf16" and manifest["serving"]["version"] == "3"
+    assert manifest["serving"]["backbones"] == {m: "openvino" for m in MURA_MEMBERS}
+    for member in MURA_MEMBERS:
+        text = (tmp_path / member / "config.pbtxt").read_text()
+        assert 'backend: "openvino"' in text
+        assert 'key: "INFERENCE_PRECISION_HINT" value: { string_value: "bf16" }' in text
+        assert 'key: "INFERENCE_NUM_THREADS" value: { string_value: "1" }' in text
+
+
+@pytest.mark.skipif(has_native_bf16(), reason="this host has native bfloat16: bf16 loads")
+def test_bf16_candidates_are_refused_at_load_where_the_cpu_would_run_f32(
+        tiny_repository: Path, tmp_path: Path) -> None:
+    """Past the CLI's refusal, the server itself never serves bf16 as f32: the gate cannot
+    even start its candidates on this host."""
+    from export.mura_int8_version import gate_through_triton
+    from server.launcher import ServerStartError
+    from training.mura_data import Record
+
+    graphs = [sorted((tiny_repository / m).glob("*/model.onnx"))[-1] for m in MURA_MEMBERS]
+    records = [Record(path=tmp_path / "unused.png", label=0, body_part="wrist", patient="p",
+                      study="s")]
+    logs: list[Path] = []
+
+    def launch(repository: Path) -> TritonServer:
+        server = TritonServer(repository)
+        logs.append(server.log_path)
+        return server
+
+    # It exits before ready; how it exits varies (2.51 sometimes segfaults while shutting down
+    # after a failed load), so the log, not the exit, is what is checked.
+    with pytest.raises(ServerStartError, match="exited with"):
+        gate_through_triton(launch, graphs, graphs, {m: "openvino" for m in MURA_MEMBERS},
+                            "bf16", cpu_cores=2, holdout=records, image_size=64,
+                            mean_graph=b"", points={}, default_threshold=0.5)
+    log = logs[0].read_text(errors="replace")
+    for member in MURA_MEMBERS:
+        assert re.search(rf"bf16__{member}.*compiled it at f32, not the bf16 the config asks for",
+                         log), member
+    assert "refusing to serve another precision" in log

@@ -85,9 +85,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "QDQ, per-channel weights) for the CPU target, calibrated on --calibration "
                    "and promoted only if they pass the accuracy gate against FP32 on --holdout; "
                    "the gate serves both through tritonserver with the runtime, precision and "
-                   "threads the repository will use (see docs/int8.md). bf16: refused on "
-                   "hosts without AMX-BF16/AVX-512 BF16 (the error names this host's ISA); no "
-                   "runtime ever lowers precision on its own")
+                   "threads the repository will use (see docs/int8.md). bf16: the FP32 graphs "
+                   "served by OpenVINO at bf16, promoted through the same gate on --holdout; "
+                   "only on hosts with AMX-BF16/AVX-512 BF16, refused elsewhere (the error names "
+                   "this host's ISA); no runtime ever lowers precision on its own")
     p.add_argument("--calibration", action="append", default=[], metavar="DIR|GLOB|CSV",
                    help="int8: images whose activation ranges calibrate the quantization (a "
                    "folder, a glob pattern or a CSV manifest, as `msk score` reads them; "
@@ -135,8 +136,14 @@ def _check_bf16(args: argparse.Namespace) -> None:
     reason = bf16_refusal()
     if reason is not None:
         raise ValueError(f"--precision bf16 refused: {reason}")
-    raise ValueError("--precision bf16: the export of bf16 configs and their accuracy gate are "
-                     "not implemented yet (this host has native bfloat16; see docs/int8.md)")
+    if args.target != "cpu":
+        raise ValueError("--precision bf16 is for --target cpu only (OpenVINO's CPU plugin)")
+    if not args.holdout or args.calibration:
+        raise ValueError("--precision bf16 needs --holdout (labelled images for the accuracy "
+                         "gate) and no --calibration")
+    if args.cpu_runtime == EXPORT_CPU_RUNTIMES[0]:
+        log.info("--precision bf16: the backbones are served by OpenVINO")
+        args.cpu_runtime = "openvino"
 
 
 def _percentile(text: str) -> tuple[str, float]:
@@ -223,7 +230,10 @@ def _holdout_records(specs: list[str]) -> list:
 
 
 def _precision_inputs(args: argparse.Namespace) -> tuple[list[Path], list]:
-    """(calibration images, held-out records) for --precision int8; empty for fp32."""
+    """(calibration images, held-out records) for --precision int8 (records only for bf16);
+    empty for fp32."""
+    if args.precision == EXPORT_BF16:
+        return [], _holdout_records(args.holdout)
     if args.precision != "int8":
         if args.calibration or args.holdout:
             raise ValueError("--calibration and --holdout belong to --precision int8")
