@@ -1,8 +1,12 @@
 """The INT8 accuracy gate: an INT8 version is promoted only if it scores a held-out set like FP32.
 
-Both versions of the same weights run in-process with onnxruntime on the held-out images, each
-preprocessed by the server's own graph: the four FP32 backbones + the averaging graph
-(`mura_mean`), and the four INT8 backbones + the same averaging graph. Three numbers decide:
+Both versions of the same weights score the held-out images, each preprocessed by the server's
+own graph: the four FP32 backbones + the averaging graph (`mura_mean`), and the four candidate
+(INT8) backbones + the same averaging graph. The backbones are served by the real Triton with the
+runtime, precision hint and thread count the repository will serve them with (`ServedEnsemble`,
+`export.backbone_serving`), so the gate judges what will serve, not an in-process ORT proxy; the
+averaging graph is the same ORT FP32 graph on both sides and runs in-process. `EnsembleRunner`
+(all in-process ORT) stays as the reference the tests compare with. Three numbers decide:
 
 * study-level AUROC drop (FP32 AUROC - INT8 AUROC; a study's probability is the mean of its
   images, the MURA rule) <= `MAX_AUROC_DROP`;
@@ -19,10 +23,10 @@ normal/abnormal study pairs the AUROC counts. One swapped pair moves the AUROC b
 set with fewer than 1/MAX_AUROC_DROP = 200 pairs a single swap fails the gate (the summary says
 so).
 
-Precision: every session runs ONNX Runtime's CPU provider at the precision the manifest records
-(FP32 graphs in FP32, the INT8 graphs' quantized ops in int8 and the rest in FP32). ORT never lowers
-FP32 on x86; its only lowering option (`ORT_FP32_ONLY`, bf16 fast-math GEMMs on arm64) is set off
-explicitly, as in the served ORT backend.
+Precision: each served backbone runs at the precision its config names (OpenVINO's
+INFERENCE_PRECISION_HINT, read back at load; ORT's FP32 graphs in FP32 and the INT8 graphs'
+quantized ops in int8). ORT never lowers FP32 on x86; its only lowering option (`ORT_FP32_ONLY`,
+bf16 fast-math GEMMs on arm64) is set off explicitly, here and in the served ORT backend.
 """
 
 from __future__ import annotations
@@ -109,9 +113,9 @@ class GateResult:
 class AccuracyGateFailed(ExportAborted):
     """The INT8 version scores the held-out set differently from FP32; it is not promoted."""
 
-    def __init__(self, result: GateResult) -> None:
-        super().__init__(f"INT8 version not promoted: it fails the accuracy gate against FP32 on "
-                         f"the held-out set: {result.summary()}")
+    def __init__(self, result: GateResult, candidate: str = "INT8") -> None:
+        super().__init__(f"{candidate} version not promoted: it fails the accuracy gate against "
+                         f"FP32 on the held-out set: {result.summary()}")
         self.result = result
 
 
@@ -144,15 +148,45 @@ class EnsembleRunner:
                     for i in range(0, len(pixels), _BATCH)]
             probs.append(np.concatenate([o[0] for o in outs]))
             cams.append(np.concatenate([o[1] for o in outs]))
-        result = np.empty(len(pixels), np.float64)
-        for i in range(len(pixels)):
-            feed = {}
-            for k, member in enumerate(self.members):
-                feed[member_probability_tensor(member)] = probs[k][i:i + 1].reshape(1, 1)
-                feed[member_cam_tensor(member)] = cams[k][i:i + 1]
-            (p,) = self.mean.run([PROBABILITY_TENSOR], feed)
-            result[i] = float(p.reshape(-1)[0])
-        return result
+        return average(self.mean, self.members, probs, cams)
+
+
+def average(mean, members: Sequence[str], probs: list[np.ndarray],
+            cams: list[np.ndarray]) -> np.ndarray:
+    """The averaging graph (an ORT session) per image over the members' outputs: its inputs are
+    one request's outputs, as in the served ensemble."""
+    result = np.empty(len(probs[0]), np.float64)
+    for i in range(len(result)):
+        feed = {}
+        for k, member in enumerate(members):
+            feed[member_probability_tensor(member)] = probs[k][i:i + 1].reshape(1, 1)
+            feed[member_cam_tensor(member)] = cams[k][i:i + 1]
+        (p,) = mean.run([PROBABILITY_TENSOR], feed)
+        result[i] = float(p.reshape(-1)[0])
+    return result
+
+
+class ServedEnsemble:
+    """One version's backbones served by Triton (`export.backbone_serving.BackboneServer`, as
+    the repository will serve them) + the averaging graph in-process: what the gate scores.
+
+    The averaging graph is the same ORT FP32 graph on both sides of the comparison, so it runs
+    here; the backbones are where runtime, precision and threads differ, so they run there."""
+
+    def __init__(self, server, names: Sequence[str], mean_graph: bytes,
+                 members: Sequence[str]) -> None:
+        import onnxruntime as ort
+
+        self.server, self.names, self.members = server, list(names), list(members)
+        options = ort.SessionOptions()
+        for key, value in ORT_FP32_ONLY.items():
+            options.add_session_config_entry(key, value)
+        self.mean = ort.InferenceSession(mean_graph, sess_options=options,
+                                         providers=["CPUExecutionProvider"])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        outs = [self.server.infer(name, pixels) for name in self.names]
+        return average(self.mean, self.members, [o[0] for o in outs], [o[1] for o in outs])
 
 
 def ensemble_probabilities(backbones: Sequence[Path], mean_graph: bytes, members: Sequence[str],

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from export.backbone_serving import Launch
 from export.configs import cam_size, render_mura_configs, write_configs
 from export.consistency import (
     MURA_MODELS,
@@ -39,9 +40,11 @@ from export.mura_drift import drift_parameters, write_drift_model
 from export.ood_reference import ReferenceSet, demo_reference
 from export.ood_stats import METHOD as OOD_METHOD
 from export.ood_stats import MIN_REFERENCE_IMAGES, Reference
+from export.runtime_choice import FULL, TINY, RuntimePlan
 from export.staging import ExportAborted, RepositoryTransaction
 from msk import RESEARCH_USE_NOTICE
 from msk.constants import (
+    EXPORT_BF16,
     EXPORT_PRECISIONS,
     MURA_ARCHITECTURES,
     MURA_BODY_PARTS,
@@ -79,7 +82,8 @@ def _next_version(repository: Path, models: tuple[str, ...]) -> int:
 def source_fingerprint(kind: str, image_size: int, checkpoints: dict[str, Path] | None,
                        imagenet_weights: dict[str, Path] | None,
                        operating_points: dict[str, float] | None,
-                       calibration: str | None = None, ood: dict | None = None) -> str:
+                       calibration: str | None = None, ood: dict | None = None,
+                       served_precision: str | None = None) -> str:
     """What an export is made from; the same fingerprint twice means the same weights, so no
     new version (`msk export` is idempotent). `calibration` is the INT8 calibration set's
     fingerprint: an INT8 version differs from the FP32 one of the same weights, and from INT8
@@ -94,6 +98,8 @@ def source_fingerprint(kind: str, image_size: int, checkpoints: dict[str, Path] 
         source |= {"precision": "int8", "calibration": calibration}
     if ood is not None:
         source |= {"ood": ood}
+    if served_precision is not None:       # bf16: FP32 graphs, gated and served at bf16
+        source |= {"precision": served_precision}
     return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()
 
 
@@ -155,6 +161,8 @@ def build_repository(
     cpu_runtime: str = "onnxruntime",
     reference: ReferenceSet | None = None,
     ood_percentiles: dict[str, float] | None = None,
+    launch: Launch | None = None,
+    cores_source: str = "given",
 ) -> int:
     """Write the repository into `out_dir`; return the MURA pipeline version now served.
 
@@ -170,14 +178,20 @@ def build_repository(
     `reference` is the OOD reference set (`export.ood_reference`; default: the demo's synthetic
     set, which a trained export should not rely on) and `ood_percentiles` the in-distribution
     percentile per body part and `"default"` (`OOD_DEFAULT_PERCENTILE`); both are part of the
-    version (`export.ood_stats`).
+    version (`export.ood_stats`). `cpu_runtime="auto"` measures each backbone on each runtime
+    through `launch` (the server composition, `server.launcher.TritonServer`) and writes the
+    fastest per backbone (`export.runtime_choice`); the INT8 accuracy gate also serves through
+    `launch`, so int8 needs it.
     """
     import torch
 
     from export.mura_quantize import calibration_fingerprint
 
-    if precision not in EXPORT_PRECISIONS:
-        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got {precision!r}")
+    if precision not in (*EXPORT_PRECISIONS, EXPORT_BF16):
+        raise ValueError(f"precision must be one of {(*EXPORT_PRECISIONS, EXPORT_BF16)}, got "
+                         f"{precision!r}")
+    if precision == EXPORT_BF16 and target != "cpu":
+        raise ValueError("bf16 (OpenVINO) is for the CPU target only")
     if precision == "int8" and target != "cpu":
         raise ValueError("INT8 (ONNX Runtime QDQ) is for the CPU target only; GPU targets build "
                          "TensorRT engines from the FP32 graphs")
@@ -191,7 +205,11 @@ def build_repository(
                 + "\n  - ".join(problems)
                 + "\nMove the stray version folders out of the repository (or export into a "
                 "new folder) and run `msk doctor --repository` on it again.")
-        write_configs(tx.stage, render_mura_configs(target, image_size, cpu_cores, cpu_runtime))
+        plan = RuntimePlan(cpu_runtime, cpu_cores=cpu_cores, cores_source=cores_source,
+                           image_size=image_size, precision=precision, launch=launch,
+                           budget=TINY if tiny else FULL)
+        write_configs(tx.stage, render_mura_configs(target, image_size, cpu_cores,
+                                                    plan.base_runtime))
         manifest = load_manifest(out_dir)
         records: list[dict] = []
         provenance: dict[str, dict] = {}
@@ -211,7 +229,8 @@ def build_repository(
         fingerprint = source_fingerprint(
             kind, image_size, checkpoints, imagenet_weights, operating_points,
             calibration_fingerprint(calibration) if precision == "int8" else None,
-            ood={"reference": reference.fingerprint(), "percentiles": percentiles})
+            ood={"reference": reference.fingerprint(), "percentiles": percentiles},
+            served_precision=EXPORT_BF16 if precision == EXPORT_BF16 else None)
         newest = manifest["versions"].get(f"{MURA_ENSEMBLE_MODEL}/{current}", {})
         same = newest.get("source_fingerprint") == fingerprint
         if current and same and not force:
@@ -225,7 +244,11 @@ def build_repository(
             extra = {"precision": precision}
             if precision == "int8":
                 new, extra = _quantize(tx.stage, version, new, members, biases, temperatures,
-                                       image_size, operating_points, calibration, holdout)
+                                       image_size, operating_points, calibration, holdout,
+                                       plan, launch)
+            elif precision == EXPORT_BF16:
+                extra = _gate_bf16(tx.stage, version, biases, temperatures, image_size,
+                                   operating_points, holdout, plan, launch)
             ood, probabilities = _fit_ood(tx.stage, version, reference, image_size)
             new, mura_provenance = _finish(tx.stage, version, kind, new, members, biases,
                                            temperatures, image_size, operating_points, extra,
@@ -241,8 +264,10 @@ def build_repository(
             if wrist:
                 records += wrist[0]
                 provenance.update(wrist[1])
-        tx.write_manifest(merged_manifest(manifest, records, provenance)
-                          if records else manifest)
+        final = merged_manifest(manifest, records, provenance) if records else manifest
+        if target == "cpu":
+            plan.finish(tx.stage, out_dir if version == current else tx.stage, version, final)
+        tx.write_manifest(final)
         tx.commit()
     return version
 
@@ -318,19 +343,43 @@ def _points(operating_points: dict[str, float] | None) -> tuple[dict[str, float]
 def _quantize(stage: Path, version: int, records: list[dict], members: dict,
               biases: list[float], temperatures: list[float], image_size: int,
               operating_points: dict[str, float] | None, calibration: Sequence[Path],
-              holdout: Sequence) -> tuple[list[dict], dict]:
+              holdout: Sequence, plan: RuntimePlan,
+              launch: Launch | None) -> tuple[list[dict], dict]:
     """INT8 backbones for the staged version, gated against its FP32 ones
     (`export.mura_int8_version`); the gate averages with the same graph the version will serve
     (provenance aside)."""
     from export.mura_int8_version import quantize_version
     from export.mura_mean_graph import build_mean_graph
 
+    if launch is None:
+        raise ValueError("the INT8 accuracy gate serves through Triton: pass launch "
+                         "(server.launcher.TritonServer)")
     points, default_threshold = _points(operating_points)
     mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
                             "{}", image_size).SerializeToString()
     return quantize_version(stage, version, members, records, calibration=calibration,
                             holdout=holdout, image_size=image_size, mean_graph=mean,
-                            points=points, default_threshold=default_threshold)
+                            points=points, default_threshold=default_threshold,
+                            launch=launch, cpu_cores=plan.cpu_cores, runtimes=plan)
+
+
+def _gate_bf16(stage: Path, version: int, biases: list[float], temperatures: list[float],
+               image_size: int, operating_points: dict[str, float] | None, holdout: Sequence,
+               plan: RuntimePlan, launch: Launch | None) -> dict:
+    """The staged FP32 backbones served at bf16 by OpenVINO, gated against themselves at fp32
+    (`export.mura_int8_version.gate_bf16`)."""
+    from export.mura_int8_version import gate_bf16
+    from export.mura_mean_graph import build_mean_graph
+
+    if launch is None:
+        raise ValueError("the bf16 accuracy gate serves through Triton: pass launch")
+    points, default_threshold = _points(operating_points)
+    mean = build_mean_graph(list(MURA_MEMBERS), biases, temperatures, cam_size(image_size),
+                            "{}", image_size).SerializeToString()
+    graphs = {m: stage / m / str(version) / "model.onnx" for m in MURA_MEMBERS}
+    return gate_bf16(graphs, holdout=holdout, image_size=image_size, mean_graph=mean,
+                     points=points, default_threshold=default_threshold, launch=launch,
+                     cpu_cores=plan.cpu_cores, runtimes=plan)
 
 
 def _finish(out_dir: Path, version: int, kind: str, records: list[dict], members: dict,

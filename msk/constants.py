@@ -86,6 +86,14 @@ EXPORT_CPU_RUNTIMES = ("onnxruntime", "openvino")
 (onnxruntime default; openvino moves the architectures it runs faster, see
 `export.model_specs.OPENVINO_ARCHITECTURES`)."""
 
+EXPORT_AUTO = "auto"
+"""`msk export --cpu-runtime auto` / `--cpu-cores auto`: measured (read) on the serving host
+(`export.runtime_choice`, `msk.host.usable_cores`)."""
+
+EXPORT_BF16 = "bf16"
+"""`msk export --precision bf16`: an explicit opt-in, only on hosts with native bfloat16
+(`msk.host.bf16_refusal`); also the OpenVINO INFERENCE_PRECISION_HINT value it sets."""
+
 OPENVINO_INFERENCE_PRECISION = "f32"
 """The `INFERENCE_PRECISION_HINT` every OpenVINO config carries, for every export precision: FP32
 versions run f32, INT8 versions run their quantized ops in int8 and everything else in f32. Never

@@ -9,6 +9,7 @@ run it before the virtual environment exists. Linux only (/proc/cpuinfo); elsewh
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -57,6 +58,46 @@ def isa() -> list[str]:
 
 def has_native_bf16() -> bool:
     return bool(NATIVE_BF16_FLAGS & cpu_flags())
+
+
+def _cgroup_quota_cores(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPU quota of this process's cgroup in cores (cgroup v2 `cpu.max`, else v1 cfs files),
+    None when unlimited or unreadable. Why: a container limited to 2 CPUs on a 64-core host
+    still sees 64 in its affinity mask; threads beyond the quota only get throttled."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if quota <= 0 or period <= 0 else quota / period
+
+
+def usable_cores() -> int:
+    """Cores this process may really use: its CPU affinity, capped by its cgroup's CPU quota
+    (rounded down, at least 1). What `msk export --cpu-cores auto` sizes the configs for, so it
+    must run on (or in a container like) the serving host."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota_cores()
+    if quota is not None:
+        cores = min(cores, int(quota))
+    return max(1, cores)
+
+
+def bf16_refusal() -> str | None:
+    """Why this host cannot serve bf16 (None when it can): the message names its ISA."""
+    if has_native_bf16():
+        return None
+    return (f"this CPU has no native bfloat16 ({describe()}); bf16 needs "
+            f"{' or '.join(ISA_FLAGS[f] for f in sorted(NATIVE_BF16_FLAGS))} (OpenVINO would "
+            "silently run f32 instead)")
 
 
 def describe() -> str:

@@ -177,6 +177,12 @@ def test_int8_version_passes_the_gate_and_is_served(promoted: dict, proof: dict)
     assert gate["auroc_step"] == pytest.approx(1 / (n_neg * n_pos))
     assert gate["mean_abs_delta"] <= MAX_MEAN_ABS_DELTA
     assert gate["call_agreement"] >= MIN_CALL_AGREEMENT
+    # Judged as served (issue 23 item 3): both sides through tritonserver, on the runtime and
+    # threads of the configs written (ORT, 2 cores // 4 backbones = 1 thread), each precision.
+    assert gate["served"]["through"] == "TritonServer"
+    for member in MURA_MEMBERS:
+        assert gate["served"]["backbones"][member] == {
+            p: {"runtime": "onnxruntime", "precision": p, "threads": 1} for p in ("fp32", "int8")}
     int8_paths = []
     for member in MURA_MEMBERS:
         path = repository / member / str(version) / "model.onnx"

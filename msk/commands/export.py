@@ -7,11 +7,14 @@ import json
 import logging
 import signal
 import sys
+from functools import partial
 from pathlib import Path
 
 from clients.inputs import expand_inputs
 from msk.commands._args import positive_int
 from msk.constants import (
+    EXPORT_AUTO,
+    EXPORT_BF16,
     EXPORT_CPU_RUNTIMES,
     EXPORT_PRECISIONS,
     MURA_BODY_PARTS,
@@ -25,6 +28,10 @@ from msk.constants import (
 )
 
 log = logging.getLogger("msk.export")
+MEASURE_STARTUP_TIMEOUT_S = 1800.0
+"""How long the export's own tritonserver (runtime measurement, accuracy gate) may take to load:
+it loads every candidate at once, and OpenVINO compiles each batch size of each full-size
+backbone at load (minutes on 2 cores), far beyond a serving start-up."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,15 +55,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=("cpu", "gpu"), default="cpu",
                    help="cpu: ONNX on the onnxruntime backend; gpu: configs for TensorRT plans "
                    "and KIND_GPU (engines are built on the GPU host, see docs/gpu-deployment.md)")
-    p.add_argument("--cpu-cores", type=positive_int, default=REFERENCE_CPU_CORES, metavar="N",
+    p.add_argument("--cpu-cores", type=_cores, default=REFERENCE_CPU_CORES, metavar="N|auto",
                    help="cpu target: cores the serving host gives Triton (default "
-                   f"{REFERENCE_CPU_CORES}, the reference CPU); models that run side by side "
-                   "share them as ONNX Runtime threads (the four backbones: N // 4 each, at least "
-                   "1). Changes the configs only, never adds a version")
-    p.add_argument("--cpu-runtime", choices=EXPORT_CPU_RUNTIMES, default=EXPORT_CPU_RUNTIMES[0],
-                   help="cpu target: the runtime of the four backbones, onnxruntime (default) or "
-                   "openvino (Triton's OpenVINO backend on the same model.onnx; faster on INT8 "
-                   "DenseNet-169, see bench/README.md). Changes the configs only")
+                   f"{REFERENCE_CPU_CORES}, the reference CPU; auto: this host's usable cores, "
+                   "its CPU affinity capped by its cgroup CPU quota - run the export on the "
+                   "serving host); models that run side by side share them as runtime threads "
+                   "(the four backbones: N // 4 each, at least 1). Changes the configs only, "
+                   "never adds a version")
+    p.add_argument("--cpu-runtime", choices=(*EXPORT_CPU_RUNTIMES, EXPORT_AUTO),
+                   default=EXPORT_CPU_RUNTIMES[0],
+                   help="cpu target: the runtime of the four backbones, onnxruntime (default), "
+                   "openvino (Triton's OpenVINO backend on the same model.onnx for DenseNet-169, "
+                   "see bench/README.md), or auto: each backbone is served by tritonserver on "
+                   "each available runtime at the chosen precision and threads, timed for a few "
+                   "requests, and gets the fastest; the measurements, the choice and the host's "
+                   "ISA are recorded in manifest.json (\"serving\"). Changes the configs only, "
+                   "never adds a version (a later run may choose differently: configs change)")
     p.add_argument("--imagenet-weights", type=Path, default=None,
                    help="folder with local torchvision ImageNet state dicts named "
                    "densenet169.pth / resnet101.pth for the demo members (never downloaded)")
@@ -66,11 +80,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="trained bones detector (.pt), used with --wrist-joints")
     p.add_argument("--force", action="store_true",
                    help="write a new version even if the newest one already has these weights")
-    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=(*EXPORT_PRECISIONS, EXPORT_BF16), default="fp32",
                    help="fp32 (default) or int8: statically quantized backbones (ONNX Runtime "
                    "QDQ, per-channel weights) for the CPU target, calibrated on --calibration "
-                   "and promoted only if they pass the accuracy gate against FP32 on --holdout "
-                   "(see docs/int8.md)")
+                   "and promoted only if they pass the accuracy gate against FP32 on --holdout; "
+                   "the gate serves both through tritonserver with the runtime, precision and "
+                   "threads the repository will use (see docs/int8.md). bf16: the FP32 graphs "
+                   "served by OpenVINO at bf16, promoted through the same gate on --holdout; "
+                   "only on hosts with AMX-BF16/AVX-512 BF16, refused elsewhere (the error names "
+                   "this host's ISA); no runtime ever lowers precision on its own")
     p.add_argument("--calibration", action="append", default=[], metavar="DIR|GLOB|CSV",
                    help="int8: images whose activation ranges calibrate the quantization (a "
                    "folder, a glob pattern or a CSV manifest, as `msk score` reads them; "
@@ -92,6 +110,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"part ({', '.join(MURA_BODY_PARTS)}); repeatable. A change makes a new "
                    "version")
     p.set_defaults(handler=run)
+
+
+def _cores(text: str) -> int | str:
+    """--cpu-cores: a positive count or `auto` (this host's usable cores)."""
+    return EXPORT_AUTO if text == EXPORT_AUTO else positive_int(text)
+
+
+def _resolve_cores(value: int | str) -> tuple[int, str]:
+    """(cores, where the number came from) for the manifest's serving record."""
+    from msk.host import usable_cores
+
+    if value == EXPORT_AUTO:
+        return usable_cores(), "auto: CPU affinity capped by the cgroup CPU quota of this host"
+    return int(value), "given (--cpu-cores)"
+
+
+def _check_bf16(args: argparse.Namespace) -> None:
+    """bf16 is an explicit opt-in that only a host with native bfloat16 can serve; refused here
+    with the host's ISA named (OpenVINO would otherwise run f32 while the manifest says bf16)."""
+    from msk.host import bf16_refusal
+
+    if args.precision != EXPORT_BF16:
+        return
+    reason = bf16_refusal()
+    if reason is not None:
+        raise ValueError(f"--precision bf16 refused: {reason}")
+    if args.target != "cpu":
+        raise ValueError("--precision bf16 is for --target cpu only (OpenVINO's CPU plugin)")
+    if not args.holdout or args.calibration:
+        raise ValueError("--precision bf16 needs --holdout (labelled images for the accuracy "
+                         "gate) and no --calibration")
+    if args.cpu_runtime == EXPORT_CPU_RUNTIMES[0]:
+        log.info("--precision bf16: the backbones are served by OpenVINO")
+        args.cpu_runtime = "openvino"
 
 
 def _percentile(text: str) -> tuple[str, float]:
@@ -178,7 +230,10 @@ def _holdout_records(specs: list[str]) -> list:
 
 
 def _precision_inputs(args: argparse.Namespace) -> tuple[list[Path], list]:
-    """(calibration images, held-out records) for --precision int8; empty for fp32."""
+    """(calibration images, held-out records) for --precision int8 (records only for bf16);
+    empty for fp32."""
+    if args.precision == EXPORT_BF16:
+        return [], _holdout_records(args.holdout)
     if args.precision != "int8":
         if args.calibration or args.holdout:
             raise ValueError("--calibration and --holdout belong to --precision int8")
@@ -201,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
     from export.repository import build_repository
     from export.staging import ExportAborted
     from msk.constants import MURA_ARCHITECTURES
+    from server.launcher import TritonServer
 
     signal.signal(signal.SIGTERM, _terminate_as_exit)
 
@@ -214,8 +270,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"msk export: {exc}", file=sys.stderr)
             return 2
     try:
+        _check_bf16(args)
         calibration, holdout = _precision_inputs(args)
         reference = _reference(args.reference, args.checkpoints)
+        cores, cores_source = _resolve_cores(args.cpu_cores)
         if args.target != "cpu" and (args.cpu_cores != REFERENCE_CPU_CORES
                                      or args.cpu_runtime != EXPORT_CPU_RUNTIMES[0]):
             raise ValueError("--cpu-cores and --cpu-runtime are for --target cpu (GPU targets "
@@ -238,9 +296,12 @@ def run(args: argparse.Namespace) -> int:
                                 target=args.target, operating_points=points,
                                 imagenet_weights=imagenet, wrist_weights=wrist, force=args.force,
                                 precision=args.precision, calibration=calibration,
-                                holdout=holdout, cpu_cores=args.cpu_cores,
+                                holdout=holdout, cpu_cores=cores,
                                 cpu_runtime=args.cpu_runtime, reference=reference,
-                                ood_percentiles=dict(args.ood_percentile))
+                                ood_percentiles=dict(args.ood_percentile),
+                                launch=partial(TritonServer,
+                                               startup_timeout=MEASURE_STARTUP_TIMEOUT_S),
+                                cores_source=cores_source)
 
     try:
         if str(args.repository).startswith("s3://"):
