@@ -73,8 +73,9 @@ class WristResult:
         """Model name -> SHA-256 of the served artifact (from the ensemble's provenance)."""
         found = {m: str(i.get("sha256", "")) for m, i in
                  self.provenance.get("detectors", {}).items()}
-        if "preprocess" in self.provenance:
-            found["wrist_preprocess"] = str(self.provenance["preprocess"].get("sha256", ""))
+        for part in ("preprocess", "postprocess"):
+            if part in self.provenance:
+                found[f"wrist_{part}"] = str(self.provenance[part].get("sha256", ""))
         return found
 
     def to_json(self) -> dict:

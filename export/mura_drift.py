@@ -20,16 +20,14 @@ vendored copy of msk/constants.py, as the wrist postprocessing model is vendored
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from export.manifest import artifact_record
+from export.python_step import write_python_step
 from msk.constants import DRIFT_BUCKETS, MURA_DRIFT_MODEL
 
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_PY = Path(__file__).resolve().parent / "python_models" / "mura_drift.py"
 PARAMS_FILE = "drift_reference.json"
 """Read by the model (`PARAMS_FILE` there: the same name)."""
 
@@ -73,11 +71,7 @@ def write_drift_model(out_dir: Path, version: int, params: dict) -> list[dict]:
     """Write `mura_drift/<version>/` (model.py, vendored constants, drift_reference.json) into
     the export's staging folder; return its manifest records."""
     folder = Path(out_dir) / MURA_DRIFT_MODEL / str(version)
-    vendored = folder / "_vendored" / "msk"
-    vendored.mkdir(parents=True, exist_ok=True)
-    (vendored / "__init__.py").write_text('"""Vendored copy of msk constants."""\n')
-    shutil.copy2(ROOT / "msk" / "constants.py", vendored / "constants.py")
+    model = write_python_step(folder, "mura_drift.py", ("constants.py",))
     (folder / PARAMS_FILE).write_text(json.dumps(params, indent=1, sort_keys=True))
-    shutil.copyfile(MODEL_PY, folder / "model.py")
     return [artifact_record(out_dir, MURA_DRIFT_MODEL, version, folder / PARAMS_FILE),
-            artifact_record(out_dir, MURA_DRIFT_MODEL, version, folder / "model.py")]
+            artifact_record(out_dir, MURA_DRIFT_MODEL, version, model)]

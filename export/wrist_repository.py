@@ -32,6 +32,7 @@ from pathlib import Path
 from export.configs import render_wrist_configs, write_configs
 from export.manifest import artifact_record, sha256_file
 from export.model_specs import TARGETS
+from export.python_step import write_python_step
 from export.wrist_export import ExportedDetector, export_detector, read_onnx_metadata
 from msk.constants import (
     REFERENCE_CPU_CORES,
@@ -46,8 +47,6 @@ from msk.constants import (
 )
 from msk.graphs.wrist_preprocess import write_preprocess_graph
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-POSTPROCESS_MODEL_PY = Path(__file__).resolve().parent / "python_models" / "wrist_postprocess.py"
 VENDORED = ("constants.py", "wrist_geometry.py")
 """msk modules the postprocessing model imports, copied into its version folder."""
 
@@ -101,18 +100,14 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, version: int,
     records.append(artifact_record(repo, WRIST_PREPROCESS_MODEL, pre_version, pre_path))
 
     post_dir = repo / WRIST_POSTPROCESS_MODEL / str(post_version)
-    vendored = post_dir / "_vendored" / "msk"
-    vendored.mkdir(parents=True, exist_ok=True)
-    (vendored / "__init__.py").write_text('"""Vendored copy of msk geometry code."""\n')
-    for name in VENDORED:
-        shutil.copy2(REPO_ROOT / "msk" / name, vendored / name)
+    post_model = write_python_step(post_dir, "wrist_postprocess.py", VENDORED)
     provenance = {
         "pipeline": WRIST_DETECT_MODEL,
         "detectors": {WRIST_DETECTORS[k][0]: {
             "version": str(versions[WRIST_DETECTORS[k][0]]), "sha256": d.sha256,
             "classes": list(d.names)} for k, d in dets.items()},
         "preprocess": {"version": str(pre_version), "sha256": sha256_file(pre_path)},
-        "postprocess": {"version": str(post_version)},
+        "postprocess": {"version": str(post_version), "sha256": sha256_file(post_model)},
         "detector_input": [in_h, in_w],
         "conf": conf, "iou": WRIST_NMS_IOU,
     }
@@ -123,9 +118,7 @@ def write_wrist_models(repo: Path, weights: dict[str, Path], *, version: int,
                       for k, d in dets.items()],
     }
     (post_dir / "params.json").write_text(json.dumps(params, indent=1))
-    shutil.copyfile(POSTPROCESS_MODEL_PY, post_dir / "model.py")
-    records.append(artifact_record(repo, WRIST_POSTPROCESS_MODEL, post_version,
-                                   post_dir / "model.py"))
+    records.append(artifact_record(repo, WRIST_POSTPROCESS_MODEL, post_version, post_model))
 
     ens_dir = repo / WRIST_DETECT_MODEL
     (ens_dir / str(ens_version)).mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 def _source_key(kind: str) -> str:
     digest = hashlib.sha256(kind.encode())
     for pattern in ("export/*.py", "export/python_models/*.py", "training/mura_models.py",
-                    "msk/constants.py", "msk/__init__.py",
+                    "msk/constants.py", "msk/__init__.py", "msk/python_step.py",
                     "msk/graphs/*.py"):
         for path in sorted(ROOT.glob(pattern)):
             digest.update(path.name.encode() + path.read_bytes())

@@ -135,7 +135,7 @@ def test_provenance_missing_from_an_answer_fails_clearly() -> None:
         with pytest.raises(PermanentError, match=why) as failure:
             collect_provenance([broken], [])
         assert failure.value.reason == Reason.BAD_RESPONSE
-    # a detector must name its weights; the post-processing code has no digest to give
+    # a detector must name its weights; the post-processing code's digest is optional
     detector = WristResult(versions={"wrist_joints": "2", "wrist_postprocess": "2"},
                            provenance={"detectors": {"wrist_joints": {"version": "2"}}})
     with pytest.raises(PermanentError, match="wrist_joints"):

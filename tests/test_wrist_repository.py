@@ -38,6 +38,11 @@ def test_new_versions_and_placement(wrist_repository: Path, tmp_path: Path) -> N
     assert ensemble.count("model_version: -1") == 4
     params = json.loads((tmp_path / "wrist_postprocess" / "2" / "params.json").read_text())
     assert params["provenance"]["detectors"]["wrist_joints"]["version"] == "2"
+    post = tmp_path / "wrist_postprocess" / "2"
+    record = {r["model"]: r for r in second}["wrist_postprocess"]
+    assert params["provenance"]["postprocess"]["sha256"] == record["sha256"]   # of model.py
+    assert (post / "_vendored" / "msk" / "python_step.py").read_bytes() == (
+        ROOT / "msk" / "python_step.py").read_bytes()
 
 
 def test_detector_classes_are_checked(wrist_repository: Path, tmp_path: Path) -> None:

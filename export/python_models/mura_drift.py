@@ -47,6 +47,7 @@ from msk.constants import (  # noqa: E402 - importable only once _vendored is on
     PROBABILITY_TENSOR,
     WARMUP_PARAMETER,
 )
+from msk.python_step import execute_each  # noqa: E402
 
 PARAMS_FILE = "drift_reference.json"
 TENSORS = {"probability": PROBABILITY_TENSOR, "ood_score": OOD_SCORE_TENSOR,
@@ -167,16 +168,4 @@ class TritonPythonModel:
             pb_utils.Tensor(TENSORS[q], a) for q, a in arrays.items()])
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
-            if request.is_cancelled():  # client gone or deadline passed: do not run it
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"{MURA_DRIFT_MODEL}: request cancelled; not run",
-                    pb_utils.TritonError.CANCELLED)))
-                continue
-            try:
-                responses.append(self._one(request))
-            except Exception as exc:  # noqa: BLE001 - why: one bad request fails alone
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{MURA_DRIFT_MODEL}: {exc}")))
-        return responses
+        return execute_each(requests, self._one, MURA_DRIFT_MODEL, pb_utils)

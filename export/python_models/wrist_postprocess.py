@@ -23,6 +23,7 @@ from msk.constants import (  # noqa: E402 - importable only once _vendored is on
     WRIST_POSTPROCESS_MODEL,
     WRIST_PROVENANCE_TENSOR,
 )
+from msk.python_step import execute_each  # noqa: E402
 from msk.wrist_geometry import (  # noqa: E402
     StudyLetterbox,
     decode_detections,
@@ -62,17 +63,4 @@ class TritonPythonModel:
         ])
 
     def execute(self, requests: list) -> list:
-        responses = []
-        for request in requests:
-            if request.is_cancelled():  # client gone or deadline passed: do not run it
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(
-                    f"{WRIST_POSTPROCESS_MODEL}: request cancelled; not run",
-                    pb_utils.TritonError.CANCELLED)))
-                continue
-            try:
-                responses.append(self._one(request))
-            except Exception as exc:  # noqa: BLE001 - why: one bad request fails alone
-                # (any error: bad tensor, shape, decode); the others in the batch still run
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"{WRIST_POSTPROCESS_MODEL}: {exc}")))
-        return responses
+        return execute_each(requests, self._one, WRIST_POSTPROCESS_MODEL, pb_utils)

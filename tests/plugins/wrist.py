@@ -134,7 +134,8 @@ def wrist_repository(wrist_ci_models: WristCIModels) -> Path:
     # The repository vendors all of msk/constants.py (tensor names, opset...) into the
     # post-processing model, so the whole file keys it, not only the WRIST_* values.
     for pattern in ("export/wrist_*.py", "msk/wrist_geometry.py", "export/configs.py",
-                    "export/model_specs.py", "export/python_models/*.py", "msk/graphs/*.py",
+                    "export/model_specs.py", "export/python_models/*.py", "export/python_step.py",
+                    "msk/python_step.py", "msk/graphs/*.py",
                     "msk/constants.py", "msk/__init__.py"):
         for path in sorted(ROOT.glob(pattern)):
             key.update(path.name.encode() + path.read_bytes())
