@@ -38,6 +38,7 @@ from msk.constants import (
     PROBABILITY_TENSOR,
 )
 from tests.plugins.msk_serve import running_msk_serve
+from tests.plugins.observability import promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -46,17 +47,11 @@ RULES_TEST = ROOT / "tests" / "rules" / "drift_test.yml"
 RATE_INTERVAL = "5m"     # $__rate_interval: the whole test fits in it, so rates keep their data
 
 
-def _promtool(*args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("promtool")
-    if binary is None:
-        pytest.skip("promtool (Debian `prometheus` package, make setup-test) is not installed")
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120)
-
 
 def test_drift_rules_pass_promtool_unit_tests():
-    checked = _promtool("check", "rules", str(PROMETHEUS / "drift.yml"))
+    checked = promtool("check", "rules", str(PROMETHEUS / "drift.yml"))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    result = _promtool("test", "rules", str(RULES_TEST))
+    result = promtool("test", "rules", str(RULES_TEST))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
     config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())

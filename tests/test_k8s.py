@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from server.launcher import TritonServer
+from tests.plugins.observability import promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -122,6 +123,11 @@ def test_gateway_statefulset_web_and_network_policy():
         ROOT / "deploy/grafana/dashboards/msk-triton.json").read_text(), (
         "deploy/k8s/base/msk-triton.json differs from the dashboard: cp "
         "deploy/grafana/dashboards/msk-triton.json deploy/k8s/base/")
+    rules = find(docs, "ConfigMap", "prometheus-rules")["data"]
+    for name in ("alerts.yml", "drift.yml"):
+        assert rules[name] == (ROOT / "deploy/prometheus" / name).read_text(), (
+            f"deploy/k8s/base/{name} differs from deploy/prometheus/{name}: cp "
+            f"deploy/prometheus/{name} deploy/k8s/base/")
 
     # Only the gateway, the web app and batch pods carry the label the NetworkPolicy admits.
     policy = find(docs, "NetworkPolicy", "triton-ingress")
@@ -148,11 +154,17 @@ def test_batch_job_is_indexed_shards_and_pushes_metrics():
 
 
 def test_prometheus_scrape_config_passes_promtool(tmp_path):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool (Debian prometheus) is not installed")
-    config = find(render("overlays/cpu"), "ConfigMap", "prometheus-scrape-config")
+    """The rendered scrape config and the rules it loads (ConfigMap prometheus-rules, written
+    where the config's rule_files glob points) pass `promtool check config`."""
+    docs = render("overlays/cpu")
+    config = find(docs, "ConfigMap", "prometheus-scrape-config")
     scrape = yaml.safe_load(config["data"]["prometheus.yml"])
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    for name, text in find(docs, "ConfigMap", "prometheus-rules")["data"].items():
+        (rules_dir / name).write_text(text)
+    assert scrape["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    scrape["rule_files"] = [str(rules_dir / "*.yml")]
     pods = next(j for j in scrape["scrape_configs"] if "kubernetes_sd_configs" in j)
     assert pods["kubernetes_sd_configs"][0]["role"] == "pod"
     # Debian's Prometheus is built without Kubernetes service discovery ("field
@@ -162,9 +174,9 @@ def test_prometheus_scrape_config_passes_promtool(tmp_path):
     del pods["kubernetes_sd_configs"]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(scrape))
-    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True,
-                            text=True, timeout=60)
+    result = promtool("check", "config", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "drift.yml" in result.stdout and "alerts.yml" in result.stdout, result.stdout
     jobs = {j["job_name"]: j for j in yaml.safe_load(path.read_text())["scrape_configs"]}
     assert jobs["pushgateway"]["honor_labels"] is True
 

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -21,7 +20,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import yaml
 
 from clients.batch import BatchScorer
@@ -29,6 +27,7 @@ from clients.inputs import expand_inputs
 from clients.telemetry import start_metrics_server
 from msk.process import stop_process
 from server.launcher import TritonServer, free_port, free_ports
+from tests.plugins.observability import promtool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -55,17 +54,11 @@ def alert_rules() -> list[tuple[str, str]]:
     return [(r["alert"], r["expr"]) for g in groups for r in g["rules"]]
 
 
-def _promtool(*args: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("promtool")
-    if binary is None:
-        pytest.skip("promtool (Debian `prometheus` package) is not installed")
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60)
-
 
 def test_promtool_accepts_config_and_rules():
-    config = _promtool("check", "config", str(PROMETHEUS_YML))
+    config = promtool("check", "config", str(PROMETHEUS_YML))
     assert config.returncode == 0, config.stdout + config.stderr
-    rules = _promtool("check", "rules", str(ALERTS_YML))
+    rules = promtool("check", "rules", str(ALERTS_YML))
     assert rules.returncode == 0, rules.stdout + rules.stderr
     assert f"{len(alert_rules())} rules found" in rules.stdout
 

@@ -83,3 +83,11 @@ def start_prometheus(tmp_path) -> Iterator:
     yield start
     for prom in started:
         stop_process(prom.process, 30)
+
+
+def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run Debian's `promtool` (installed by `make setup-test` with Prometheus): a missing
+    promtool fails the test instead of skipping it, so the rules are always checked."""
+    binary = shutil.which("promtool")
+    assert binary, "promtool is missing: run `make setup-test` (Debian package prometheus)"
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
