@@ -180,3 +180,16 @@ def expand_inputs(specs: Iterable[str]) -> list[ScoreItem]:
             seen.add(item.path)
             items.append(item)
     return items
+
+
+def image_set(specs: Iterable[str], flag: str) -> list[ScoreItem]:
+    """`expand_inputs` for an option that names a set of images every one of which must be
+    there (`--calibration`, `--holdout`, `--reference`, `--ood-set`): a ValueError naming the
+    option and the first missing input, or saying the set is empty."""
+    items = expand_inputs(specs)
+    errors = [item.error for item in items if item.error]
+    if errors:
+        raise ValueError(f"{flag}: {errors[0]}")
+    if not items:
+        raise ValueError(f"{flag}: no images")
+    return items

@@ -57,20 +57,15 @@ def run_evaluate_mura(args: argparse.Namespace) -> int:
 
 def _ood_set(args: argparse.Namespace):
     """The `training.mura_evaluate.OodSet` of `--ood-set` / `--ood-reference`."""
-    from clients.inputs import expand_inputs
+    from clients.inputs import image_set
     from export.ood_stats import fit_reference
-    from msk.commands.export import _reference
+    from msk.commands._ood_reference import ood_reference_set
     from msk.constants import OOD_DEFAULT_PERCENTILE, OOD_REFERENCE_CSV
     from training.mura_data import Record
     from training.mura_evaluate import OodSet
 
-    items = expand_inputs(args.ood_set)
-    errors = [item.error for item in items if item.error]
-    if errors:
-        raise ValueError(f"--ood-set: {errors[0]}")
-    if not items:
-        raise ValueError("--ood-set: no images")
-    reference = _reference(args.ood_reference, args.checkpoints)
+    items = image_set(args.ood_set, "--ood-set")
+    reference = ood_reference_set(args.ood_reference, args.checkpoints, "--ood-reference")
     if reference is None:
         raise ValueError("--ood-set needs a reference set: --ood-reference DIR|CSV, or "
                          f"--checkpoints DIR with {OOD_REFERENCE_CSV} (written by msk train "

@@ -10,8 +10,9 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from clients.inputs import expand_inputs
+from clients.inputs import image_set
 from msk.commands._args import positive_int
+from msk.commands._ood_reference import ood_reference_set
 from msk.constants import (
     EXPORT_AUTO,
     EXPORT_BF16,
@@ -161,32 +162,6 @@ def _percentile(text: str) -> tuple[str, float]:
     return part, q
 
 
-def _reference(specs: list[str], checkpoints: Path | None):
-    """The OOD reference set: --reference, else the checkpoints' training-image list, else None
-    (the demo's synthetic set, chosen by the export). Read by the one input expander."""
-    from export.ood_reference import GIVEN_KIND, TRAINING_KIND, reference_from_files
-
-    if specs:
-        kind, source = GIVEN_KIND, ", ".join(specs)
-    elif checkpoints is not None and (checkpoints / OOD_REFERENCE_CSV).is_file():
-        kind, source = TRAINING_KIND, str(checkpoints / OOD_REFERENCE_CSV)
-        specs = [source]
-    else:
-        if checkpoints is not None:
-            log.warning("%s has no %s (written by `msk train mura`) and no --reference was "
-                        "given: the OOD statistics are fitted on the demo's synthetic images",
-                        checkpoints, OOD_REFERENCE_CSV)
-        return None
-    items = expand_inputs(specs)
-    errors = [item.error for item in items if item.error]
-    if errors:
-        raise ValueError(f"--reference: {errors[0]}")
-    if not items:
-        raise ValueError("--reference: no images")
-    return reference_from_files(((item.path, item.label, item.body_part) for item in items),
-                                kind, source)
-
-
 def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None]:
     paths = {m: folder / f"{m}.pt" for m in MURA_MEMBERS}
     missing = [str(p) for p in paths.values() if not p.is_file()]
@@ -200,13 +175,7 @@ def _checkpoints(folder: Path) -> tuple[dict[str, Path], dict[str, float] | None
 
 def _calibration_images(specs: list[str]) -> list[Path]:
     """The calibration set's image paths, through the one input expander (`clients.inputs`)."""
-    items = expand_inputs(specs)
-    errors = [item.error for item in items if item.error]
-    if errors:
-        raise ValueError(f"--calibration: {errors[0]}")
-    if not items:
-        raise ValueError("--calibration: no images")
-    return [Path(item.path) for item in items]
+    return [Path(item.path) for item in image_set(specs, "--calibration")]
 
 
 def _holdout_records(specs: list[str]) -> list:
@@ -214,16 +183,11 @@ def _holdout_records(specs: list[str]) -> list:
     `label` column); images without a study are their own study."""
     from training.mura_data import UNKNOWN_PART, Record
 
-    items = expand_inputs(specs)
-    errors = [item.error for item in items if item.error]
-    if errors:
-        raise ValueError(f"--holdout: {errors[0]}")
+    items = image_set(specs, "--holdout")
     unlabelled = [item.path for item in items if item.label is None]
     if unlabelled:
         raise ValueError(f"--holdout: {unlabelled[0]} has no label (use the MURA layout "
                          "study<n>_positive|negative/ or a CSV manifest with a label column)")
-    if not items:
-        raise ValueError("--holdout: no images")
     return [Record(path=Path(item.path), label=int(item.label),
                    body_part=item.body_part or UNKNOWN_PART, patient=item.study or item.path,
                    study=item.study or item.path) for item in items]
@@ -272,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _check_bf16(args)
         calibration, holdout = _precision_inputs(args)
-        reference = _reference(args.reference, args.checkpoints)
+        reference = ood_reference_set(args.reference, args.checkpoints, "--reference")
         cores, cores_source = _resolve_cores(args.cpu_cores)
         if args.target != "cpu" and (args.cpu_cores != REFERENCE_CPU_CORES
                                      or args.cpu_runtime != EXPORT_CPU_RUNTIMES[0]):
