@@ -5,18 +5,18 @@ detectors run - Triton's native ONNX Runtime backend (CPU or CUDA EP) or TensorR
 our python-based ORT backend on this CPU machine - with no torch/cupy in the serving container and
 no device round trip; the same file is the CPU and the GPU implementation. Every op used here is a
 plain tensor op supported by ORT's CPU and CUDA providers and by TensorRT (Shape, Slice, integer
-arithmetic, Range, Gather, Pad, Equal, MatMul, CumSum, Round, Clip).
+arithmetic, Range, Gather, Pad, Equal, CumSum, Round, Clip, ConstantOfShape, and ScatterElements
+with reduction "add", which TensorRT's ONNX parser maps to its ScatterElements plugin, 8.6+).
 
 Bit-exact with the reference, by construction:
 * study resize: bilinear with cv2's INTER_LINEAR rule written out as Gather/Mul/Add in float32,
   the same ops in the same order as `training.wrist_preprocess.resize_linear`;
-* CLAHE without a histogram op: each 175 x 95 tile's 256-bin histogram is a 16 x 16 joint
-  histogram of (v // 16, v % 16), computed as one-hot(high)^T @ one-hot(low), a batched MatMul
-  (exact in float32). Clipping and redistribution of the excess, the LUT (`round(cdf * 255 /
-  tile_pixels)`, half to even like `cv::saturate_cast`) and the bilinear blend of the four
-  neighbouring tiles' LUTs follow OpenCV's `clahe.cpp` with its float32 blend weights. The canvas
-  is fixed (1400 x 760, divisible by the 8 x 8 grid), so tile sizes, clip limit and weights are
-  constants;
+* CLAHE: each 175 x 95 tile's 256-bin histogram is one scatter-add of the canvas (a 1 per pixel
+  at tile * 256 + level; integer counts, exact in float32 in any order). Clipping and
+  redistribution of the excess, the LUT (`round(cdf * 255 / tile_pixels)`, half to even like
+  `cv::saturate_cast`) and the bilinear blend of the four neighbouring tiles' LUTs follow
+  OpenCV's `clahe.cpp` with its float32 blend weights. The canvas is fixed (1400 x 760,
+  divisible by the 8 x 8 grid), so tile sizes, clip limit and weights are constants;
 * detector letterbox: OpenCV's fixed-point uint8 resize (what Ultralytics' predictor calls),
   emulated in int32, then grey-114 padding as Ultralytics' `LetterBox`.
 
@@ -100,16 +100,43 @@ def _clahe_constants(height: int, width: int, tiles_y: int, tiles_x: int):
     return (tx1, tx2, xa, xa1), (ty1, ty2, ya, ya1)
 
 
-def _clahe(g: _Graph, canvas_f: str, height: int, width: int) -> str:
-    """CLAHE of a float canvas holding integer grey levels 0..255 -> float levels 0..255."""
-    tiles_x, tiles_y = (int(t) for t in WRIST_CLAHE_GRID)  # OpenCV's Size(width, height) order
-    if height % tiles_y or width % tiles_x:
-        raise ValueError("the canvas must divide into the CLAHE grid")
+def _histograms(g: _Graph, canvas_f: str, vi: str, height: int, width: int, tiles_y: int,
+                tiles_x: int) -> str:
+    """Each tile's 256-bin histogram, [tiles_y * tiles_x, 256] float32, of an INT64 canvas of
+    grey levels: one scatter-add (`ScatterElements`, reduction "add", opset 16+) of a 1 per pixel
+    at `tile * 256 + level`, the tile's offset a constant per row plus one per column.
+
+    Why this shape: a one-hot formulation (compare every pixel with the bins, then sum or MatMul)
+    touches ~2.7e8 elements per image and was most of the served request's time; the scatter
+    touches each pixel once, as OpenCV's `calcHist` does. The counts are integers below 2^24, so
+    float32 sums are exact in any order (threads, GPU atomics). The scatter target is as long as
+    the flattened canvas and sliced to its first tiles * 256 bins afterwards, because TensorRT's
+    ONNX parser refuses a ScatterElements whose indices are larger than its data along an axis
+    (onnx-tensorrt issue 953, TensorRT 8.6 and 10.x)."""
+    n_tiles, pixels = tiles_y * tiles_x, height * width
+    if pixels < n_tiles * 256:
+        raise ValueError("the canvas is smaller than its histograms")
+    th, tw = height // tiles_y, width // tiles_x
+    row_offset = g.i64((np.arange(height) // th * tiles_x * 256)[:, None])
+    col_offset = g.i64((np.arange(width) // tw * 256)[None, :])
+    bins = g.op("Reshape", g.op("Add", g.op("Add", row_offset, col_offset), vi), g.i64([pixels]))
+    size = g.i64([pixels])
+    zeros = g.op("ConstantOfShape", size, value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    ones = g.op("ConstantOfShape", size, value=numpy_helper.from_array(np.ones(1, np.float32)))
+    counts = g.op("ScatterElements", zeros, bins, ones, axis=0, reduction="add")
+    counts = g.op("Slice", counts, g.i64([0]), g.i64([n_tiles * 256]), g.i64([0]))
+    return g.op("Reshape", counts, g.i64([n_tiles, 256]))
+
+
+def _histograms_one_hot(g: _Graph, canvas_f: str, vi: str, height: int, width: int,
+                        tiles_y: int, tiles_x: int) -> str:
+    """The same histograms as `_histograms`, the way this graph computed them before (2026-12):
+    a 16 x 16 joint histogram of (v // 16, v % 16) per tile as one-hot(high)^T @ one-hot(low),
+    a batched MatMul. Kept only as the reference that the scatter must equal bit for bit
+    (tests/test_wrist_preprocess_graph.py) and as the baseline of bench/bench_request_floor.py;
+    never served (it costs ~2.7e8 elements per image)."""
     th, tw = height // tiles_y, width // tiles_x
     n_tiles, tile_px = tiles_x * tiles_y, th * tw
-    clip = max(int(WRIST_CLAHE_CLIP_LIMIT * tile_px / 256), 1)
-
-    # [n_tiles, tile_px] in row-major tile order (ty * tiles_x + tx)
     t = g.op("Reshape", canvas_f, g.i64([tiles_y, th, tiles_x, tw]))
     t = g.op("Transpose", t, perm=[0, 2, 1, 3])
     t = g.op("Reshape", t, g.i64([n_tiles, tile_px]))
@@ -121,7 +148,25 @@ def _clahe(g: _Graph, canvas_f: str, height: int, width: int) -> str:
     ol = g.op("Cast", g.op("Equal", g.op("Unsqueeze", lo, g.i64([-1])), levels),
               to=TensorProto.FLOAT)
     hist = g.op("MatMul", g.op("Transpose", oh, perm=[0, 2, 1]), ol)       # [T, 16, 16]
-    hist = g.op("Reshape", hist, g.i64([n_tiles, 256]))
+    return g.op("Reshape", hist, g.i64([n_tiles, 256]))
+
+
+HISTOGRAMS = {"scatter": _histograms, "one_hot": _histograms_one_hot}
+"""How `build_preprocess_graph` may compute the CLAHE histograms: "scatter" is served,
+"one_hot" is the previous construction, the reference in tests and the bench's baseline."""
+
+
+def _clahe(g: _Graph, canvas_f: str, height: int, width: int, histogram: str) -> str:
+    """CLAHE of a float canvas holding integer grey levels 0..255 -> float levels 0..255."""
+    tiles_x, tiles_y = (int(t) for t in WRIST_CLAHE_GRID)  # OpenCV's Size(width, height) order
+    if height % tiles_y or width % tiles_x:
+        raise ValueError("the canvas must divide into the CLAHE grid")
+    th, tw = height // tiles_y, width // tiles_x
+    n_tiles, tile_px = tiles_x * tiles_y, th * tw
+    clip = max(int(WRIST_CLAHE_CLIP_LIMIT * tile_px / 256), 1)
+
+    vi = g.op("Cast", canvas_f, to=TensorProto.INT64)
+    hist = HISTOGRAMS[histogram](g, canvas_f, vi, height, width, tiles_y, tiles_x)  # [T, 256]
 
     clip_c = g.f32(float(clip))
     excess = g.op("ReduceSum", g.op("Relu", g.op("Sub", hist, clip_c)), g.i64([1]), keepdims=1)
@@ -140,7 +185,6 @@ def _clahe(g: _Graph, canvas_f: str, height: int, width: int) -> str:
     lut = g.op("Reshape", lut, g.i64([n_tiles * 256]))
 
     (tx1, tx2, xa, xa1), (ty1, ty2, ya, ya1) = _clahe_constants(height, width, tiles_y, tiles_x)
-    vi = g.op("Cast", canvas_f, to=TensorProto.INT64)
     row1 = g.i64((ty1 * tiles_x * 256)[:, None])
     row2 = g.i64((ty2 * tiles_x * 256)[:, None])
     col1 = g.i64((tx1 * 256)[None, :])
@@ -240,8 +284,10 @@ def _resize_like_ultralytics(g: _Graph, levels: str, src: tuple[int, int],
     return g.op("Clip", out, g.f32(0.0), g.f32(255.0))
 
 
-def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx.ModelProto:
-    """The preprocessing model for detectors exported at `in_h x in_w`."""
+def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False,
+                           histogram: str = "scatter") -> onnx.ModelProto:
+    """The preprocessing model for detectors exported at `in_h x in_w` (`histogram`: a key of
+    `HISTOGRAMS`; anything but the default only for tests and benchmarks)."""
     out_h, out_w = WRIST_HEIGHT, WRIST_WIDTH
     num, den = WRIST_CROP_TOP_NUMERATOR, WRIST_CROP_TOP_DENOMINATOR
     g = _Graph()
@@ -278,7 +324,7 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     canvas = g.op("Pad", resized, vec(pad_top, pad_left, pad_bottom, pad_right), g.f32(0.0),
                   mode="constant")
     canvas = g.op("Reshape", canvas, g.i64([out_h, out_w]))
-    enhanced = _clahe(g, canvas, out_h, out_w)
+    enhanced = _clahe(g, canvas, out_h, out_w, histogram)
     if debug:
         g.nodes.append(helper.make_node("Cast", [enhanced], [WRIST_CANVAS_TENSOR],
                                         to=TensorProto.UINT8))
@@ -314,7 +360,8 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     return model
 
 
-def write_preprocess_graph(path: Path, in_h: int, in_w: int, *, debug: bool = False) -> Path:
+def write_preprocess_graph(path: Path, in_h: int, in_w: int, *, debug: bool = False,
+                           histogram: str = "scatter") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_preprocess_graph(in_h, in_w, debug=debug), str(path))
+    onnx.save(build_preprocess_graph(in_h, in_w, debug=debug, histogram=histogram), str(path))
     return path
