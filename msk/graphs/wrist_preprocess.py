@@ -156,13 +156,37 @@ HISTOGRAMS = {"scatter": _histograms, "one_hot": _histograms_one_hot}
 "one_hot" is the previous construction, the reference in tests and the bench's baseline."""
 
 
+def _neighbour_luts(g: _Graph, lut: str, vi: str, ty: tuple[np.ndarray, np.ndarray],
+                    tx: tuple[np.ndarray, np.ndarray], tiles_x: int) -> list[str]:
+    """Per pixel, the LUT values of its four neighbouring tiles (ty1/tx1, ty1/tx2, ty2/tx1,
+    ty2/tx2, as `clahe.cpp` names them), each [H, W] float32, from `lut` [tiles, 256].
+
+    Why one Gather and not four: a pixel's neighbour tiles depend only on its region (which
+    pair of tile rows, which pair of tile columns: 9 x 9 regions on an 8 x 8 grid), so the four
+    LUTs of each region are interleaved into one table [regions * 256, 4] (built from the
+    64 x 256 LUTs, small) and each pixel fetches its four values with one index; ORT's Gather
+    costs per index, so this is a quarter of four 1-element gathers over the canvas."""
+    pairs_y, region_y = np.unique(np.stack(ty, axis=1), axis=0, return_inverse=True)
+    pairs_x, region_x = np.unique(np.stack(tx, axis=1), axis=0, return_inverse=True)
+    tiles = np.array([[y1 * tiles_x + x1, y1 * tiles_x + x2, y2 * tiles_x + x1,
+                       y2 * tiles_x + x2]
+                      for y1, y2 in pairs_y for x1, x2 in pairs_x], dtype=np.int64)
+    table = g.op("Transpose", g.op("Gather", lut, g.i64(tiles), axis=0), perm=[0, 2, 1])
+    table = g.op("Reshape", table, g.i64([len(tiles) * 256, 4]))            # [R * 256, 4]
+    row = g.i64((region_y.reshape(-1) * len(pairs_x) * 256)[:, None])
+    col = g.i64((region_x.reshape(-1) * 256)[None, :])
+    four = g.op("Gather", table, g.op("Add", g.op("Add", row, col), vi), axis=0)  # [H, W, 4]
+    four = g.op("Transpose", four, perm=[2, 0, 1])                             # [4, H, W]
+    return [g.op("Gather", four, g.i64(k), axis=0) for k in range(4)]
+
+
 def _clahe(g: _Graph, canvas_f: str, height: int, width: int, histogram: str) -> str:
     """CLAHE of a float canvas holding integer grey levels 0..255 -> float levels 0..255."""
     tiles_x, tiles_y = (int(t) for t in WRIST_CLAHE_GRID)  # OpenCV's Size(width, height) order
     if height % tiles_y or width % tiles_x:
         raise ValueError("the canvas must divide into the CLAHE grid")
     th, tw = height // tiles_y, width // tiles_x
-    n_tiles, tile_px = tiles_x * tiles_y, th * tw
+    tile_px = th * tw
     clip = max(int(WRIST_CLAHE_CLIP_LIMIT * tile_px / 256), 1)
 
     vi = g.op("Cast", canvas_f, to=TensorProto.INT64)
@@ -182,19 +206,8 @@ def _clahe(g: _Graph, canvas_f: str, height: int, width: int, histogram: str) ->
     cdf = g.op("CumSum", hist, g.i64(1))
     lut_scale = np.float32(255.0) / np.float32(tile_px)
     lut = g.op("Clip", g.op("Round", g.op("Mul", cdf, g.f32(lut_scale))), g.f32(0.0), g.f32(255.0))
-    lut = g.op("Reshape", lut, g.i64([n_tiles * 256]))
-
     (tx1, tx2, xa, xa1), (ty1, ty2, ya, ya1) = _clahe_constants(height, width, tiles_y, tiles_x)
-    row1 = g.i64((ty1 * tiles_x * 256)[:, None])
-    row2 = g.i64((ty2 * tiles_x * 256)[:, None])
-    col1 = g.i64((tx1 * 256)[None, :])
-    col2 = g.i64((tx2 * 256)[None, :])
-
-    def lookup(row: str, col: str) -> str:
-        return g.op("Gather", lut, g.op("Add", g.op("Add", row, col), vi), axis=0)
-
-    l11, l12 = lookup(row1, col1), lookup(row1, col2)
-    l21, l22 = lookup(row2, col1), lookup(row2, col2)
+    l11, l12, l21, l22 = _neighbour_luts(g, lut, vi, (ty1, ty2), (tx1, tx2), tiles_x)
     xa_c, xa1_c = g.f32(xa[None, :]), g.f32(xa1[None, :])
     ya_c, ya1_c = g.f32(ya[:, None]), g.f32(ya1[:, None])
     top = g.op("Add", g.op("Mul", l11, xa1_c), g.op("Mul", l12, xa_c))
