@@ -89,17 +89,17 @@ def _edge_images() -> list[tuple[str, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def one_hot_session():
-    """The graph with the previous one-hot/MatMul histograms: the reference the served scatter
-    histograms must reproduce exactly."""
+    """The graph as served before (one-hot/MatMul histograms, four LUT gathers): the reference
+    the served scatter construction must reproduce exactly."""
     import onnxruntime as ort
 
-    model = build_preprocess_graph(320, 192, debug=True, histogram="one_hot")
+    model = build_preprocess_graph(320, 192, debug=True, clahe="one_hot")
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 @pytest.mark.parametrize("name,image", _images() + _edge_images(),
                          ids=lambda v: v if isinstance(v, str) else "")
-def test_scatter_histograms_equal_the_one_hot_construction(session, one_hot_session, name: str,
+def test_scatter_construction_equals_the_one_hot_one(session, one_hot_session, name: str,
                                                            image: np.ndarray) -> None:
     """Same canvas, detector input and geometry, bit for bit, as the graph served before."""
     img8 = to_uint8(image)

@@ -132,8 +132,7 @@ def _histograms_one_hot(g: _Graph, canvas_f: str, vi: str, height: int, width: i
                         tiles_y: int, tiles_x: int) -> str:
     """The same histograms as `_histograms`, the way this graph computed them before (2026-12):
     a 16 x 16 joint histogram of (v // 16, v % 16) per tile as one-hot(high)^T @ one-hot(low),
-    a batched MatMul. Kept only as the reference that the scatter must equal bit for bit
-    (tests/test_wrist_preprocess_graph.py) and as the baseline of bench/bench_request_floor.py;
+    a batched MatMul. Kept only in the previous construction (`CLAHE_CONSTRUCTIONS["one_hot"]`);
     never served (it costs ~2.7e8 elements per image)."""
     th, tw = height // tiles_y, width // tiles_x
     n_tiles, tile_px = tiles_x * tiles_y, th * tw
@@ -149,11 +148,6 @@ def _histograms_one_hot(g: _Graph, canvas_f: str, vi: str, height: int, width: i
               to=TensorProto.FLOAT)
     hist = g.op("MatMul", g.op("Transpose", oh, perm=[0, 2, 1]), ol)       # [T, 16, 16]
     return g.op("Reshape", hist, g.i64([n_tiles, 256]))
-
-
-HISTOGRAMS = {"scatter": _histograms, "one_hot": _histograms_one_hot}
-"""How `build_preprocess_graph` may compute the CLAHE histograms: "scatter" is served,
-"one_hot" is the previous construction, the reference in tests and the bench's baseline."""
 
 
 def _neighbour_luts(g: _Graph, lut: str, vi: str, ty: tuple[np.ndarray, np.ndarray],
@@ -180,7 +174,30 @@ def _neighbour_luts(g: _Graph, lut: str, vi: str, ty: tuple[np.ndarray, np.ndarr
     return [g.op("Gather", four, g.i64(k), axis=0) for k in range(4)]
 
 
-def _clahe(g: _Graph, canvas_f: str, height: int, width: int, histogram: str) -> str:
+def _neighbour_luts_by_four_gathers(g: _Graph, lut: str, vi: str,
+                                    ty: tuple[np.ndarray, np.ndarray],
+                                    tx: tuple[np.ndarray, np.ndarray], tiles_x: int) -> list[str]:
+    """The same four values as `_neighbour_luts`, the way this graph fetched them before
+    (2026-12): one Gather over the canvas per neighbour tile. Kept only with
+    `_histograms_one_hot`, as the previous construction (reference and bench baseline)."""
+    flat = g.op("Reshape", lut, g.i64([-1]))
+    rows = [g.i64((t * tiles_x * 256)[:, None]) for t in ty]
+    cols = [g.i64((t * 256)[None, :]) for t in tx]
+    return [g.op("Gather", flat, g.op("Add", g.op("Add", row, col), vi), axis=0)
+            for row in rows for col in cols]
+
+
+CLAHE_CONSTRUCTIONS = {
+    "scatter": (_histograms, _neighbour_luts),
+    "one_hot": (_histograms_one_hot, _neighbour_luts_by_four_gathers),
+}
+"""How `build_preprocess_graph` computes CLAHE's histograms and fetches the LUTs it blends:
+"scatter" is served; "one_hot" is the construction served until 2026-12-03, kept only as the
+reference the served one must equal bit for bit (tests) and as the bench's baseline. Both give
+the same values; only their cost differs."""
+
+
+def _clahe(g: _Graph, canvas_f: str, height: int, width: int, construction: str) -> str:
     """CLAHE of a float canvas holding integer grey levels 0..255 -> float levels 0..255."""
     tiles_x, tiles_y = (int(t) for t in WRIST_CLAHE_GRID)  # OpenCV's Size(width, height) order
     if height % tiles_y or width % tiles_x:
@@ -190,7 +207,8 @@ def _clahe(g: _Graph, canvas_f: str, height: int, width: int, histogram: str) ->
     clip = max(int(WRIST_CLAHE_CLIP_LIMIT * tile_px / 256), 1)
 
     vi = g.op("Cast", canvas_f, to=TensorProto.INT64)
-    hist = HISTOGRAMS[histogram](g, canvas_f, vi, height, width, tiles_y, tiles_x)  # [T, 256]
+    histograms, neighbour_luts = CLAHE_CONSTRUCTIONS[construction]
+    hist = histograms(g, canvas_f, vi, height, width, tiles_y, tiles_x)     # [T, 256]
 
     clip_c = g.f32(float(clip))
     excess = g.op("ReduceSum", g.op("Relu", g.op("Sub", hist, clip_c)), g.i64([1]), keepdims=1)
@@ -207,7 +225,7 @@ def _clahe(g: _Graph, canvas_f: str, height: int, width: int, histogram: str) ->
     lut_scale = np.float32(255.0) / np.float32(tile_px)
     lut = g.op("Clip", g.op("Round", g.op("Mul", cdf, g.f32(lut_scale))), g.f32(0.0), g.f32(255.0))
     (tx1, tx2, xa, xa1), (ty1, ty2, ya, ya1) = _clahe_constants(height, width, tiles_y, tiles_x)
-    l11, l12, l21, l22 = _neighbour_luts(g, lut, vi, (ty1, ty2), (tx1, tx2), tiles_x)
+    l11, l12, l21, l22 = neighbour_luts(g, lut, vi, (ty1, ty2), (tx1, tx2), tiles_x)
     xa_c, xa1_c = g.f32(xa[None, :]), g.f32(xa1[None, :])
     ya_c, ya1_c = g.f32(ya[:, None]), g.f32(ya1[:, None])
     top = g.op("Add", g.op("Mul", l11, xa1_c), g.op("Mul", l12, xa_c))
@@ -298,9 +316,9 @@ def _resize_like_ultralytics(g: _Graph, levels: str, src: tuple[int, int],
 
 
 def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False,
-                           histogram: str = "scatter") -> onnx.ModelProto:
-    """The preprocessing model for detectors exported at `in_h x in_w` (`histogram`: a key of
-    `HISTOGRAMS`; anything but the default only for tests and benchmarks)."""
+                           clahe: str = "scatter") -> onnx.ModelProto:
+    """The preprocessing model for detectors exported at `in_h x in_w` (`clahe`: a key of
+    `CLAHE_CONSTRUCTIONS`; anything but the default only for tests and benchmarks)."""
     out_h, out_w = WRIST_HEIGHT, WRIST_WIDTH
     num, den = WRIST_CROP_TOP_NUMERATOR, WRIST_CROP_TOP_DENOMINATOR
     g = _Graph()
@@ -337,7 +355,7 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False,
     canvas = g.op("Pad", resized, vec(pad_top, pad_left, pad_bottom, pad_right), g.f32(0.0),
                   mode="constant")
     canvas = g.op("Reshape", canvas, g.i64([out_h, out_w]))
-    enhanced = _clahe(g, canvas, out_h, out_w, histogram)
+    enhanced = _clahe(g, canvas, out_h, out_w, clahe)
     if debug:
         g.nodes.append(helper.make_node("Cast", [enhanced], [WRIST_CANVAS_TENSOR],
                                         to=TensorProto.UINT8))
@@ -374,7 +392,7 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False,
 
 
 def write_preprocess_graph(path: Path, in_h: int, in_w: int, *, debug: bool = False,
-                           histogram: str = "scatter") -> Path:
+                           clahe: str = "scatter") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_preprocess_graph(in_h, in_w, debug=debug, histogram=histogram), str(path))
+    onnx.save(build_preprocess_graph(in_h, in_w, debug=debug, clahe=clahe), str(path))
     return path
