@@ -112,7 +112,7 @@ def _histograms(g: _Graph, canvas_f: str, vi: str, height: int, width: int, tile
     float32 sums are exact in any order (threads, GPU atomics). The scatter target is as long as
     the flattened canvas and sliced to its first tiles * 256 bins afterwards, because TensorRT's
     ONNX parser refuses a ScatterElements whose indices are larger than its data along an axis
-    (onnx-tensorrt issue 953, TensorRT 8.6 and 10.x)."""
+    (onnx-tensorrt issue 953, TensorRT 8.6)."""
     n_tiles, pixels = tiles_y * tiles_x, height * width
     if pixels < n_tiles * 256:
         raise ValueError("the canvas is smaller than its histograms")
