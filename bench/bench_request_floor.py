@@ -20,7 +20,12 @@ clients (`MuraClient.score_one`, `WristClient.infer_array`). Per request it repo
 * gRPC + client encode/decode: bare client time minus the ensemble's request duration.
 
 `--no-queue-delay` serves copies whose `max_queue_delay_microseconds` is 0, to show what the
-batching delay adds to a lone request. Ratios are of the same run; see bench/README.md.
+batching delay adds to a lone request. `--wrist-clahe one_hot,scatter --rounds 2` serves copies
+of the wrist repository whose `wrist_preprocess` computes CLAHE each way
+(`msk.graphs.wrist_preprocess.CLAHE_CONSTRUCTIONS`; "one_hot" is the graph served before the
+scatter-add histograms, "scatter" the one served now; same outputs), alternately, and prints each
+one's medians over the rounds as a ratio to the first's. Ratios are of the same run; see
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -234,6 +239,54 @@ def build_wrist(work: Path, imgsz: int) -> Path:
     return work / "wrist"
 
 
+def with_clahe(repository: Path, out: Path, clahe: str) -> Path:
+    """A copy of a wrist repository whose `wrist_preprocess` computes CLAHE as `clahe` (a key of
+    `CLAHE_CONSTRUCTIONS`), for the same detector input size."""
+    import onnx
+
+    from msk.constants import WRIST_PREPROCESS_MODEL
+    from msk.graphs.wrist_preprocess import write_preprocess_graph
+
+    shutil.copytree(repository, out, symlinks=True)
+    graph = newest_graph(out, WRIST_PREPROCESS_MODEL)
+    props = {p.key: p.value for p in onnx.load(str(graph)).metadata_props}
+    in_h, in_w = (int(v) for v in props["detector_input"].split("x"))
+    write_preprocess_graph(graph, in_h, in_w, clahe=clahe)
+    return out
+
+
+def clahe_table(summaries: list[dict]) -> None:
+    """Per CLAHE construction: medians over the rounds of the front-door time, the served step's
+    compute and its in-process ORT time, and their ratios to the first variant's."""
+    from msk.constants import WRIST_PREPROCESS_MODEL
+
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for s in summaries:
+        if "clahe" in s:
+            by_variant[s["clahe"]].append(s)
+    if len(by_variant) < 2:
+        return
+
+    def step(s: dict, key: str) -> float:
+        return next(r[key] for r in s["steps"] if r["step"] == WRIST_PREPROCESS_MODEL) or 0.0
+
+    rows = {}
+    for variant, runs in by_variant.items():
+        rows[variant] = (statistics.median(r["client_front_door_ms"] for r in runs),
+                         statistics.median(step(r, "compute_ms") for r in runs),
+                         statistics.median(step(r, "in_process_ms") for r in runs), len(runs))
+    base = next(iter(rows.values()))
+
+    def ratio(value: float, first: float) -> str:
+        return f"{value / first:.3f}" if first else "-"
+
+    print("\n| CLAHE construction | rounds | front door ms | ratio | wrist_preprocess compute ms "
+          "| ratio | in-process ORT ms | ratio |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for variant, (door, compute, local, n) in rows.items():
+        print(f"| {variant} | {n} | {door:.1f} | {ratio(door, base[0])} | {compute:.1f} | "
+              f"{ratio(compute, base[1])} | {local:.1f} | {ratio(local, base[2])} |")
+
+
 def no_queue_delay(repository: Path, out: Path) -> Path:
     """A copy whose configs batch without waiting (`max_queue_delay_microseconds: 0`)."""
     shutil.copytree(repository, out, symlinks=True)
@@ -305,7 +358,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="training size of the untrained detectors (serving size follows)")
     parser.add_argument("--no-queue-delay", action="store_true",
                         help="also serve copies with max_queue_delay_microseconds 0")
+    parser.add_argument("--wrist-clahe", default="scatter",
+                        help="comma-separated CLAHE constructions of wrist_preprocess to serve "
+                             "in turn (scatter: served; one_hot: the one served before it)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="serve the --wrist-clahe variants this many times, alternately")
     args = parser.parse_args(argv)
+    from msk.graphs.wrist_preprocess import CLAHE_CONSTRUCTIONS
+
+    constructions = args.wrist_clahe.split(",")
+    unknown = sorted(set(constructions) - set(CLAHE_CONSTRUCTIONS))
+    if unknown:
+        parser.error(f"--wrist-clahe: unknown {unknown}; "
+                     f"choose from {sorted(CLAHE_CONSTRUCTIONS)}")
     print(f"host CPU: {describe()}")
     from msk.samples import radiograph
 
@@ -319,8 +384,14 @@ def main(argv: list[str] | None = None) -> int:
             plans.append(("mura", build_mura(work), MURA_ENSEMBLE_MODEL, _Mura))
         if args.pipeline in ("wrist", "both"):
             from msk.constants import WRIST_DETECT_MODEL
-            plans.append(("wrist", build_wrist(work, args.wrist_size), WRIST_DETECT_MODEL,
-                          _Wrist))
+            wrist = build_wrist(work, args.wrist_size)
+            if constructions == ["scatter"]:
+                plans.append(("wrist", wrist, WRIST_DETECT_MODEL, _Wrist))
+            else:
+                copies = {c: with_clahe(wrist, work / f"wrist-{c}", c) for c in constructions}
+                plans += [(f"wrist, {c} CLAHE (round {r + 1})", copies[c],
+                           WRIST_DETECT_MODEL, _Wrist)
+                          for r in range(args.rounds) for c in constructions]
         for name, repository, ensemble, factory in plans:
             variants = [(name, repository)]
             if args.no_queue_delay:
@@ -329,12 +400,16 @@ def main(argv: list[str] | None = None) -> int:
             for label, repo in variants:
                 result = measure(repo, ensemble, factory, image, args.warmup, args.requests)
                 summaries.append(report(label, repo, ensemble, result, image))
+                clahe = re.search(r"wrist, (\w+) CLAHE", label)
+                if clahe and "max_queue_delay" not in label:
+                    summaries[-1]["clahe"] = clahe.group(1)
     if len(summaries) > 1:
         base = summaries[0]["client_front_door_ms"]
         print("\n| run | front door ms | ratio vs first |\n|---|---:|---:|")
         for s in summaries:
             print(f"| {s['pipeline']} | {s['client_front_door_ms']:.1f} | "
                   f"{s['client_front_door_ms'] / base:.2f} |")
+    clahe_table(summaries)
     print(json.dumps({"host": describe(), "runs": summaries}))
     return 0
 

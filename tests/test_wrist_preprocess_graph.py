@@ -71,3 +71,49 @@ def test_serving_size_graph_runs_at_1408x768() -> None:
     ref, _ = preprocess_wrist_uint8(img)
     exact = np.abs(pixels[0] - detector_input(ref, detector_letterbox(1408, 768))) <= 1e-6
     assert exact.mean() >= 0.999
+
+
+def _edge_images() -> list[tuple[str, np.ndarray]]:
+    """Inputs that stress the histogram: one grey level everywhere (every tile clipped to the
+    limit, all excess redistributed), both extremes of the range, hard steps between tiles, a
+    tiny image blown up to the canvas and a canvas-sized one (no letterbox padding)."""
+    rng = np.random.default_rng(7)
+    steps = np.repeat(np.repeat(rng.integers(0, 256, (9, 5)), 160, axis=0), 170, axis=1)
+    return [("black", np.zeros((600, 400), np.uint8)),
+            ("white", np.full((500, 900), 255, np.uint8)),
+            ("extremes", (rng.random((800, 640)) < 0.5).astype(np.uint8) * 255),
+            ("steps", steps.astype(np.uint8)),
+            ("tiny", rng.integers(0, 256, (9, 7)).astype(np.uint8)),
+            ("canvas_sized", rng.integers(0, 256, (1400 * 7 // 4, 760)).astype(np.uint8))]
+
+
+@pytest.fixture(scope="module")
+def one_hot_session():
+    """The graph as served before (one-hot/MatMul histograms, four LUT gathers): the reference
+    the served scatter construction must reproduce exactly."""
+    import onnxruntime as ort
+
+    model = build_preprocess_graph(320, 192, debug=True, clahe="one_hot")
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("name,image", _images() + _edge_images(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_scatter_construction_equals_the_one_hot_one(session, one_hot_session, name: str,
+                                                           image: np.ndarray) -> None:
+    """Same canvas, detector input and geometry, bit for bit, as the graph served before."""
+    img8 = to_uint8(image)
+    new = session.run(None, {"IMAGE": img8})
+    old = one_hot_session.run(None, {"IMAGE": img8})
+    for got, want in zip(new, old, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert np.array_equal(got, want), f"{name}: {np.count_nonzero(got != want)} differ"
+
+
+def test_served_graph_histograms_by_scatter_add() -> None:
+    """The served graph builds its histograms with one scatter-add, not the one-hot MatMul."""
+    ops = [n for n in build_preprocess_graph(1408, 768).graph.node]
+    scatters = [n for n in ops if n.op_type == "ScatterElements"]
+    assert len(scatters) == 1
+    assert {a.name: a for a in scatters[0].attribute}["reduction"].s == b"add"
+    assert not [n for n in ops if n.op_type == "MatMul"]

@@ -5,18 +5,18 @@ detectors run - Triton's native ONNX Runtime backend (CPU or CUDA EP) or TensorR
 our python-based ORT backend on this CPU machine - with no torch/cupy in the serving container and
 no device round trip; the same file is the CPU and the GPU implementation. Every op used here is a
 plain tensor op supported by ORT's CPU and CUDA providers and by TensorRT (Shape, Slice, integer
-arithmetic, Range, Gather, Pad, Equal, MatMul, CumSum, Round, Clip).
+arithmetic, Range, Gather, Pad, Equal, CumSum, Round, Clip, ConstantOfShape, and ScatterElements
+with reduction "add", which TensorRT's ONNX parser maps to its ScatterElements plugin, 8.6+).
 
 Bit-exact with the reference, by construction:
 * study resize: bilinear with cv2's INTER_LINEAR rule written out as Gather/Mul/Add in float32,
   the same ops in the same order as `training.wrist_preprocess.resize_linear`;
-* CLAHE without a histogram op: each 175 x 95 tile's 256-bin histogram is a 16 x 16 joint
-  histogram of (v // 16, v % 16), computed as one-hot(high)^T @ one-hot(low), a batched MatMul
-  (exact in float32). Clipping and redistribution of the excess, the LUT (`round(cdf * 255 /
-  tile_pixels)`, half to even like `cv::saturate_cast`) and the bilinear blend of the four
-  neighbouring tiles' LUTs follow OpenCV's `clahe.cpp` with its float32 blend weights. The canvas
-  is fixed (1400 x 760, divisible by the 8 x 8 grid), so tile sizes, clip limit and weights are
-  constants;
+* CLAHE: each 175 x 95 tile's 256-bin histogram is one scatter-add of the canvas (a 1 per pixel
+  at tile * 256 + level; integer counts, exact in float32 in any order). Clipping and
+  redistribution of the excess, the LUT (`round(cdf * 255 / tile_pixels)`, half to even like
+  `cv::saturate_cast`) and the bilinear blend of the four neighbouring tiles' LUTs follow
+  OpenCV's `clahe.cpp` with its float32 blend weights. The canvas is fixed (1400 x 760,
+  divisible by the 8 x 8 grid), so tile sizes, clip limit and weights are constants;
 * detector letterbox: OpenCV's fixed-point uint8 resize (what Ultralytics' predictor calls),
   emulated in int32, then grey-114 padding as Ultralytics' `LetterBox`.
 
@@ -100,16 +100,42 @@ def _clahe_constants(height: int, width: int, tiles_y: int, tiles_x: int):
     return (tx1, tx2, xa, xa1), (ty1, ty2, ya, ya1)
 
 
-def _clahe(g: _Graph, canvas_f: str, height: int, width: int) -> str:
-    """CLAHE of a float canvas holding integer grey levels 0..255 -> float levels 0..255."""
-    tiles_x, tiles_y = (int(t) for t in WRIST_CLAHE_GRID)  # OpenCV's Size(width, height) order
-    if height % tiles_y or width % tiles_x:
-        raise ValueError("the canvas must divide into the CLAHE grid")
+def _histograms(g: _Graph, canvas_f: str, vi: str, height: int, width: int, tiles_y: int,
+                tiles_x: int) -> str:
+    """Each tile's 256-bin histogram, [tiles_y * tiles_x, 256] float32, of an INT64 canvas of
+    grey levels: one scatter-add (`ScatterElements`, reduction "add", opset 16+) of a 1 per pixel
+    at `tile * 256 + level`, the tile's offset a constant per row plus one per column.
+
+    Why this shape: a one-hot formulation (compare every pixel with the bins, then sum or MatMul)
+    touches ~2.7e8 elements per image and was most of the served request's time; the scatter
+    touches each pixel once, as OpenCV's `calcHist` does. The counts are integers below 2^24, so
+    float32 sums are exact in any order (threads, GPU atomics). The scatter target is as long as
+    the flattened canvas and sliced to its first tiles * 256 bins afterwards, because TensorRT's
+    ONNX parser refuses a ScatterElements whose indices are larger than its data along an axis
+    (onnx-tensorrt issue 953, TensorRT 8.6)."""
+    n_tiles, pixels = tiles_y * tiles_x, height * width
+    if pixels < n_tiles * 256:
+        raise ValueError("the canvas is smaller than its histograms")
+    th, tw = height // tiles_y, width // tiles_x
+    row_offset = g.i64((np.arange(height) // th * tiles_x * 256)[:, None])
+    col_offset = g.i64((np.arange(width) // tw * 256)[None, :])
+    bins = g.op("Reshape", g.op("Add", g.op("Add", row_offset, col_offset), vi), g.i64([pixels]))
+    size = g.i64([pixels])
+    zeros = g.op("ConstantOfShape", size, value=numpy_helper.from_array(np.zeros(1, np.float32)))
+    ones = g.op("ConstantOfShape", size, value=numpy_helper.from_array(np.ones(1, np.float32)))
+    counts = g.op("ScatterElements", zeros, bins, ones, axis=0, reduction="add")
+    counts = g.op("Slice", counts, g.i64([0]), g.i64([n_tiles * 256]), g.i64([0]))
+    return g.op("Reshape", counts, g.i64([n_tiles, 256]))
+
+
+def _histograms_one_hot(g: _Graph, canvas_f: str, vi: str, height: int, width: int,
+                        tiles_y: int, tiles_x: int) -> str:
+    """The same histograms as `_histograms`, the way this graph computed them before (2026-12):
+    a 16 x 16 joint histogram of (v // 16, v % 16) per tile as one-hot(high)^T @ one-hot(low),
+    a batched MatMul. Kept only in the previous construction (`CLAHE_CONSTRUCTIONS["one_hot"]`);
+    never served (it costs ~2.7e8 elements per image)."""
     th, tw = height // tiles_y, width // tiles_x
     n_tiles, tile_px = tiles_x * tiles_y, th * tw
-    clip = max(int(WRIST_CLAHE_CLIP_LIMIT * tile_px / 256), 1)
-
-    # [n_tiles, tile_px] in row-major tile order (ty * tiles_x + tx)
     t = g.op("Reshape", canvas_f, g.i64([tiles_y, th, tiles_x, tw]))
     t = g.op("Transpose", t, perm=[0, 2, 1, 3])
     t = g.op("Reshape", t, g.i64([n_tiles, tile_px]))
@@ -121,7 +147,68 @@ def _clahe(g: _Graph, canvas_f: str, height: int, width: int) -> str:
     ol = g.op("Cast", g.op("Equal", g.op("Unsqueeze", lo, g.i64([-1])), levels),
               to=TensorProto.FLOAT)
     hist = g.op("MatMul", g.op("Transpose", oh, perm=[0, 2, 1]), ol)       # [T, 16, 16]
-    hist = g.op("Reshape", hist, g.i64([n_tiles, 256]))
+    return g.op("Reshape", hist, g.i64([n_tiles, 256]))
+
+
+def _neighbour_luts(g: _Graph, lut: str, vi: str, ty: tuple[np.ndarray, np.ndarray],
+                    tx: tuple[np.ndarray, np.ndarray], tiles_x: int) -> list[str]:
+    """Per pixel, the LUT values of its four neighbouring tiles (ty1/tx1, ty1/tx2, ty2/tx1,
+    ty2/tx2, as `clahe.cpp` names them), each [H, W] float32, from `lut` [tiles, 256].
+
+    Why one Gather and not four: a pixel's neighbour tiles depend only on its region (which
+    pair of tile rows, which pair of tile columns: 9 x 9 regions on an 8 x 8 grid), so the four
+    LUTs of each region are interleaved into one table [regions * 256, 4] (built from the
+    64 x 256 LUTs, small) and each pixel fetches its four values with one index; ORT's Gather
+    costs per index, so this is a quarter of four 1-element gathers over the canvas."""
+    pairs_y, region_y = np.unique(np.stack(ty, axis=1), axis=0, return_inverse=True)
+    pairs_x, region_x = np.unique(np.stack(tx, axis=1), axis=0, return_inverse=True)
+    tiles = np.array([[y1 * tiles_x + x1, y1 * tiles_x + x2, y2 * tiles_x + x1,
+                       y2 * tiles_x + x2]
+                      for y1, y2 in pairs_y for x1, x2 in pairs_x], dtype=np.int64)
+    table = g.op("Transpose", g.op("Gather", lut, g.i64(tiles), axis=0), perm=[0, 2, 1])
+    table = g.op("Reshape", table, g.i64([len(tiles) * 256, 4]))            # [R * 256, 4]
+    row = g.i64((region_y.reshape(-1) * len(pairs_x) * 256)[:, None])
+    col = g.i64((region_x.reshape(-1) * 256)[None, :])
+    four = g.op("Gather", table, g.op("Add", g.op("Add", row, col), vi), axis=0)  # [H, W, 4]
+    four = g.op("Transpose", four, perm=[2, 0, 1])                             # [4, H, W]
+    return [g.op("Gather", four, g.i64(k), axis=0) for k in range(4)]
+
+
+def _neighbour_luts_by_four_gathers(g: _Graph, lut: str, vi: str,
+                                    ty: tuple[np.ndarray, np.ndarray],
+                                    tx: tuple[np.ndarray, np.ndarray], tiles_x: int) -> list[str]:
+    """The same four values as `_neighbour_luts`, the way this graph fetched them before
+    (2026-12): one Gather over the canvas per neighbour tile. Kept only with
+    `_histograms_one_hot`, as the previous construction (reference and bench baseline)."""
+    flat = g.op("Reshape", lut, g.i64([-1]))
+    rows = [g.i64((t * tiles_x * 256)[:, None]) for t in ty]
+    cols = [g.i64((t * 256)[None, :]) for t in tx]
+    return [g.op("Gather", flat, g.op("Add", g.op("Add", row, col), vi), axis=0)
+            for row in rows for col in cols]
+
+
+CLAHE_CONSTRUCTIONS = {
+    "scatter": (_histograms, _neighbour_luts),
+    "one_hot": (_histograms_one_hot, _neighbour_luts_by_four_gathers),
+}
+"""How `build_preprocess_graph` computes CLAHE's histograms and fetches the LUTs it blends:
+"scatter" is served; "one_hot" is the construction served until 2026-12-03, kept only as the
+reference the served one must equal bit for bit (tests) and as the bench's baseline. Both give
+the same values; only their cost differs."""
+
+
+def _clahe(g: _Graph, canvas_f: str, height: int, width: int, construction: str) -> str:
+    """CLAHE of a float canvas holding integer grey levels 0..255 -> float levels 0..255."""
+    tiles_x, tiles_y = (int(t) for t in WRIST_CLAHE_GRID)  # OpenCV's Size(width, height) order
+    if height % tiles_y or width % tiles_x:
+        raise ValueError("the canvas must divide into the CLAHE grid")
+    th, tw = height // tiles_y, width // tiles_x
+    tile_px = th * tw
+    clip = max(int(WRIST_CLAHE_CLIP_LIMIT * tile_px / 256), 1)
+
+    vi = g.op("Cast", canvas_f, to=TensorProto.INT64)
+    histograms, neighbour_luts = CLAHE_CONSTRUCTIONS[construction]
+    hist = histograms(g, canvas_f, vi, height, width, tiles_y, tiles_x)     # [T, 256]
 
     clip_c = g.f32(float(clip))
     excess = g.op("ReduceSum", g.op("Relu", g.op("Sub", hist, clip_c)), g.i64([1]), keepdims=1)
@@ -137,20 +224,8 @@ def _clahe(g: _Graph, canvas_f: str, height: int, width: int) -> str:
     cdf = g.op("CumSum", hist, g.i64(1))
     lut_scale = np.float32(255.0) / np.float32(tile_px)
     lut = g.op("Clip", g.op("Round", g.op("Mul", cdf, g.f32(lut_scale))), g.f32(0.0), g.f32(255.0))
-    lut = g.op("Reshape", lut, g.i64([n_tiles * 256]))
-
     (tx1, tx2, xa, xa1), (ty1, ty2, ya, ya1) = _clahe_constants(height, width, tiles_y, tiles_x)
-    vi = g.op("Cast", canvas_f, to=TensorProto.INT64)
-    row1 = g.i64((ty1 * tiles_x * 256)[:, None])
-    row2 = g.i64((ty2 * tiles_x * 256)[:, None])
-    col1 = g.i64((tx1 * 256)[None, :])
-    col2 = g.i64((tx2 * 256)[None, :])
-
-    def lookup(row: str, col: str) -> str:
-        return g.op("Gather", lut, g.op("Add", g.op("Add", row, col), vi), axis=0)
-
-    l11, l12 = lookup(row1, col1), lookup(row1, col2)
-    l21, l22 = lookup(row2, col1), lookup(row2, col2)
+    l11, l12, l21, l22 = neighbour_luts(g, lut, vi, (ty1, ty2), (tx1, tx2), tiles_x)
     xa_c, xa1_c = g.f32(xa[None, :]), g.f32(xa1[None, :])
     ya_c, ya1_c = g.f32(ya[:, None]), g.f32(ya1[:, None])
     top = g.op("Add", g.op("Mul", l11, xa1_c), g.op("Mul", l12, xa_c))
@@ -240,8 +315,10 @@ def _resize_like_ultralytics(g: _Graph, levels: str, src: tuple[int, int],
     return g.op("Clip", out, g.f32(0.0), g.f32(255.0))
 
 
-def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx.ModelProto:
-    """The preprocessing model for detectors exported at `in_h x in_w`."""
+def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False,
+                           clahe: str = "scatter") -> onnx.ModelProto:
+    """The preprocessing model for detectors exported at `in_h x in_w` (`clahe`: a key of
+    `CLAHE_CONSTRUCTIONS`; anything but the default only for tests and benchmarks)."""
     out_h, out_w = WRIST_HEIGHT, WRIST_WIDTH
     num, den = WRIST_CROP_TOP_NUMERATOR, WRIST_CROP_TOP_DENOMINATOR
     g = _Graph()
@@ -278,7 +355,7 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     canvas = g.op("Pad", resized, vec(pad_top, pad_left, pad_bottom, pad_right), g.f32(0.0),
                   mode="constant")
     canvas = g.op("Reshape", canvas, g.i64([out_h, out_w]))
-    enhanced = _clahe(g, canvas, out_h, out_w)
+    enhanced = _clahe(g, canvas, out_h, out_w, clahe)
     if debug:
         g.nodes.append(helper.make_node("Cast", [enhanced], [WRIST_CANVAS_TENSOR],
                                         to=TensorProto.UINT8))
@@ -314,7 +391,8 @@ def build_preprocess_graph(in_h: int, in_w: int, *, debug: bool = False) -> onnx
     return model
 
 
-def write_preprocess_graph(path: Path, in_h: int, in_w: int, *, debug: bool = False) -> Path:
+def write_preprocess_graph(path: Path, in_h: int, in_w: int, *, debug: bool = False,
+                           clahe: str = "scatter") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(build_preprocess_graph(in_h, in_w, debug=debug), str(path))
+    onnx.save(build_preprocess_graph(in_h, in_w, debug=debug, clahe=clahe), str(path))
     return path
