@@ -17,11 +17,13 @@ import yaml
 
 from export.configs import render_mura_configs
 from export.gpu_repository import assemble_gpu_repository
+from export.model_specs import mura_specs
 from export.tensorrt import TENSORRT_TARGET, parse_config, profile_shapes, trtexec_command
 from export.tensorrt import main as tensorrt_main
 from msk.constants import (
     MURA_BACKBONE_MAX_BATCH,
     MURA_CHANNELS,
+    MURA_DRIFT_MODEL,
     MURA_ENSEMBLE_MODEL,
     MURA_IMAGE_SIZE,
     MURA_MEMBERS,
@@ -122,8 +124,12 @@ def test_gpu_configs_tensorrt_kind_gpu_warmup_and_matching_profiles():
         assert "--timingCacheFile=/cache/t.cache" in cmd
         assert TENSORRT_TARGET == 11 and "--fp16" not in cmd   # TensorRT 11: precision = graph's
         assert f"--maxShapes={PIXELS_TENSOR}:{MURA_BACKBONE_MAX_BATCH}x" in " ".join(cmd)
+    cpu_only = {spec.name for spec in mura_specs() if spec.cpu_only}
+    assert cpu_only == {MURA_DRIFT_MODEL}    # numpy metrics of three scalars: no GPU work
     for name, text in gpu.items():
-        if name != MURA_ENSEMBLE_MODEL:
+        if name in cpu_only:
+            assert "KIND_CPU" in text and "KIND_GPU" not in text, name
+        elif name != MURA_ENSEMBLE_MODEL:
             assert "KIND_GPU" in text and "KIND_CPU" not in text, name
         # same tensors on both targets: clients cannot tell them apart
         def tensors(config: str) -> list[str]:
