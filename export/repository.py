@@ -187,8 +187,8 @@ def build_repository(
 
     from export.mura_quantize import calibration_fingerprint
 
-    if precision not in (*EXPORT_PRECISIONS, EXPORT_BF16):
-        raise ValueError(f"precision must be one of {(*EXPORT_PRECISIONS, EXPORT_BF16)}, got "
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"precision must be one of {EXPORT_PRECISIONS}, got "
                          f"{precision!r}")
     if precision == EXPORT_BF16 and target != "cpu":
         raise ValueError("bf16 (OpenVINO) is for the CPU target only")

@@ -77,9 +77,12 @@ MURA_TRAIN_BATCH_SIZE = 8
 MURA_BACKBONE_MAX_BATCH = MURA_TRAIN_BATCH_SIZE
 """Backbones batch up to the study's training batch size; dynamic batching fills it."""
 
-EXPORT_PRECISIONS = ("fp32", "int8")
-"""`msk export --precision` choices (fp32 default; int8 = statically quantized CPU backbones,
-recorded as `precision` in the manifest and PROVENANCE)."""
+EXPORT_BF16 = "bf16"
+"""`msk export --precision bf16`: an explicit opt-in, only on hosts with native bfloat16
+(`msk.host.bf16_refusal`); also the OpenVINO INFERENCE_PRECISION_HINT value it sets."""
+EXPORT_PRECISIONS = ("fp32", "int8", EXPORT_BF16)
+"""`msk export --precision` choices (fp32 default; int8 = statically quantized CPU backbones;
+bf16 = the FP32 graphs served at bf16; recorded as `precision` in the manifest and PROVENANCE)."""
 
 EXPORT_CPU_RUNTIMES = ("onnxruntime", "openvino")
 """`msk export --cpu-runtime` choices: the runtime of the MURA backbones on the cpu target
@@ -90,9 +93,6 @@ EXPORT_AUTO = "auto"
 """`msk export --cpu-runtime auto` / `--cpu-cores auto`: measured (read) on the serving host
 (`export.runtime_choice`, `msk.host.usable_cores`)."""
 
-EXPORT_BF16 = "bf16"
-"""`msk export --precision bf16`: an explicit opt-in, only on hosts with native bfloat16
-(`msk.host.bf16_refusal`); also the OpenVINO INFERENCE_PRECISION_HINT value it sets."""
 
 OPENVINO_INFERENCE_PRECISION = "f32"
 """The `INFERENCE_PRECISION_HINT` every OpenVINO config carries, for every export precision: FP32

@@ -24,9 +24,6 @@ RUNTIME_MARGIN = 1.05
 """Another runtime is recommended only when it served the same graphs more than 5 % faster in
 the same run: less is within the noise of one run on a shared host."""
 
-PRECISIONS = ("fp32", "int8", "bf16")
-"""The precisions the report has a row for (issue 23: FP32/INT8/BF16 where available)."""
-
 
 @dataclass(frozen=True)
 class Measured:
@@ -150,7 +147,7 @@ def precision_rows(everything: list[Measured], cores: int, native_bf16: bool) ->
     (of the study's networks where one was measured: a stand-in's speed is not the model's),
     or why there is none."""
     rows: dict[str, dict] = {}
-    for precision in PRECISIONS:
+    for precision in EXPORT_PRECISIONS:   # a row each, FP32/INT8/BF16 where available
         done = [m for m in everything if m.served.precision == precision]
         real = [m for m in done if m.served.full_size]
         if done:                       # stand-ins only where no study-size network was measured
@@ -165,9 +162,7 @@ def precision_rows(everything: list[Measured], cores: int, native_bf16: bool) ->
         if precision == "bf16":
             why = ("BF16 needs a host with native BF16 (AMX-BF16 or AVX-512 BF16; this host: "
                    f"{'yes' if native_bf16 else 'no'}) and a repository exported at that "
-                   "precision" + ("" if "bf16" in EXPORT_PRECISIONS else
-                                  " (this msk export offers "
-                                  f"{', '.join(EXPORT_PRECISIONS)} only)"))
+                   "precision (`msk export --precision bf16`)")
         elif precision == "int8":
             why = ("no INT8 repository given: export a copy with `msk export --precision int8 "
                    "--calibration ... --holdout ...` and pass it as another --repository")

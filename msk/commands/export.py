@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="trained bones detector (.pt), used with --wrist-joints")
     p.add_argument("--force", action="store_true",
                    help="write a new version even if the newest one already has these weights")
-    p.add_argument("--precision", choices=(*EXPORT_PRECISIONS, EXPORT_BF16), default="fp32",
+    p.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32",
                    help="fp32 (default) or int8: statically quantized backbones (ONNX Runtime "
                    "QDQ, per-channel weights) for the CPU target, calibrated on --calibration "
                    "and promoted only if they pass the accuracy gate against FP32 on --holdout; "
