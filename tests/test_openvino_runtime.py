@@ -98,6 +98,9 @@ def test_precision_is_explicit_and_read_back_from_the_runtime(demo_repository: P
         path, {"INFERENCE_PRECISION_HINT": OPENVINO_INFERENCE_PRECISION})
     session.run(["PROBABILITY"], {"PIXELS": pixels})
     assert session.precision == OPENVINO_INFERENCE_PRECISION
+    # Backbones run side by side in separate processes: none may pin its threads to cores
+    # (OpenVINO's default), which piled them onto the same cores (bench/README.md).
+    assert session.pinned is False
 
     with pytest.raises(ValueError, match="sets no INFERENCE_PRECISION_HINT"):
         session_module.OpenVinoSession(path, {})

@@ -42,5 +42,6 @@ class TritonPythonModel(_BASE.TritonPythonModel):
         # Read back from the runtime, for the log and the tests (tests/test_openvino_runtime.py).
         pb_utils.Logger.log_info(
             f"{self.name}: OpenVINO {session.version} CPU inference precision "
-            f"{session.precision} (config {_SESSION.PRECISION_PARAMETER}={session.requested})")
+            f"{session.precision} (config {_SESSION.PRECISION_PARAMETER}={session.requested}), "
+            f"threads pinned to cores: {session.pinned}")
         return session

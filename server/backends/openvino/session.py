@@ -12,6 +12,14 @@ calls FP32 or INT8 would serve BF16 on such a host. Every compiled model is ther
 precision named in the config, and its effective precision is read back from the compiled model:
 a runtime that would run anything else (for example bf16 asked for on a CPU without native
 bfloat16, which OpenVINO silently runs as f32) is refused at load, never served.
+
+Why CPU pinning is off (`ENABLE_CPU_PINNING`, on by default in OpenVINO's CPU plugin on Linux):
+Triton runs each backbone in its own stub process, and each process's plugin pins its inference
+threads as if it had the host to itself, so the backbones that run side by side pile onto the same
+cores instead of sharing them. Measured on the 2-core AVX2 host (bench/README.md, "Thread
+placement"): the four INT8 backbones all on OpenVINO, 1 thread each, served 1.37-1.54 images/s at
+8 in flight with pinning and 2.97 without, in alternating runs; the operating system's scheduler
+places the processes better than four plugins that do not know about each other.
 """
 
 from __future__ import annotations
@@ -22,6 +30,10 @@ import numpy as np
 
 PRECISION_PARAMETER = "INFERENCE_PRECISION_HINT"
 """The config parameter (and OpenVINO property) naming the precision of floating-point ops."""
+
+
+PINNING_PROPERTY = "ENABLE_CPU_PINNING"
+"""OpenVINO's property that pins inference threads to cores; always off here (module docstring)."""
 
 
 class PrecisionMismatch(RuntimeError):
@@ -50,6 +62,7 @@ class OpenVinoSession:
         self.properties: dict[str, object] = {
             "PERFORMANCE_HINT": params.get("PERFORMANCE_HINT", "LATENCY"),
             PRECISION_PARAMETER: self.requested,
+            PINNING_PROPERTY: False,         # see the module docstring
         }
         threads = int(params.get("INFERENCE_NUM_THREADS", "0") or 0)
         if threads:
@@ -87,6 +100,14 @@ class OpenVinoSession:
         compiled = (next(iter(self.compiled.values()))[0] if self.compiled
                     else self._compile(self.model))
         return compiled.get_property(PRECISION_PARAMETER).get_type_name()
+
+    @property
+    def pinned(self) -> bool:
+        """Whether OpenVINO pins this model's inference threads to cores (read back from a
+        compiled model, as `precision`)."""
+        compiled = (next(iter(self.compiled.values()))[0] if self.compiled
+                    else self._compile(self.model))
+        return bool(compiled.get_property(PINNING_PROPERTY))
 
     def warm(self, inputs: list[dict], batches: Iterable[int]) -> None:
         """Compile for these batch sizes now (inputs: the config's, with fixed dims)."""
