@@ -187,3 +187,12 @@ def test_a_command_of_another_part_names_the_part_to_install(
     assert res.returncode == 2, res.stderr[-3000:]
     assert "No module named" in res.stderr and f"msk-triton[{part}]" in res.stderr, res.stderr
     assert f"locks/{part}.lock" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_doctor_without_the_serve_part_names_it(client_venv: Path, tmp_path: Path) -> None:
+    """The client part has no tritonserver: `msk doctor` says which part brings it, in one
+    line, instead of a traceback."""
+    res = _run(client_venv / "bin" / "msk", "doctor", cwd=tmp_path, timeout=120)
+    assert res.returncode == 2, res.stdout + res.stderr[-3000:]
+    assert "no usable tritonserver here" in res.stderr and "msk-triton[serve]" in res.stderr
+    assert "locks/serve.lock" in res.stderr and "Traceback" not in res.stderr, res.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -25,10 +26,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from export.consistency import describe_repository, repository_problems
     from export.staging import recover
+    from msk.cli import EXIT_MISSING_PART
+    from msk.commands._parts import install_hint
     from msk.host import describe
-    from server.runtime import locate_runtime
+    from server.runtime import RuntimeNotFound, locate_runtime
 
-    runtime = locate_runtime()
+    try:
+        runtime = locate_runtime()
+    except RuntimeNotFound as exc:
+        # A client-only install has no tritonserver: say which part brings it, no traceback.
+        print(f"msk doctor: no usable tritonserver here ({exc}); {install_hint('serve')}",
+              file=sys.stderr)
+        return EXIT_MISSING_PART
     for key, value in runtime.describe().items():
         print(f"{key}: {value}")
     print(f"cpu: {describe()}")
