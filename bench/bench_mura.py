@@ -13,7 +13,11 @@ Measured in one run on the same images:
   d) the same at concurrency 8 with the backbones quantized as `msk export --precision int8`
      quantizes them (static QDQ; speed only: the accuracy gate is exercised by tests and
      docs/int8.md, not here);
-  e) d) with the configs of `msk export --cpu-runtime openvino` (DenseNet-169 on OpenVINO).
+  e) d) with the configs of `msk export --cpu-runtime openvino` (DenseNet-169 on OpenVINO);
+  f) d) with the configs of `msk export --precision int8 --cpu-runtime auto`: each INT8 backbone
+     timed through tritonserver on every available runtime (`export.runtime_choice`), the fastest
+     per backbone served;
+  g) c) at concurrency 8 with the configs of `msk export --cpu-runtime auto` at FP32 (a copy).
 Prints images/s, GFLOP/s and share of the peak for each, the ratios c8/b and c8/a, and images per
 hour per CPU core at FP32 (c8) and INT8 (d8): the README's capacity table. Usage:
     .venv/bin/python bench/bench_mura.py [--images 24] [--repository DIR] [--no-int8]
@@ -117,6 +121,29 @@ def int8_copy(repository: Path, out: Path) -> Path:
     return out
 
 
+def bench_runtime_auto(images, repository: Path, cores: int,
+                       precision: str) -> tuple[float, dict[str, str]]:
+    """Rewrite the repository's backbone configs as `--cpu-runtime auto` would (each backbone
+    timed on each runtime through tritonserver at `precision`) and time the result at
+    concurrency 8."""
+    from functools import partial
+
+    from export.repository import latest_version
+    from export.runtime_choice import choose_runtimes, write_choice
+    from msk.constants import MURA_IMAGE_SIZE, MURA_MEMBERS
+    from server.launcher import TritonServer
+    from server.serve import front_door
+
+    version = latest_version(repository)
+    graphs = {m: repository / m / str(version) / "model.onnx" for m in MURA_MEMBERS}
+    choice = choose_runtimes(partial(TritonServer, startup_timeout=300), graphs,
+                             precision=precision, cpu_cores=cores, cores_source="given",
+                             image_size=MURA_IMAGE_SIZE)
+    write_choice(repository, choice, MURA_IMAGE_SIZE)
+    with front_door(repository) as server:
+        return bench_triton(images, server.grpc_url, 8), dict(choice.runtimes)
+
+
 def _row(label: str, ips: float, gflop: float, peak: float) -> None:
     print(f"{label:46s} {ips:6.2f} images/s  {ips * gflop:6.1f} GFLOP/s  "
           f"{ips * gflop / peak:6.1%} of peak")
@@ -163,6 +190,13 @@ def main() -> None:
     print(f"ratios: c8/b = {c8 / b:.2f}   c8/a = {c8 / a:.2f}   c1/b = {c1 / b:.2f}   "
           f"(FP32 ceiling / a = {peak / gflop / a:.2f})")
     print(f"capacity: FP32 {c8 * 3600 / cores:,.0f} images/hour per CPU core")
+    import shutil
+
+    g8, chosen = bench_runtime_auto(images, shutil.copytree(repository, work / "fp32-auto"),
+                                    cores, "fp32")
+    _row("g) c) with --cpu-runtime auto, concurrency 8", g8, gflop, peak)
+    print(f"chosen: {chosen}")
+    print(f"ratios: g8/c8 = {g8 / c8:.2f}   g8/c1 = {g8 / c1:.2f}")
     if not args.no_int8:
         with front_door(int8_copy(repository, work / "int8")) as server:
             d8 = bench_triton(images, server.grpc_url, 8)
@@ -177,6 +211,11 @@ def main() -> None:
         _row("e) d) with --cpu-runtime openvino, concurrency 8", e8, gflop, peak)
         print(f"ratios: e8/d8 = {e8 / d8:.2f}   e8/c8 = {e8 / c8:.2f}   e8/a = {e8 / a:.2f}")
         print(f"capacity: INT8 + OpenVINO {e8 * 3600 / cores:,.0f} images/hour per CPU core")
+        f8, chosen = bench_runtime_auto(images, work / "int8", cores, "int8")
+        _row("f) d) with --cpu-runtime auto, concurrency 8", f8, gflop, peak)
+        print(f"chosen: {chosen}")
+        print(f"ratios: f8/c8 = {f8 / c8:.2f}   f8/d8 = {f8 / d8:.2f}   f8/e8 = {f8 / e8:.2f}")
+        print(f"capacity: INT8 + runtime auto {f8 * 3600 / cores:,.0f} images/hour per CPU core")
 
 
 if __name__ == "__main__":
