@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -103,8 +104,6 @@ def bench_triton(images, url: str, concurrency: int) -> float:
 def int8_copy(repository: Path, out: Path) -> Path:
     """A copy of the repository whose newest backbones are quantized as `msk export --precision
     int8` quantizes them (calibrated on 16 synthetic radiographs through the server's graph)."""
-    import shutil
-
     from export.mura_quantize import quantize_backbone
     from export.repository import latest_version
     from msk.constants import MURA_ARCHITECTURES, MURA_IMAGE_SIZE, MURA_MEMBERS
@@ -190,8 +189,6 @@ def main() -> None:
     print(f"ratios: c8/b = {c8 / b:.2f}   c8/a = {c8 / a:.2f}   c1/b = {c1 / b:.2f}   "
           f"(FP32 ceiling / a = {peak / gflop / a:.2f})")
     print(f"capacity: FP32 {c8 * 3600 / cores:,.0f} images/hour per CPU core")
-    import shutil
-
     g8, chosen = bench_runtime_auto(images, shutil.copytree(repository, work / "fp32-auto"),
                                     cores, "fp32")
     _row("g) c) with --cpu-runtime auto, concurrency 8", g8, gflop, peak)
