@@ -93,7 +93,6 @@ EXPORT_AUTO = "auto"
 """`msk export --cpu-runtime auto` / `--cpu-cores auto`: measured (read) on the serving host
 (`export.runtime_choice`, `msk.host.usable_cores`)."""
 
-
 OPENVINO_INFERENCE_PRECISION = "f32"
 """The `INFERENCE_PRECISION_HINT` every OpenVINO config carries, for every export precision: FP32
 versions run f32, INT8 versions run their quantized ops in int8 and everything else in f32. Never

@@ -97,17 +97,20 @@ class OpenVinoSession:
         """The precision OpenVINO actually runs floating-point ops at, read back from a compiled
         model (each was checked against the config when compiled; with none compiled yet, the
         model as read is compiled for the check)."""
-        compiled = (next(iter(self.compiled.values()))[0] if self.compiled
-                    else self._compile(self.model))
-        return compiled.get_property(PRECISION_PARAMETER).get_type_name()
+        return self._read_back(PRECISION_PARAMETER).get_type_name()
 
     @property
     def pinned(self) -> bool:
         """Whether OpenVINO pins this model's inference threads to cores (read back from a
         compiled model, as `precision`)."""
+        return bool(self._read_back(PINNING_PROPERTY))
+
+    def _read_back(self, name: str):
+        """A property as a compiled model reports it (the first one compiled, or the model as
+        read, compiled now)."""
         compiled = (next(iter(self.compiled.values()))[0] if self.compiled
                     else self._compile(self.model))
-        return bool(compiled.get_property(PINNING_PROPERTY))
+        return compiled.get_property(name)
 
     def warm(self, inputs: list[dict], batches: Iterable[int]) -> None:
         """Compile for these batch sizes now (inputs: the config's, with fixed dims)."""
